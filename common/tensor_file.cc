@@ -1,0 +1,144 @@
+#include "common/tensor_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace coldfuse {
+namespace {
+
+constexpr char kMagic[] = "CFTENSR1";
+constexpr size_t kMagicLen = 8;
+constexpr uint64_t kMaxManifestBytes = uint64_t{64} << 20;
+
+absl::Status ErrnoError(absl::string_view what, const std::string& path) {
+  int e = errno;
+  std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(e));
+  if (e == ENOENT) return absl::NotFoundError(msg);
+  if (e == EACCES || e == EPERM) return absl::PermissionDeniedError(msg);
+  if (e == ENOSPC) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot write", path);
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents) {
+  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot create", tmp);
+  absl::Status st = WriteAll(fd, contents, tmp);
+  if (st.ok() && ::fsync(fd) != 0) st = ErrnoError("cannot fsync", tmp);
+  ::close(fd);
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    st = ErrnoError("cannot rename into", path);
+  }
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open", path);
+  std::string out;
+  char buf[1 << 16];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      absl::Status st = ErrnoError("cannot read", path);
+      ::close(fd);
+      return st;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTensor>& tensors) {
+  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+  std::string manifest = ManifestOf(tensors).SerializeAsString();
+  std::string out(kMagic, kMagicLen);
+  uint64_t len = manifest.size();
+  out.append(reinterpret_cast<const char*>(&len), sizeof(len));
+  out.append(manifest);
+  Sha256 sha;
+  for (const auto& t : tensors) {
+    out.append(t.data);
+    sha.Update(t.data);
+  }
+  out.append(sha.Finish());
+  return WriteFileAtomic(path, out);
+}
+
+absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string file, ReadFileToString(path));
+  auto corrupt = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat(path, " is not a valid tensor file: ", why,
+                                            "; delete it to start that state afresh"));
+  };
+  if (file.size() < kMagicLen + 8 + 32 || file.compare(0, kMagicLen, kMagic) != 0) {
+    return corrupt("bad magic or too short");
+  }
+  uint64_t mlen;
+  std::memcpy(&mlen, file.data() + kMagicLen, 8);
+  uint64_t body = file.size() - kMagicLen - 8 - 32;
+  if (mlen > kMaxManifestBytes || mlen > body) return corrupt("manifest length out of range");
+  v1::Manifest manifest;
+  if (!manifest.ParseFromArray(file.data() + kMagicLen + 8, static_cast<int>(mlen))) {
+    return corrupt("manifest does not parse");
+  }
+  absl::Status valid = ValidateManifest(manifest);
+  if (!valid.ok()) return corrupt(valid.message());
+  ASSIGN_OR_RETURN(uint64_t total, TotalBytes(manifest));
+  if (total != body - mlen) return corrupt("data length does not match the manifest");
+  size_t pos = kMagicLen + 8 + mlen;
+  absl::string_view data(file.data() + pos, total);
+  if (Sha256::Of(data) != absl::string_view(file.data() + pos + total, 32)) {
+    return corrupt("checksum mismatch");
+  }
+  std::vector<HostTensor> out;
+  out.reserve(manifest.tensors_size());
+  for (const auto& spec : manifest.tensors()) {
+    ASSIGN_OR_RETURN(uint64_t n, ByteLength(spec));
+    HostTensor t;
+    t.spec = spec;
+    t.data.assign(file.data() + pos, n);
+    pos += n;
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+}  // namespace coldfuse
