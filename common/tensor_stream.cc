@@ -60,7 +60,7 @@ absl::Status StreamReceiver::Accept(const v1::TensorChunk& chunk) {
   while (!data.empty()) {
     size_t room = kChunkBytes - pending_.size();
     size_t n = std::min(room, data.size());
-    pending_.append(data.substr(0, n));
+    pending_.append(data.data(), n);
     data.remove_prefix(n);
     offset_ += n;
     if (pending_.size() == kChunkBytes || offset_ == lengths_[tensor_]) {
@@ -116,7 +116,7 @@ std::string TensorsSha256(const std::vector<HostTensor>& tensors) {
 
 InMemoryAssembler::InMemoryAssembler(const v1::Manifest& manifest)
     : receiver_(manifest, [this](uint32_t t, uint64_t c, absl::string_view data) {
-        tensors_[t].data.append(data);
+        tensors_[t].data.append(data.data(), data.size());
         (void)c;
         return absl::OkStatus();
       }) {

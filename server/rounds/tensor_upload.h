@@ -1,0 +1,53 @@
+// One in-progress tensor upload (a contribution, or an initial base): checks every chunk
+// against the manifest, writes it to storage as it arrives, and on a valid trailer hands
+// over to a commit step. Data of an upload that is not committed is deleted when the
+// object is destroyed, so nothing of a rejected upload stays stored. Not thread-safe:
+// one per stream.
+#ifndef COLDFUSE_SERVER_ROUNDS_TENSOR_UPLOAD_H_
+#define COLDFUSE_SERVER_ROUNDS_TENSOR_UPLOAD_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coldfuse/v1/tensor.pb.h"
+#include "common/tensor_stream.h"
+
+namespace coldfuse::rounds {
+
+struct UploadResult {
+  uint64_t id = 0;            // contribution id (0 for an initial base)
+  uint64_t round = 0;         // the round it went to (for init: the first round)
+  uint64_t base_version = 0;  // for init: 0
+  std::string sha256;
+  uint64_t bytes = 0;
+};
+
+class TensorUpload {
+ public:
+  // Commits a fully received, checksum-verified upload of `bytes` bytes.
+  using CommitFn = std::function<absl::StatusOr<UploadResult>(const std::string& sha256,
+                                                              uint64_t bytes)>;
+  // Removes whatever was stored; called when the upload is dropped uncommitted.
+  using AbortFn = std::function<void()>;
+
+  TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSink sink,
+               CommitFn commit, AbortFn abort);
+  ~TensorUpload();
+  TensorUpload(const TensorUpload&) = delete;
+  TensorUpload& operator=(const TensorUpload&) = delete;
+
+  absl::Status Accept(const v1::TensorChunk& chunk);
+  absl::StatusOr<UploadResult> Finish(const v1::StreamTrailer& trailer);
+
+ private:
+  StreamReceiver receiver_;
+  CommitFn commit_;
+  AbortFn abort_;
+  bool committed_ = false;
+};
+
+}  // namespace coldfuse::rounds
+
+#endif  // COLDFUSE_SERVER_ROUNDS_TENSOR_UPLOAD_H_

@@ -1,0 +1,79 @@
+#include "server/server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "server/service/executor.h"
+#include "server/service/services.h"
+#include "server/storage/store.h"
+
+namespace coldfuse {
+
+struct Server::Impl {
+  // Declaration order is destruction order in reverse: gRPC first, store last.
+  std::unique_ptr<storage::Store> store;
+  std::unique_ptr<rounds::RoundManager> manager;
+  std::unique_ptr<service::Executor> executor;
+  std::unique_ptr<service::ContributorService> contributor;
+  std::unique_ptr<service::StatusService> status;
+  std::unique_ptr<service::AdminService> admin;
+  std::unique_ptr<grpc::Server> grpc_server;
+  int port = 0;
+
+  ~Impl() {
+    if (grpc_server) grpc_server->Shutdown();
+    grpc_server.reset();
+    executor.reset();  // finishes queued commits before the manager goes
+    manager.reset();
+    store.reset();
+  }
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  if (options.data_dir.empty()) {
+    return absl::InvalidArgumentError("no data folder: pass --data_dir");
+  }
+  auto impl = std::make_unique<Impl>();
+  storage::StoreOptions store_options;
+  ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.data_dir, store_options));
+  ASSIGN_OR_RETURN(impl->manager, rounds::RoundManager::Create(impl->store.get(),
+                                                              options.rounds, SystemClock()));
+  impl->executor = std::make_unique<service::Executor>(options.worker_threads);
+  impl->contributor = std::make_unique<service::ContributorService>(impl->manager.get(),
+                                                                    impl->executor.get());
+  impl->status = std::make_unique<service::StatusService>(impl->manager.get());
+  impl->admin =
+      std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get());
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  builder.RegisterService(impl->contributor.get());
+  builder.RegisterService(impl->status.get());
+  builder.RegisterService(impl->admin.get());
+  impl->grpc_server = builder.BuildAndStart();
+  if (impl->grpc_server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen, ": is the address in use?"));
+  }
+  impl->manager->Start();
+  auto status = impl->manager->GetStatus();
+  CF_LOG(INFO) << "coldfused listening on port " << impl->port << ", data in "
+               << options.data_dir << ", "
+               << (status.initialized()
+                       ? absl::StrCat("base v", status.base_version(), ", round ",
+                                      status.open_round().number(), " open")
+                       : std::string("not initialised (run `coldfusectl init`)"));
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+int Server::port() const { return impl_->port; }
+void Server::Wait() { impl_->grpc_server->Wait(); }
+void Server::Shutdown() { impl_->grpc_server->Shutdown(); }
+
+}  // namespace coldfuse

@@ -1,0 +1,46 @@
+// A running coldfused: store, round manager and gRPC server on one address.
+// Thread-safe. Destroying it shuts down the gRPC server, then the policy thread, then
+// the store.
+#ifndef COLDFUSE_SERVER_SERVER_H_
+#define COLDFUSE_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/rounds/round_manager.h"
+
+namespace coldfuse {
+
+struct ServerOptions {
+  // Folder of the RocksDB store; created if missing. Required.
+  std::string data_dir;
+  // host:port to listen on; port 0 picks a free port. Default: 127.0.0.1:7878.
+  std::string listen = "127.0.0.1:7878";
+  rounds::RoundOptions rounds;
+  // Threads for blocking work (commits, fusion). Default: 4.
+  int worker_threads = 4;
+  // Largest message a client may send; one chunk plus its framing. Default: 4 MiB.
+  int max_receive_bytes = 4 << 20;
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+
+  // The port actually bound.
+  int port() const;
+  // Blocks until Shutdown() is called from another thread.
+  void Wait();
+  void Shutdown();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace coldfuse
+
+#endif  // COLDFUSE_SERVER_SERVER_H_

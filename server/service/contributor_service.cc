@@ -1,0 +1,90 @@
+#include "server/service/grpc_status.h"
+#include "server/service/services.h"
+#include "server/service/upload_reactor.h"
+
+namespace coldfuse::service {
+namespace {
+
+// Streams one base: header, chunks, trailer. Each chunk is read from storage when the
+// previous write completes, so one chunk per stream is in memory.
+class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> {
+ public:
+  explicit PullReactor(absl::StatusOr<std::unique_ptr<rounds::BaseReader>> reader) {
+    if (!reader.ok()) {
+      Finish(ToGrpcStatus(reader.status()));
+      return;
+    }
+    reader_ = std::move(*reader);
+    auto* header = message_.mutable_header();
+    header->set_base_version(reader_->version());
+    header->set_model_spec(reader_->model_spec());
+    *header->mutable_manifest() = reader_->manifest();
+    StartWrite(&message_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    if (trailer_sent_) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    message_.Clear();
+    auto more = reader_->Next(message_.mutable_chunk());
+    if (!more.ok()) {
+      Finish(ToGrpcStatus(more.status()));
+      return;
+    }
+    if (!*more) {
+      *message_.mutable_trailer() = reader_->Trailer();
+      trailer_sent_ = true;
+    }
+    StartWrite(&message_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  std::unique_ptr<rounds::BaseReader> reader_;
+  v1::PullBaseResponse message_;
+  bool trailer_sent_ = false;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerContext* ctx,
+                                                       const v1::GetRoundRequest* /*request*/,
+                                                       v1::GetRoundResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto r = manager_->GetRound();
+  if (r.ok()) *response = std::move(*r);
+  reactor->Finish(ToGrpcStatus(r.status()));
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
+    grpc::CallbackServerContext* /*ctx*/, const v1::PullBaseRequest* request) {
+  std::optional<uint64_t> version;
+  if (request->has_base_version()) version = request->base_version();
+  return new PullReactor(manager_->OpenBase(version));
+}
+
+grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(
+    grpc::CallbackServerContext* /*ctx*/, v1::ContributionReceipt* response) {
+  rounds::RoundManager* manager = manager_;
+  return new UploadReactor<v1::PushContributionRequest, v1::ContributionReceipt>(
+      executor_, response,
+      [manager](const v1::PushContributionRequest& request) {
+        return manager->BeginContribution(request.header());
+      },
+      [](const rounds::UploadResult& result, v1::ContributionReceipt* receipt) {
+        receipt->set_contribution_id(result.id);
+        receipt->set_round(result.round);
+        receipt->set_sha256(result.sha256);
+        receipt->set_bytes(result.bytes);
+      });
+}
+
+}  // namespace coldfuse::service

@@ -1,0 +1,110 @@
+#include <mutex>
+
+#include "server/service/grpc_status.h"
+#include "server/service/services.h"
+
+namespace coldfuse::service {
+namespace {
+
+// Sends the status now and again after every change, until the client cancels.
+// Changes that arrive while a write is in flight are folded into the next write.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
+ public:
+  explicit WatchReactor(rounds::RoundManager* manager) : manager_(manager) {
+    std::lock_guard<std::recursive_mutex> l(mu_);
+    listener_ = manager_->AddListener([this] { OnChange(); });
+    SendLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::recursive_mutex> l(mu_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    if (pending_) SendLocked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::recursive_mutex> l(mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+  }
+
+  void OnDone() override {
+    manager_->RemoveListener(listener_);  // waits for a listener call in progress
+    delete this;
+  }
+
+ private:
+  void OnChange() {
+    std::lock_guard<std::recursive_mutex> l(mu_);
+    if (writing_) {
+      pending_ = true;
+    } else {
+      SendLocked();
+    }
+  }
+
+  void SendLocked() {
+    pending_ = false;
+    if (finished_) return;
+    message_ = manager_->GetStatus();
+    if (message_.change_seq() == last_sent_) return;
+    last_sent_ = message_.change_seq();
+    writing_ = true;
+    StartWrite(&message_);
+  }
+
+  void FinishLocked(const grpc::Status& status) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  rounds::RoundManager* manager_;
+  std::recursive_mutex mu_;  // recursive: gRPC may run OnWriteDone inline
+  int listener_ = 0;
+  v1::ServerStatus message_;
+  uint64_t last_sent_ = 0;
+  bool writing_ = false;
+  bool pending_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* StatusService::GetStatus(grpc::CallbackServerContext* ctx,
+                                                   const v1::GetStatusRequest* /*request*/,
+                                                   v1::ServerStatus* response) {
+  *response = manager_->GetStatus();
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* StatusService::ListRounds(grpc::CallbackServerContext* ctx,
+                                                    const v1::ListRoundsRequest* /*request*/,
+                                                    v1::ListRoundsResponse* response) {
+  for (auto& r : manager_->ListRounds()) *response->add_rounds() = std::move(r);
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* StatusService::GetRound(grpc::CallbackServerContext* ctx,
+                                                  const v1::GetRoundInfoRequest* request,
+                                                  v1::RoundInfo* response) {
+  auto r = manager_->GetRoundInfo(request->number());
+  if (r.ok()) *response = std::move(*r);
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(r.status()));
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::ServerStatus>* StatusService::WatchStatus(
+    grpc::CallbackServerContext* /*ctx*/, const v1::WatchStatusRequest* /*request*/) {
+  return new WatchReactor(manager_);
+}
+
+}  // namespace coldfuse::service

@@ -1,0 +1,99 @@
+// The server side of a client-streamed tensor upload (PushContribution, InitModel):
+// header, chunks, trailer. Chunks are checked and stored as they arrive; the final
+// check and synced commit run on the executor. Deletes itself in OnDone; an upload it
+// did not commit is removed from storage then.
+#ifndef COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
+#define COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <memory>
+
+#include "server/rounds/tensor_upload.h"
+#include "server/service/executor.h"
+#include "server/service/grpc_status.h"
+
+namespace coldfuse::service {
+
+// Request: a proto with a oneof `part` of header / chunk / trailer.
+template <typename Request, typename Response>
+class UploadReactor final : public grpc::ServerReadReactor<Request> {
+ public:
+  using BeginFn =
+      std::function<absl::StatusOr<std::unique_ptr<rounds::TensorUpload>>(const Request&)>;
+  using ReplyFn = std::function<void(const rounds::UploadResult&, Response*)>;
+
+  UploadReactor(Executor* executor, Response* response, BeginFn begin, ReplyFn reply)
+      : executor_(executor), response_(response), begin_(std::move(begin)),
+        reply_(std::move(reply)) {
+    this->StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed its side (or cancelled) before the trailer
+      Fail(absl::InvalidArgumentError("stream ended before its trailer; nothing was stored"));
+      return;
+    }
+    absl::Status st;
+    switch (request_.part_case()) {
+      case Request::kHeader: {
+        if (upload_ != nullptr) {
+          st = absl::InvalidArgumentError("second header in one upload");
+          break;
+        }
+        auto upload = begin_(request_);
+        st = upload.status();
+        if (st.ok()) upload_ = std::move(*upload);
+        break;
+      }
+      case Request::kChunk:
+        st = upload_ == nullptr ? absl::InvalidArgumentError("chunk before the header")
+                                : upload_->Accept(request_.chunk());
+        break;
+      case Request::kTrailer:
+        if (upload_ == nullptr) {
+          st = absl::InvalidArgumentError("trailer before the header");
+          break;
+        }
+        executor_->Run([this] { Commit(); });
+        return;
+      default:
+        st = absl::InvalidArgumentError("empty message: send a header, chunk or trailer");
+    }
+    if (!st.ok()) {
+      Fail(st);
+      return;
+    }
+    this->StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Commit() {
+    auto result = upload_->Finish(request_.trailer());
+    if (result.ok()) reply_(*result, response_);
+    upload_.reset();  // removes the stored data unless it was committed
+    this->Finish(ToGrpcStatus(result.status()));
+  }
+
+  // Removing stored chunks is a synced write: do it off the callback thread.
+  void Fail(const absl::Status& st) {
+    executor_->Run([this, st] {
+      upload_.reset();
+      this->Finish(ToGrpcStatus(st));
+    });
+  }
+
+  Executor* executor_;
+  Response* response_;
+  BeginFn begin_;
+  ReplyFn reply_;
+  Request request_;
+  std::unique_ptr<rounds::TensorUpload> upload_;
+};
+
+}  // namespace coldfuse::service
+
+#endif  // COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_

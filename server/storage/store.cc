@@ -1,0 +1,256 @@
+#include "server/storage/store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "server/storage/keys.h"
+
+namespace coldfuse::storage {
+namespace {
+
+enum Cf { kMeta = 0, kBases, kContribs, kRounds, kNumCfs };
+const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds"};
+
+// The one place RocksDB statuses become absl::Status.
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  std::string msg = absl::StrCat("storage: ", what, ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(msg);
+  if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(msg, " (is another coldfused using this data folder?)"));
+  }
+  return absl::InternalError(msg);
+}
+
+template <typename Proto>
+absl::Status ParseRecord(const std::string& bytes, Proto* out, absl::string_view what) {
+  if (!out->ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("storage: corrupt record ", what));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct Store::Impl {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  rocksdb::WriteOptions commit_opts;
+  rocksdb::WriteOptions chunk_opts;  // unsynced: made durable by the next synced commit
+
+  ~Impl() {
+    for (auto* h : cfs) {
+      if (h != nullptr && db != nullptr) db->DestroyColumnFamilyHandle(h);
+    }
+    if (db != nullptr) db->Close();
+  }
+
+  absl::StatusOr<std::string> Get(Cf cf, const std::string& key, absl::string_view what) {
+    std::string value;
+    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), cfs[cf], key, &value);
+    RETURN_IF_ERROR(FromRocks(s, what));
+    return value;
+  }
+
+  absl::Status DeleteRange(Cf cf, const std::string& from, const std::string& to) {
+    return FromRocks(db->DeleteRange(commit_opts, cfs[cf], from, to), "delete range");
+  }
+
+  // Deletes contribution data no committed record points to; returns the largest id seen.
+  absl::StatusOr<uint64_t> RemoveOrphanContributions() {
+    uint64_t max_id = 0;
+    std::set<std::pair<uint64_t, uint64_t>> committed;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[kContribs]));
+    for (it->Seek("h"); it->Valid() && it->key().starts_with("h"); it->Next()) {
+      absl::string_view k(it->key().data(), it->key().size());
+      if (k.size() != 17) return absl::DataLossError("storage: bad contribution key");
+      committed.insert({keys::GetU64(k, 1), keys::GetU64(k, 9)});
+      max_id = std::max(max_id, keys::GetU64(k, 9));
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan contributions"));
+    it->Seek("d");
+    while (it->Valid() && it->key().starts_with("d")) {
+      absl::string_view k(it->key().data(), it->key().size());
+      if (k.size() < 17) return absl::DataLossError("storage: bad contribution data key");
+      uint64_t round = keys::GetU64(k, 1), id = keys::GetU64(k, 9);
+      max_id = std::max(max_id, id);
+      std::string next = keys::ContributionDataPrefix(round, id + 1);
+      if (!committed.count({round, id})) {
+        CF_LOG(WARNING) << "removing half-written contribution " << id << " of round "
+                        << round << " (left by a crash or a dropped upload)";
+        RETURN_IF_ERROR(DeleteRange(kContribs, keys::ContributionDataPrefix(round, id), next));
+      }
+      it->Seek(next);
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan contribution data"));
+    return max_id;
+  }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::~Store() = default;
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
+                                                   const StoreOptions& options) {
+  rocksdb::DBOptions db_opts;
+  db_opts.create_if_missing = true;
+  db_opts.create_missing_column_families = true;
+  db_opts.paranoid_checks = true;
+  rocksdb::ColumnFamilyOptions cf_opts;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, cf_opts);
+  for (const char* name : kCfNames) descs.emplace_back(name, cf_opts);
+
+  auto impl = std::make_unique<Impl>();
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_opts, dir, descs, &handles, &raw);
+  RETURN_IF_ERROR(FromRocks(s, absl::StrCat("open ", dir)));
+  impl->db.reset(raw);
+  // handles[0] is the default family, which we do not use.
+  raw->DestroyColumnFamilyHandle(handles[0]);
+  impl->cfs.assign(handles.begin() + 1, handles.end());
+  impl->commit_opts.sync = options.sync_commits;
+  impl->chunk_opts.sync = false;
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+absl::StatusOr<LoadedState> Store::Load() {
+  LoadedState state;
+  auto model = impl_->Get(kMeta, keys::kModel, "model");
+  if (absl::IsNotFound(model.status())) {
+    // Not initialised: anything else is leftovers of a crashed init.
+    RETURN_IF_ERROR(impl_->DeleteRange(kBases, std::string(), std::string(24, '\xff')));
+    ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions());
+    state.next_contribution_id = max_id + 1;
+    return state;
+  }
+  RETURN_IF_ERROR(model.status());
+  v1::ModelInfo info;
+  RETURN_IF_ERROR(ParseRecord(*model, &info, "model"));
+  state.model = std::move(info);
+
+  ASSIGN_OR_RETURN(std::string cur, impl_->Get(kMeta, keys::kCurrentBase, "current base"));
+  if (cur.size() != 8) return absl::DataLossError("storage: corrupt current-base pointer");
+  state.current_base = keys::GetU64(cur, 0);
+  ASSIGN_OR_RETURN(state.current_base_sha256, GetBaseSha256(state.current_base));
+  // A fusion that crashed before its commit left chunks of the next version.
+  RETURN_IF_ERROR(impl_->DeleteRange(kBases, keys::BaseVersionPrefix(state.current_base + 1),
+                                     std::string(24, '\xff')));
+
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kRounds]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    v1::RoundInfo round;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &round, "round"));
+    state.rounds.push_back(std::move(round));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan rounds"));
+
+  ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions());
+  state.next_contribution_id = max_id + 1;
+  for (auto& round : state.rounds) {
+    std::string prefix = keys::ContributionRecord(round.number(), 0).substr(0, 9);
+    std::unique_ptr<rocksdb::Iterator> cit(
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kContribs]));
+    for (cit->Seek(prefix); cit->Valid() && cit->key().starts_with(prefix); cit->Next()) {
+      RETURN_IF_ERROR(ParseRecord(cit->value().ToString(), round.add_contributions(),
+                                  "contribution"));
+    }
+    RETURN_IF_ERROR(FromRocks(cit->status(), "scan contributions"));
+  }
+  return state;
+}
+
+absl::Status Store::PutBaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk,
+                                 absl::string_view data) {
+  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kBases],
+                                  keys::BaseChunk(version, tensor, chunk),
+                                  rocksdb::Slice(data.data(), data.size())),
+                   "write base chunk");
+}
+
+absl::StatusOr<std::string> Store::GetBaseChunk(uint64_t version, uint32_t tensor,
+                                                uint64_t chunk) {
+  return impl_->Get(kBases, keys::BaseChunk(version, tensor, chunk),
+                    absl::StrCat("base v", version, " tensor #", tensor, " chunk ", chunk));
+}
+
+absl::StatusOr<std::string> Store::GetBaseSha256(uint64_t version) {
+  return impl_->Get(kMeta, keys::BaseSha(version), absl::StrCat("base v", version, " sha"));
+}
+
+absl::Status Store::PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
+                                         uint64_t chunk, absl::string_view data) {
+  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
+                                  keys::ContributionChunk(round, id, tensor, chunk),
+                                  rocksdb::Slice(data.data(), data.size())),
+                   "write contribution chunk");
+}
+
+absl::StatusOr<std::string> Store::GetContributionChunk(uint64_t round, uint64_t id,
+                                                        uint32_t tensor, uint64_t chunk) {
+  return impl_->Get(kContribs, keys::ContributionChunk(round, id, tensor, chunk),
+                    absl::StrCat("contribution ", id, " tensor #", tensor, " chunk ", chunk));
+}
+
+absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
+  return impl_->DeleteRange(kContribs, keys::ContributionDataPrefix(round, id),
+                            keys::ContributionDataPrefix(round, id + 1));
+}
+
+absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info) {
+  return FromRocks(impl_->db->Put(impl_->commit_opts, impl_->cfs[kContribs],
+                                  keys::ContributionRecord(round, info.id()),
+                                  info.SerializeAsString()),
+                   "commit contribution");
+}
+
+absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
+                               const v1::RoundInfo& first_round) {
+  rocksdb::WriteBatch batch;
+  std::string zero;
+  keys::PutU64(&zero, 0);
+  batch.Put(impl_->cfs[kMeta], keys::kModel, model.SerializeAsString());
+  batch.Put(impl_->cfs[kMeta], keys::BaseSha(0),
+            rocksdb::Slice(base_sha256.data(), base_sha256.size()));
+  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, zero);
+  batch.Put(impl_->cfs[kRounds], keys::Round(first_round.number()),
+            first_round.SerializeAsString());
+  return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "commit init");
+}
+
+absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
+                                     absl::string_view new_base_sha256,
+                                     const v1::RoundInfo& next_round) {
+  v1::RoundInfo closed_record = closed;
+  closed_record.clear_contributions();  // they live in the contribs family
+  std::string version;
+  keys::PutU64(&version, new_base);
+  rocksdb::WriteBatch batch;
+  batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()),
+            closed_record.SerializeAsString());
+  batch.Put(impl_->cfs[kMeta], keys::BaseSha(new_base),
+            rocksdb::Slice(new_base_sha256.data(), new_base_sha256.size()));
+  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, version);
+  batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
+            next_round.SerializeAsString());
+  return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "commit round close");
+}
+
+absl::Status Store::DeleteBaseData(uint64_t version) {
+  return impl_->DeleteRange(kBases, keys::BaseVersionPrefix(version),
+                            keys::BaseVersionPrefix(version + 1));
+}
+
+}  // namespace coldfuse::storage

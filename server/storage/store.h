@@ -1,0 +1,92 @@
+// The server's persistent state in one RocksDB folder. The only code that includes
+// RocksDB. Thread-safe.
+//
+// Column families:
+//   meta     - "model" (v1::ModelInfo), "current_base" (u64), "base_sha/<v>" (32 bytes)
+//   bases    - base tensor data: version | tensor | chunk -> bytes (kChunkBytes chunks)
+//   contribs - 'h' | round | id -> v1::ContributionInfo (a committed contribution)
+//              'd' | round | id | tensor | chunk -> bytes
+//   rounds   - round -> v1::RoundInfo (without its contributions)
+// Data chunks are written unsynced as they arrive; they become visible only through a
+// record committed by a synced write (a contribution header, or the current-base pointer),
+// and Open() deletes chunks that no record points to (left by a crash).
+#ifndef COLDFUSE_SERVER_STORAGE_STORE_H_
+#define COLDFUSE_SERVER_STORAGE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "coldfuse/v1/coldfuse.pb.h"
+
+namespace coldfuse::storage {
+
+struct StoreOptions {
+  // fsync the write-ahead log on every commit (init, contribution, round close).
+  // Default: true. Only tests that do not crash may turn it off.
+  bool sync_commits = true;
+};
+
+// Everything the server needs at start-up.
+struct LoadedState {
+  std::optional<v1::ModelInfo> model;  // unset before init
+  uint64_t current_base = 0;
+  std::string current_base_sha256;
+  std::vector<v1::RoundInfo> rounds;   // ascending, contributions filled in
+  uint64_t next_contribution_id = 1;
+};
+
+class Store {
+ public:
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& dir,
+                                                     const StoreOptions& options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Reads the committed state (after removing what a crash left half-written).
+  absl::StatusOr<LoadedState> Load();
+
+  // Base data. Chunks of a version above the current one are invisible until committed.
+  absl::Status PutBaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk,
+                            absl::string_view data);
+  // NOT_FOUND if absent.
+  absl::StatusOr<std::string> GetBaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk);
+  absl::StatusOr<std::string> GetBaseSha256(uint64_t version);
+
+  // Contribution data, invisible until CommitContribution.
+  absl::Status PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
+                                    uint64_t chunk, absl::string_view data);
+  absl::StatusOr<std::string> GetContributionChunk(uint64_t round, uint64_t id,
+                                                   uint32_t tensor, uint64_t chunk);
+  // Removes every chunk of an uncommitted (rejected) contribution.
+  absl::Status DeleteContributionData(uint64_t round, uint64_t id);
+  // Makes a contribution durable (synced) and visible.
+  absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info);
+
+  // Stores the model, makes base v0 (already written with PutBaseChunk) current and
+  // records `first_round`, in one synced write.
+  absl::Status CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
+                          const v1::RoundInfo& first_round);
+  // Records the closed round, makes `new_base` (already written) current and records the
+  // next open round, in one synced write.
+  absl::Status CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
+                                absl::string_view new_base_sha256,
+                                const v1::RoundInfo& next_round);
+  // Removes chunks of an uncommitted base version (a failed fusion).
+  absl::Status DeleteBaseData(uint64_t version);
+
+ private:
+  struct Impl;
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace coldfuse::storage
+
+#endif  // COLDFUSE_SERVER_STORAGE_STORE_H_
