@@ -1,0 +1,277 @@
+// coldfusectl: the operator's and dashboards' CLI over the coldfuse gRPC API.
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "coldfuse/v1/coldfuse.grpc.pb.h"
+#include "common/model_spec.h"
+#include "common/rpc/client.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)");
+ABSL_FLAG(std::string, format, "table", "Output of status/rounds/round: table, json or tsv");
+ABSL_FLAG(bool, json, false, "Same as --format=json");
+ABSL_FLAG(std::string, spec, "mlp:64,128,64", "init: model spec of base v0");
+ABSL_FLAG(uint64_t, seed, 1, "init: seed of base v0's weights");
+ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (by examples)");
+ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
+ABSL_FLAG(int64_t, base, -1, "wait: wait until the current base version is at least this");
+ABSL_FLAG(double, timeout_s, 30, "Deadline of each call (wait: of the whole wait), seconds");
+
+namespace coldfuse::ctl {
+namespace {
+
+constexpr char kUsage[] = R"(coldfusectl [--server=HOST:PORT] COMMAND [flags]
+
+Commands:
+  init [--spec=mlp:64,128,64] [--seed=1] [--fusion=mean|weighted]
+                      store base v0 and open round 1
+  status [--json]     the server's state: model, base, open round, policy
+  rounds [--json]     every round: base, state, contributions, result
+  round N [--json|--format=tsv]
+                      one round's contributions and their metrics
+  close-round [--round=N]
+                      fuse the open round now (needs one contribution)
+  wait --base=N [--timeout_s=S]
+                      block until base vN exists (uses WatchStatus)
+Exit status: 0 on success; 1 with the server's error on stderr otherwise.)";
+
+enum class Format { kTable, kJson, kTsv };
+
+std::chrono::milliseconds Deadline() {
+  return std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000));
+}
+
+void SetDeadline(grpc::ClientContext* ctx) {
+  ctx->set_deadline(std::chrono::system_clock::now() + Deadline());
+}
+
+absl::StatusOr<Format> GetFormat() {
+  if (absl::GetFlag(FLAGS_json)) return Format::kJson;
+  std::string f = absl::GetFlag(FLAGS_format);
+  if (f == "table") return Format::kTable;
+  if (f == "json") return Format::kJson;
+  if (f == "tsv") return Format::kTsv;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--format=", f, " is not one of table, json, tsv"));
+}
+
+absl::Status PrintJson(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  auto st = google::protobuf::util::MessageToJsonString(m, &out, options);
+  if (!st.ok()) return absl::InternalError(std::string(st.message()));
+  std::cout << out;
+  return absl::OkStatus();
+}
+
+std::string Ago(int64_t now_ms, int64_t then_ms) {
+  return absl::StrFormat("%.0fs ago", (now_ms - then_ms) / 1000.0);
+}
+
+std::string StateName(v1::RoundState s) { return s == v1::OPEN ? "open" : "closed"; }
+
+absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
+  ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(absl::GetFlag(FLAGS_spec)));
+  v1::InitHeader header;
+  header.set_model_spec(FormatModelSpec(spec));
+  *header.mutable_manifest() = MlpManifest(spec);
+  std::string fusion = absl::GetFlag(FLAGS_fusion);
+  if (fusion == "mean") {
+    header.set_fusion_method(v1::MEAN);
+  } else if (fusion == "weighted") {
+    header.set_fusion_method(v1::EXAMPLE_WEIGHTED_MEAN);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fusion=", fusion, " is not one of mean, weighted"));
+  }
+  std::vector<HostTensor> tensors = InitMlpBody(spec, absl::GetFlag(FLAGS_seed));
+  ASSIGN_OR_RETURN(v1::InitModelResponse r,
+                   rpc::InitModel(channel, header, tensors, {.deadline = Deadline()}));
+  std::cout << "initialised " << header.model_spec() << ": base v" << r.base_version()
+            << " (sha256 " << ToHex(r.sha256()) << "), round " << r.round() << " open\n";
+  return absl::OkStatus();
+}
+
+absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format) {
+  auto stub = v1::Status::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ServerStatus s;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetStatus(&ctx, {}, &s), "GetStatus"));
+  if (format == Format::kJson) return PrintJson(s);
+  if (!s.initialized()) {
+    std::cout << "not initialised: run `coldfusectl init`\n";
+    return absl::OkStatus();
+  }
+  const auto& round = s.open_round();
+  std::vector<std::string> names;
+  for (const auto& c : round.contributions()) names.push_back(c.contributor());
+  std::cout << absl::StrFormat(
+      "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
+      "base        v%d (sha256 %s)\n"
+      "open round  %d, opened %s, %d/%d contributions%s\n"
+      "policy      close at %d contributions, or %.0f s after opening\n",
+      s.model().model_spec(), s.model().manifest().tensors_size(), s.model().total_bytes(),
+      v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
+      ToHex(s.base_sha256()).substr(0, 16), round.number(),
+      Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
+      s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
+      s.min_contributions(), s.round_timeout_ms() / 1000.0);
+  return absl::OkStatus();
+}
+
+absl::Status Rounds(const std::shared_ptr<grpc::Channel>& channel, Format format) {
+  auto stub = v1::Status::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ListRoundsResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->ListRounds(&ctx, {}, &r), "ListRounds"));
+  if (format == Format::kJson) return PrintJson(r);
+  const char* row = format == Format::kTsv ? "%d\t%d\t%s\t%d\t%s\t%s\n"
+                                           : "%-6d v%-5d %-7s %-14d %-7s %s\n";
+  if (format == Format::kTsv) {
+    std::cout << "round\tbase\tstate\tcontributions\tresult\treason\n";
+  } else {
+    std::cout << "ROUND  BASE   STATE   CONTRIBUTIONS  RESULT  REASON\n";
+  }
+  for (const auto& round : r.rounds()) {
+    std::string result =
+        round.state() == v1::CLOSED ? absl::StrCat("v", round.result_base_version()) : "-";
+    std::cout << absl::StrFormat(row, round.number(), round.base_version(),
+                                 StateName(round.state()), round.contributions_size(), result,
+                                 round.close_reason().empty() ? "-" : round.close_reason());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
+                   const std::string& arg) {
+  uint64_t number;
+  if (!absl::SimpleAtoi(arg, &number)) {
+    return absl::InvalidArgumentError(absl::StrCat("round number '", arg, "' is not a number"));
+  }
+  auto stub = v1::Status::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::GetRoundInfoRequest request;
+  request.set_number(number);
+  v1::RoundInfo round;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, request, &round), "GetRound"));
+  if (format == Format::kJson) return PrintJson(round);
+  std::set<std::string> metric_set;
+  for (const auto& c : round.contributions()) {
+    for (const auto& [k, v] : c.metrics()) metric_set.insert(k);
+  }
+  std::vector<std::string> metrics(metric_set.begin(), metric_set.end());
+  const bool tsv = format == Format::kTsv;
+  if (!tsv) {
+    std::cout << "round " << round.number() << ": base v" << round.base_version() << ", "
+              << StateName(round.state());
+    if (round.state() == v1::CLOSED) {
+      std::cout << " -> base v" << round.result_base_version() << " (" << round.close_reason()
+                << ")";
+    }
+    std::cout << "\n";
+  }
+  std::vector<std::string> head = {"id", "contributor", "task", "examples"};
+  head.insert(head.end(), metrics.begin(), metrics.end());
+  const char* sep = tsv ? "\t" : "  ";
+  std::cout << absl::StrJoin(head, sep) << "\n";
+  for (const auto& c : round.contributions()) {
+    std::vector<std::string> cells = {absl::StrCat(c.id()), c.contributor(), c.task(),
+                                      absl::StrCat(c.num_examples())};
+    for (const auto& m : metrics) {
+      auto it = c.metrics().find(m);
+      cells.push_back(it == c.metrics().end() ? "-" : absl::StrFormat("%.4f", it->second));
+    }
+    std::cout << absl::StrJoin(cells, sep) << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CloseRound(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::CloseRoundRequest request;
+  if (absl::GetFlag(FLAGS_round) >= 0) request.set_round(absl::GetFlag(FLAGS_round));
+  v1::CloseRoundResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->CloseRound(&ctx, request, &r), "CloseRound"));
+  std::cout << "round " << r.closed_round().number() << " closed: fused "
+            << r.closed_round().contributions_size() << " contributions into base v"
+            << r.new_base_version() << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Wait(const std::shared_ptr<grpc::Channel>& channel) {
+  int64_t want = absl::GetFlag(FLAGS_base);
+  if (want < 0) return absl::InvalidArgumentError("wait needs --base=N");
+  auto stub = v1::Status::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = stub->WatchStatus(&ctx, {});
+  v1::ServerStatus s;
+  while (reader->Read(&s)) {
+    if (s.initialized() && s.base_version() >= static_cast<uint64_t>(want)) {
+      std::cout << "base v" << s.base_version() << "\n";
+      ctx.TryCancel();
+      reader->Finish();
+      return absl::OkStatus();
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "base v", want, " did not appear within ", absl::GetFlag(FLAGS_timeout_s), " s"));
+  }
+  return rpc::FromGrpc(st, "WatchStatus");
+}
+
+absl::Status Run(const std::vector<char*>& args) {
+  if (args.size() < 2) return absl::InvalidArgumentError(kUsage);
+  std::string command = args[1];
+  ASSIGN_OR_RETURN(Format format, GetFormat());
+  auto channel = rpc::Connect(absl::GetFlag(FLAGS_server));
+  if (command == "init") return Init(channel);
+  if (command == "status") return Status(channel, format);
+  if (command == "rounds") return Rounds(channel, format);
+  if (command == "round") {
+    if (args.size() < 3) return absl::InvalidArgumentError("usage: coldfusectl round N");
+    return Round(channel, format, args[2]);
+  }
+  if (command == "close-round") return CloseRound(channel);
+  if (command == "wait") return Wait(channel);
+  return absl::InvalidArgumentError(absl::StrCat("unknown command '", command, "'\n", kUsage));
+}
+
+}  // namespace
+}  // namespace coldfuse::ctl
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(coldfuse::ctl::kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  absl::Status st = coldfuse::ctl::Run(args);
+  if (!st.ok()) {
+    std::cerr << "coldfusectl: " << absl::StatusCodeToString(st.code()) << ": " << st.message()
+              << "\n";
+    return 1;
+  }
+  return 0;
+}
