@@ -1,0 +1,163 @@
+#include "client/daemon/daemon.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace coldfuse::daemon {
+
+bool IsRetryable(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsAborted(s) ||
+         absl::IsFailedPrecondition(s) || absl::IsCancelled(s) || absl::IsResourceExhausted(s);
+}
+
+Daemon::Daemon(DaemonOptions options, StateDir state, train::Dataset train_data,
+               train::Dataset test_data)
+    : options_(std::move(options)),
+      state_(std::move(state)),
+      train_(std::move(train_data)),
+      test_(std::move(test_data)),
+      channel_(rpc::Connect(options_.server)) {}
+
+void Daemon::Sleep(std::chrono::milliseconds d) {
+  auto until = std::chrono::steady_clock::now() + d;
+  while (!stop_ && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(
+        std::chrono::milliseconds(50), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           until - std::chrono::steady_clock::now()) +
+                                           std::chrono::milliseconds(1)));
+  }
+}
+
+absl::Status Daemon::Run() {
+  auto stub = v1::Contributor::NewStub(channel_);
+  int contributed = 0;
+  auto backoff = std::chrono::milliseconds(500);
+  std::string last_problem;
+  while (!stop_) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetRoundResponse round;
+    absl::Status st = rpc::FromGrpc(stub->GetRound(&ctx, {}, &round), "GetRound");
+    if (st.ok()) {
+      ASSIGN_OR_RETURN(uint64_t last, state_.LoadLastRound());
+      if (round.round() > last) st = Contribute(round);
+      if (st.ok() && round.round() > last) {
+        backoff = std::chrono::milliseconds(500);
+        last_problem.clear();
+        if (options_.max_rounds > 0 && ++contributed >= options_.max_rounds) {
+          CF_LOG(INFO) << "contributed to " << contributed << " rounds; stopping";
+          return absl::OkStatus();
+        }
+        continue;
+      }
+    }
+    if (!st.ok()) {
+      if (!IsRetryable(st)) return st;
+      std::string problem(st.message());
+      if (problem != last_problem) {  // say it once, not every retry
+        CF_LOG(WARNING) << problem << " (retrying every <= "
+                        << options_.max_backoff.count() / 1000 << " s)";
+        last_problem = problem;
+      }
+      Sleep(backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+      continue;
+    }
+    Sleep(options_.poll_interval);  // nothing new: wait for the next round
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
+  ASSIGN_OR_RETURN(std::optional<CachedBase> cached, state_.LoadBase());
+  if (cached.has_value() && cached->version == version) return std::move(*cached);
+  auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(rpc::PulledBase pulled, rpc::PullBase(channel_, version));
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CachedBase base;
+  base.version = pulled.version;
+  base.sha256 = pulled.sha256;
+  base.tensors = std::move(pulled.tensors);
+  uint64_t bytes = 0;
+  for (const auto& t : base.tensors) bytes += t.data.size();
+  CF_LOG(INFO) << absl::StrFormat("pulled base v%d (%d bytes in %.2f s)", base.version, bytes,
+                                  secs);
+  RETURN_IF_ERROR(state_.SaveBase(base));
+  return base;
+}
+
+absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
+  ASSIGN_OR_RETURN(std::optional<Contribution> pending, state_.LoadPending());
+  if (pending.has_value() && pending->header.round() == round.round() &&
+      pending->header.base_version() == round.base_version()) {
+    CF_LOG(INFO) << "round " << round.round()
+                 << ": resending the contribution trained before a restart";
+    return Push(*pending);
+  }
+  if (pending.has_value()) RETURN_IF_ERROR(state_.DropPending());  // for an old round
+
+  ASSIGN_OR_RETURN(CachedBase base, EnsureBase(round.base_version()));
+  ASSIGN_OR_RETURN(std::vector<HostTensor> head, state_.LoadHead());
+  CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " on "
+               << train_.rows() << " examples";
+  auto result = train::FineTune(round.model_spec(), base.tensors, head, train_, test_,
+                                options_.train);
+  if (!result.ok()) {
+    if (!head.empty() && absl::IsInvalidArgument(result.status())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          result.status().message(), " (the head in ", state_.dir(),
+          "/head.ctf does not fit this model or data; delete it to start a new head)"));
+    }
+    return result.status();
+  }
+  CF_LOG(INFO) << absl::StrFormat(
+      "round %d: %d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f", round.round(),
+      result->steps, result->loss_first, result->loss_last, result->accuracy_before,
+      result->accuracy_after);
+  RETURN_IF_ERROR(state_.SaveHead(result->head));
+
+  Contribution c;
+  c.header.set_round(round.round());
+  c.header.set_base_version(base.version);
+  c.header.set_contributor(options_.contributor);
+  c.header.set_task(options_.task);
+  c.header.set_num_examples(static_cast<uint64_t>(result->num_train_examples));
+  auto& metrics = *c.header.mutable_metrics();
+  metrics["accuracy_before"] = result->accuracy_before;
+  metrics["accuracy_after"] = result->accuracy_after;
+  metrics["macro_f1_after"] = result->macro_f1_after;
+  metrics["train_loss_first"] = result->loss_first;
+  metrics["train_loss_last"] = result->loss_last;
+  *c.header.mutable_manifest() = ManifestOf(result->body);
+  c.tensors = std::move(result->body);
+  RETURN_IF_ERROR(state_.SavePending(c));
+  return Push(c);
+}
+
+absl::Status Daemon::Push(const Contribution& c) {
+  const uint64_t round = c.header.round();
+  auto receipt = rpc::PushContribution(channel_, c.header, c.tensors);
+  if (receipt.ok() || absl::IsAlreadyExists(receipt.status())) {
+    if (receipt.ok()) {
+      CF_LOG(INFO) << "round " << round << ": contribution " << receipt->contribution_id()
+                   << " accepted (" << receipt->bytes() << " bytes)";
+    } else {
+      CF_LOG(INFO) << "round " << round << ": the server already has our contribution";
+    }
+    RETURN_IF_ERROR(state_.SaveLastRound(round));
+    return state_.ArchivePending(round, options_.keep_contributions);
+  }
+  if (absl::IsFailedPrecondition(receipt.status())) {
+    // The round moved on while we trained: train again from the new base.
+    CF_LOG(WARNING) << receipt.status().message();
+    RETURN_IF_ERROR(state_.DropPending());
+  }
+  return receipt.status();
+}
+
+}  // namespace coldfuse::daemon

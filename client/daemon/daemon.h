@@ -1,0 +1,72 @@
+// The contributor loop: wait for a round it has not contributed to, pull its base (only
+// when newer than the cached one), fine-tune locally, push the shared tensors, repeat.
+// Survives server restarts (retries with backoff) and its own crashes (state folder).
+// Not thread-safe; Stop() may be called from another thread.
+#ifndef COLDFUSE_CLIENT_DAEMON_DAEMON_H_
+#define COLDFUSE_CLIENT_DAEMON_DAEMON_H_
+
+#include <atomic>
+#include <chrono>
+#include <string>
+
+#include "absl/status/status.h"
+#include "client/daemon/state.h"
+#include "common/rpc/client.h"
+#include "client/train/dataset.h"
+#include "client/train/trainer.h"
+
+namespace coldfuse::daemon {
+
+struct DaemonOptions {
+  // coldfused address. Default: 127.0.0.1:7878.
+  std::string server = "127.0.0.1:7878";
+  // This contributor's name, as shown in status. Required.
+  std::string contributor;
+  // Task name reported with each contribution. Default: empty.
+  std::string task;
+  // State folder (base cache, head, pending upload). Required.
+  std::string state_dir;
+  train::TrainOptions train;
+  // Stop after contributing to this many rounds; 0 = run until stopped. Default: 0.
+  int max_rounds = 0;
+  // How often to ask for a new round while waiting. Default: 1 s.
+  std::chrono::milliseconds poll_interval{1000};
+  // Longest wait between retries when the server is unreachable. Default: 30 s.
+  std::chrono::milliseconds max_backoff{30000};
+  // Acknowledged contributions kept in the state folder. Default: 2.
+  int keep_contributions = 2;
+};
+
+class Daemon {
+ public:
+  Daemon(DaemonOptions options, StateDir state, train::Dataset train_data,
+         train::Dataset test_data);
+
+  // Runs until max_rounds contributions are acknowledged, Stop() is called, or an error
+  // that retrying cannot fix (bad data, a rejected contribution, a corrupt state folder).
+  absl::Status Run();
+  void Stop() { stop_ = true; }
+
+ private:
+  // Contributes to `round` (pulling and training as needed). OK once acknowledged.
+  absl::Status Contribute(const v1::GetRoundResponse& round);
+  absl::StatusOr<CachedBase> EnsureBase(uint64_t version);
+  absl::Status Push(const Contribution& c);
+  // Sleeps up to `d`, waking early on Stop().
+  void Sleep(std::chrono::milliseconds d);
+
+  DaemonOptions options_;
+  StateDir state_;
+  train::Dataset train_;
+  train::Dataset test_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::atomic<bool> stop_{false};
+};
+
+// Whether retrying later can fix an error from the server (it is down, restarting,
+// not initialised yet, or the round moved on).
+bool IsRetryable(const absl::Status& s);
+
+}  // namespace coldfuse::daemon
+
+#endif  // COLDFUSE_CLIENT_DAEMON_DAEMON_H_

@@ -1,0 +1,66 @@
+// A contributor's state folder, so the daemon resumes after a crash without resending
+// or retraining what it need not:
+//   base.ctf, base.version    the last base pulled (tensors; "version sha256hex")
+//   head.ctf                  the local task head (never uploaded)
+//   pending.header/.ctf       a trained contribution not yet acknowledged by the server
+//   last_round                the last round the server acknowledged from us
+//   contrib-rN.header/.ctf    acknowledged contributions (the newest few are kept)
+// Every write is atomic. Not thread-safe: one daemon per folder.
+#ifndef COLDFUSE_CLIENT_DAEMON_STATE_H_
+#define COLDFUSE_CLIENT_DAEMON_STATE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coldfuse/v1/coldfuse.pb.h"
+#include "common/tensor.h"
+
+namespace coldfuse::daemon {
+
+struct CachedBase {
+  uint64_t version = 0;
+  std::string sha256;
+  std::vector<HostTensor> tensors;
+};
+
+struct Contribution {
+  v1::ContributionHeader header;
+  std::vector<HostTensor> tensors;
+};
+
+class StateDir {
+ public:
+  // Creates the folder if needed.
+  static absl::StatusOr<StateDir> Open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+
+  absl::StatusOr<std::optional<CachedBase>> LoadBase() const;
+  absl::Status SaveBase(const CachedBase& base) const;
+
+  // Empty when the contributor has no head yet.
+  absl::StatusOr<std::vector<HostTensor>> LoadHead() const;
+  absl::Status SaveHead(const std::vector<HostTensor>& head) const;
+
+  absl::StatusOr<std::optional<Contribution>> LoadPending() const;
+  absl::Status SavePending(const Contribution& c) const;
+  absl::Status DropPending() const;
+  // Moves the pending contribution to contrib-rN.* and keeps the newest `keep`.
+  absl::Status ArchivePending(uint64_t round, int keep) const;
+
+  // 0 if none yet.
+  absl::StatusOr<uint64_t> LoadLastRound() const;
+  absl::Status SaveLastRound(uint64_t round) const;
+
+ private:
+  explicit StateDir(std::string dir) : dir_(std::move(dir)) {}
+  std::string Path(absl::string_view name) const;
+  std::string dir_;
+};
+
+}  // namespace coldfuse::daemon
+
+#endif  // COLDFUSE_CLIENT_DAEMON_STATE_H_
