@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: a coldfused with its RocksDB in demo-run/, four
+# coldfuse-client daemons fine-tuning on different groupings of the UCI digits, several
+# rounds, and a per-round table. Usage: scripts/demo.sh [BUILD_DIR]  (ROUNDS=6 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+ROUNDS=${ROUNDS:-6}
+OUT=demo-run
+TASKS=(low-digits high-digits parity mod3)
+UNSEEN=unseen-digits10
+SERVER_BIN=$BUILD/server/coldfused
+CLIENT_BIN=$BUILD/client/daemon/coldfuse-client
+CTL_BIN=$BUILD/ctl/coldfusectl
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+rm -rf "$OUT"
+mkdir -p "$OUT/logs"
+echo "== preparing data (UCI optical digits from Debian's python3-sklearn; see docs/data.md)"
+python3 scripts/prepare_digits.py "$OUT/data"
+
+echo "== starting coldfused (data folder $OUT/server-data)"
+"$SERVER_BIN" --data_dir="$OUT/server-data" --listen=127.0.0.1:0 --port_file="$OUT/port" \
+  --min_contributions=${#TASKS[@]} --round_timeout_s=300 2>"$OUT/logs/coldfused.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$OUT/port" ] && break; sleep 0.1; done
+[ -s "$OUT/port" ] || { echo "coldfused did not start:"; cat "$OUT/logs/coldfused.log"; exit 1; }
+ADDR=127.0.0.1:$(cat "$OUT/port")
+ctl() { "$CTL_BIN" --server="$ADDR" "$@"; }
+
+ctl init --spec=mlp:64,128,64 --seed=1 --fusion=mean
+
+probe() {  # unseen-task score of base v$1: fresh head + body fine-tuned on 100 examples
+  "$CLIENT_BIN" --probe --server="$ADDR" --base_version="$1" --probe_examples=100 \
+    --train="$OUT/data/$UNSEEN/train.csv" --test="$OUT/data/$UNSEEN/test.csv" \
+    --threads=1 2>>"$OUT/logs/probe.log" |
+    sed -n 's/.*"accuracy": \([0-9.]*\).*/\1/p' | xargs printf '%.4f'
+}
+declare -A unseen
+unseen[0]=$(probe 0)
+
+echo "== starting ${#TASKS[@]} contributors for $ROUNDS rounds (logs in $OUT/logs/)"
+for t in "${TASKS[@]}"; do
+  "$CLIENT_BIN" --server="$ADDR" --name="$t" --task="$t" --state_dir="$OUT/clients/$t" \
+    --train="$OUT/data/$t/train.csv" --test="$OUT/data/$t/test.csv" \
+    --max_rounds="$ROUNDS" --threads=1 --poll_s=0.2 2>"$OUT/logs/client-$t.log" &
+  pids+=($!)
+done
+for r in $(seq 1 "$ROUNDS"); do
+  ctl wait --base="$r" --timeout_s=600 >/dev/null
+  unseen[$r]=$(probe "$r")
+  echo "   round $r fused into base v$r"
+done
+
+echo
+echo "== per round: each contributor's held-out accuracy before -> after its fine-tuning,"
+echo "   and the unseen task's accuracy after fine-tuning that base on 100 examples"
+printf '%-6s %-8s %-6s' round base n
+for t in "${TASKS[@]}"; do printf ' %-13s' "$t"; done
+printf ' %s\n' "$UNSEEN(100-shot)"
+printf '%-6s %-8s %-6s' - v0 -
+for t in "${TASKS[@]}"; do printf ' %-13s' -; done
+printf ' %s\n' "${unseen[0]}"
+for r in $(seq 1 "$ROUNDS"); do
+  tsv=$(ctl round "$r" --format=tsv)
+  n=$(($(echo "$tsv" | wc -l) - 1))
+  printf '%-6s %-8s %-6s' "$r" "v$((r - 1))->v$r" "$n"
+  for t in "${TASKS[@]}"; do
+    cell=$(echo "$tsv" | awk -F'\t' -v who="$t" '
+      NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+      $2 == who { printf "%.2f->%.2f", $(col["accuracy_before"]), $(col["accuracy_after"]) }')
+    printf ' %-13s' "${cell:--}"
+  done
+  printf ' %s\n' "${unseen[$r]}"
+done
+echo
+echo "unseen-task score: base v0 ${unseen[0]} -> base v$ROUNDS ${unseen[$ROUNDS]}"
+echo
+ctl status
+ctl status --json >"$OUT/status.json"
+echo
+echo "coldfusectl status --json (saved in $OUT/status.json) says the same:"
+grep -E '"(base_version|number|change_seq)"' "$OUT/status.json" | head -3 | sed 's/^ */   /'
+echo "(dashboards: $CTL_BIN --server=$ADDR status --json | rounds --json | round N --json)"
