@@ -1,0 +1,232 @@
+// Bad input gets a status code and a message saying what to fix, and loses nothing that
+// was stored: checked against the real coldfused over gRPC, and across a restart.
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/model_spec.h"
+#include "common/tensor_stream.h"
+#include "gtest/gtest.h"
+#include "tests/cluster.h"
+
+namespace coldfuse::testing {
+namespace {
+
+using std::chrono::seconds;
+
+constexpr char kSpec[] = "mlp:4,3,2";
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                   {"--min_contributions=2", "--round_timeout_s=0"});
+    ASSERT_NE(server_, nullptr);
+  }
+
+  void Init() {
+    auto r = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
+                         std::string("--spec=") + kSpec});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+
+  // A well-formed contribution to round 1 from base v0.
+  static std::pair<v1::ContributionHeader, std::vector<HostTensor>> Good(std::string who) {
+    auto spec = ParseModelSpec(kSpec);
+    std::vector<HostTensor> tensors = InitMlpBody(*spec, 99);
+    v1::ContributionHeader h;
+    h.set_round(1);
+    h.set_base_version(0);
+    h.set_contributor(std::move(who));
+    h.set_task("t");
+    h.set_num_examples(10);
+    *h.mutable_manifest() = ManifestOf(tensors);
+    return {h, tensors};
+  }
+
+  // Sends requests as given (no checks client-side) and returns the server's status.
+  grpc::Status RawPush(const std::vector<v1::PushContributionRequest>& requests) {
+    auto stub = v1::Contributor::NewStub(server_->channel());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    v1::ContributionReceipt receipt;
+    auto writer = stub->PushContribution(&ctx, &receipt);
+    for (const auto& r : requests) {
+      if (!writer->Write(r)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  static std::vector<v1::PushContributionRequest> Stream(const v1::ContributionHeader& h,
+                                                         const std::vector<HostTensor>& t) {
+    std::vector<v1::PushContributionRequest> out(1);
+    *out[0].mutable_header() = h;
+    (void)ForEachWireChunk(t, [&](v1::TensorChunk& c) {
+      out.emplace_back();
+      *out.back().mutable_chunk() = c;
+      return absl::OkStatus();
+    });
+    out.emplace_back();
+    uint64_t total = 0;
+    for (const auto& x : t) total += x.data.size();
+    out.back().mutable_trailer()->set_sha256(TensorsSha256(t));
+    out.back().mutable_trailer()->set_total_bytes(total);
+    return out;
+  }
+
+  void ExpectRejected(const grpc::Status& st, grpc::StatusCode code, const std::string& says) {
+    EXPECT_EQ(st.error_code(), code) << st.error_message();
+    EXPECT_NE(st.error_message().find(says), std::string::npos)
+        << "message should mention '" << says << "': " << st.error_message();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(BadInputTest, BeforeInitContributorsAreToldToWaitForAnOperator) {
+  auto stub = v1::Contributor::NewStub(server_->channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  v1::GetRoundResponse r;
+  ExpectRejected(stub->GetRound(&ctx, {}, &r), grpc::StatusCode::FAILED_PRECONDITION,
+                 "coldfusectl init");
+  auto base = rpc::PullBase(server_->channel(), std::nullopt);
+  EXPECT_TRUE(absl::IsFailedPrecondition(base.status())) << base.status();
+}
+
+TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
+  Init();
+  const std::string sha_before = server_->Status().base_sha256();
+  auto [h, t] = Good("mallory");
+
+  {  // trained from an older (here: nonexistent) base
+    auto bad = h;
+    bad.set_base_version(5);
+    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::FAILED_PRECONDITION,
+                   "pull the current base");
+  }
+  {  // wrong round
+    auto bad = h;
+    bad.set_round(4);
+    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::FAILED_PRECONDITION,
+                   "round 4 is not open");
+  }
+  {  // unknown tensor name
+    auto bad_t = t;
+    bad_t[0].spec.set_name("encoder.secret");
+    auto bad = h;
+    *bad.mutable_manifest() = ManifestOf(bad_t);
+    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT,
+                   "encoder.secret");
+  }
+  {  // wrong shape
+    auto bad_t = t;
+    bad_t[1].spec.set_shape(0, 4);
+    bad_t[1].data.resize(16);
+    auto bad = h;
+    *bad.mutable_manifest() = ManifestOf(bad_t);
+    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT, "shape [4]");
+  }
+  {  // wrong dtype
+    auto bad_t = t;
+    bad_t[0].spec.set_dtype(v1::F16);
+    bad_t[0].data.resize(bad_t[0].data.size() / 2);
+    auto bad = h;
+    *bad.mutable_manifest() = ManifestOf(bad_t);
+    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT, "dtype F16");
+  }
+  {  // a head sneaked in: an extra tensor
+    auto bad_t = t;
+    HostTensor head;
+    head.spec.set_name("head.weight");
+    head.spec.set_dtype(v1::F32);
+    head.spec.add_shape(2);
+    head.data.assign(8, '\0');
+    bad_t.push_back(head);
+    auto bad = h;
+    *bad.mutable_manifest() = ManifestOf(bad_t);
+    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT,
+                   "head.weight");
+  }
+  {  // corrupted in transit: checksum mismatch after every chunk was stored
+    auto stream = Stream(h, t);
+    stream.back().mutable_trailer()->set_sha256(std::string(32, 'x'));
+    ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "checksum");
+  }
+  {  // data longer than the manifest says
+    auto stream = Stream(h, t);
+    stream[1].mutable_chunk()->mutable_data()->append("extra bytes");
+    ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "exceed");
+  }
+  {  // stream cut before the trailer
+    auto stream = Stream(h, t);
+    stream.pop_back();
+    ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "before its trailer");
+  }
+  {  // chunk out of order
+    auto stream = Stream(h, t);
+    std::swap(stream[1], stream[2]);
+    ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "out-of-order");
+  }
+  {  // bad contributor name, zero examples
+    auto bad = h;
+    bad.set_contributor("bad name!");
+    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::INVALID_ARGUMENT, "contributor");
+    bad = h;
+    bad.set_num_examples(0);
+    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::INVALID_ARGUMENT, "num_examples");
+  }
+
+  // Nothing of the rejected uploads is stored, before or after a restart.
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+  ASSERT_EQ(server_->Stop(), 0);
+  server_ = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log");
+  ASSERT_NE(server_, nullptr);
+  auto status = server_->Status();
+  EXPECT_EQ(status.open_round().contributions_size(), 0);
+  EXPECT_EQ(status.base_version(), 0u);
+  EXPECT_EQ(status.base_sha256(), sha_before);
+
+  // A good upload still works, once per contributor and round.
+  auto receipt = rpc::PushContribution(server_->channel(), h, t);
+  ASSERT_TRUE(receipt.ok()) << receipt.status();
+  EXPECT_EQ(receipt->sha256(), TensorsSha256(t));
+  auto again = rpc::PushContribution(server_->channel(), h, t);
+  EXPECT_TRUE(absl::IsAlreadyExists(again.status())) << again.status();
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 1);
+}
+
+TEST_F(BadInputTest, InitTwiceIsRefusedAndKeepsTheFirstBase) {
+  Init();
+  const std::string sha = server_->Status().base_sha256();
+  auto again = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
+                           "--spec=mlp:4,3,2", "--seed=5"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.output.find("ALREADY_EXISTS"), std::string::npos) << again.output;
+  EXPECT_EQ(server_->Status().base_sha256(), sha);
+  auto bad_spec = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
+                              "--spec=mlp:4"});
+  EXPECT_EQ(bad_spec.exit_code, 1);
+  EXPECT_NE(bad_spec.output.find("mlp:64,128,64"), std::string::npos) << bad_spec.output;
+}
+
+TEST_F(BadInputTest, MalformedTrainingDataIsReportedWithFileAndLineAndNothingIsUploaded) {
+  Init();
+  std::string csv = dir_.path() + "/train.csv";
+  {
+    std::FILE* f = std::fopen(csv.c_str(), "w");
+    std::fputs("a,b,c,d,label\n1,2,3,4,0\n1,2,oops,4,1\n", f);
+    std::fclose(f);
+  }
+  auto r = RunCommand({ClientBinary(), "--server=" + server_->address(), "--name=dave",
+                       "--state_dir=" + dir_.path() + "/state", "--train=" + csv,
+                       "--test=" + csv, "--max_rounds=1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("train.csv"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("line 3"), std::string::npos) << r.output;
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+}
+
+}  // namespace
+}  // namespace coldfuse::testing

@@ -1,0 +1,217 @@
+#include "tests/cluster.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/model_spec.h"
+#include "common/tensor_file.h"
+#include "gtest/gtest.h"
+
+namespace coldfuse::testing {
+namespace fs = std::filesystem;
+
+std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv,
+                                        const std::string& log_path) {
+  auto p = std::unique_ptr<Process>(new Process());
+  int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  EXPECT_GE(fd, 0) << "cannot open " << log_path;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fd);
+  p->pid_ = pid;
+  return p;
+}
+
+Process::~Process() {
+  if (!reaped_ && pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+void Process::Signal(int sig) {
+  if (!reaped_) ::kill(pid_, sig);
+}
+
+std::optional<int> Process::Wait(std::chrono::milliseconds timeout) {
+  if (reaped_) return exit_code_;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      reaped_ = true;
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         std::chrono::milliseconds timeout) {
+  TempDir dir;
+  std::string log = dir.path() + "/out";
+  auto p = Process::Start(argv, log);
+  CommandResult result;
+  auto code = p->Wait(timeout);
+  if (!code.has_value()) {
+    p->Signal(SIGKILL);
+    code = p->Wait(std::chrono::seconds(10));
+  }
+  result.exit_code = code.value_or(-1);
+  auto out = ReadFileToString(log);
+  if (out.ok()) result.output = *out;
+  return result;
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::path(::testing::TempDir()) / "coldfuse-XXXXXX").string();
+  char* made = ::mkdtemp(tmpl.data());
+  EXPECT_NE(made, nullptr);
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
+                                                    const std::string& log_path,
+                                                    std::vector<std::string> extra_flags,
+                                                    int port) {
+  auto s = std::unique_ptr<ServerProcess>(new ServerProcess());
+  std::string port_file = data_dir + ".port";
+  std::error_code ec;
+  fs::remove(port_file, ec);
+  std::vector<std::string> argv = {ServerBinary(), "--data_dir=" + data_dir,
+                                   absl::StrCat("--listen=127.0.0.1:", port),
+                                   "--port_file=" + port_file};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  s->process_ = Process::Start(argv, log_path);
+  for (int i = 0; i < 300; ++i) {  // up to 30 s
+    auto text = ReadFileToString(port_file);
+    int p = 0;
+    if (text.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &p) && p > 0) {
+      s->port_ = p;
+      break;
+    }
+    if (s->process_->Wait(std::chrono::milliseconds(100)).has_value()) break;  // died
+  }
+  if (s->port_ == 0) {
+    auto log = ReadFileToString(log_path);
+    ADD_FAILURE() << "coldfused did not start; log:\n" << (log.ok() ? *log : "");
+    return nullptr;
+  }
+  s->channel_ = rpc::Connect(s->address());
+  return s;
+}
+
+v1::ServerStatus ServerProcess::Status() const {
+  auto stub = v1::Status::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ServerStatus s;
+  grpc::Status st = stub->GetStatus(&ctx, {}, &s);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return s;
+}
+
+std::vector<v1::RoundInfo> ServerProcess::Rounds() const {
+  auto stub = v1::Status::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListRoundsResponse r;
+  grpc::Status st = stub->ListRounds(&ctx, {}, &r);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return {r.rounds().begin(), r.rounds().end()};
+}
+
+bool ServerProcess::WaitForBase(uint64_t version, std::chrono::milliseconds timeout) const {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto stub = v1::Status::NewStub(channel_);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ServerStatus s;
+    if (stub->GetStatus(&ctx, {}, &s).ok() && s.initialized() && s.base_version() >= version) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+int ServerProcess::Stop() {
+  process_->Signal(SIGTERM);
+  return process_->Wait(std::chrono::seconds(30)).value_or(-1);
+}
+
+std::string ServerBinary() { return COLDFUSED_BIN; }
+std::string ClientBinary() { return COLDFUSE_CLIENT_BIN; }
+std::string CtlBinary() { return COLDFUSECTL_BIN; }
+
+void WriteBlobsCsv(const std::string& path, int features, int classes, int rows,
+                   uint64_t seed) {
+  SplitMix64 rng(seed);
+  // Fixed class centres (the same for every seed) so tasks share structure.
+  SplitMix64 centres_rng(12345);
+  std::vector<std::vector<double>> centres(classes, std::vector<double>(features));
+  for (auto& c : centres) {
+    for (auto& x : c) x = 4 * centres_rng.Uniform() - 2;
+  }
+  std::ofstream out(path);
+  for (int f = 0; f < features; ++f) out << "x" << f << ",";
+  out << "label\n";
+  for (int r = 0; r < rows; ++r) {
+    int label = r % classes;
+    for (int f = 0; f < features; ++f) {
+      // Box-Muller normal noise around the class centre.
+      double u1 = std::max(rng.Uniform(), 1e-12), u2 = rng.Uniform();
+      double z = std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
+      out << centres[label][f] + 0.8 * z << ",";
+    }
+    out << label << "\n";
+  }
+}
+
+SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t round) {
+  SavedContribution c;
+  auto header = ReadFileToString(absl::StrCat(state_dir, "/contrib-r", round, ".header"));
+  EXPECT_TRUE(header.ok()) << header.status();
+  if (header.ok()) EXPECT_TRUE(c.header.ParseFromString(*header));
+  auto tensors = ReadTensorFile(absl::StrCat(state_dir, "/contrib-r", round, ".ctf"));
+  EXPECT_TRUE(tensors.ok()) << tensors.status();
+  if (tensors.ok()) c.tensors = std::move(*tensors);
+  return c;
+}
+
+std::vector<float> Floats(const HostTensor& t) {
+  std::vector<float> v(t.data.size() / 4);
+  std::memcpy(v.data(), t.data.data(), v.size() * 4);
+  return v;
+}
+
+}  // namespace coldfuse::testing
