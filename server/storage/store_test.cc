@@ -1,1 +1,269 @@
+#include "server/storage/store.h"
+
 #include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "server/rounds/test_util.h"
+
+namespace coldfuse::storage {
+namespace {
+
+v1::ModelInfo TestModel() {
+  v1::ModelInfo m;
+  m.set_model_spec("mlp:2,2");
+  v1::TensorSpec* w = m.mutable_manifest()->add_tensors();
+  w->set_name("body.0.weight");
+  w->set_dtype(v1::F32);
+  w->add_shape(2);
+  w->add_shape(2);
+  v1::TensorSpec* b = m.mutable_manifest()->add_tensors();
+  b->set_name("body.0.bias");
+  b->set_dtype(v1::F32);
+  b->add_shape(2);
+  m.set_fusion_method(v1::EXAMPLE_WEIGHTED_MEAN);
+  m.set_total_bytes(24);
+  return m;
+}
+
+v1::RoundInfo OpenRound(uint64_t number, uint64_t base_version, int64_t opened_ms) {
+  v1::RoundInfo r;
+  r.set_number(number);
+  r.set_base_version(base_version);
+  r.set_state(v1::OPEN);
+  r.set_opened_unix_ms(opened_ms);
+  return r;
+}
+
+v1::ContributionInfo Contribution(uint64_t id, const std::string& who) {
+  v1::ContributionInfo c;
+  c.set_id(id);
+  c.set_contributor(who);
+  c.set_num_examples(100 * id);
+  c.set_sha256(std::string(32, static_cast<char>(id)));
+  c.set_bytes(24);
+  return c;
+}
+
+const std::string kSha0(32, 'a');
+const std::string kSha1(32, 'b');
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reopen(); }
+
+  // Closes the store (if open) and opens the same folder again, as a restart would.
+  void Reopen() {
+    store_.reset();
+    auto s = Store::Open(dir_.path(), StoreOptions());
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::move(*s);
+  }
+
+  LoadedState MustLoad() {
+    auto state = store_->Load();
+    EXPECT_TRUE(state.ok()) << state.status();
+    return state.ok() ? *std::move(state) : LoadedState();
+  }
+
+  // Base v0 (two tensors) and round 1, committed.
+  void Init() {
+    ASSERT_TRUE(store_->PutBaseChunk(0, 0, 0, "weight-bytes-v0").ok());
+    ASSERT_TRUE(store_->PutBaseChunk(0, 1, 0, "bias-bytes-v0").ok());
+    ASSERT_TRUE(store_->CommitInit(TestModel(), kSha0, OpenRound(1, 0, 1000)).ok());
+  }
+
+  testing_util::TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(StoreTest, EmptyFolderHasNoModel) {
+  LoadedState state = MustLoad();
+  EXPECT_FALSE(state.model.has_value());
+  EXPECT_TRUE(state.rounds.empty());
+  EXPECT_EQ(state.current_base, 0u);
+  EXPECT_EQ(state.next_contribution_id, 1u);
+}
+
+TEST_F(StoreTest, InitIsVisibleAfterReopen) {
+  Init();
+  Reopen();
+  LoadedState state = MustLoad();
+  ASSERT_TRUE(state.model.has_value());
+  EXPECT_EQ(state.model->model_spec(), "mlp:2,2");
+  EXPECT_EQ(state.model->fusion_method(), v1::EXAMPLE_WEIGHTED_MEAN);
+  ASSERT_EQ(state.model->manifest().tensors_size(), 2);
+  EXPECT_EQ(state.model->manifest().tensors(1).name(), "body.0.bias");
+  EXPECT_EQ(state.current_base, 0u);
+  EXPECT_EQ(state.current_base_sha256, kSha0);
+  ASSERT_EQ(state.rounds.size(), 1u);
+  EXPECT_EQ(state.rounds[0].number(), 1u);
+  EXPECT_EQ(state.rounds[0].base_version(), 0u);
+  EXPECT_EQ(state.rounds[0].state(), v1::OPEN);
+  EXPECT_EQ(state.rounds[0].opened_unix_ms(), 1000);
+  EXPECT_EQ(state.rounds[0].contributions_size(), 0);
+
+  auto w = store_->GetBaseChunk(0, 0, 0);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(*w, "weight-bytes-v0");
+  auto b = store_->GetBaseChunk(0, 1, 0);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(*b, "bias-bytes-v0");
+  auto sha = store_->GetBaseSha256(0);
+  ASSERT_TRUE(sha.ok()) << sha.status();
+  EXPECT_EQ(*sha, kSha0);
+}
+
+TEST_F(StoreTest, BaseChunksRoundTripByVersionTensorAndChunk) {
+  Init();
+  ASSERT_TRUE(store_->PutBaseChunk(0, 0, 1, "second-chunk").ok());
+  auto c0 = store_->GetBaseChunk(0, 0, 0);
+  auto c1 = store_->GetBaseChunk(0, 0, 1);
+  ASSERT_TRUE(c0.ok() && c1.ok());
+  EXPECT_EQ(*c0, "weight-bytes-v0");
+  EXPECT_EQ(*c1, "second-chunk");
+  EXPECT_EQ(store_->GetBaseChunk(0, 0, 2).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetBaseChunk(0, 2, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetBaseChunk(1, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetBaseSha256(1).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, CrashedInitLeavesNothingBehind) {
+  MustLoad();
+  ASSERT_TRUE(store_->PutBaseChunk(0, 0, 0, "half-written").ok());
+  Reopen();  // the init never committed
+  LoadedState state = MustLoad();
+  EXPECT_FALSE(state.model.has_value());
+  EXPECT_EQ(store_->GetBaseChunk(0, 0, 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, UncommittedContributionIsDeletedOnLoadCommittedOneSurvives) {
+  Init();
+  MustLoad();
+  // Contribution 2 commits; contribution 3 was still uploading when the server died.
+  ASSERT_TRUE(store_->PutContributionChunk(1, 2, 0, 0, "c2-t0").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 2, 1, 0, "c2-t1").ok());
+  ASSERT_TRUE(store_->CommitContribution(1, Contribution(2, "alice")).ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 3, 0, 0, "c3-t0").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 3, 1, 0, "c3-t1").ok());
+
+  Reopen();
+  LoadedState state = MustLoad();
+  ASSERT_EQ(state.rounds.size(), 1u);
+  ASSERT_EQ(state.rounds[0].contributions_size(), 1);
+  EXPECT_EQ(state.rounds[0].contributions(0).id(), 2u);
+  EXPECT_EQ(state.rounds[0].contributions(0).contributor(), "alice");
+  EXPECT_EQ(state.rounds[0].contributions(0).num_examples(), 200u);
+  EXPECT_GT(state.next_contribution_id, 2u);
+
+  auto kept = store_->GetContributionChunk(1, 2, 1, 0);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, "c2-t1");
+  EXPECT_EQ(store_->GetContributionChunk(1, 3, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 3, 1, 0).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, BaseChunksAboveCurrentVersionAreDeletedOnLoad) {
+  Init();
+  // A fusion into v1 crashed before its commit.
+  ASSERT_TRUE(store_->PutBaseChunk(1, 0, 0, "half-fused").ok());
+  ASSERT_TRUE(store_->PutBaseChunk(1, 1, 0, "half-fused").ok());
+  Reopen();
+  LoadedState state = MustLoad();
+  EXPECT_EQ(state.current_base, 0u);
+  EXPECT_EQ(store_->GetBaseChunk(1, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetBaseChunk(1, 1, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->GetBaseChunk(0, 0, 0).ok());
+  EXPECT_TRUE(store_->GetBaseChunk(0, 1, 0).ok());
+}
+
+TEST_F(StoreTest, RoundCloseIsVisibleAfterReopen) {
+  Init();
+  ASSERT_TRUE(store_->PutContributionChunk(1, 1, 0, 0, "c1").ok());
+  ASSERT_TRUE(store_->CommitContribution(1, Contribution(1, "alice")).ok());
+  ASSERT_TRUE(store_->PutBaseChunk(1, 0, 0, "weight-bytes-v1").ok());
+  ASSERT_TRUE(store_->PutBaseChunk(1, 1, 0, "bias-bytes-v1").ok());
+  v1::RoundInfo closed = OpenRound(1, 0, 1000);
+  *closed.add_contributions() = Contribution(1, "alice");
+  closed.set_state(v1::CLOSED);
+  closed.set_closed_unix_ms(5000);
+  closed.set_result_base_version(1);
+  closed.set_close_reason("operator");
+  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 5000)).ok());
+
+  Reopen();
+  LoadedState state = MustLoad();
+  EXPECT_EQ(state.current_base, 1u);
+  EXPECT_EQ(state.current_base_sha256, kSha1);
+  ASSERT_EQ(state.rounds.size(), 2u);
+  const v1::RoundInfo& r1 = state.rounds[0];
+  EXPECT_EQ(r1.number(), 1u);
+  EXPECT_EQ(r1.state(), v1::CLOSED);
+  EXPECT_EQ(r1.closed_unix_ms(), 5000);
+  EXPECT_EQ(r1.result_base_version(), 1u);
+  EXPECT_EQ(r1.close_reason(), "operator");
+  ASSERT_EQ(r1.contributions_size(), 1);  // listed once, not twice
+  EXPECT_EQ(r1.contributions(0).contributor(), "alice");
+  const v1::RoundInfo& r2 = state.rounds[1];
+  EXPECT_EQ(r2.number(), 2u);
+  EXPECT_EQ(r2.base_version(), 1u);
+  EXPECT_EQ(r2.state(), v1::OPEN);
+  EXPECT_EQ(r2.contributions_size(), 0);
+
+  // Both versions stay readable; v1 is current, so Load kept it.
+  auto base1 = store_->GetBaseChunk(1, 0, 0);
+  ASSERT_TRUE(base1.ok()) << base1.status();
+  EXPECT_EQ(*base1, "weight-bytes-v1");
+  auto base0 = store_->GetBaseChunk(0, 0, 0);
+  ASSERT_TRUE(base0.ok()) << base0.status();
+  EXPECT_EQ(*base0, "weight-bytes-v0");
+  auto sha0 = store_->GetBaseSha256(0);
+  ASSERT_TRUE(sha0.ok());
+  EXPECT_EQ(*sha0, kSha0);
+  // The closed round's contribution data is still there.
+  EXPECT_TRUE(store_->GetContributionChunk(1, 1, 0, 0).ok());
+}
+
+TEST_F(StoreTest, DeleteContributionDataRemovesOnlyThatContribution) {
+  Init();
+  ASSERT_TRUE(store_->PutContributionChunk(1, 1, 0, 0, "c1-t0-c0").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 1, 0, 7, "c1-t0-c7").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 1, 1, 0, "c1-t1-c0").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(1, 2, 0, 0, "c2-t0-c0").ok());
+  ASSERT_TRUE(store_->PutContributionChunk(2, 1, 0, 0, "r2-c1").ok());
+
+  ASSERT_TRUE(store_->DeleteContributionData(1, 1).ok());
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 7).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 1, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  auto other = store_->GetContributionChunk(1, 2, 0, 0);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(*other, "c2-t0-c0");
+  auto other_round = store_->GetContributionChunk(2, 1, 0, 0);
+  ASSERT_TRUE(other_round.ok()) << other_round.status();
+  EXPECT_EQ(*other_round, "r2-c1");
+}
+
+TEST_F(StoreTest, SecondOpenOfTheSameFolderFailsClearly) {
+  auto second = Store::Open(dir_.path(), StoreOptions());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "another coldfused"))
+      << second.status();
+
+  // Once the first one is closed, the folder opens again.
+  store_.reset();
+  auto third = Store::Open(dir_.path(), StoreOptions());
+  EXPECT_TRUE(third.ok()) << third.status();
+}
+
+}  // namespace
+}  // namespace coldfuse::storage
