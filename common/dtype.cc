@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -88,6 +89,26 @@ float HalfBitsToFloat(uint16_t h) {
 
 namespace {
 
+// double -> float rounding to odd: exact values stay; inexact ones are truncated toward
+// zero with the lowest bit set. A following round-to-nearest-even to F16/BF16 (far fewer
+// bits) then rounds exactly as one rounding from double would.
+float RoundToOddFloat(double d) {
+  if (std::isnan(d)) return static_cast<float>(d);
+  float f = static_cast<float>(d);
+  if (static_cast<double>(f) == d) return f;
+  if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(f) | 1u);
+}
+
+template <typename T>
+float ToFloatForHalf(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return RoundToOddFloat(v);
+  } else {
+    return static_cast<float>(v);
+  }
+}
+
 template <typename T>
 void Decode(DType dtype, const void* src, size_t n, T* out) {
   const auto* p = static_cast<const unsigned char*>(src);
@@ -138,7 +159,7 @@ void Encode(DType dtype, const T* in, size_t n, void* dst) {
     case v1::F16:
     case v1::BF16:
       for (size_t i = 0; i < n; ++i) {
-        float f = static_cast<float>(in[i]);
+        float f = ToFloatForHalf(in[i]);
         uint16_t b = dtype == v1::F16 ? FloatToHalfBits(f) : FloatToBf16Bits(f);
         std::memcpy(p + 2 * i, &b, 2);
       }

@@ -36,6 +36,9 @@ absl::StatusOr<MlpSpec> ParseModelSpec(absl::string_view spec) {
   }
   if (out.dims.size() < 2) return bad("needs at least an input and one layer width");
   if (out.dims.size() > 65) return bad("at most 64 layers");
+  // Refuse what could never be stored before anyone allocates it.
+  absl::Status valid = ValidateManifest(MlpManifest(out));
+  if (!valid.ok()) return bad(valid.message());
   return out;
 }
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -43,7 +44,8 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
 }  // namespace
 
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents) {
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError("cannot create", tmp);
   absl::Status st = WriteAll(fd, contents, tmp);
@@ -87,6 +89,8 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
 }
 
 absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTensor>& tensors) {
+  // Write only what ReadTensorFile accepts, so saved state is never unreadable.
+  RETURN_IF_ERROR(ValidateManifest(ManifestOf(tensors)));
   RETURN_IF_ERROR(CheckTensorSizes(tensors));
   std::string manifest = ManifestOf(tensors).SerializeAsString();
   std::string out(kMagic, kMagicLen);

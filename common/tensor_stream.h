@@ -78,6 +78,9 @@ std::string TensorsSha256(const std::vector<HostTensor>& tensors);
 class InMemoryAssembler {
  public:
   explicit InMemoryAssembler(const v1::Manifest& manifest);
+  // The receiver's sink points into this object: it must not move.
+  InMemoryAssembler(const InMemoryAssembler&) = delete;
+  InMemoryAssembler& operator=(const InMemoryAssembler&) = delete;
   absl::Status Accept(const v1::TensorChunk& chunk) { return receiver_.Accept(chunk); }
   // Returns the tensors once the trailer checks out.
   absl::StatusOr<std::vector<HostTensor>> Finish(const v1::StreamTrailer& trailer);
