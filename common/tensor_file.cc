@@ -43,10 +43,10 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
 
 }  // namespace
 
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents) {
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode) {
   static std::atomic<uint64_t> counter{0};
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return ErrnoError("cannot create", tmp);
   absl::Status st = WriteAll(fd, contents, tmp);
   if (st.ok() && ::fsync(fd) != 0) st = ErrnoError("cannot fsync", tmp);

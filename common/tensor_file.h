@@ -21,8 +21,9 @@ absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTens
 absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path);
 
 // Writes `contents` to `path` atomically (temp file in the same folder, fsync, rename,
-// fsync of the folder).
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents);
+// fsync of the folder), created with permission bits `mode`.
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents,
+                             int mode = 0644);
 // NOT_FOUND if missing.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 

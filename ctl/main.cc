@@ -2,6 +2,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <map>
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -11,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -20,6 +22,7 @@
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/tensor_file.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)");
 ABSL_FLAG(std::string, format, "table", "Output of status/rounds/round: table, json or tsv");
@@ -30,6 +33,22 @@ ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (b
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
 ABSL_FLAG(int64_t, base, -1, "wait: wait until the current base version is at least this");
 ABSL_FLAG(double, timeout_s, 30, "Deadline of each call (wait: of the whole wait), seconds");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server certificate (empty: plaintext, "
+          "for a server run --insecure)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server with mutual TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding this caller's token (default: the COLDFUSE_TOKEN variable)");
+ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
+ABSL_FLAG(double, clip_factor, 0, "init --fusion=clipped: clip at this x median norm (0: 1.0)");
+ABSL_FLAG(std::string, name, "", "token create/revoke: the token's name (a contributor's identity)");
+ABSL_FLAG(std::string, role, "contributor", "token create: contributor, viewer or operator");
+ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: never)");
+ABSL_FLAG(std::string, out, "", "token create: write the secret to this file (mode 0600) "
+          "instead of printing it");
+ABSL_FLAG(std::string, reason, "", "rollback: why, for the audit log");
+ABSL_FLAG(uint64_t, after, 0, "audit: records after this sequence number");
+ABSL_FLAG(uint32_t, limit, 100, "audit: at most this many records");
 
 namespace coldfuse::ctl {
 namespace {
@@ -37,7 +56,8 @@ namespace {
 constexpr char kUsage[] = R"(coldfusectl [--server=HOST:PORT] COMMAND [flags]
 
 Commands:
-  init [--spec=mlp:64,128,64] [--seed=1] [--fusion=mean|weighted]
+  init [--spec=mlp:64,128,64] [--seed=1]
+       [--fusion=mean|weighted|median|trimmed|clipped] [--trim_fraction=F] [--clip_factor=C]
                       store base v0 and open round 1
   status [--json]     the server's state: model, base, open round, policy
   rounds [--json]     every round: base, state, contributions, result
@@ -47,6 +67,15 @@ Commands:
                       fuse the open round now (needs one contribution)
   wait --base=N [--timeout_s=S]
                       block until base vN exists (uses WatchStatus)
+  token create --name=NAME [--role=contributor|viewer|operator] [--ttl_s=S] [--out=FILE]
+  token revoke --name=NAME
+  token list          tokens (names, roles, expiry, revoked); never their secrets
+  rollback --base=N [--reason=TEXT]
+                      mark every base after vN bad and reopen a round from vN
+  audit [--after=SEQ] [--limit=100] [--json]
+                      the append-only log of state changes
+Connection: --tls_ca=ca.crt [--tls_cert=me.crt --tls_key=me.key] --token_file=FILE
+(or COLDFUSE_TOKEN); no --tls_ca means plaintext, for a server run --insecure.
 Exit status: 0 on success; 1 with the server's error on stderr otherwise.)";
 
 enum class Format { kTable, kJson, kTsv };
@@ -93,14 +122,20 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   header.set_model_spec(FormatModelSpec(spec));
   *header.mutable_manifest() = MlpManifest(spec);
   std::string fusion = absl::GetFlag(FLAGS_fusion);
-  if (fusion == "mean") {
-    header.set_fusion_method(v1::MEAN);
-  } else if (fusion == "weighted") {
-    header.set_fusion_method(v1::EXAMPLE_WEIGHTED_MEAN);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--fusion=", fusion, " is not one of mean, weighted"));
+  const std::map<std::string, v1::FusionMethod> methods = {
+      {"mean", v1::MEAN},
+      {"weighted", v1::EXAMPLE_WEIGHTED_MEAN},
+      {"median", v1::COORDINATE_MEDIAN},
+      {"trimmed", v1::TRIMMED_MEAN},
+      {"clipped", v1::NORM_CLIPPED_MEAN}};
+  auto method = methods.find(fusion);
+  if (method == methods.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--fusion=", fusion, " is not one of mean, weighted, median, trimmed, clipped"));
   }
+  header.set_fusion_method(method->second);
+  header.mutable_fusion_options()->set_trim_fraction(absl::GetFlag(FLAGS_trim_fraction));
+  header.mutable_fusion_options()->set_clip_factor(absl::GetFlag(FLAGS_clip_factor));
   std::vector<HostTensor> tensors = InitMlpBody(spec, absl::GetFlag(FLAGS_seed));
   ASSIGN_OR_RETURN(v1::InitModelResponse r,
                    rpc::InitModel(channel, header, tensors, {.deadline = Deadline()}));
@@ -201,6 +236,7 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
       auto it = c.metrics().find(m);
       cells.push_back(it == c.metrics().end() ? "-" : absl::StrFormat("%.4f", it->second));
     }
+    if (!tsv && c.state() == v1::QUARANTINED) cells.push_back("QUARANTINED: " + c.quarantine_reason());
     std::cout << absl::StrJoin(cells, sep) << "\n";
   }
   return absl::OkStatus();
@@ -244,11 +280,106 @@ absl::Status Wait(const std::shared_ptr<grpc::Channel>& channel) {
   return rpc::FromGrpc(st, "WatchStatus");
 }
 
+absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
+                   const std::string& verb) {
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  if (verb == "create") {
+    v1::CreateTokenRequest request;
+    request.set_name(absl::GetFlag(FLAGS_name));
+    std::string role = absl::GetFlag(FLAGS_role);
+    v1::Role r;
+    if (!v1::Role_Parse(absl::AsciiStrToUpper(role), &r) || r == v1::ROLE_UNSPECIFIED) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--role=", role, " is not one of contributor, viewer, operator"));
+    }
+    request.set_role(r);
+    request.set_ttl_seconds(absl::GetFlag(FLAGS_ttl_s));
+    v1::CreateTokenResponse response;
+    RETURN_IF_ERROR(rpc::FromGrpc(stub->CreateToken(&ctx, request, &response), "CreateToken"));
+    std::string out = absl::GetFlag(FLAGS_out);
+    if (!out.empty()) {
+      RETURN_IF_ERROR(WriteFileAtomic(out, response.token() + "\n", 0600));
+      std::cerr << "token '" << response.info().name() << "' ("
+                << v1::Role_Name(response.info().role()) << ") written to " << out << "\n";
+    } else {
+      std::cout << response.token() << "\n";
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "revoke") {
+    v1::RevokeTokenRequest request;
+    request.set_name(absl::GetFlag(FLAGS_name));
+    v1::TokenInfo info;
+    RETURN_IF_ERROR(rpc::FromGrpc(stub->RevokeToken(&ctx, request, &info), "RevokeToken"));
+    std::cout << "revoked token '" << info.name() << "'\n";
+    return absl::OkStatus();
+  }
+  if (verb == "list") {
+    v1::ListTokensResponse r;
+    RETURN_IF_ERROR(rpc::FromGrpc(stub->ListTokens(&ctx, {}, &r), "ListTokens"));
+    if (format == Format::kJson) return PrintJson(r);
+    std::cout << "NAME                 ROLE         EXPIRES            STATE\n";
+    for (const auto& t : r.tokens()) {
+      std::cout << absl::StrFormat("%-20s %-12s %-18s %s\n", t.name(), v1::Role_Name(t.role()),
+                                   t.expires_unix_ms() == 0
+                                       ? std::string("never")
+                                       : absl::StrCat(t.expires_unix_ms() / 1000),
+                                   t.revoked() ? "revoked" : "active");
+    }
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("usage: coldfusectl token create|revoke|list");
+}
+
+absl::Status Rollback(const std::shared_ptr<grpc::Channel>& channel) {
+  int64_t base = absl::GetFlag(FLAGS_base);
+  if (base < 0) return absl::InvalidArgumentError("rollback needs --base=N (a good base)");
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::RollbackBaseRequest request;
+  request.set_base_version(base);
+  request.set_reason(absl::GetFlag(FLAGS_reason));
+  v1::RollbackBaseResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->RollbackBase(&ctx, request, &r), "RollbackBase"));
+  std::cout << "rolled back to base v" << base << "; round " << r.opened_round().number()
+            << " open; bad bases: v" << absl::StrJoin(r.bad_base_versions(), ", v") << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format) {
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ListAuditRequest request;
+  request.set_after_seq(absl::GetFlag(FLAGS_after));
+  request.set_limit(absl::GetFlag(FLAGS_limit));
+  v1::ListAuditResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &r), "ListAudit"));
+  if (format == Format::kJson) return PrintJson(r);
+  for (const auto& rec : r.records()) {
+    std::cout << absl::StrFormat("%6d %d %-10s %-24s %s\n", rec.seq(), rec.unix_ms(), rec.actor(),
+                                 rec.action(), rec.detail());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
+  rpc::ConnectOptions options;
+  options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  ASSIGN_OR_RETURN(options.token, rpc::LoadToken(absl::GetFlag(FLAGS_token_file)));
+  return rpc::Connect(absl::GetFlag(FLAGS_server), options);
+}
+
 absl::Status Run(const std::vector<char*>& args) {
   if (args.size() < 2) return absl::InvalidArgumentError(kUsage);
   std::string command = args[1];
   ASSIGN_OR_RETURN(Format format, GetFormat());
-  auto channel = rpc::Connect(absl::GetFlag(FLAGS_server));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
   if (command == "init") return Init(channel);
   if (command == "status") return Status(channel, format);
   if (command == "rounds") return Rounds(channel, format);
@@ -258,6 +389,9 @@ absl::Status Run(const std::vector<char*>& args) {
   }
   if (command == "close-round") return CloseRound(channel);
   if (command == "wait") return Wait(channel);
+  if (command == "token") return Token(channel, format, args.size() > 2 ? args[2] : "");
+  if (command == "rollback") return Rollback(channel);
+  if (command == "audit") return Audit(channel, format);
   return absl::InvalidArgumentError(absl::StrCat("unknown command '", command, "'\n", kUsage));
 }
 

@@ -20,11 +20,28 @@ ABSL_FLAG(double, round_timeout_s, 600,
           "Close a round with at least one contribution this many seconds after it opened "
           "(0: never)");
 ABSL_FLAG(int, worker_threads, 4, "Threads for commits and fusion");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (deploy/make-certs.sh)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "If set: mutual TLS; contributors must present a certificate from this CA");
+ABSL_FLAG(bool, insecure, false,
+          "No TLS and no tokens. For tests and local experiments only: anyone who can "
+          "reach the port can administer the server");
+ABSL_FLAG(std::string, bootstrap_token_file, "",
+          "If no operator token exists, create one and write it here (mode 0600)");
+ABSL_FLAG(uint32_t, max_uploads_per_round, 3, "Upload attempts per contributor per round");
+ABSL_FLAG(uint64_t, max_bytes_per_day, 0,
+          "Accepted bytes per contributor per UTC day (0: unlimited)");
+ABSL_FLAG(double, outlier_factor, 3.0,
+          "Quarantine a contribution whose delta norm exceeds this many times the round's "
+          "median (needs >= 3 contributions; 0: off)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "coldfused --data_dir=DIR [--listen=127.0.0.1:7878] [--min_contributions=3] "
-      "[--round_timeout_s=600]\nThe coldfuse fusion server.");
+      "coldfused --data_dir=DIR --tls_cert=server.crt --tls_key=server.key "
+      "[--tls_client_ca=ca.crt] [--bootstrap_token_file=FILE] [--listen=127.0.0.1:7878] "
+      "[--min_contributions=3] [--round_timeout_s=600]\n"
+      "coldfused --data_dir=DIR --insecure ...   (tests only)\nThe coldfuse fusion server.");
   absl::ParseCommandLine(argc, argv);
 
   // Block the signals in every thread; one thread waits for them.
@@ -41,6 +58,14 @@ int main(int argc, char** argv) {
   options.rounds.round_timeout_ms =
       static_cast<int64_t>(absl::GetFlag(FLAGS_round_timeout_s) * 1000);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.bootstrap_token_file = absl::GetFlag(FLAGS_bootstrap_token_file);
+  options.rounds.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
+  options.rounds.max_bytes_per_day = absl::GetFlag(FLAGS_max_bytes_per_day);
+  options.rounds.outlier_factor = absl::GetFlag(FLAGS_outlier_factor);
   if (options.worker_threads < 1) options.worker_threads = 1;
 
   auto server = coldfuse::Server::Start(options);

@@ -5,6 +5,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/tensor_file.h"
+#include "server/auth/token_registry.h"
+#include "server/service/authorizer.h"
 #include "server/service/executor.h"
 #include "server/service/services.h"
 #include "server/storage/store.h"
@@ -14,6 +17,8 @@ namespace coldfuse {
 struct Server::Impl {
   // Declaration order is destruction order in reverse: gRPC first, store last.
   std::unique_ptr<storage::Store> store;
+  std::unique_ptr<auth::TokenRegistry> tokens;
+  std::unique_ptr<service::Authorizer> authorizer;
   std::unique_ptr<rounds::RoundManager> manager;
   std::unique_ptr<service::Executor> executor;
   std::unique_ptr<service::ContributorService> contributor;
@@ -27,6 +32,8 @@ struct Server::Impl {
     grpc_server.reset();
     executor.reset();  // finishes queued commits before the manager goes
     manager.reset();
+    authorizer.reset();
+    tokens.reset();
     store.reset();
   }
 };
@@ -38,20 +45,53 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (options.data_dir.empty()) {
     return absl::InvalidArgumentError("no data folder: pass --data_dir");
   }
+  // Check the certificate and key before touching the store: a misconfigured server
+  // should say which file is wrong and change nothing.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.insecure) {
+    CF_LOG(WARNING) << "*** INSECURE MODE: no TLS, no tokens; anyone who can reach "
+                    << options.listen << " can read, upload and administer. "
+                    << "Never use this outside a test. ***";
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    if (options.tls.cert_file.empty() || options.tls.key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS needs --tls_cert and --tls_key (deploy/make-certs.sh makes them); "
+          "--insecure runs without TLS and tokens, for tests only");
+    }
+    ASSIGN_OR_RETURN(credentials, service::MakeServerCredentials(options.tls));
+  }
   auto impl = std::make_unique<Impl>();
   storage::StoreOptions store_options;
   ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.data_dir, store_options));
+  if (!options.insecure) {
+    ASSIGN_OR_RETURN(impl->tokens, auth::TokenRegistry::Create(impl->store.get(), SystemClock()));
+    if (!impl->tokens->HasOperator()) {
+      if (options.bootstrap_token_file.empty()) {
+        return absl::FailedPreconditionError(
+            "no operator token exists: start once with --bootstrap_token_file=PATH to "
+            "create one");
+      }
+      ASSIGN_OR_RETURN(auth::CreatedToken t,
+                       impl->tokens->CreateToken("operator", v1::OPERATOR, 0, "server"));
+      RETURN_IF_ERROR(WriteFileAtomic(options.bootstrap_token_file, t.secret + "\n", 0600));
+      CF_LOG(WARNING) << "created the first operator token (name 'operator') in "
+                      << options.bootstrap_token_file << "; keep it secret";
+    }
+  }
+  impl->authorizer = std::make_unique<service::Authorizer>(impl->tokens.get());
   ASSIGN_OR_RETURN(impl->manager, rounds::RoundManager::Create(impl->store.get(),
                                                               options.rounds, SystemClock()));
   impl->executor = std::make_unique<service::Executor>(options.worker_threads);
-  impl->contributor = std::make_unique<service::ContributorService>(impl->manager.get(),
-                                                                    impl->executor.get());
-  impl->status = std::make_unique<service::StatusService>(impl->manager.get());
-  impl->admin =
-      std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get());
+  impl->contributor = std::make_unique<service::ContributorService>(
+      impl->manager.get(), impl->executor.get(), impl->authorizer.get());
+  impl->status =
+      std::make_unique<service::StatusService>(impl->manager.get(), impl->authorizer.get());
+  impl->admin = std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get(),
+                                                        impl->authorizer.get());
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, credentials, &impl->port);
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
   builder.RegisterService(impl->contributor.get());
   builder.RegisterService(impl->status.get());
@@ -63,7 +103,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   impl->manager->Start();
   auto status = impl->manager->GetStatus();
-  CF_LOG(INFO) << "coldfused listening on port " << impl->port << ", data in "
+  CF_LOG(INFO) << "coldfused listening on port " << impl->port
+               << (options.insecure ? " (INSECURE)" : options.tls.client_ca_file.empty()
+                                                          ? " (TLS, tokens)"
+                                                          : " (mutual TLS, tokens)")
+               << ", data in "
                << options.data_dir << ", "
                << (status.initialized()
                        ? absl::StrCat("base v", status.base_version(), ", round ",

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/rounds/round_manager.h"
+#include "server/service/tls.h"
 
 namespace coldfuse {
 
@@ -22,6 +23,14 @@ struct ServerOptions {
   int worker_threads = 4;
   // Largest message a client may send; one chunk plus its framing. Default: 4 MiB.
   int max_receive_bytes = 4 << 20;
+  // TLS certificate and key (required unless insecure); client_ca_file turns on mutual
+  // TLS. Default: empty.
+  service::ServerTlsOptions tls;
+  // No TLS and no tokens: for tests and local experiments only. Default: false.
+  bool insecure = false;
+  // If no operator token exists yet, create one and write it to this file (mode 0600).
+  // Default: empty (then a server without an operator token refuses to start).
+  std::string bootstrap_token_file;
 };
 
 class Server {

@@ -1,5 +1,6 @@
 // Bad input gets a status code and a message saying what to fix, and loses nothing that
 // was stored: checked against the real coldfused over gRPC, and across a restart.
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -18,8 +19,10 @@ constexpr char kSpec[] = "mlp:4,3,2";
 class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // Many rejected uploads from one contributor below: lift the per-round limit.
     server_ = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
-                                   {"--min_contributions=2", "--round_timeout_s=0"});
+                                   {"--min_contributions=2", "--round_timeout_s=0",
+                                    "--max_uploads_per_round=100"});
     ASSERT_NE(server_, nullptr);
   }
 
@@ -195,6 +198,30 @@ TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
   auto again = rpc::PushContribution(server_->channel(), h, t);
   EXPECT_TRUE(absl::IsAlreadyExists(again.status())) << again.status();
   EXPECT_EQ(server_->Status().open_round().contributions_size(), 1);
+}
+
+TEST_F(BadInputTest, NonFiniteValuesAreRejectedAndUploadAttemptsAreLimited) {
+  Init();
+  auto [h, t] = Good("nan-sender");
+  float nan = std::nanf("");
+  std::memcpy(t[2].data.data() + 4, &nan, 4);  // element 1 of body.1.weight
+  ExpectRejected(RawPush(Stream(h, t)), grpc::StatusCode::INVALID_ARGUMENT,
+                 "'body.1.weight' holds a NaN or infinity at element 1");
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+
+  // A second server with the default limit of 3 upload attempts per round.
+  ASSERT_EQ(server_->Stop(), 0);
+  server_ = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                 {"--max_uploads_per_round=3"});
+  ASSERT_NE(server_, nullptr);
+  auto [h2, good] = Good("flaky");
+  auto corrupt = Stream(h2, good);
+  corrupt.back().mutable_trailer()->set_sha256(std::string(32, 'x'));
+  for (int i = 0; i < 3; ++i) {
+    ExpectRejected(RawPush(corrupt), grpc::StatusCode::INVALID_ARGUMENT, "checksum");
+  }
+  ExpectRejected(RawPush(Stream(h2, good)), grpc::StatusCode::RESOURCE_EXHAUSTED,
+                 "limit is 3 per round");
 }
 
 TEST_F(BadInputTest, InitTwiceIsRefusedAndKeepsTheFirstBase) {

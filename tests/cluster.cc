@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -110,6 +112,11 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
                                    absl::StrCat("--listen=127.0.0.1:", port),
                                    "--port_file=" + port_file};
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  // Plaintext and tokenless unless the test configures TLS itself.
+  const bool secure = std::any_of(extra_flags.begin(), extra_flags.end(), [](const auto& f) {
+    return absl::StartsWith(f, "--tls_cert");
+  });
+  if (!secure) argv.push_back("--insecure");
   s->process_ = Process::Start(argv, log_path);
   for (int i = 0; i < 300; ++i) {  // up to 30 s
     auto text = ReadFileToString(port_file);
@@ -125,7 +132,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
     ADD_FAILURE() << "coldfused did not start; log:\n" << (log.ok() ? *log : "");
     return nullptr;
   }
-  s->channel_ = rpc::Connect(s->address());
+  if (!secure) s->channel_ = rpc::ConnectInsecure(s->address());
   return s;
 }
 

@@ -57,14 +57,17 @@ class TempDir {
 // One coldfused on an ephemeral loopback port over a data folder.
 class ServerProcess {
  public:
-  // Starts coldfused and waits until it serves. `port` 0 picks a free one.
+  // Starts coldfused and waits until it serves. `port` 0 picks a free one. Adds
+  // --insecure unless `extra_flags` has --tls_cert.
   static std::unique_ptr<ServerProcess> Start(const std::string& data_dir,
                                               const std::string& log_path,
                                               std::vector<std::string> extra_flags = {},
                                               int port = 0);
   int port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // Plaintext channel (null for a TLS server: set one with set_channel).
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  void set_channel(std::shared_ptr<grpc::Channel> c) { channel_ = std::move(c); }
   Process* process() { return process_.get(); }
 
   v1::ServerStatus Status() const;

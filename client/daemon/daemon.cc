@@ -15,13 +15,13 @@ bool IsRetryable(const absl::Status& s) {
          absl::IsFailedPrecondition(s) || absl::IsCancelled(s) || absl::IsResourceExhausted(s);
 }
 
-Daemon::Daemon(DaemonOptions options, StateDir state, train::Dataset train_data,
-               train::Dataset test_data)
+Daemon::Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
+               train::Dataset train_data, train::Dataset test_data)
     : options_(std::move(options)),
       state_(std::move(state)),
       train_(std::move(train_data)),
       test_(std::move(test_data)),
-      channel_(rpc::Connect(options_.server)) {}
+      channel_(std::move(channel)) {}
 
 void Daemon::Sleep(std::chrono::milliseconds d) {
   auto until = std::chrono::steady_clock::now() + d;

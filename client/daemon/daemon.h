@@ -18,9 +18,8 @@
 namespace coldfuse::daemon {
 
 struct DaemonOptions {
-  // coldfused address. Default: 127.0.0.1:7878.
-  std::string server = "127.0.0.1:7878";
-  // This contributor's name, as shown in status. Required.
+  // This contributor's name, as shown in status (with tokens, the server uses the
+  // token's name instead). Required.
   std::string contributor;
   // Task name reported with each contribution. Default: empty.
   std::string task;
@@ -39,8 +38,9 @@ struct DaemonOptions {
 
 class Daemon {
  public:
-  Daemon(DaemonOptions options, StateDir state, train::Dataset train_data,
-         train::Dataset test_data);
+  // `channel` carries TLS and the contributor's token (rpc::Connect).
+  Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
+         train::Dataset train_data, train::Dataset test_data);
 
   // Runs until max_rounds contributions are acknowledged, Stop() is called, or an error
   // that retrying cannot fix (bad data, a rejected contribution, a corrupt state folder).

@@ -39,6 +39,13 @@ ABSL_FLAG(bool, probe, false,
           "upload nothing");
 ABSL_FLAG(int64_t, probe_examples, 100, "--probe: training rows to use");
 ABSL_FLAG(int64_t, base_version, -1, "--probe: base version to start from (-1: current)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that signed the server certificate (empty: plaintext, only for a server "
+          "run --insecure)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server with mutual TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding this contributor's token (default: the COLDFUSE_TOKEN variable)");
 
 namespace coldfuse {
 namespace {
@@ -77,9 +84,18 @@ absl::StatusOr<Data> LoadData() {
   return d;
 }
 
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
+  rpc::ConnectOptions options;
+  options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  ASSIGN_OR_RETURN(options.token, rpc::LoadToken(absl::GetFlag(FLAGS_token_file)));
+  return rpc::Connect(absl::GetFlag(FLAGS_server), options);
+}
+
 absl::Status Probe() {
   ASSIGN_OR_RETURN(Data data, LoadData());
-  auto channel = rpc::Connect(absl::GetFlag(FLAGS_server));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
   std::optional<uint64_t> version;
   if (absl::GetFlag(FLAGS_base_version) >= 0) version = absl::GetFlag(FLAGS_base_version);
   ASSIGN_OR_RETURN(rpc::PulledBase base, rpc::PullBase(channel, version));
@@ -99,7 +115,6 @@ daemon::Daemon* g_daemon = nullptr;
 
 absl::Status RunDaemon() {
   daemon::DaemonOptions options;
-  options.server = absl::GetFlag(FLAGS_server);
   options.contributor = absl::GetFlag(FLAGS_name);
   options.task = absl::GetFlag(FLAGS_task);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
@@ -116,11 +131,13 @@ absl::Status RunDaemon() {
   }
   ASSIGN_OR_RETURN(Data data, LoadData());
   ASSIGN_OR_RETURN(daemon::StateDir state, daemon::StateDir::Open(options.state_dir));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
   CF_LOG(INFO) << "contributor " << options.contributor << ": " << data.train.rows()
                << " training and " << data.test.rows() << " test examples, "
-               << data.train.num_classes << " classes; server " << options.server;
-  daemon::Daemon d(std::move(options), std::move(state), std::move(data.train),
-                   std::move(data.test));
+               << data.train.num_classes << " classes; server " << absl::GetFlag(FLAGS_server)
+               << (absl::GetFlag(FLAGS_tls_ca).empty() ? " (plaintext)" : " (TLS)");
+  daemon::Daemon d(std::move(options), std::move(channel), std::move(state),
+                   std::move(data.train), std::move(data.test));
   g_daemon = &d;
   return d.Run();
 }

@@ -1,7 +1,11 @@
 #include "common/rpc/client.h"
 
+#include <cstdlib>
+
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 
 namespace coldfuse::rpc {
@@ -39,10 +43,40 @@ void WriteTensorStream(grpc::ClientWriter<Request>* writer, Request request,
 
 }  // namespace
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
+std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(4 << 20);
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target,
+                                                       const ConnectOptions& options) {
+  if (options.tls.ca_file.empty()) {
+    if (!options.token.empty()) {
+      return absl::InvalidArgumentError(
+          "a token is only sent over TLS: pass --tls_ca (the CA that signed the server's "
+          "certificate)");
+    }
+    return ConnectInsecure(target);
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                   MakeClientCredentials(options.tls));
+  if (!options.token.empty()) {
+    creds = grpc::CompositeChannelCredentials(creds, grpc::AccessTokenCredentials(options.token));
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(4 << 20);
+  return grpc::CreateCustomChannel(target, creds, args);
+}
+
+absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
+  std::string token;
+  if (!token_file.empty()) {
+    ASSIGN_OR_RETURN(token, ReadFileToString(token_file));
+  } else if (const char* env = std::getenv("COLDFUSE_TOKEN"); env != nullptr) {
+    token = env;
+  }
+  return std::string(absl::StripAsciiWhitespace(token));
 }
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call) {

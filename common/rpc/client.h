@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
+#include "common/rpc/tls.h"
 #include "common/tensor.h"
 
 namespace coldfuse::rpc {
@@ -23,8 +24,23 @@ struct CallOptions {
   std::chrono::milliseconds deadline{10 * 60 * 1000};
 };
 
-// An insecure channel to `target` ("host:port").
-std::shared_ptr<grpc::Channel> Connect(const std::string& target);
+struct ConnectOptions {
+  // TLS: ca_file empty means a plaintext channel (only for a server run --insecure).
+  ClientTlsOptions tls;
+  // Bearer token sent with every call; needs TLS. Default: empty.
+  std::string token;
+};
+
+// A channel to `target` ("host:port"). INVALID_ARGUMENT for a token without TLS; the TLS
+// files are checked up front (errors name the file).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target,
+                                                       const ConnectOptions& options);
+// A plaintext channel without a token, for servers run --insecure.
+std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target);
+
+// The token in `token_file` (surrounding whitespace dropped); when `token_file` is empty,
+// the COLDFUSE_TOKEN environment variable; else empty.
+absl::StatusOr<std::string> LoadToken(const std::string& token_file);
 
 // grpc::Status -> absl::Status (same codes); the message says which call failed.
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
@@ -11,6 +13,7 @@
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "server/fusion/fusion.h"
+#include "server/fusion/robust.h"
 
 namespace coldfuse::rounds {
 namespace {
@@ -46,6 +49,16 @@ absl::Status CheckHeader(const v1::ContributionHeader& h) {
   return absl::OkStatus();
 }
 
+v1::AuditRecord Audit(const std::string& actor, absl::string_view action, std::string detail) {
+  v1::AuditRecord r;
+  r.set_actor(actor);
+  r.set_action(std::string(action));
+  r.set_detail(std::move(detail));
+  return r;
+}
+
+std::string Fmt(double x) { return absl::StrFormat("%.6g", x); }
+
 }  // namespace
 
 RoundManager::RoundManager(storage::Store* store, const RoundOptions& options, Clock* clock)
@@ -64,6 +77,8 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(storage::Stor
   m->current_base_sha256_ = std::move(state.current_base_sha256);
   m->rounds_ = std::move(state.rounds);
   m->next_contribution_id_ = state.next_contribution_id;
+  m->max_base_version_ = state.max_base_version;
+  m->bad_base_versions_ = std::move(state.bad_base_versions);
   if (m->model_.has_value() &&
       (m->rounds_.empty() || m->rounds_.back().state() != v1::OPEN ||
        m->rounds_.back().base_version() != m->current_base_)) {
@@ -93,7 +108,7 @@ void RoundManager::PolicyLoop() {
     if (stop_) break;
     wake_ = false;
     l.unlock();
-    auto closed = MaybeClose();
+    auto closed = MaybeClose();  // policy closes are audited with actor "server"
     if (!closed.ok()) CF_LOG(ERROR) << "closing the round failed: " << closed.status();
     l.lock();
   }
@@ -109,8 +124,8 @@ absl::Status RoundManager::CheckInitializedLocked() const {
 
 // ------------------------------------------------------------------ init
 
-absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(
-    const v1::InitHeader& header) {
+absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::InitHeader& header,
+                                                                     const std::string& actor) {
   if (header.model_spec().empty()) {
     return absl::InvalidArgumentError("model_spec is empty: say which architecture this is");
   }
@@ -119,12 +134,23 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(
     ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(header.model_spec()));
     RETURN_IF_ERROR(CheckManifestMatches(MlpManifest(spec), header.manifest()));
   }
+  if (!v1::FusionMethod_IsValid(header.fusion_method())) {
+    return absl::InvalidArgumentError("unknown fusion method");
+  }
+  const auto& fo = header.fusion_options();
+  if (fo.trim_fraction() < 0 || fo.trim_fraction() >= 0.5 || fo.clip_factor() < 0) {
+    return absl::InvalidArgumentError(
+        "fusion options out of range: trim_fraction in [0, 0.5), clip_factor >= 0");
+  }
   v1::ModelInfo model;
   model.set_model_spec(header.model_spec());
   *model.mutable_manifest() = header.manifest();
   model.set_fusion_method(header.fusion_method() == v1::FUSION_METHOD_UNSPECIFIED
                               ? v1::MEAN
                               : header.fusion_method());
+  *model.mutable_fusion_options() = fo;
+  if (fo.trim_fraction() == 0) model.mutable_fusion_options()->set_trim_fraction(0.2);
+  if (fo.clip_factor() == 0) model.mutable_fusion_options()->set_clip_factor(1.0);
   ASSIGN_OR_RETURN(uint64_t total, TotalBytes(header.manifest()));
   model.set_total_bytes(total);
   {
@@ -145,10 +171,10 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(
       [store](uint32_t t, uint64_t c, absl::string_view data) {
         return store->PutBaseChunk(0, t, c, data);
       },
-      [this, model](const std::string& sha, uint64_t bytes) {
-        return CommitInit(model, sha, bytes);
+      [this, model, actor](const std::string& sha, uint64_t bytes) {
+        return CommitInit(model, sha, bytes, actor);
       },
-      [this] {
+      [this](const absl::Status&) {
         std::lock_guard<std::mutex> l(mu_);
         init_in_progress_ = false;
         if (!model_.has_value()) (void)store_->DeleteBaseData(0);
@@ -156,8 +182,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(
 }
 
 absl::StatusOr<UploadResult> RoundManager::CommitInit(const v1::ModelInfo& model,
-                                                      const std::string& sha256,
-                                                      uint64_t bytes) {
+                                                      const std::string& sha256, uint64_t bytes,
+                                                      const std::string& actor) {
   v1::RoundInfo first;
   first.set_number(1);
   first.set_base_version(0);
@@ -165,7 +191,12 @@ absl::StatusOr<UploadResult> RoundManager::CommitInit(const v1::ModelInfo& model
   first.set_opened_unix_ms(clock_->NowUnixMs());
   {
     std::lock_guard<std::mutex> l(mu_);
-    RETURN_IF_ERROR(store_->CommitInit(model, sha256, first));
+    RETURN_IF_ERROR(store_->CommitInit(
+        model, sha256, first,
+        {Audit(actor, "init",
+               absl::StrCat(model.model_spec(), " fusion=",
+                            v1::FusionMethod_Name(model.fusion_method()))),
+         Audit(actor, "base_created", absl::StrCat("v0 sha256=", ToHex(sha256)))}));
     model_ = model;
     current_base_ = 0;
     current_base_sha256_ = sha256;
@@ -197,11 +228,40 @@ absl::StatusOr<v1::GetRoundResponse> RoundManager::GetRound() const {
   return r;
 }
 
+void RoundManager::AuditRejection(const std::string& actor, const absl::Status& why) {
+  // Unsynced: a rejection changes no state, and must not cost the server an fsync.
+  absl::Status st = store_->AppendAudit({Audit(
+      actor, "contribution_rejected",
+      absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message()))});
+  if (!st.ok()) CF_LOG(ERROR) << "cannot write audit record: " << st;
+}
+
+absl::Status RoundManager::CheckQuotaLocked(const v1::ContributionHeader& header, uint64_t bytes) {
+  const auto key = std::make_pair(header.round(), header.contributor());
+  if (uploads_started_[key] >= options_.max_uploads_per_round) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "contributor '", header.contributor(), "' started ", uploads_started_[key],
+        " uploads in round ", header.round(), "; the limit is ", options_.max_uploads_per_round,
+        " per round"));
+  }
+  if (options_.max_bytes_per_day > 0) {
+    const int64_t day = clock_->NowUnixMs() / (24 * 3600 * 1000LL);
+    uint64_t used = bytes_by_day_[{day, header.contributor()}];
+    if (used + bytes > options_.max_bytes_per_day) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "contributor '", header.contributor(), "' has ", used, " bytes accepted today; ",
+          bytes, " more would pass the daily limit of ", options_.max_bytes_per_day));
+    }
+  }
+  ++uploads_started_[key];
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
     const v1::ContributionHeader& header) {
   uint64_t id;
   v1::Manifest manifest;
-  {
+  absl::Status st = [&]() -> absl::Status {
     std::lock_guard<std::mutex> l(mu_);
     RETURN_IF_ERROR(CheckInitializedLocked());
     const v1::RoundInfo& open = rounds_.back();
@@ -218,7 +278,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
     if (closing_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "round ", open.number(), " is being fused; contribute to round ",
-          open.number() + 1, " from base v", current_base_ + 1));
+          open.number() + 1, " from the next base"));
     }
     RETURN_IF_ERROR(CheckHeader(header));
     for (const auto& c : open.contributions()) {
@@ -229,28 +289,49 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
       }
     }
     RETURN_IF_ERROR(CheckManifestMatches(model_->manifest(), header.manifest()));
+    RETURN_IF_ERROR(CheckQuotaLocked(header, model_->total_bytes()));
     id = next_contribution_id_++;
     manifest = model_->manifest();
+    return absl::OkStatus();
+  }();
+  if (!st.ok()) {
+    if (!absl::IsAlreadyExists(st)) AuditRejection(header.contributor(), st);
+    return st;
   }
   const uint64_t round = header.round();
+  const uint64_t base_version = header.base_version();
   storage::Store* store = store_;
+  auto norm = std::make_shared<fusion::DeltaNormAccumulator>();
   return std::make_unique<TensorUpload>(
       manifest,
-      [store, round, id](uint32_t t, uint64_t c, absl::string_view data) {
+      // Each storage chunk: reject non-finite values, add to the delta norm, store.
+      [store, round, id, base_version, norm, manifest](uint32_t t, uint64_t c,
+                                                        absl::string_view data) -> absl::Status {
+        const v1::TensorSpec& spec = manifest.tensors(t);
+        uint64_t first = 0;
+        if (fusion::CountNonFinite(spec.dtype(), data, &first) > 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor '", spec.name(), "' holds a NaN or infinity at element ",
+              c * (kChunkBytes / DTypeSize(spec.dtype())) + first,
+              ": a diverged fine-tuning run cannot be fused"));
+        }
+        ASSIGN_OR_RETURN(std::string base, store->GetBaseChunk(base_version, t, c));
+        norm->Add(spec.dtype(), base, data);
         return store->PutContributionChunk(round, id, t, c, data);
       },
-      [this, header, id](const std::string& sha, uint64_t bytes) {
-        return CommitContribution(header, id, sha, bytes);
+      [this, header, id, norm](const std::string& sha, uint64_t bytes) {
+        return CommitContribution(header, id, sha, bytes, norm->Norm());
       },
-      [store, round, id] {
+      [this, store, round, id, who = header.contributor()](const absl::Status& why) {
         absl::Status st = store->DeleteContributionData(round, id);
         if (!st.ok()) CF_LOG(ERROR) << "cannot remove rejected upload " << id << ": " << st;
+        if (!why.ok() && !absl::IsAlreadyExists(why)) AuditRejection(who, why);
       });
 }
 
 absl::StatusOr<UploadResult> RoundManager::CommitContribution(
     const v1::ContributionHeader& header, uint64_t id, const std::string& sha256,
-    uint64_t bytes) {
+    uint64_t bytes, double delta_norm) {
   v1::ContributionInfo info;
   info.set_id(id);
   info.set_contributor(header.contributor());
@@ -260,6 +341,8 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
   info.set_sha256(sha256);
   info.set_bytes(bytes);
   info.set_received_unix_ms(clock_->NowUnixMs());
+  info.set_delta_norm(delta_norm);
+  info.set_state(v1::ACCEPTED);
   bool quorum;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -267,7 +350,7 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
     if (open.number() != header.round() || closing_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "round ", header.round(), " closed while the contribution was uploading; "
-          "pull base v", current_base_ + (closing_ ? 1 : 0), " and contribute again"));
+          "pull the new base and contribute again"));
     }
     for (const auto& c : open.contributions()) {
       if (c.contributor() == header.contributor()) {
@@ -276,13 +359,19 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
             open.number()));
       }
     }
-    RETURN_IF_ERROR(store_->CommitContribution(open.number(), info));
+    RETURN_IF_ERROR(store_->CommitContribution(
+        open.number(), info,
+        {Audit(header.contributor(), "contribution_accepted",
+               absl::StrCat("id=", id, " round=", open.number(), " bytes=", bytes,
+                            " delta_norm=", Fmt(delta_norm), " sha256=", ToHex(sha256)))}));
     *open.add_contributions() = info;
+    bytes_by_day_[{clock_->NowUnixMs() / (24 * 3600 * 1000LL), header.contributor()}] += bytes;
     ++change_seq_;
     quorum = static_cast<uint32_t>(open.contributions_size()) >= options_.min_contributions;
   }
   CF_LOG(INFO) << "round " << header.round() << ": accepted contribution " << id << " from "
-               << header.contributor() << " (" << bytes << " bytes)";
+               << header.contributor() << " (" << bytes << " bytes, delta norm "
+               << Fmt(delta_norm) << ")";
   NotifyChanged();
   if (quorum) {
     std::lock_guard<std::mutex> l(policy_mu_);
@@ -303,7 +392,7 @@ absl::StatusOr<std::unique_ptr<BaseReader>> RoundManager::OpenBase(
   std::lock_guard<std::mutex> l(mu_);
   RETURN_IF_ERROR(CheckInitializedLocked());
   uint64_t v = version.value_or(current_base_);
-  if (v > current_base_) {
+  if (v > max_base_version_) {
     return absl::NotFoundError(
         absl::StrCat("base v", v, " does not exist; the current base is v", current_base_));
   }
@@ -334,22 +423,45 @@ absl::StatusOr<bool> RoundManager::MaybeClose() {
     }
     number = open.number();
   }
-  auto r = CloseRound(number, reason);
+  auto r = CloseRound(number, reason, "server");
   if (absl::IsFailedPrecondition(r.status())) return false;  // someone else closed it
   RETURN_IF_ERROR(r.status());
   return true;
 }
 
 absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseRound(std::optional<uint64_t> round,
-                                                                const std::string& reason) {
+                                                                const std::string& reason,
+                                                                const std::string& actor) {
   std::lock_guard<std::mutex> close_lock(close_mu_);
-  return CloseLocked(round, reason);
+  return CloseLocked(round, reason, actor);
+}
+
+void RoundManager::Screen(v1::RoundInfo* round, storage::AuditBatch* audit) const {
+  if (options_.outlier_factor <= 0 || round->contributions_size() < 3) return;
+  std::vector<double> norms;
+  for (const auto& c : round->contributions()) norms.push_back(c.delta_norm());
+  const double median = fusion::Median(norms);
+  const double limit = options_.outlier_factor * median;
+  for (auto& c : *round->mutable_contributions()) {
+    if (c.delta_norm() > limit) {
+      c.set_state(v1::QUARANTINED);
+      c.set_quarantine_reason(absl::StrCat("delta norm ", Fmt(c.delta_norm()), " > ",
+                                           Fmt(options_.outlier_factor), " x round median ",
+                                           Fmt(median)));
+      audit->push_back(Audit("server", "contribution_quarantined",
+                             absl::StrCat("id=", c.id(), " contributor=", c.contributor(),
+                                          " round=", round->number(), ": ",
+                                          c.quarantine_reason())));
+    }
+  }
 }
 
 absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<uint64_t> round,
-                                                                 const std::string& reason) {
+                                                                 const std::string& reason,
+                                                                 const std::string& actor) {
   v1::RoundInfo closing;
   v1::ModelInfo model;
+  uint64_t new_version;
   {
     std::lock_guard<std::mutex> l(mu_);
     RETURN_IF_ERROR(CheckInitializedLocked());
@@ -365,12 +477,17 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     closing_ = true;
     closing = open;
     model = *model_;
+    new_version = max_base_version_ + 1;
   }
-  const uint64_t new_version = closing.base_version() + 1;
+  storage::AuditBatch audit;
+  Screen(&closing, &audit);
   std::vector<uint64_t> ids, examples;
+  std::vector<double> norms;
   for (const auto& c : closing.contributions()) {
+    if (c.state() == v1::QUARANTINED) continue;
     ids.push_back(c.id());
     examples.push_back(c.num_examples());
+    norms.push_back(c.delta_norm());
   }
   auto fail = [&](absl::Status st) {
     (void)store_->DeleteBaseData(new_version);
@@ -378,17 +495,39 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     closing_ = false;
     return st;
   };
+  const uint64_t number = closing.number();
+  const uint64_t base_version = closing.base_version();
+  fusion::ChunkReader read = [&](size_t k, uint32_t t, uint64_t c) {
+    return store_->GetContributionChunk(number, ids[k], t, c);
+  };
+  fusion::ChunkReader read_base = [&](size_t, uint32_t t, uint64_t c) {
+    return store_->GetBaseChunk(base_version, t, c);
+  };
+  fusion::ChunkWriter write = [&](uint32_t t, uint64_t c, absl::string_view data) {
+    return store_->PutBaseChunk(new_version, t, c, data);
+  };
+  absl::StatusOr<std::string> sha;
   auto weights = fusion::FusionWeights(model.fusion_method(), examples);
   if (!weights.ok()) return fail(weights.status());
-  const uint64_t number = closing.number();
-  auto sha = fusion::FuseWeighted(
-      model.manifest(), *weights,
-      [&](size_t k, uint32_t t, uint64_t c) {
-        return store_->GetContributionChunk(number, ids[k], t, c);
-      },
-      [&](uint32_t t, uint64_t c, absl::string_view data) {
-        return store_->PutBaseChunk(new_version, t, c, data);
-      });
+  switch (model.fusion_method()) {
+    case v1::COORDINATE_MEDIAN:
+      sha = fusion::FuseMedian(model.manifest(), ids.size(), read, write);
+      break;
+    case v1::TRIMMED_MEAN:
+      sha = fusion::FuseTrimmedMean(model.manifest(), ids.size(),
+                                    model.fusion_options().trim_fraction(), read, write);
+      break;
+    case v1::NORM_CLIPPED_MEAN: {
+      auto w = fusion::FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples);
+      if (!w.ok()) return fail(w.status());
+      const double clip = model.fusion_options().clip_factor() * fusion::Median(norms);
+      sha = fusion::FuseNormClippedMean(model.manifest(), *w, norms, clip, read_base, read,
+                                        write);
+      break;
+    }
+    default:
+      sha = fusion::FuseWeighted(model.manifest(), *weights, read, write);
+  }
   if (!sha.ok()) return fail(sha.status());
 
   const int64_t now = clock_->NowUnixMs();
@@ -401,7 +540,14 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
   next.set_base_version(new_version);
   next.set_state(v1::OPEN);
   next.set_opened_unix_ms(now);
-  absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next);
+  audit.push_back(Audit(actor, "round_closed",
+                        absl::StrCat("round=", number, " reason=", reason, " fused=", ids.size(),
+                                     " quarantined=", closing.contributions_size() - ids.size(),
+                                     " method=", v1::FusionMethod_Name(model.fusion_method()))));
+  audit.push_back(Audit(actor, "base_created",
+                        absl::StrCat("v", new_version, " from v", base_version,
+                                     " sha256=", ToHex(*sha))));
+  absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next, audit);
   if (!st.ok()) return fail(st);
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -409,17 +555,81 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     rounds_.push_back(next);
     current_base_ = new_version;
     current_base_sha256_ = *sha;
+    max_base_version_ = new_version;
     closing_ = false;
     ++change_seq_;
   }
-  CF_LOG(INFO) << "round " << number << " closed (" << reason << "): fused "
-               << ids.size() << " contributions into base v" << new_version
-               << "; round " << number + 1 << " open";
+  CF_LOG(INFO) << "round " << number << " closed (" << reason << "): fused " << ids.size()
+               << " of " << closing.contributions_size() << " contributions into base v"
+               << new_version << "; round " << number + 1 << " open";
   NotifyChanged();
   v1::CloseRoundResponse resp;
   *resp.mutable_closed_round() = closing;
   resp.set_new_base_version(new_version);
   return resp;
+}
+
+absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t good_version,
+                                                                    const std::string& reason,
+                                                                    const std::string& actor) {
+  std::lock_guard<std::mutex> close_lock(close_mu_);
+  v1::RoundInfo closed, next;
+  std::vector<uint64_t> bad;
+  std::string good_sha;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    RETURN_IF_ERROR(CheckInitializedLocked());
+    auto is_bad = [&](uint64_t v) {
+      return std::find(bad_base_versions_.begin(), bad_base_versions_.end(), v) !=
+             bad_base_versions_.end();
+    };
+    if (good_version >= current_base_ || is_bad(good_version)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot roll back to base v", good_version, ": give a good base older than the "
+          "current v", current_base_));
+    }
+    for (uint64_t v = good_version + 1; v <= max_base_version_; ++v) {
+      if (!is_bad(v)) bad.push_back(v);
+    }
+    ASSIGN_OR_RETURN(good_sha, store_->GetBaseSha256(good_version));
+    closed = rounds_.back();
+    const int64_t now = clock_->NowUnixMs();
+    closed.set_state(v1::CLOSED);
+    closed.set_closed_unix_ms(now);
+    closed.set_close_reason("rollback");
+    next.set_number(closed.number() + 1);
+    next.set_base_version(good_version);
+    next.set_state(v1::OPEN);
+    next.set_opened_unix_ms(now);
+    std::string why = reason.empty() ? std::string("operator rollback") : reason;
+    RETURN_IF_ERROR(store_->CommitRollback(
+        closed, bad, why, good_version, next,
+        {Audit(actor, "rollback",
+               absl::StrCat("to v", good_version, "; bad: v", absl::StrJoin(bad, ", v"),
+                            "; round ", closed.number(), " closed unfused with ",
+                            closed.contributions_size(), " stored contributions; reason: ",
+                            why))}));
+    rounds_.back() = closed;
+    rounds_.push_back(next);
+    current_base_ = good_version;
+    current_base_sha256_ = good_sha;
+    bad_base_versions_.insert(bad_base_versions_.end(), bad.begin(), bad.end());
+    std::sort(bad_base_versions_.begin(), bad_base_versions_.end());
+    ++change_seq_;
+  }
+  CF_LOG(WARNING) << "rolled back to base v" << good_version << " (bad: "
+                  << absl::StrJoin(bad, ", ") << "); round " << next.number() << " open";
+  NotifyChanged();
+  v1::RollbackBaseResponse resp;
+  *resp.mutable_opened_round() = next;
+  for (uint64_t v : bad_base_versions_) resp.add_bad_base_versions(v);
+  return resp;
+}
+
+absl::StatusOr<std::vector<v1::AuditRecord>> RoundManager::ReadAudit(uint64_t after_seq,
+                                                                     size_t limit) {
+  if (limit == 0 || limit > 1000) limit = 1000;
+  return store_->ReadAudit(after_seq, limit);
 }
 
 // ------------------------------------------------------------------ status
@@ -433,6 +643,7 @@ v1::ServerStatus RoundManager::GetStatus() const {
     s.set_base_version(current_base_);
     *s.mutable_open_round() = rounds_.back();
     s.set_base_sha256(current_base_sha256_);
+    for (uint64_t v : bad_base_versions_) s.add_bad_base_versions(v);
   }
   s.set_min_contributions(options_.min_contributions);
   s.set_round_timeout_ms(options_.round_timeout_ms);

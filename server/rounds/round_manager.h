@@ -34,6 +34,15 @@ struct RoundOptions {
   int64_t round_timeout_ms = 10 * 60 * 1000;
   // How often the policy thread checks the timeout. Default: 200 ms.
   int64_t policy_poll_ms = 200;
+  // Upload attempts one contributor may start per round (rejected ones count).
+  // Default: 3.
+  uint32_t max_uploads_per_round = 3;
+  // Bytes one contributor may have accepted per UTC day; 0 = unlimited. Default: 0.
+  uint64_t max_bytes_per_day = 0;
+  // Update-size screening: with at least 3 contributions, one whose delta norm exceeds
+  // outlier_factor x the round's median is quarantined (kept, not fused); 0 disables.
+  // Default: 3.
+  double outlier_factor = 3.0;
 };
 
 class RoundManager {
@@ -47,18 +56,27 @@ class RoundManager {
   // Starts the thread that closes rounds on quorum or timeout. Stopped by the destructor.
   void Start();
 
-  // ---- operators
+  // ---- operators (`actor` is the caller's name, recorded in the audit log)
   // ALREADY_EXISTS once initialised; INVALID_ARGUMENT for a bad spec or manifest.
-  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginInit(const v1::InitHeader& header);
+  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginInit(const v1::InitHeader& header,
+                                                         const std::string& actor);
   // Fuses the open round now. FAILED_PRECONDITION if it has no contributions, or if
   // `round` is set and is not the open round.
   absl::StatusOr<v1::CloseRoundResponse> CloseRound(std::optional<uint64_t> round,
-                                                    const std::string& reason);
+                                                    const std::string& reason,
+                                                    const std::string& actor);
+  // Marks every base after `good_version` bad, closes the open round unfused (its
+  // contributions stay stored) and opens a new round from `good_version`.
+  absl::StatusOr<v1::RollbackBaseResponse> RollbackBase(uint64_t good_version,
+                                                        const std::string& reason,
+                                                        const std::string& actor);
+  absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit);
   // Closes the open round if quorum or timeout says so; returns whether it closed.
   absl::StatusOr<bool> MaybeClose();
 
   // ---- contributors
   absl::StatusOr<v1::GetRoundResponse> GetRound() const;
+  // header.contributor() is the caller's identity (the service sets it from the token).
   absl::StatusOr<std::unique_ptr<TensorUpload>> BeginContribution(
       const v1::ContributionHeader& header);
   // The current base when `version` is unset.
@@ -77,11 +95,16 @@ class RoundManager {
   absl::Status CheckInitializedLocked() const;
   absl::StatusOr<UploadResult> CommitContribution(const v1::ContributionHeader& header,
                                                   uint64_t id, const std::string& sha256,
-                                                  uint64_t bytes);
+                                                  uint64_t bytes, double delta_norm);
   absl::StatusOr<UploadResult> CommitInit(const v1::ModelInfo& model, const std::string& sha256,
-                                          uint64_t bytes);
+                                          uint64_t bytes, const std::string& actor);
+  absl::Status CheckQuotaLocked(const v1::ContributionHeader& header, uint64_t bytes);
+  // Marks outliers of `round` quarantined by delta norm, adding audit records.
+  void Screen(v1::RoundInfo* round, storage::AuditBatch* audit) const;
+  void AuditRejection(const std::string& actor, const absl::Status& why);
   absl::StatusOr<v1::CloseRoundResponse> CloseLocked(std::optional<uint64_t> round,
-                                                     const std::string& reason);
+                                                     const std::string& reason,
+                                                     const std::string& actor);
   void NotifyChanged();
   void PolicyLoop();
 
@@ -100,6 +123,11 @@ class RoundManager {
   bool init_in_progress_ = false;
   uint64_t next_contribution_id_ = 1;
   uint64_t change_seq_ = 1;
+  uint64_t max_base_version_ = 0;           // highest stored version, bad ones included
+  std::vector<uint64_t> bad_base_versions_;
+  // Quotas (in memory: they restart with the server).
+  std::map<std::pair<uint64_t, std::string>, uint32_t> uploads_started_;  // (round, name)
+  std::map<std::pair<int64_t, std::string>, uint64_t> bytes_by_day_;      // (day, name)
 
   std::mutex listeners_mu_;
   std::map<int, std::function<void()>> listeners_;

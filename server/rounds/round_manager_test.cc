@@ -116,7 +116,7 @@ class RoundManagerTest : public ::testing::Test {
   // Stores base v0 of `spec` (seed 1) and opens round 1.
   void Init(v1::FusionMethod method = v1::MEAN, const std::string& spec = kSpec) {
     spec_ = spec;
-    auto up = manager_->BeginInit(InitHeaderFor(spec, method));
+    auto up = manager_->BeginInit(InitHeaderFor(spec, method), "op");
     ASSERT_TRUE(up.ok()) << up.status();
     base0_ = Body(spec, 1);
     auto r = Send(up->get(), base0_);
@@ -208,7 +208,7 @@ TEST_F(RoundManagerTest, NothingWorksBeforeInit) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->OpenBase(std::nullopt).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(manager_->CloseRound(std::nullopt, "operator").status().code(),
+  EXPECT_EQ(manager_->CloseRound(std::nullopt, "operator", "op").status().code(),
             absl::StatusCode::kFailedPrecondition);
   auto closed = manager_->MaybeClose();
   ASSERT_TRUE(closed.ok()) << closed.status();
@@ -235,16 +235,16 @@ TEST_F(RoundManagerTest, InitStoresBaseV0AndOpensRound1) {
 
 TEST_F(RoundManagerTest, InitTwiceIsAlreadyExistsEvenAfterRestart) {
   Init();
-  EXPECT_EQ(manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN)).status().code(),
+  EXPECT_EQ(manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN), "op").status().code(),
             absl::StatusCode::kAlreadyExists);
   Restart();
-  EXPECT_EQ(manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN)).status().code(),
+  EXPECT_EQ(manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN), "op").status().code(),
             absl::StatusCode::kAlreadyExists);
 }
 
 TEST_F(RoundManagerTest, InitWithBadChecksumStoresNothingAndCanBeRetried) {
   {
-    auto up = manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN));
+    auto up = manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN), "op");
     ASSERT_TRUE(up.ok()) << up.status();
     std::vector<HostTensor> t = Body(kSpec, 1);
     ASSERT_TRUE(SendChunks(up->get(), t).ok());
@@ -262,10 +262,10 @@ TEST_F(RoundManagerTest, InitWithBadChecksumStoresNothingAndCanBeRetried) {
 TEST_F(RoundManagerTest, InitManifestMustMatchTheModelSpec) {
   v1::InitHeader h = InitHeaderFor(kSpec, v1::MEAN);
   h.mutable_manifest()->mutable_tensors(0)->set_shape(0, 5);
-  EXPECT_EQ(manager_->BeginInit(h).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->BeginInit(h, "op").status().code(), absl::StatusCode::kInvalidArgument);
   h = InitHeaderFor(kSpec, v1::MEAN);
   h.clear_model_spec();
-  EXPECT_EQ(manager_->BeginInit(h).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->BeginInit(h, "op").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // ------------------------------------------------------------------ contributions
@@ -504,21 +504,21 @@ TEST_F(RoundManagerTest, EmptyRoundNeverClosesOnTimeout) {
 
 TEST_F(RoundManagerTest, OperatorCloseNeedsContributionsAndTheOpenRound) {
   Init();
-  auto r = manager_->CloseRound(std::nullopt, "operator");
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   MustContribute("alice", 2);
-  r = manager_->CloseRound(2, "operator");
+  r = manager_->CloseRound(2, "operator", "op");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   EXPECT_EQ(manager_->GetRound()->round(), 1u);
 
-  r = manager_->CloseRound(1, "operator");
+  r = manager_->CloseRound(1, "operator", "op");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->new_base_version(), 1u);
   EXPECT_EQ(r->closed_round().number(), 1u);
   EXPECT_EQ(r->closed_round().close_reason(), "operator");
   // A retried close of round 1 does not close round 2.
   MustContribute("bob", 3);
-  r = manager_->CloseRound(1, "operator");
+  r = manager_->CloseRound(1, "operator", "op");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   EXPECT_EQ(manager_->GetRound()->round(), 2u);
 }
@@ -531,7 +531,7 @@ TEST_F(RoundManagerTest, ClosedRoundFusesToTheMeanOfItsContributions) {
   std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2, 10),
                                             MustContribute("bob", 3, 20),
                                             MustContribute("carol", 4, 70)};
-  auto r = manager_->CloseRound(std::nullopt, "operator");
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
   ASSERT_TRUE(r.ok()) << r.status();
 
   std::string sha;
@@ -556,7 +556,7 @@ TEST_F(RoundManagerTest, ExampleWeightedModelFusesToTheWeightedMean) {
   std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2, 100),
                                             MustContribute("bob", 3, 100),
                                             MustContribute("carol", 4, 200)};
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator").ok());
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   ExpectTensorsEqual(ReadBase(), ExpectedFusion(c, {0.25, 0.25, 0.5}));
 }
 
@@ -565,7 +565,7 @@ TEST_F(RoundManagerTest, MultiChunkTensorIsFusedThroughStorage) {
   Init(v1::MEAN, "mlp:600,500");
   std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2),
                                             MustContribute("bob", 3)};
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator").ok());
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   std::vector<HostTensor> base1 = ReadBase();
   ASSERT_EQ(base1.size(), 2u);
   ASSERT_EQ(base1[0].data.size(), 500u * 600 * 4);
@@ -576,7 +576,7 @@ TEST_F(RoundManagerTest, RestartKeepsBaseRoundsAndContributions) {
   Init();
   MustContribute("alice", 2);
   MustContribute("bob", 3);
-  auto closed = manager_->CloseRound(std::nullopt, "operator");
+  auto closed = manager_->CloseRound(std::nullopt, "operator", "op");
   ASSERT_TRUE(closed.ok()) << closed.status();
   auto third = Contribute(Header("carol"), Body(kSpec, 4));  // to round 2
   ASSERT_TRUE(third.ok()) << third.status();
@@ -622,7 +622,7 @@ TEST_F(RoundManagerTest, UploadInFlightWhenTheRoundClosesIsRefusedAndStoresNothi
   const uint64_t bob_id = 2;  // ids are handed out in order
   ASSERT_TRUE(store_->GetContributionChunk(1, bob_id, 0, 0).ok());
 
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator").ok());
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   auto r = (*up)->Finish(TrailerFor(b));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   up->reset();
@@ -659,14 +659,14 @@ TEST_F(RoundManagerTest, ListenersSeeEveryContributionAndClose) {
   const uint64_t seq1 = manager_->GetStatus().change_seq();
   EXPECT_GT(seq1, seq0);
 
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator").ok());
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[1].contributions, 0);  // round 2 just opened
   EXPECT_EQ(seen[1].base_version, 1u);
   EXPECT_GT(manager_->GetStatus().change_seq(), seq1);
 
   // Refused requests change nothing and notify no one; a removed listener hears nothing.
-  EXPECT_FALSE(manager_->CloseRound(std::nullopt, "operator").ok());
+  EXPECT_FALSE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   EXPECT_EQ(seen.size(), 2u);
   manager_->RemoveListener(id);
   MustContribute("bob", 3);
@@ -678,7 +678,7 @@ TEST_F(RoundManagerTest, ListRoundsAndGetRoundInfoDescribeHistory) {
   MustContribute("alice", 2, 5);
   MustContribute("bob", 3, 7);
   clock_.AdvanceMs(500);
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator").ok());
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
 
   std::vector<v1::RoundInfo> rounds = manager_->ListRounds();
   ASSERT_EQ(rounds.size(), 2u);

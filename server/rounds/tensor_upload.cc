@@ -9,15 +9,24 @@ TensorUpload::TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSi
     : receiver_(manifest, std::move(sink)), commit_(std::move(commit)), abort_(std::move(abort)) {}
 
 TensorUpload::~TensorUpload() {
-  if (!committed_ && abort_) abort_();
+  if (!committed_ && abort_) abort_(failure_);
 }
 
-absl::Status TensorUpload::Accept(const v1::TensorChunk& chunk) { return receiver_.Accept(chunk); }
+absl::Status TensorUpload::Accept(const v1::TensorChunk& chunk) {
+  absl::Status st = receiver_.Accept(chunk);
+  if (!st.ok() && failure_.ok()) failure_ = st;
+  return st;
+}
 
 absl::StatusOr<UploadResult> TensorUpload::Finish(const v1::StreamTrailer& trailer) {
-  ASSIGN_OR_RETURN(std::string sha, receiver_.Finish(trailer));
-  ASSIGN_OR_RETURN(UploadResult result, commit_(sha, receiver_.bytes_received()));
-  committed_ = true;
+  auto sha = receiver_.Finish(trailer);
+  absl::StatusOr<UploadResult> result =
+      sha.ok() ? commit_(*sha, receiver_.bytes_received()) : sha.status();
+  if (result.ok()) {
+    committed_ = true;
+  } else if (failure_.ok()) {
+    failure_ = result.status();
+  }
   return result;
 }
 

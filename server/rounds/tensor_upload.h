@@ -29,8 +29,9 @@ class TensorUpload {
   // Commits a fully received, checksum-verified upload of `bytes` bytes.
   using CommitFn = std::function<absl::StatusOr<UploadResult>(const std::string& sha256,
                                                               uint64_t bytes)>;
-  // Removes whatever was stored; called when the upload is dropped uncommitted.
-  using AbortFn = std::function<void()>;
+  // Removes whatever was stored; called when the upload is dropped uncommitted, with
+  // the error that stopped it (OK when the client just went away).
+  using AbortFn = std::function<void(const absl::Status& why)>;
 
   TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSink sink,
                CommitFn commit, AbortFn abort);
@@ -46,6 +47,7 @@ class TensorUpload {
   CommitFn commit_;
   AbortFn abort_;
   bool committed_ = false;
+  absl::Status failure_;  // the first error Accept or Finish returned
 };
 
 }  // namespace coldfuse::rounds

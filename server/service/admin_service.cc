@@ -5,12 +5,14 @@
 namespace coldfuse::service {
 
 grpc::ServerReadReactor<v1::InitModelRequest>* AdminService::InitModel(
-    grpc::CallbackServerContext* /*ctx*/, v1::InitModelResponse* response) {
+    grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) {
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.InitModel");
+  if (!id.ok()) return new RejectedReadReactor<v1::InitModelRequest>(ToGrpcStatus(id.status()));
   rounds::RoundManager* manager = manager_;
   return new UploadReactor<v1::InitModelRequest, v1::InitModelResponse>(
       executor_, response,
-      [manager](const v1::InitModelRequest& request) {
-        return manager->BeginInit(request.header());
+      [manager, actor = id->name](const v1::InitModelRequest& request) {
+        return manager->BeginInit(request.header(), actor);
       },
       [](const rounds::UploadResult& result, v1::InitModelResponse* reply) {
         reply->set_base_version(result.base_version);
@@ -23,14 +25,110 @@ grpc::ServerUnaryReactor* AdminService::CloseRound(grpc::CallbackServerContext* 
                                                    const v1::CloseRoundRequest* request,
                                                    v1::CloseRoundResponse* response) {
   auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.CloseRound");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
   std::optional<uint64_t> round;
   if (request->has_round()) round = request->round();
   // Fusion can take long: run it off the callback thread.
-  executor_->Run([this, reactor, round, response] {
-    auto r = manager_->CloseRound(round, "operator");
+  executor_->Run([this, reactor, round, response, actor = id->name] {
+    auto r = manager_->CloseRound(round, "operator", actor);
     if (r.ok()) *response = std::move(*r);
     reactor->Finish(ToGrpcStatus(r.status()));
   });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::CreateToken(grpc::CallbackServerContext* ctx,
+                                                    const v1::CreateTokenRequest* request,
+                                                    v1::CreateTokenResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.CreateToken");
+  if (id.ok() && auth_->insecure()) {
+    id = absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
+  }
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  // A synced write: off the callback thread.
+  executor_->Run([this, reactor, request, response, actor = id->name] {
+    auto r = auth_->registry()->CreateToken(request->name(), request->role(),
+                                            request->ttl_seconds(), actor);
+    if (r.ok()) {
+      response->set_token(r->secret);
+      *response->mutable_info() = r->info;
+    }
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::RevokeToken(grpc::CallbackServerContext* ctx,
+                                                    const v1::RevokeTokenRequest* request,
+                                                    v1::TokenInfo* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.RevokeToken");
+  if (id.ok() && auth_->insecure()) {
+    id = absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
+  }
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  executor_->Run([this, reactor, request, response, actor = id->name] {
+    auto r = auth_->registry()->Revoke(request->name(), actor);
+    if (r.ok()) *response = std::move(*r);
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListTokens(grpc::CallbackServerContext* ctx,
+                                                   const v1::ListTokensRequest* /*request*/,
+                                                   v1::ListTokensResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.ListTokens");
+  if (id.ok() && !auth_->insecure()) {
+    for (auto& t : auth_->registry()->List()) *response->add_tokens() = std::move(t);
+  }
+  reactor->Finish(ToGrpcStatus(id.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::RollbackBase(grpc::CallbackServerContext* ctx,
+                                                     const v1::RollbackBaseRequest* request,
+                                                     v1::RollbackBaseResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.RollbackBase");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  executor_->Run([this, reactor, request, response, actor = id->name] {
+    auto r = manager_->RollbackBase(request->base_version(), request->reason(), actor);
+    if (r.ok()) *response = std::move(*r);
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListAudit(grpc::CallbackServerContext* ctx,
+                                                  const v1::ListAuditRequest* request,
+                                                  v1::ListAuditResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.ListAudit");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  auto records = manager_->ReadAudit(request->after_seq(), request->limit());
+  if (records.ok()) {
+    for (auto& r : *records) *response->add_records() = std::move(r);
+  }
+  reactor->Finish(ToGrpcStatus(records.status()));
   return reactor;
 }
 

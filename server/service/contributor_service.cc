@@ -58,6 +58,11 @@ grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerConte
                                                        const v1::GetRoundRequest* /*request*/,
                                                        v1::GetRoundResponse* response) {
   auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.GetRound");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
   auto r = manager_->GetRound();
   if (r.ok()) *response = std::move(*r);
   reactor->Finish(ToGrpcStatus(r.status()));
@@ -65,19 +70,30 @@ grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerConte
 }
 
 grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
-    grpc::CallbackServerContext* /*ctx*/, const v1::PullBaseRequest* request) {
+    grpc::CallbackServerContext* ctx, const v1::PullBaseRequest* request) {
+  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.PullBase");
+  if (!id.ok()) return new RejectedWriteReactor<v1::PullBaseResponse>(ToGrpcStatus(id.status()));
   std::optional<uint64_t> version;
   if (request->has_base_version()) version = request->base_version();
   return new PullReactor(manager_->OpenBase(version));
 }
 
 grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(
-    grpc::CallbackServerContext* /*ctx*/, v1::ContributionReceipt* response) {
+    grpc::CallbackServerContext* ctx, v1::ContributionReceipt* response) {
+  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.PushContribution");
+  if (!id.ok()) {
+    return new RejectedReadReactor<v1::PushContributionRequest>(ToGrpcStatus(id.status()));
+  }
   rounds::RoundManager* manager = manager_;
+  // With tokens, the contributor is the token's name, whatever the header says.
+  std::string identity = auth_->insecure() ? std::string() : id->name;
   return new UploadReactor<v1::PushContributionRequest, v1::ContributionReceipt>(
       executor_, response,
-      [manager](const v1::PushContributionRequest& request) {
-        return manager->BeginContribution(request.header());
+      [manager, identity](const v1::PushContributionRequest& request) {
+        if (identity.empty()) return manager->BeginContribution(request.header());
+        v1::ContributionHeader header = request.header();
+        header.set_contributor(identity);
+        return manager->BeginContribution(header);
       },
       [](const rounds::UploadResult& result, v1::ContributionReceipt* receipt) {
         receipt->set_contribution_id(result.id);

@@ -7,14 +7,15 @@
 
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "server/rounds/round_manager.h"
+#include "server/service/authorizer.h"
 #include "server/service/executor.h"
 
 namespace coldfuse::service {
 
 class ContributorService final : public v1::Contributor::CallbackService {
  public:
-  ContributorService(rounds::RoundManager* manager, Executor* executor)
-      : manager_(manager), executor_(executor) {}
+  ContributorService(rounds::RoundManager* manager, Executor* executor, const Authorizer* auth)
+      : manager_(manager), executor_(executor), auth_(auth) {}
 
   grpc::ServerUnaryReactor* GetRound(grpc::CallbackServerContext* ctx,
                                      const v1::GetRoundRequest* request,
@@ -27,11 +28,13 @@ class ContributorService final : public v1::Contributor::CallbackService {
  private:
   rounds::RoundManager* manager_;
   Executor* executor_;
+  const Authorizer* auth_;
 };
 
 class StatusService final : public v1::Status::CallbackService {
  public:
-  explicit StatusService(rounds::RoundManager* manager) : manager_(manager) {}
+  StatusService(rounds::RoundManager* manager, const Authorizer* auth)
+      : manager_(manager), auth_(auth) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* ctx,
                                       const v1::GetStatusRequest* request,
@@ -47,22 +50,39 @@ class StatusService final : public v1::Status::CallbackService {
 
  private:
   rounds::RoundManager* manager_;
+  const Authorizer* auth_;
 };
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
-  AdminService(rounds::RoundManager* manager, Executor* executor)
-      : manager_(manager), executor_(executor) {}
+  AdminService(rounds::RoundManager* manager, Executor* executor, const Authorizer* auth)
+      : manager_(manager), executor_(executor), auth_(auth) {}
 
   grpc::ServerReadReactor<v1::InitModelRequest>* InitModel(
       grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) override;
   grpc::ServerUnaryReactor* CloseRound(grpc::CallbackServerContext* ctx,
                                        const v1::CloseRoundRequest* request,
                                        v1::CloseRoundResponse* response) override;
+  grpc::ServerUnaryReactor* CreateToken(grpc::CallbackServerContext* ctx,
+                                        const v1::CreateTokenRequest* request,
+                                        v1::CreateTokenResponse* response) override;
+  grpc::ServerUnaryReactor* RevokeToken(grpc::CallbackServerContext* ctx,
+                                        const v1::RevokeTokenRequest* request,
+                                        v1::TokenInfo* response) override;
+  grpc::ServerUnaryReactor* ListTokens(grpc::CallbackServerContext* ctx,
+                                       const v1::ListTokensRequest* request,
+                                       v1::ListTokensResponse* response) override;
+  grpc::ServerUnaryReactor* RollbackBase(grpc::CallbackServerContext* ctx,
+                                         const v1::RollbackBaseRequest* request,
+                                         v1::RollbackBaseResponse* response) override;
+  grpc::ServerUnaryReactor* ListAudit(grpc::CallbackServerContext* ctx,
+                                      const v1::ListAuditRequest* request,
+                                      v1::ListAuditResponse* response) override;
 
  private:
   rounds::RoundManager* manager_;
   Executor* executor_;
+  const Authorizer* auth_;
 };
 
 }  // namespace coldfuse::service

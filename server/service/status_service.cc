@@ -10,7 +10,8 @@ namespace {
 // Changes that arrive while a write is in flight are folded into the next write.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
  public:
-  explicit WatchReactor(rounds::RoundManager* manager) : manager_(manager) {
+  WatchReactor(rounds::RoundManager* manager, bool insecure)
+      : manager_(manager), insecure_(insecure) {
     std::lock_guard<std::recursive_mutex> l(mu_);
     listener_ = manager_->AddListener([this] { OnChange(); });
     SendLocked();
@@ -50,6 +51,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
     pending_ = false;
     if (finished_) return;
     message_ = manager_->GetStatus();
+    message_.set_insecure(insecure_);
     if (message_.change_seq() == last_sent_) return;
     last_sent_ = message_.change_seq();
     writing_ = true;
@@ -63,6 +65,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
   }
 
   rounds::RoundManager* manager_;
+  const bool insecure_;
   std::recursive_mutex mu_;  // recursive: gRPC may run OnWriteDone inline
   int listener_ = 0;
   v1::ServerStatus message_;
@@ -77,34 +80,48 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
 grpc::ServerUnaryReactor* StatusService::GetStatus(grpc::CallbackServerContext* ctx,
                                                    const v1::GetStatusRequest* /*request*/,
                                                    v1::ServerStatus* response) {
-  *response = manager_->GetStatus();
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  auto id = auth_->Check(ctx, v1::VIEWER, "Status.GetStatus");
+  if (id.ok()) {
+    *response = manager_->GetStatus();
+    response->set_insecure(auth_->insecure());
+  }
+  reactor->Finish(ToGrpcStatus(id.status()));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* StatusService::ListRounds(grpc::CallbackServerContext* ctx,
                                                     const v1::ListRoundsRequest* /*request*/,
                                                     v1::ListRoundsResponse* response) {
-  for (auto& r : manager_->ListRounds()) *response->add_rounds() = std::move(r);
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  auto id = auth_->Check(ctx, v1::VIEWER, "Status.ListRounds");
+  if (id.ok()) {
+    for (auto& r : manager_->ListRounds()) *response->add_rounds() = std::move(r);
+  }
+  reactor->Finish(ToGrpcStatus(id.status()));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* StatusService::GetRound(grpc::CallbackServerContext* ctx,
                                                   const v1::GetRoundInfoRequest* request,
                                                   v1::RoundInfo* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::VIEWER, "Status.GetRound");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
   auto r = manager_->GetRoundInfo(request->number());
   if (r.ok()) *response = std::move(*r);
-  auto* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(r.status()));
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::ServerStatus>* StatusService::WatchStatus(
-    grpc::CallbackServerContext* /*ctx*/, const v1::WatchStatusRequest* /*request*/) {
-  return new WatchReactor(manager_);
+    grpc::CallbackServerContext* ctx, const v1::WatchStatusRequest* /*request*/) {
+  auto id = auth_->Check(ctx, v1::VIEWER, "Status.WatchStatus");
+  if (!id.ok()) return new RejectedWriteReactor<v1::ServerStatus>(ToGrpcStatus(id.status()));
+  return new WatchReactor(manager_, auth_->insecure());
 }
 
 }  // namespace coldfuse::service

@@ -4,8 +4,11 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <chrono>
+#include <mutex>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -14,8 +17,8 @@
 namespace coldfuse::storage {
 namespace {
 
-enum Cf { kMeta = 0, kBases, kContribs, kRounds, kNumCfs };
-const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds"};
+enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
+const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
 
 // The one place RocksDB statuses become absl::Status.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -47,6 +50,28 @@ struct Store::Impl {
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   rocksdb::WriteOptions commit_opts;
   rocksdb::WriteOptions chunk_opts;  // unsynced: made durable by the next synced commit
+  std::mutex audit_mu;               // orders audit sequence numbers with their writes
+  uint64_t next_audit_seq = 1;
+
+  // Adds `audit` to `batch` with fresh sequence numbers, then writes it.
+  // REQUIRES: nothing; takes audit_mu so records land in seq order.
+  absl::Status WriteWithAudit(rocksdb::WriteBatch* batch, const AuditBatch& audit,
+                              const rocksdb::WriteOptions& opts, absl::string_view what) {
+    std::lock_guard<std::mutex> l(audit_mu);
+    uint64_t seq = next_audit_seq;
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    for (v1::AuditRecord rec : audit) {
+      rec.set_seq(seq);
+      if (rec.unix_ms() == 0) rec.set_unix_ms(now);
+      batch->Put(cfs[kAudit], keys::Round(seq), rec.SerializeAsString());
+      ++seq;
+    }
+    RETURN_IF_ERROR(FromRocks(db->Write(opts, batch), what));
+    next_audit_seq = seq;
+    return absl::OkStatus();
+  }
 
   ~Impl() {
     for (auto* h : cfs) {
@@ -127,6 +152,16 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
 
 absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
+  {
+    std::unique_ptr<rocksdb::Iterator> ait(
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kAudit]));
+    ait->SeekToLast();
+    RETURN_IF_ERROR(FromRocks(ait->status(), "scan audit"));
+    std::lock_guard<std::mutex> l(impl_->audit_mu);
+    impl_->next_audit_seq =
+        ait->Valid() ? keys::GetU64(absl::string_view(ait->key().data(), ait->key().size()), 0) + 1
+                     : 1;
+  }
   auto model = impl_->Get(kMeta, keys::kModel, "model");
   if (absl::IsNotFound(model.status())) {
     // Not initialised: anything else is leftovers of a crashed init.
@@ -144,18 +179,31 @@ absl::StatusOr<LoadedState> Store::Load() {
   if (cur.size() != 8) return absl::DataLossError("storage: corrupt current-base pointer");
   state.current_base = keys::GetU64(cur, 0);
   ASSIGN_OR_RETURN(state.current_base_sha256, GetBaseSha256(state.current_base));
-  // A fusion that crashed before its commit left chunks of the next version.
-  RETURN_IF_ERROR(impl_->DeleteRange(kBases, keys::BaseVersionPrefix(state.current_base + 1),
-                                     std::string(24, '\xff')));
 
   std::unique_ptr<rocksdb::Iterator> it(
       impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kRounds]));
+  state.max_base_version = state.current_base;
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     v1::RoundInfo round;
     RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &round, "round"));
+    state.max_base_version = std::max(state.max_base_version, round.result_base_version());
     state.rounds.push_back(std::move(round));
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "scan rounds"));
+  // A fusion that crashed before its commit left chunks of a version no record names.
+  RETURN_IF_ERROR(impl_->DeleteRange(kBases, keys::BaseVersionPrefix(state.max_base_version + 1),
+                                     std::string(24, '\xff')));
+
+  std::unique_ptr<rocksdb::Iterator> mit(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kMeta]));
+  for (mit->Seek("bad_base/"); mit->Valid() && mit->key().starts_with("bad_base/"); mit->Next()) {
+    uint64_t v = 0;
+    std::string k = mit->key().ToString().substr(9);
+    if (!absl::SimpleAtoi(k, &v)) return absl::DataLossError("storage: bad bad_base key");
+    state.bad_base_versions.push_back(v);
+  }
+  RETURN_IF_ERROR(FromRocks(mit->status(), "scan bad bases"));
+  std::sort(state.bad_base_versions.begin(), state.bad_base_versions.end());
 
   ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions());
   state.next_contribution_id = max_id + 1;
@@ -209,15 +257,16 @@ absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
                             keys::ContributionDataPrefix(round, id + 1));
 }
 
-absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info) {
-  return FromRocks(impl_->db->Put(impl_->commit_opts, impl_->cfs[kContribs],
-                                  keys::ContributionRecord(round, info.id()),
-                                  info.SerializeAsString()),
-                   "commit contribution");
+absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info,
+                                       const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
+            info.SerializeAsString());
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit contribution");
 }
 
 absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
-                               const v1::RoundInfo& first_round) {
+                               const v1::RoundInfo& first_round, const AuditBatch& audit) {
   rocksdb::WriteBatch batch;
   std::string zero;
   keys::PutU64(&zero, 0);
@@ -227,17 +276,21 @@ absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view bas
   batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, zero);
   batch.Put(impl_->cfs[kRounds], keys::Round(first_round.number()),
             first_round.SerializeAsString());
-  return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "commit init");
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit init");
 }
 
 absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
                                      absl::string_view new_base_sha256,
-                                     const v1::RoundInfo& next_round) {
+                                     const v1::RoundInfo& next_round, const AuditBatch& audit) {
   v1::RoundInfo closed_record = closed;
   closed_record.clear_contributions();  // they live in the contribs family
   std::string version;
   keys::PutU64(&version, new_base);
   rocksdb::WriteBatch batch;
+  for (const auto& c : closed.contributions()) {
+    batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(closed.number(), c.id()),
+              c.SerializeAsString());
+  }
   batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()),
             closed_record.SerializeAsString());
   batch.Put(impl_->cfs[kMeta], keys::BaseSha(new_base),
@@ -245,7 +298,68 @@ absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_b
   batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, version);
   batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
             next_round.SerializeAsString());
-  return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "commit round close");
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit round close");
+}
+
+absl::Status Store::CommitRollback(const v1::RoundInfo& closed, const std::vector<uint64_t>& bad,
+                                   absl::string_view reason, uint64_t good_base,
+                                   const v1::RoundInfo& next_round, const AuditBatch& audit) {
+  v1::RoundInfo closed_record = closed;
+  closed_record.clear_contributions();
+  std::string version;
+  keys::PutU64(&version, good_base);
+  rocksdb::WriteBatch batch;
+  batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()), closed_record.SerializeAsString());
+  for (uint64_t v : bad) {
+    batch.Put(impl_->cfs[kMeta], absl::StrCat("bad_base/", v),
+              rocksdb::Slice(reason.data(), reason.size()));
+  }
+  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, version);
+  batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
+            next_round.SerializeAsString());
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit rollback");
+}
+
+absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  batch.Put(impl_->cfs[kMeta], absl::StrCat("token/", token.info.name()),
+            token.secret_sha256 + token.info.SerializeAsString());
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "store token");
+}
+
+absl::StatusOr<std::vector<StoredToken>> Store::LoadTokens() {
+  std::vector<StoredToken> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kMeta]));
+  for (it->Seek("token/"); it->Valid() && it->key().starts_with("token/"); it->Next()) {
+    std::string v = it->value().ToString();
+    StoredToken t;
+    if (v.size() < 32 || !t.info.ParseFromString(v.substr(32))) {
+      return absl::DataLossError("storage: corrupt token record");
+    }
+    t.secret_sha256 = v.substr(0, 32);
+    out.push_back(std::move(t));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan tokens"));
+  return out;
+}
+
+absl::Status Store::AppendAudit(const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  return impl_->WriteWithAudit(&batch, audit, impl_->chunk_opts, "append audit");
+}
+
+absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq, size_t limit) {
+  std::vector<v1::AuditRecord> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kAudit]));
+  for (it->Seek(keys::Round(after_seq + 1)); it->Valid() && out.size() < limit; it->Next()) {
+    v1::AuditRecord rec;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &rec, "audit"));
+    out.push_back(std::move(rec));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan audit"));
+  return out;
 }
 
 absl::Status Store::DeleteBaseData(uint64_t version) {

@@ -7,6 +7,10 @@
 //   contribs - 'h' | round | id -> v1::ContributionInfo (a committed contribution)
 //              'd' | round | id | tensor | chunk -> bytes
 //   rounds   - round -> v1::RoundInfo (without its contributions)
+//   audit    - seq -> v1::AuditRecord (append-only; written in the same atomic batch as
+//              the change it records)
+// meta also holds "token/<name>" (SHA-256 of the secret, then v1::TokenInfo) and
+// "bad_base/<v>" (the reason a base was rolled back).
 // Data chunks are written unsynced as they arrive; they become visible only through a
 // record committed by a synced write (a contribution header, or the current-base pointer),
 // and Open() deletes chunks that no record points to (left by a crash).
@@ -39,7 +43,18 @@ struct LoadedState {
   std::string current_base_sha256;
   std::vector<v1::RoundInfo> rounds;   // ascending, contributions filled in
   uint64_t next_contribution_id = 1;
+  std::vector<uint64_t> bad_base_versions;
+  // Highest base version stored (bad ones included); the next fusion writes this + 1.
+  uint64_t max_base_version = 0;
 };
+
+struct StoredToken {
+  std::string secret_sha256;  // 32 bytes
+  v1::TokenInfo info;
+};
+
+// Audit records to append in the same write; seq and time are filled in by the store.
+using AuditBatch = std::vector<v1::AuditRecord>;
 
 class Store {
  public:
@@ -67,17 +82,32 @@ class Store {
   // Removes every chunk of an uncommitted (rejected) contribution.
   absl::Status DeleteContributionData(uint64_t round, uint64_t id);
   // Makes a contribution durable (synced) and visible.
-  absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info);
+  absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info,
+                                  const AuditBatch& audit = {});
 
   // Stores the model, makes base v0 (already written with PutBaseChunk) current and
   // records `first_round`, in one synced write.
   absl::Status CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
-                          const v1::RoundInfo& first_round);
-  // Records the closed round, makes `new_base` (already written) current and records the
-  // next open round, in one synced write.
+                          const v1::RoundInfo& first_round, const AuditBatch& audit = {});
+  // Records the closed round (and its contributions' final records), makes `new_base`
+  // (already written) current and records the next open round, in one synced write.
   absl::Status CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
                                 absl::string_view new_base_sha256,
-                                const v1::RoundInfo& next_round);
+                                const v1::RoundInfo& next_round, const AuditBatch& audit = {});
+  // Closes `closed` unfused, marks `bad` versions bad, makes `good_base` current and
+  // records `next_round`, in one synced write.
+  absl::Status CommitRollback(const v1::RoundInfo& closed, const std::vector<uint64_t>& bad,
+                              absl::string_view reason, uint64_t good_base,
+                              const v1::RoundInfo& next_round, const AuditBatch& audit = {});
+
+  // Tokens (synced). PutToken creates or replaces the record of info.name().
+  absl::Status PutToken(const StoredToken& token, const AuditBatch& audit = {});
+  absl::StatusOr<std::vector<StoredToken>> LoadTokens();
+
+  // Appends records on their own (e.g. rejected uploads, which change nothing else).
+  absl::Status AppendAudit(const AuditBatch& audit);
+  // Records with seq > after_seq, oldest first, at most `limit`.
+  absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit);
   // Removes chunks of an uncommitted base version (a failed fusion).
   absl::Status DeleteBaseData(uint64_t version);
 

@@ -1,0 +1,137 @@
+#include "server/auth/token_registry.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+
+namespace coldfuse::auth {
+namespace {
+
+absl::Status CheckTokenName(absl::string_view name) {
+  bool ok = !name.empty() && name.size() <= 128;
+  for (char c : name) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '-' || c == '_' || c == '.' || c == '@');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "token name '", name, "' is not allowed: use 1-128 characters from A-Z a-z 0-9 - _ . @"));
+}
+
+v1::AuditRecord Audit(absl::string_view actor, absl::string_view action, std::string detail) {
+  v1::AuditRecord r;
+  r.set_actor(std::string(actor));
+  r.set_action(std::string(action));
+  r.set_detail(std::move(detail));
+  return r;
+}
+
+}  // namespace
+
+bool Allows(v1::Role role, v1::Role required) {
+  return role == v1::OPERATOR || (role != v1::ROLE_UNSPECIFIED && role == required);
+}
+
+absl::StatusOr<std::unique_ptr<TokenRegistry>> TokenRegistry::Create(storage::Store* store,
+                                                                    Clock* clock) {
+  std::unique_ptr<TokenRegistry> r(new TokenRegistry(store, clock));
+  ASSIGN_OR_RETURN(std::vector<storage::StoredToken> tokens, store->LoadTokens());
+  for (auto& t : tokens) {
+    if (!t.info.revoked()) r->name_by_hash_[t.secret_sha256] = t.info.name();
+    r->by_name_[t.info.name()] = std::move(t);
+  }
+  return r;
+}
+
+absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, v1::Role role,
+                                                        int64_t ttl_seconds,
+                                                        absl::string_view actor) {
+  RETURN_IF_ERROR(CheckTokenName(name));
+  if (role != v1::CONTRIBUTOR && role != v1::VIEWER && role != v1::OPERATOR) {
+    return absl::InvalidArgumentError("role must be contributor, viewer or operator");
+  }
+  if (ttl_seconds < 0) return absl::InvalidArgumentError("ttl must not be negative");
+  unsigned char raw[32];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) {
+    return absl::InternalError("OpenSSL could not generate random bytes for a token");
+  }
+  CreatedToken out;
+  out.secret = absl::StrCat("cf_", ToHex(absl::string_view(reinterpret_cast<char*>(raw), 32)));
+  OPENSSL_cleanse(raw, sizeof(raw));
+  out.info.set_name(std::string(name));
+  out.info.set_role(role);
+  out.info.set_created_unix_ms(clock_->NowUnixMs());
+  if (ttl_seconds > 0) out.info.set_expires_unix_ms(out.info.created_unix_ms() + ttl_seconds * 1000);
+  storage::StoredToken stored{Sha256::Of(out.secret), out.info};
+
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_name_.find(std::string(name));
+  if (it != by_name_.end() && !it->second.info.revoked()) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "a token named '", name, "' exists; revoke it first or choose another name"));
+  }
+  RETURN_IF_ERROR(store_->PutToken(
+      stored, {Audit(actor, "token_created",
+                     absl::StrCat(name, " role=", v1::Role_Name(role),
+                                  ttl_seconds > 0 ? absl::StrCat(" ttl=", ttl_seconds, "s") : ""))}));
+  if (it != by_name_.end()) name_by_hash_.erase(it->second.secret_sha256);
+  name_by_hash_[stored.secret_sha256] = std::string(name);
+  by_name_[std::string(name)] = std::move(stored);
+  return out;
+}
+
+absl::StatusOr<v1::TokenInfo> TokenRegistry::Revoke(absl::string_view name,
+                                                    absl::string_view actor) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_name_.find(std::string(name));
+  if (it == by_name_.end()) {
+    return absl::NotFoundError(absl::StrCat("no token named '", name, "'"));
+  }
+  storage::StoredToken updated = it->second;
+  updated.info.set_revoked(true);
+  RETURN_IF_ERROR(store_->PutToken(updated, {Audit(actor, "token_revoked", std::string(name))}));
+  name_by_hash_.erase(updated.secret_sha256);
+  it->second = updated;
+  return updated.info;
+}
+
+std::vector<v1::TokenInfo> TokenRegistry::List() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<v1::TokenInfo> out;
+  for (const auto& [name, t] : by_name_) out.push_back(t.info);
+  return out;
+}
+
+bool TokenRegistry::HasOperator() const {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& [name, t] : by_name_) {
+    if (!t.info.revoked() && t.info.role() == v1::OPERATOR) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<Identity> TokenRegistry::Authenticate(absl::string_view secret) const {
+  if (secret.empty()) {
+    return absl::UnauthenticatedError(
+        "no token: send 'authorization: Bearer <token>' (coldfusectl/coldfuse-client "
+        "--token_file)");
+  }
+  std::string hash = Sha256::Of(secret);
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = name_by_hash_.find(hash);
+  if (it == name_by_hash_.end()) {
+    // Revoked tokens are dropped from name_by_hash_, so they land here too.
+    return absl::UnauthenticatedError("unknown or revoked token");
+  }
+  const v1::TokenInfo& info = by_name_.at(it->second).info;
+  if (info.expires_unix_ms() != 0 && clock_->NowUnixMs() >= info.expires_unix_ms()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("token '", info.name(), "' expired; ask an operator for a new one"));
+  }
+  return Identity{info.name(), info.role()};
+}
+
+}  // namespace coldfuse::auth

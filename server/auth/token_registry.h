@@ -1,0 +1,66 @@
+// Access tokens and roles. A token is a random bearer secret ("cf_" + 64 hex digits)
+// that the server stores only as its SHA-256; each has a unique name (a contributor's
+// identity), a role, and optionally an expiry; it can be revoked. Thread-safe.
+#ifndef COLDFUSE_SERVER_AUTH_TOKEN_REGISTRY_H_
+#define COLDFUSE_SERVER_AUTH_TOKEN_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "coldfuse/v1/coldfuse.pb.h"
+#include "common/clock.h"
+#include "server/storage/store.h"
+
+namespace coldfuse::auth {
+
+// Who is calling: the token's name and role.
+struct Identity {
+  std::string name;
+  v1::Role role = v1::ROLE_UNSPECIFIED;
+};
+
+// Whether `role` may call an RPC that needs `required`: operators may call everything;
+// otherwise the roles must be equal.
+bool Allows(v1::Role role, v1::Role required);
+
+struct CreatedToken {
+  std::string secret;  // shown once
+  v1::TokenInfo info;
+};
+
+class TokenRegistry {
+ public:
+  // Loads the stored tokens. The store and clock must outlive the registry.
+  static absl::StatusOr<std::unique_ptr<TokenRegistry>> Create(storage::Store* store,
+                                                              Clock* clock);
+
+  // ALREADY_EXISTS if an unrevoked token has this name; INVALID_ARGUMENT for a bad name,
+  // role or ttl. A revoked name may be reused.
+  absl::StatusOr<CreatedToken> CreateToken(absl::string_view name, v1::Role role,
+                                           int64_t ttl_seconds, absl::string_view actor);
+  // NOT_FOUND if no token has this name.
+  absl::StatusOr<v1::TokenInfo> Revoke(absl::string_view name, absl::string_view actor);
+  std::vector<v1::TokenInfo> List() const;
+  bool HasOperator() const;
+
+  // UNAUTHENTICATED (saying why) unless `secret` is a live token.
+  absl::StatusOr<Identity> Authenticate(absl::string_view secret) const;
+
+ private:
+  TokenRegistry(storage::Store* store, Clock* clock) : store_(store), clock_(clock) {}
+
+  storage::Store* const store_;
+  Clock* const clock_;
+  mutable std::mutex mu_;
+  std::map<std::string, storage::StoredToken> by_name_;
+  std::map<std::string, std::string> name_by_hash_;
+};
+
+}  // namespace coldfuse::auth
+
+#endif  // COLDFUSE_SERVER_AUTH_TOKEN_REGISTRY_H_
