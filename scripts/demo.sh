@@ -21,23 +21,34 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf "$OUT"
-mkdir -p "$OUT/logs"
+mkdir -p "$OUT/logs" "$OUT/tokens"
 echo "== preparing data (UCI optical digits from Debian's python3-sklearn; see docs/data.md)"
 python3 scripts/prepare_digits.py "$OUT/data"
 
-echo "== starting coldfused (data folder $OUT/server-data)"
+echo "== making a CA and a server certificate for TLS (deploy/make-certs.sh)"
+bash deploy/make-certs.sh "$OUT/certs" >"$OUT/logs/certs.log"
+
+echo "== starting coldfused with TLS and tokens (data folder $OUT/server-data)"
 "$SERVER_BIN" --data_dir="$OUT/server-data" --listen=127.0.0.1:0 --port_file="$OUT/port" \
+  --tls_cert="$OUT/certs/server.crt" --tls_key="$OUT/certs/server.key" \
+  --bootstrap_token_file="$OUT/tokens/operator.token" \
   --min_contributions=${#TASKS[@]} --round_timeout_s=300 2>"$OUT/logs/coldfused.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$OUT/port" ] && break; sleep 0.1; done
 [ -s "$OUT/port" ] || { echo "coldfused did not start:"; cat "$OUT/logs/coldfused.log"; exit 1; }
 ADDR=127.0.0.1:$(cat "$OUT/port")
-ctl() { "$CTL_BIN" --server="$ADDR" "$@"; }
+TLS=(--tls_ca="$OUT/certs/ca.crt")
+ctl() { "$CTL_BIN" --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/operator.token" "$@"; }
 
 ctl init --spec=mlp:64,128,64 --seed=1 --fusion=mean
+# One contributor token per contributor (its name is its identity), one for the probe.
+for t in "${TASKS[@]}" prober; do
+  ctl token create --name="$t" --role=contributor --out="$OUT/tokens/$t.token" 2>/dev/null
+done
 
 probe() {  # unseen-task score of base v$1: fresh head + body fine-tuned on 100 examples
-  "$CLIENT_BIN" --probe --server="$ADDR" --base_version="$1" --probe_examples=100 \
+  "$CLIENT_BIN" --probe --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/prober.token" \
+    --base_version="$1" --probe_examples=100 \
     --train="$OUT/data/$UNSEEN/train.csv" --test="$OUT/data/$UNSEEN/test.csv" \
     --threads=1 2>>"$OUT/logs/probe.log" |
     sed -n 's/.*"accuracy": \([0-9.]*\).*/\1/p' | xargs printf '%.4f'
@@ -47,7 +58,8 @@ unseen[0]=$(probe 0)
 
 echo "== starting ${#TASKS[@]} contributors for $ROUNDS rounds (logs in $OUT/logs/)"
 for t in "${TASKS[@]}"; do
-  "$CLIENT_BIN" --server="$ADDR" --name="$t" --task="$t" --state_dir="$OUT/clients/$t" \
+  "$CLIENT_BIN" --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/$t.token" \
+    --name="$t" --task="$t" --state_dir="$OUT/clients/$t" \
     --train="$OUT/data/$t/train.csv" --test="$OUT/data/$t/test.csv" \
     --max_rounds="$ROUNDS" --threads=1 --poll_s=0.2 2>"$OUT/logs/client-$t.log" &
   pids+=($!)
@@ -87,4 +99,5 @@ ctl status --json >"$OUT/status.json"
 echo
 echo "coldfusectl status --json (saved in $OUT/status.json) says the same:"
 grep -E '"(base_version|number|change_seq)"' "$OUT/status.json" | head -3 | sed 's/^ */   /'
-echo "(dashboards: $CTL_BIN --server=$ADDR status --json | rounds --json | round N --json)"
+echo "(dashboards: $CTL_BIN --server=$ADDR --tls_ca=$OUT/certs/ca.crt --token_file=TOKEN"
+echo "   status --json | rounds --json | round N --json; operators: audit, token list)"
