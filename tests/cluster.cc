@@ -36,7 +36,7 @@ std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv,
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
-    ::execv(args[0], args.data());
+    ::execvp(args[0], args.data());  // PATH lookup for tools like python3
     ::_exit(127);
   }
   ::close(fd);
