@@ -18,9 +18,8 @@ Creates in OUT_DIR (mode 0700; private keys mode 0600):
 
 Running it again on the same OUT_DIR keeps the CA, so it can add clients later:
   deploy/make-certs.sh /etc/coldfuse/tls --client alice
-Server:  coldfused --tls_cert OUT/server.crt --tls_key OUT/server.key --tls_client_ca OUT/ca.crt
-Client:  --tls_ca OUT/ca.crt --tls_cert OUT/alice.crt --tls_key OUT/alice.key
-(flag names indicative; see each program's --help)
+Server:  coldfused --tls_cert=OUT/server.crt --tls_key=OUT/server.key [--tls_client_ca=OUT/ca.crt]
+Client:  --tls_ca=OUT/ca.crt [--tls_cert=OUT/alice.crt --tls_key=OUT/alice.key]
 EOF
 }
 
