@@ -3,6 +3,8 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -54,6 +56,9 @@ absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, 
     return absl::InvalidArgumentError("role must be contributor, viewer or operator");
   }
   if (ttl_seconds < 0) return absl::InvalidArgumentError("ttl must not be negative");
+  if (ttl_seconds > (std::numeric_limits<int64_t>::max() - clock_->NowUnixMs()) / 1000) {
+    return absl::InvalidArgumentError("ttl is too large; use 0 for a token that never expires");
+  }
   unsigned char raw[32];
   if (RAND_bytes(raw, sizeof(raw)) != 1) {
     return absl::InternalError("OpenSSL could not generate random bytes for a token");
@@ -107,8 +112,10 @@ std::vector<v1::TokenInfo> TokenRegistry::List() const {
 
 bool TokenRegistry::HasOperator() const {
   std::lock_guard<std::mutex> l(mu_);
+  const int64_t now = clock_->NowUnixMs();
   for (const auto& [name, t] : by_name_) {
-    if (!t.info.revoked() && t.info.role() == v1::OPERATOR) return true;
+    const bool expired = t.info.expires_unix_ms() != 0 && now >= t.info.expires_unix_ms();
+    if (!t.info.revoked() && !expired && t.info.role() == v1::OPERATOR) return true;
   }
   return false;
 }

@@ -1,6 +1,7 @@
 #include "server/rounds/round_manager.h"
 
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -69,6 +70,10 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(storage::Stor
                                                                   Clock* clock) {
   if (options.min_contributions == 0) {
     return absl::InvalidArgumentError("min_contributions must be at least 1");
+  }
+  if (options.outlier_factor != 0 && options.outlier_factor < 1) {
+    return absl::InvalidArgumentError(
+        "outlier_factor must be 0 (off) or at least 1: below 1 it could quarantine everyone");
   }
   ASSIGN_OR_RETURN(storage::LoadedState state, store->Load());
   std::unique_ptr<RoundManager> m(new RoundManager(store, options, clock));
@@ -441,6 +446,8 @@ void RoundManager::Screen(v1::RoundInfo* round, storage::AuditBatch* audit) cons
   std::vector<double> norms;
   for (const auto& c : round->contributions()) norms.push_back(c.delta_norm());
   const double median = fusion::Median(norms);
+  // With a zero median (most uploads changed nothing) there is no scale to compare to.
+  if (median <= 0) return;
   const double limit = options_.outlier_factor * median;
   for (auto& c : *round->mutable_contributions()) {
     if (c.delta_norm() > limit) {
@@ -520,7 +527,9 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     case v1::NORM_CLIPPED_MEAN: {
       auto w = fusion::FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples);
       if (!w.ok()) return fail(w.status());
-      const double clip = model.fusion_options().clip_factor() * fusion::Median(norms);
+      // A zero median update clips every update to (almost) nothing: the base stays.
+      const double clip = std::max(model.fusion_options().clip_factor() * fusion::Median(norms),
+                                   std::numeric_limits<double>::min());
       sha = fusion::FuseNormClippedMean(model.manifest(), *w, norms, clip, read_base, read,
                                         write);
       break;

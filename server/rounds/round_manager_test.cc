@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -13,10 +16,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/model_spec.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
 #include "server/rounds/test_util.h"
+#include "server/storage/store.h"
 
 namespace coldfuse::rounds {
 namespace {
@@ -64,6 +69,67 @@ std::vector<std::vector<float>> ExpectedFusion(
     }
     out.emplace_back(acc.begin(), acc.end());
   }
+  return out;
+}
+
+// `base` moved by scale x a fixed pattern that `salt` varies; every element changes.
+// Deltas of the same salt are parallel, so their norms scale with `scale`.
+std::vector<HostTensor> Shifted(const std::vector<HostTensor>& base, double scale, int salt) {
+  std::vector<HostTensor> out = base;
+  for (size_t t = 0; t < out.size(); ++t) {
+    std::vector<float> v = ValuesOf<float>(out[t].data);
+    for (size_t i = 0; i < v.size(); ++i) {
+      int step = static_cast<int>((i * 7 + t * 13 + static_cast<size_t>(salt) * 5) % 11) - 5;
+      if (step == 0) step = 6;
+      v[i] = static_cast<float>(v[i] + scale * 0.01 * step);
+    }
+    out[t].data = BytesOf(v);
+  }
+  return out;
+}
+
+// L2 norm of (x - base) over all F32 tensors, in double.
+double DeltaL2(const std::vector<HostTensor>& x, const std::vector<HostTensor>& base) {
+  double sum = 0;
+  for (size_t t = 0; t < x.size(); ++t) {
+    std::vector<float> a = ValuesOf<float>(x[t].data);
+    std::vector<float> b = ValuesOf<float>(base[t].data);
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+      sum += d * d;
+    }
+  }
+  return std::sqrt(sum);
+}
+
+double MedianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// At every coordinate, reduce(the contributions' values there), stored as F32.
+std::vector<std::vector<float>> ExpectedPerCoordinate(
+    const std::vector<std::vector<HostTensor>>& contributions,
+    const std::function<double(std::vector<double>)>& reduce) {
+  std::vector<std::vector<float>> out;
+  for (size_t t = 0; t < contributions[0].size(); ++t) {
+    std::vector<std::vector<float>> values;
+    for (const auto& c : contributions) values.push_back(ValuesOf<float>(c[t].data));
+    std::vector<float> fused(values[0].size());
+    for (size_t i = 0; i < fused.size(); ++i) {
+      std::vector<double> at;
+      for (const auto& v : values) at.push_back(v[i]);
+      fused[i] = static_cast<float>(reduce(std::move(at)));
+    }
+    out.push_back(std::move(fused));
+  }
+  return out;
+}
+
+std::vector<std::string> Actions(const std::vector<v1::AuditRecord>& records) {
+  std::vector<std::string> out;
+  for (const auto& r : records) out.push_back(r.action());
   return out;
 }
 
@@ -184,6 +250,51 @@ class RoundManagerTest : public ::testing::Test {
         EXPECT_FLOAT_EQ(g[i], want[t][i]) << got[t].spec.name() << "[" << i << "]";
       }
     }
+  }
+
+  // Like Init, with fusion options.
+  void InitWithOptions(v1::FusionMethod method, const v1::FusionOptions& fusion_options) {
+    spec_ = kSpec;
+    v1::InitHeader h = InitHeaderFor(kSpec, method);
+    *h.mutable_fusion_options() = fusion_options;
+    auto up = manager_->BeginInit(h, "op");
+    ASSERT_TRUE(up.ok()) << up.status();
+    base0_ = Body(kSpec, 1);
+    auto r = Send(up->get(), base0_);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+
+  // Uploads `tensors` from `contributor`; fails the test if it is refused.
+  std::vector<HostTensor> MustContributeTensors(const std::string& contributor,
+                                                std::vector<HostTensor> tensors,
+                                                uint64_t num_examples = 10) {
+    auto r = Contribute(Header(contributor, num_examples), tensors);
+    EXPECT_TRUE(r.ok()) << contributor << ": " << r.status();
+    return tensors;
+  }
+
+  // The record of `contributor`'s contribution in round `round`.
+  v1::ContributionInfo ContributionOf(uint64_t round, const std::string& contributor) {
+    auto info = manager_->GetRoundInfo(round);
+    EXPECT_TRUE(info.ok()) << info.status();
+    if (info.ok()) {
+      for (const auto& c : info->contributions()) {
+        if (c.contributor() == contributor) return c;
+      }
+    }
+    ADD_FAILURE() << "no contribution from " << contributor << " in round " << round;
+    return v1::ContributionInfo();
+  }
+
+  void MustClose() {
+    auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+
+  std::vector<v1::AuditRecord> AuditAll() {
+    auto a = manager_->ReadAudit(0, 1000);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? *std::move(a) : std::vector<v1::AuditRecord>();
   }
 
   testing_util::TempDir dir_;
@@ -731,6 +842,478 @@ TEST_F(RoundManagerTest, PolicyThreadClosesOnQuorum) {
   EXPECT_EQ(manager_->GetRound()->round(), 2u);
   EXPECT_EQ(manager_->GetRoundInfo(1)->close_reason(), "quorum");
   manager_.reset();  // stops the thread before the listener's captures go away
+}
+
+// ------------------------------------------------------------------ screening uploads
+
+TEST_F(RoundManagerTest, NonFiniteContributionIsInvalidArgumentAndStoresNothing) {
+  Init();
+  struct Case {
+    const char* contributor;
+    float value;
+  };
+  const Case cases[] = {{"alice", std::nanf("")},
+                        {"bob", std::numeric_limits<float>::infinity()},
+                        {"carol", -std::numeric_limits<float>::infinity()}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.contributor);
+    // The bad value is in the last tensor, so the first three were stored before it.
+    std::vector<HostTensor> t = Body(kSpec, 2);
+    std::vector<float> last = ValuesOf<float>(t[3].data);
+    last[1] = c.value;
+    t[3].data = BytesOf(last);
+    {
+      auto up = manager_->BeginContribution(Header(c.contributor));
+      ASSERT_TRUE(up.ok()) << up.status();
+      absl::Status st = SendChunks(up->get(), t);
+      if (st.ok()) st = (*up)->Finish(TrailerFor(t)).status();
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), "NaN or infinity")) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), t[3].spec.name())) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), "element 1")) << st;
+    }
+    EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  }
+  // No chunk of any of the three uploads (ids 1..3) is left.
+  for (uint64_t id = 1; id <= 3; ++id) {
+    for (uint32_t tensor = 0; tensor < 4; ++tensor) {
+      EXPECT_EQ(store_->GetContributionChunk(1, id, tensor, 0).status().code(),
+                absl::StatusCode::kNotFound)
+          << "id " << id << " tensor " << tensor;
+    }
+  }
+  std::vector<v1::AuditRecord> audit = AuditAll();
+  int rejected = 0;
+  for (const auto& r : audit) {
+    if (r.action() != "contribution_rejected") continue;
+    ++rejected;
+    EXPECT_TRUE(absl::StrContains(r.detail(), "INVALID_ARGUMENT")) << r.detail();
+  }
+  EXPECT_EQ(rejected, 3);
+  // The contributors may send a finite update.
+  MustContribute("alice", 3);
+  Restart();
+  ASSERT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions(0).contributor(), "alice");
+}
+
+TEST_F(RoundManagerTest, NonFiniteValueInALaterStorageChunkNamesItsElement) {
+  // body.0.weight is 500 x 600 F32: two storage chunks.
+  Init(v1::MEAN, "mlp:600,500");
+  std::vector<HostTensor> t = Body(spec_, 2);
+  std::vector<float> w = ValuesOf<float>(t[0].data);
+  const size_t bad = kChunkBytes / sizeof(float) + 5;
+  w[bad] = std::nanf("");
+  t[0].data = BytesOf(w);
+  auto r = Contribute(Header("alice"), t);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("element ", bad)))
+      << r.status();
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+}
+
+TEST_F(RoundManagerTest, DeltaNormIsTheL2NormOfTheUpdate) {
+  Init();
+  std::vector<HostTensor> a = MustContribute("alice", 2);
+  std::vector<HostTensor> b = MustContributeTensors("bob", Shifted(base0_, 3.0, 1));
+  std::vector<HostTensor> c = MustContributeTensors("carol", base0_);  // no change
+  const double want_a = DeltaL2(a, base0_);
+  const double want_b = DeltaL2(b, base0_);
+  ASSERT_GT(want_a, 0);
+  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
+  EXPECT_NEAR(ContributionOf(1, "bob").delta_norm(), want_b, 1e-12 * want_b);
+  EXPECT_EQ(ContributionOf(1, "carol").delta_norm(), 0.0);
+  Restart();
+  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
+}
+
+TEST_F(RoundManagerTest, OutlierIsQuarantinedAndLeftOutOfTheFusion) {
+  Init();  // outlier_factor 3 (the default)
+  ASSERT_EQ(options_.outlier_factor, 3.0);
+  std::vector<std::vector<HostTensor>> honest = {
+      MustContributeTensors("alice", Shifted(base0_, 1.0, 1)),
+      MustContributeTensors("bob", Shifted(base0_, 1.5, 2)),
+      MustContributeTensors("carol", Shifted(base0_, 2.0, 3))};
+  std::vector<HostTensor> big = MustContributeTensors("mallory", Shifted(base0_, 100.0, 1));
+  const uint64_t mallory_id = ContributionOf(1, "mallory").id();
+
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& c : r->closed_round().contributions()) {
+    SCOPED_TRACE(c.contributor());
+    if (c.contributor() == "mallory") {
+      EXPECT_EQ(c.state(), v1::QUARANTINED);
+      EXPECT_TRUE(absl::StrContains(c.quarantine_reason(), "median")) << c.quarantine_reason();
+    } else {
+      EXPECT_EQ(c.state(), v1::ACCEPTED);
+      EXPECT_TRUE(c.quarantine_reason().empty());
+    }
+  }
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion(honest, {1.0 / 3, 1.0 / 3, 1.0 / 3}));
+
+  std::vector<v1::AuditRecord> audit = AuditAll();
+  int quarantined = 0;
+  for (const auto& rec : audit) {
+    if (rec.action() != "contribution_quarantined") continue;
+    ++quarantined;
+    EXPECT_TRUE(absl::StrContains(rec.detail(), "mallory")) << rec.detail();
+  }
+  EXPECT_EQ(quarantined, 1);
+
+  // Quarantined, not deleted; and it stays quarantined after a restart.
+  auto kept = store_->GetContributionChunk(1, mallory_id, 0, 0);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(*kept, big[0].data);
+  Restart();
+  v1::ContributionInfo m = ContributionOf(1, "mallory");
+  EXPECT_EQ(m.state(), v1::QUARANTINED);
+  EXPECT_TRUE(absl::StrContains(m.quarantine_reason(), "median"));
+  EXPECT_EQ(ContributionOf(1, "alice").state(), v1::ACCEPTED);
+}
+
+TEST_F(RoundManagerTest, OutlierFactorZeroFusesEverything) {
+  options_.outlier_factor = 0;
+  CreateManager();
+  Init();
+  std::vector<std::vector<HostTensor>> all = {
+      MustContributeTensors("alice", Shifted(base0_, 1.0, 1)),
+      MustContributeTensors("bob", Shifted(base0_, 1.5, 2)),
+      MustContributeTensors("carol", Shifted(base0_, 2.0, 3)),
+      MustContributeTensors("mallory", Shifted(base0_, 100.0, 1))};
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& c : r->closed_round().contributions()) {
+    EXPECT_EQ(c.state(), v1::ACCEPTED) << c.contributor();
+  }
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion(all, {0.25, 0.25, 0.25, 0.25}));
+  for (const auto& rec : AuditAll()) EXPECT_NE(rec.action(), "contribution_quarantined");
+}
+
+TEST_F(RoundManagerTest, FewerThanThreeContributionsAreNeverScreened) {
+  // With two contributions the median is their mean, so factor 1 would flag the larger
+  // one; only the three-contribution rule keeps it.
+  options_.outlier_factor = 1.0;
+  CreateManager();
+  Init();
+  std::vector<std::vector<HostTensor>> all = {
+      MustContributeTensors("alice", Shifted(base0_, 1.0, 1)),
+      MustContributeTensors("mallory", Shifted(base0_, 100.0, 1))};
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& c : r->closed_round().contributions()) {
+    EXPECT_EQ(c.state(), v1::ACCEPTED) << c.contributor();
+  }
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion(all, {0.5, 0.5}));
+}
+
+// ------------------------------------------------------------------ robust fusion
+
+TEST_F(RoundManagerTest, CoordinateMedianModelFusesToTheMedian) {
+  Init(v1::COORDINATE_MEDIAN);
+  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2, 10),
+                                            MustContribute("bob", 3, 20),
+                                            MustContribute("carol", 4, 70)};
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& x : r->closed_round().contributions()) EXPECT_EQ(x.state(), v1::ACCEPTED);
+  ExpectTensorsEqual(ReadBase(), ExpectedPerCoordinate(c, MedianOf));
+}
+
+TEST_F(RoundManagerTest, TrimmedMeanModelDropsTheExtremesAtEachCoordinate) {
+  v1::FusionOptions fo;
+  fo.set_trim_fraction(0.25);
+  InitWithOptions(v1::TRIMMED_MEAN, fo);
+  EXPECT_EQ(manager_->GetStatus().model().fusion_options().trim_fraction(), 0.25);
+  std::vector<std::vector<HostTensor>> c = {
+      MustContribute("alice", 2), MustContribute("bob", 3), MustContribute("carol", 4),
+      MustContribute("dave", 5)};
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& x : r->closed_round().contributions()) EXPECT_EQ(x.state(), v1::ACCEPTED);
+  // floor(0.25 * 4) = 1 value dropped at each end; the middle two averaged.
+  ExpectTensorsEqual(ReadBase(), ExpectedPerCoordinate(c, [](std::vector<double> v) {
+                       std::sort(v.begin(), v.end());
+                       return (v[1] + v[2]) / 2;
+                     }));
+}
+
+TEST_F(RoundManagerTest, NormClippedMeanModelClipsLargeUpdatesToTheMedianNorm) {
+  v1::FusionOptions fo;
+  fo.set_clip_factor(1.5);
+  InitWithOptions(v1::NORM_CLIPPED_MEAN, fo);
+  // Parallel deltas of norm n, 2n and 5n: the clip norm is 1.5 x 2n = 3n, so only the
+  // last is scaled (by 3/5); 5n stays under the outlier limit 3 x 2n.
+  const std::vector<double> examples = {10, 20, 30};
+  std::vector<std::vector<HostTensor>> c = {
+      MustContributeTensors("alice", Shifted(base0_, 1.0, 1), 10),
+      MustContributeTensors("bob", Shifted(base0_, 2.0, 1), 20),
+      MustContributeTensors("carol", Shifted(base0_, 5.0, 1), 30)};
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& x : r->closed_round().contributions()) EXPECT_EQ(x.state(), v1::ACCEPTED);
+
+  std::vector<double> norms;
+  for (const auto& x : c) norms.push_back(DeltaL2(x, base0_));
+  const double clip = 1.5 * MedianOf(norms);
+  std::vector<double> coef;
+  for (size_t k = 0; k < c.size(); ++k) {
+    coef.push_back(examples[k] / 60.0 * std::min(1.0, clip / norms[k]));
+  }
+  ASSERT_LT(coef[2], 0.5 * 0.99);  // carol really was clipped
+  std::vector<std::vector<float>> want;
+  for (size_t t = 0; t < base0_.size(); ++t) {
+    std::vector<float> b = ValuesOf<float>(base0_[t].data);
+    std::vector<float> out(b.size());
+    for (size_t i = 0; i < b.size(); ++i) {
+      double acc = b[i];
+      for (size_t k = 0; k < c.size(); ++k) {
+        acc += coef[k] * (static_cast<double>(ValuesOf<float>(c[k][t].data)[i]) - b[i]);
+      }
+      out[i] = static_cast<float>(acc);
+    }
+    want.push_back(std::move(out));
+  }
+  ExpectTensorsEqual(ReadBase(), want);
+}
+
+TEST_F(RoundManagerTest, NormClippedMeanClosesWhenTheMedianUpdateIsZero) {
+  Init(v1::NORM_CLIPPED_MEAN);
+  MustContributeTensors("alice", base0_);
+  MustContributeTensors("bob", base0_);
+  MustContributeTensors("carol", Shifted(base0_, 1.0, 1));
+  auto r = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion({base0_}, {1.0}));
+}
+
+// ------------------------------------------------------------------ rollback
+
+TEST_F(RoundManagerTest, RollbackReopensFromTheGoodBaseAndSurvivesARestart) {
+  Init();
+  MustContribute("alice", 2);
+  MustClose();  // v1
+  std::string sha1;
+  const std::vector<HostTensor> v1_data = ReadBase(1, &sha1);
+  MustContribute("bob", 3);
+  MustClose();  // v2
+  const std::vector<HostTensor> v2_data = ReadBase(2);
+  const std::vector<HostTensor> carol = MustContribute("carol", 4);  // round 3, on v2
+  const uint64_t carol_id = ContributionOf(3, "carol").id();
+  clock_.AdvanceMs(1000);
+
+  auto rb = manager_->RollbackBase(1, "v2 diverged", "op");
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_EQ(rb->opened_round().number(), 4u);
+  EXPECT_EQ(rb->opened_round().base_version(), 1u);
+  EXPECT_EQ(rb->opened_round().state(), v1::OPEN);
+  ASSERT_EQ(rb->bad_base_versions_size(), 1);
+  EXPECT_EQ(rb->bad_base_versions(0), 2u);
+
+  auto check_rolled_back = [&] {
+    v1::ServerStatus s = manager_->GetStatus();
+    EXPECT_EQ(s.base_version(), 1u);
+    EXPECT_EQ(s.base_sha256(), sha1);
+    ASSERT_EQ(s.bad_base_versions_size(), 1);
+    EXPECT_EQ(s.bad_base_versions(0), 2u);
+    EXPECT_EQ(s.open_round().number(), 4u);
+    EXPECT_EQ(s.open_round().base_version(), 1u);
+    EXPECT_EQ(manager_->GetRound()->round(), 4u);
+    EXPECT_EQ(manager_->GetRound()->base_version(), 1u);
+    auto r3 = manager_->GetRoundInfo(3);
+    ASSERT_TRUE(r3.ok()) << r3.status();
+    EXPECT_EQ(r3->state(), v1::CLOSED);
+    EXPECT_EQ(r3->close_reason(), "rollback");
+    EXPECT_EQ(r3->closed_unix_ms(), kStartMs + 1000);
+    ASSERT_EQ(r3->contributions_size(), 1);
+    EXPECT_EQ(r3->contributions(0).contributor(), "carol");
+    EXPECT_EQ(r3->contributions(0).id(), carol_id);
+    for (uint32_t t = 0; t < carol.size(); ++t) {
+      auto chunk = store_->GetContributionChunk(3, carol_id, t, 0);
+      ASSERT_TRUE(chunk.ok()) << chunk.status();
+      EXPECT_EQ(*chunk, carol[t].data);
+    }
+    std::string sha;
+    std::vector<HostTensor> current = ReadBase(std::nullopt, &sha);
+    EXPECT_EQ(sha, sha1);
+    ASSERT_EQ(current.size(), v1_data.size());
+    for (size_t t = 0; t < current.size(); ++t) EXPECT_EQ(current[t].data, v1_data[t].data);
+  };
+  check_rolled_back();
+  std::vector<v1::AuditRecord> audit = AuditAll();
+  ASSERT_FALSE(audit.empty());
+  EXPECT_EQ(audit.back().action(), "rollback");
+  EXPECT_EQ(audit.back().actor(), "op");
+  EXPECT_TRUE(absl::StrContains(audit.back().detail(), "v2 diverged")) << audit.back().detail();
+
+  Restart();
+  check_rolled_back();
+
+  // The next fusion writes v3 (v2 keeps its bytes), from round 4 on v1.
+  const std::vector<HostTensor> dave = MustContribute("dave", 5);
+  const double want_norm = DeltaL2(dave, v1_data);
+  EXPECT_NEAR(ContributionOf(4, "dave").delta_norm(), want_norm, 1e-12 * want_norm);
+  auto closed = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->new_base_version(), 3u);
+  EXPECT_EQ(closed->closed_round().number(), 4u);
+  EXPECT_EQ(closed->closed_round().base_version(), 1u);
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion({dave}, {1.0}));
+  audit = AuditAll();
+  ASSERT_FALSE(audit.empty());
+  EXPECT_EQ(audit.back().action(), "base_created");
+  EXPECT_TRUE(absl::StrContains(audit.back().detail(), "v3 from v1")) << audit.back().detail();
+  std::vector<HostTensor> v2_after = ReadBase(2);
+  ASSERT_EQ(v2_after.size(), v2_data.size());
+  for (size_t t = 0; t < v2_after.size(); ++t) EXPECT_EQ(v2_after[t].data, v2_data[t].data);
+
+  Restart();
+  v1::ServerStatus s = manager_->GetStatus();
+  EXPECT_EQ(s.base_version(), 3u);
+  ASSERT_EQ(s.bad_base_versions_size(), 1);
+  EXPECT_EQ(s.bad_base_versions(0), 2u);
+  EXPECT_EQ(s.open_round().number(), 5u);
+  EXPECT_EQ(s.open_round().base_version(), 3u);
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion({dave}, {1.0}));
+  MustContribute("erin", 6);
+  auto next = manager_->CloseRound(std::nullopt, "operator", "op");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->new_base_version(), 4u);
+}
+
+TEST_F(RoundManagerTest, RollbackToTheCurrentOrABadBaseIsFailedPrecondition) {
+  Init();
+  EXPECT_EQ(manager_->RollbackBase(0, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  MustContribute("alice", 2);
+  MustClose();  // v1
+  MustContribute("bob", 3);
+  MustClose();  // v2
+  EXPECT_EQ(manager_->RollbackBase(2, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // current
+  EXPECT_EQ(manager_->RollbackBase(7, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // does not exist
+  ASSERT_TRUE(manager_->RollbackBase(1, "", "op").ok());
+  EXPECT_EQ(manager_->RollbackBase(1, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // current again
+  EXPECT_EQ(manager_->RollbackBase(2, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // bad
+  MustContribute("carol", 4);
+  MustClose();  // v3 from v1
+  EXPECT_EQ(manager_->RollbackBase(2, "", "op").status().code(),
+            absl::StatusCode::kFailedPrecondition);  // bad, though older than v3
+  const size_t rounds = manager_->ListRounds().size();
+  v1::ServerStatus s = manager_->GetStatus();
+  EXPECT_EQ(s.base_version(), 3u);
+  ASSERT_EQ(s.bad_base_versions_size(), 1);
+  EXPECT_EQ(s.bad_base_versions(0), 2u);
+  // Refusals changed nothing.
+  Restart();
+  EXPECT_EQ(manager_->ListRounds().size(), rounds);
+  EXPECT_EQ(manager_->GetStatus().base_version(), 3u);
+  // Rolling back over v3 marks it bad too; v2 is not listed twice.
+  auto rb = manager_->RollbackBase(1, "", "op");
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  ASSERT_EQ(rb->bad_base_versions_size(), 2);
+  EXPECT_EQ(rb->bad_base_versions(0), 2u);
+  EXPECT_EQ(rb->bad_base_versions(1), 3u);
+}
+
+// ------------------------------------------------------------------ quotas
+
+TEST_F(RoundManagerTest, UploadsPerRoundQuotaIsResourceExhausted) {
+  Init();
+  options_.max_uploads_per_round = 2;
+  CreateManager();
+  for (int i = 0; i < 2; ++i) {
+    auto up = manager_->BeginContribution(Header("alice"));
+    ASSERT_TRUE(up.ok()) << up.status();
+  }  // both dropped (the client went away)
+  auto third = manager_->BeginContribution(Header("alice"));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  // Rejected uploads count too: two failed uploads use up carol's quota.
+  for (int i = 0; i < 2; ++i) {
+    std::vector<HostTensor> t = Body(kSpec, 3);
+    const v1::StreamTrailer trailer = TrailerFor(t);
+    t[0].data[0] ^= 1;  // corrupted on the way
+    auto up = manager_->BeginContribution(Header("carol"));
+    ASSERT_TRUE(up.ok()) << up.status();
+    ASSERT_TRUE(SendChunks(up->get(), t).ok());
+    EXPECT_EQ((*up)->Finish(trailer).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(Contribute(Header("carol"), Body(kSpec, 3)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Others are unaffected.
+  MustContribute("bob", 4);
+  EXPECT_EQ(manager_->BeginContribution(Header("alice")).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // The quota is per round.
+  MustClose();
+  MustContribute("alice", 5);
+}
+
+TEST_F(RoundManagerTest, DailyBytesQuotaIsResourceExhaustedUntilTheNextDay) {
+  Init();
+  const uint64_t model_bytes = manager_->GetStatus().model().total_bytes();
+  ASSERT_GT(model_bytes, 0u);
+  options_.max_bytes_per_day = 2 * model_bytes;  // exactly two uploads a day
+  CreateManager();
+  MustContribute("alice", 2);
+  MustClose();
+  MustContribute("alice", 3);
+  MustClose();
+  auto r = Contribute(Header("alice"), Body(kSpec, 4));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "daily limit")) << r.status();
+  MustContribute("bob", 5);  // others are unaffected
+  clock_.AdvanceMs(24 * 3600 * 1000LL);
+  MustContribute("alice", 4);
+  EXPECT_EQ(manager_->GetRoundInfo(3)->contributions_size(), 2);
+}
+
+// ------------------------------------------------------------------ audit log
+
+TEST_F(RoundManagerTest, AuditLogRecordsChangesInOrderAndContinuesAfterARestart) {
+  Init();
+  MustContribute("alice", 2);
+  MustContribute("bob", 3);
+  MustClose();
+  std::vector<v1::AuditRecord> audit = AuditAll();
+  EXPECT_EQ(Actions(audit),
+            std::vector<std::string>({"init", "base_created", "contribution_accepted",
+                                      "contribution_accepted", "round_closed", "base_created"}));
+  ASSERT_EQ(audit.size(), 6u);
+  const std::vector<std::string> actors = {"op", "op", "alice", "bob", "op", "op"};
+  for (size_t i = 0; i < audit.size(); ++i) {
+    EXPECT_EQ(audit[i].actor(), actors[i]) << i;
+    if (i > 0) EXPECT_GT(audit[i].seq(), audit[i - 1].seq()) << i;
+  }
+  EXPECT_TRUE(absl::StrContains(audit[5].detail(), "v1 from v0")) << audit[5].detail();
+
+  auto later = manager_->ReadAudit(audit[2].seq(), 100);
+  ASSERT_TRUE(later.ok()) << later.status();
+  ASSERT_EQ(later->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*later)[i].SerializeAsString(), audit[i + 3].SerializeAsString()) << i;
+  }
+  auto none = manager_->ReadAudit(audit.back().seq(), 100);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  auto two = manager_->ReadAudit(0, 2);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->size(), 2u);
+
+  Restart();
+  MustContribute("carol", 4);
+  std::vector<v1::AuditRecord> after = AuditAll();
+  ASSERT_EQ(after.size(), 7u);
+  for (size_t i = 0; i < audit.size(); ++i) {
+    EXPECT_EQ(after[i].SerializeAsString(), audit[i].SerializeAsString()) << i;
+  }
+  EXPECT_GT(after[6].seq(), audit.back().seq());
+  EXPECT_EQ(after[6].action(), "contribution_accepted");
+  EXPECT_EQ(after[6].actor(), "carol");
 }
 
 TEST(RoundManagerCreateTest, ZeroMinContributionsIsInvalid) {

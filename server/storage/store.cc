@@ -147,21 +147,21 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   impl->cfs.assign(handles.begin() + 1, handles.end());
   impl->commit_opts.sync = options.sync_commits;
   impl->chunk_opts.sync = false;
+  // Audit numbering continues from the last record before anything can append.
+  {
+    std::unique_ptr<rocksdb::Iterator> ait(
+        impl->db->NewIterator(rocksdb::ReadOptions(), impl->cfs[kAudit]));
+    ait->SeekToLast();
+    RETURN_IF_ERROR(FromRocks(ait->status(), "scan audit"));
+    impl->next_audit_seq =
+        ait->Valid() ? keys::GetU64(absl::string_view(ait->key().data(), ait->key().size()), 0) + 1
+                     : 1;
+  }
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
 absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
-  {
-    std::unique_ptr<rocksdb::Iterator> ait(
-        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kAudit]));
-    ait->SeekToLast();
-    RETURN_IF_ERROR(FromRocks(ait->status(), "scan audit"));
-    std::lock_guard<std::mutex> l(impl_->audit_mu);
-    impl_->next_audit_seq =
-        ait->Valid() ? keys::GetU64(absl::string_view(ait->key().data(), ait->key().size()), 0) + 1
-                     : 1;
-  }
   auto model = impl_->Get(kMeta, keys::kModel, "model");
   if (absl::IsNotFound(model.status())) {
     // Not initialised: anything else is leftovers of a crashed init.

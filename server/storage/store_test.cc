@@ -4,9 +4,11 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "server/rounds/test_util.h"
 
 namespace coldfuse::storage {
@@ -263,6 +265,166 @@ TEST_F(StoreTest, SecondOpenOfTheSameFolderFailsClearly) {
   store_.reset();
   auto third = Store::Open(dir_.path(), StoreOptions());
   EXPECT_TRUE(third.ok()) << third.status();
+}
+
+// Round `number` (opened on `base`) closed into `new_base`, and the next round opened.
+void MustCloseRound(Store* store, uint64_t number, uint64_t base, uint64_t new_base,
+                    const std::string& sha) {
+  ASSERT_TRUE(store->PutBaseChunk(new_base, 0, 0, absl::StrCat("weight-bytes-v", new_base)).ok());
+  ASSERT_TRUE(store->PutBaseChunk(new_base, 1, 0, absl::StrCat("bias-bytes-v", new_base)).ok());
+  v1::RoundInfo closed = OpenRound(number, base, 1000 * number);
+  closed.set_state(v1::CLOSED);
+  closed.set_closed_unix_ms(1000 * (number + 1));
+  closed.set_result_base_version(new_base);
+  closed.set_close_reason("operator");
+  v1::RoundInfo next = OpenRound(number + 1, new_base, 1000 * (number + 1));
+  ASSERT_TRUE(store->CommitRoundClose(closed, new_base, sha, next).ok());
+}
+
+v1::AuditRecord Record(const std::string& actor, const std::string& action) {
+  v1::AuditRecord r;
+  r.set_actor(actor);
+  r.set_action(action);
+  r.set_detail(absl::StrCat(action, " by ", actor));
+  return r;
+}
+
+TEST_F(StoreTest, RollbackIsVisibleAfterReopenAndKeepsTheBadBaseData) {
+  Init();
+  MustLoad();
+  MustCloseRound(store_.get(), 1, 0, 1, kSha1);
+  MustCloseRound(store_.get(), 2, 1, 2, std::string(32, 'c'));
+  // Round 3 (on v2) has a committed contribution when the operator rolls back to v1.
+  ASSERT_TRUE(store_->PutContributionChunk(3, 7, 0, 0, "c7-t0").ok());
+  ASSERT_TRUE(store_->CommitContribution(3, Contribution(7, "carol")).ok());
+  v1::RoundInfo closed = OpenRound(3, 2, 3000);
+  *closed.add_contributions() = Contribution(7, "carol");
+  closed.set_state(v1::CLOSED);
+  closed.set_closed_unix_ms(4000);
+  closed.set_close_reason("rollback");
+  ASSERT_TRUE(store_->CommitRollback(closed, {2}, "diverged", 1, OpenRound(4, 1, 4000),
+                                     {Record("op", "rollback")})
+                  .ok());
+  // A later fusion into v3 crashed before its commit.
+  ASSERT_TRUE(store_->PutBaseChunk(3, 0, 0, "half-fused").ok());
+
+  Reopen();
+  LoadedState state = MustLoad();
+  EXPECT_EQ(state.current_base, 1u);
+  EXPECT_EQ(state.current_base_sha256, kSha1);
+  EXPECT_EQ(state.bad_base_versions, std::vector<uint64_t>({2}));
+  // v2 is bad but was stored: the next fusion must write v3, not reuse v2.
+  EXPECT_EQ(state.max_base_version, 2u);
+  ASSERT_EQ(state.rounds.size(), 4u);
+  const v1::RoundInfo& r3 = state.rounds[2];
+  EXPECT_EQ(r3.state(), v1::CLOSED);
+  EXPECT_EQ(r3.close_reason(), "rollback");
+  EXPECT_EQ(r3.result_base_version(), 0u);
+  ASSERT_EQ(r3.contributions_size(), 1);  // from the contribs family, listed once
+  EXPECT_EQ(r3.contributions(0).contributor(), "carol");
+  EXPECT_EQ(state.rounds[3].state(), v1::OPEN);
+  EXPECT_EQ(state.rounds[3].base_version(), 1u);
+  EXPECT_GT(state.next_contribution_id, 7u);
+
+  // The bad base and the rolled-back round's data stay readable; only the crashed v3 goes.
+  auto v2 = store_->GetBaseChunk(2, 0, 0);
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  EXPECT_EQ(*v2, "weight-bytes-v2");
+  auto c7 = store_->GetContributionChunk(3, 7, 0, 0);
+  ASSERT_TRUE(c7.ok()) << c7.status();
+  EXPECT_EQ(*c7, "c7-t0");
+  EXPECT_EQ(store_->GetBaseChunk(3, 0, 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, BadBaseVersionsLoadInNumericOrder) {
+  Init();
+  MustLoad();
+  // "bad_base/10" sorts before "bad_base/9" as a key.
+  v1::RoundInfo closed = OpenRound(1, 0, 1000);
+  closed.set_state(v1::CLOSED);
+  closed.set_close_reason("rollback");
+  ASSERT_TRUE(store_->CommitRollback(closed, {10, 9}, "bad", 0, OpenRound(2, 0, 2000)).ok());
+  Reopen();
+  EXPECT_EQ(MustLoad().bad_base_versions, std::vector<uint64_t>({9, 10}));
+}
+
+TEST_F(StoreTest, AuditRecordsAreNumberedInOrderAndContinueAfterReopen) {
+  Init();
+  MustLoad();
+  ASSERT_TRUE(store_->AppendAudit({Record("a", "one"), Record("b", "two")}).ok());
+  ASSERT_TRUE(store_->CommitContribution(1, Contribution(1, "alice"), {Record("alice", "three")})
+                  .ok());
+  auto all = store_->ReadAudit(0, 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 3u);
+  for (size_t i = 0; i < all->size(); ++i) EXPECT_EQ((*all)[i].seq(), i + 1);
+  EXPECT_EQ((*all)[0].action(), "one");
+  EXPECT_EQ((*all)[0].actor(), "a");
+  EXPECT_GT((*all)[0].unix_ms(), 0);  // filled in by the store
+  EXPECT_EQ((*all)[2].action(), "three");
+
+  auto later = store_->ReadAudit(1, 100);
+  ASSERT_TRUE(later.ok());
+  ASSERT_EQ(later->size(), 2u);
+  EXPECT_EQ((*later)[0].seq(), 2u);
+  auto limited = store_->ReadAudit(0, 2);
+  ASSERT_TRUE(limited.ok());
+  EXPECT_EQ(limited->size(), 2u);
+  auto none = store_->ReadAudit(3, 100);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+
+  Reopen();
+  MustLoad();
+  ASSERT_TRUE(store_->AppendAudit({Record("c", "four")}).ok());
+  all = store_->ReadAudit(0, 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[0].action(), "one");
+  EXPECT_EQ((*all)[3].action(), "four");
+  EXPECT_EQ((*all)[3].seq(), 4u);
+}
+
+TEST_F(StoreTest, AuditSeqContinuesAfterReopenEvenBeforeLoad) {
+  MustLoad();
+  ASSERT_TRUE(store_->AppendAudit({Record("a", "one"), Record("b", "two"), Record("c", "three")})
+                  .ok());
+  Reopen();
+  ASSERT_TRUE(store_->AppendAudit({Record("d", "four")}).ok());
+  auto all = store_->ReadAudit(0, 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[0].action(), "one");
+  EXPECT_EQ((*all)[3].action(), "four");
+  EXPECT_EQ((*all)[3].seq(), 4u);
+}
+
+TEST_F(StoreTest, TokensRoundTripAndReplaceByName) {
+  StoredToken t;
+  t.secret_sha256 = std::string(32, '\x01');
+  t.info.set_name("alice");
+  t.info.set_role(v1::CONTRIBUTOR);
+  ASSERT_TRUE(store_->PutToken(t).ok());
+  t.secret_sha256 = std::string(32, '\x02');
+  t.info.set_revoked(true);
+  ASSERT_TRUE(store_->PutToken(t).ok());
+  StoredToken b;
+  b.secret_sha256 = std::string(32, '\x03');
+  b.info.set_name("bob");
+  b.info.set_role(v1::VIEWER);
+  ASSERT_TRUE(store_->PutToken(b).ok());
+
+  Reopen();
+  auto tokens = store_->LoadTokens();
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  ASSERT_EQ(tokens->size(), 2u);
+  EXPECT_EQ((*tokens)[0].info.name(), "alice");
+  EXPECT_EQ((*tokens)[0].secret_sha256, std::string(32, '\x02'));
+  EXPECT_TRUE((*tokens)[0].info.revoked());
+  EXPECT_EQ((*tokens)[1].info.name(), "bob");
+  EXPECT_EQ((*tokens)[1].info.role(), v1::VIEWER);
+  // Tokens are not mistaken for other meta records.
+  EXPECT_FALSE(MustLoad().model.has_value());
 }
 
 }  // namespace
