@@ -71,6 +71,34 @@ absl::Status StreamReceiver::Accept(const v1::TensorChunk& chunk) {
   return absl::OkStatus();
 }
 
+absl::Status StreamReceiver::ResumeAt(uint32_t tensor, uint64_t offset,
+                                      const StoredChunkReader& read) {
+  if (total_ != 0 || tensor > lengths_.size() ||
+      (tensor < lengths_.size() && offset > lengths_[tensor]) ||
+      (tensor < lengths_.size() && offset % kChunkBytes != 0 && offset != lengths_[tensor])) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot resume at tensor #", tensor, " offset ", offset,
+        ": ask GetUpload for the position to resume from"));
+  }
+  for (uint32_t t = 0; t <= tensor && t < lengths_.size(); ++t) {
+    const uint64_t upto = t < tensor ? lengths_[t] : offset;
+    for (uint64_t c = 0; c * kChunkBytes < upto; ++c) {
+      ASSIGN_OR_RETURN(std::string data, read(t, c));
+      const uint64_t want = std::min<uint64_t>(kChunkBytes, lengths_[t] - c * kChunkBytes);
+      if (data.size() != want) {
+        return absl::DataLossError(absl::StrCat("stored chunk ", c, " of tensor #", t,
+                                                " has ", data.size(), " bytes, expected ", want));
+      }
+      sha_.Update(data);
+      total_ += data.size();
+    }
+  }
+  tensor_ = tensor;
+  offset_ = tensor < lengths_.size() ? offset : 0;
+  SkipEmptyTensors();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> StreamReceiver::Finish(const v1::StreamTrailer& trailer) {
   if (finished_) return absl::InvalidArgumentError("second trailer in one stream");
   if (tensor_ < lengths_.size()) {

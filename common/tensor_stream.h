@@ -42,6 +42,13 @@ class StreamReceiver {
 
   // INVALID_ARGUMENT if `chunk` is not the next expected piece of the stream.
   absl::Status Accept(const v1::TensorChunk& chunk);
+
+  // Continues an interrupted stream at (tensor, offset), a storage-chunk boundary:
+  // re-hashes the bytes already stored, read back with `read`, so the trailer still
+  // checks every byte. REQUIRES: nothing accepted yet.
+  using StoredChunkReader =
+      std::function<absl::StatusOr<std::string>(uint32_t tensor, uint64_t chunk)>;
+  absl::Status ResumeAt(uint32_t tensor, uint64_t offset, const StoredChunkReader& read);
   // INVALID_ARGUMENT if bytes are missing or the trailer's size or checksum differs.
   // On success returns the SHA-256 of all bytes.
   absl::StatusOr<std::string> Finish(const v1::StreamTrailer& trailer);

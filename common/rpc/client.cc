@@ -4,6 +4,12 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/tensor_file.h"
 #include "common/tensor_stream.h"
@@ -15,33 +21,110 @@ void SetDeadline(grpc::ClientContext* ctx, const CallOptions& options) {
   ctx->set_deadline(std::chrono::system_clock::now() + options.deadline);
 }
 
-// Writes header, chunks and trailer on a client stream, then finishes it.
+// Whether a failed transfer is worth resuming (the connection or server went away).
+bool Retryable(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsCancelled(s) || absl::IsDeadlineExceeded(s) ||
+         absl::IsAborted(s) || absl::IsUnknown(s) || absl::IsInternal(s);
+}
+
+std::vector<uint64_t> Lengths(const v1::Manifest& m) {
+  std::vector<uint64_t> out;
+  for (const auto& t : m.tensors()) out.push_back(ByteLength(t).value_or(0));
+  return out;
+}
+
+// Writes header, chunks from (tensor, offset) on, and the trailer (SHA-256 of every
+// byte from the start, so bytes before the resume point are read and hashed, not sent).
 // A failed write means the server ended the call; its status comes from Finish().
 template <typename Request>
-void WriteTensorStream(grpc::ClientWriter<Request>* writer, Request request,
-                       const std::vector<HostTensor>& tensors) {
-  bool ok = writer->Write(request);
-  if (ok) {
-    absl::Status st = ForEachWireChunk(tensors, [&](v1::TensorChunk& chunk) {
+absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request first,
+                               const v1::Manifest& manifest, TensorSource* source,
+                               uint32_t start_tensor, uint64_t start_offset,
+                               TransferStats* stats) {
+  const std::vector<uint64_t> lengths = Lengths(manifest);
+  Sha256 sha;
+  uint64_t total = 0;
+  std::string buf;
+  bool ok = writer->Write(first);
+  Request request;
+  for (uint32_t t = 0; ok && t < lengths.size(); ++t) {
+    for (uint64_t off = 0; ok && off < lengths[t]; off += kMaxChunkBytes) {
+      const uint64_t len = std::min<uint64_t>(kMaxChunkBytes, lengths[t] - off);
+      RETURN_IF_ERROR(source->Read(t, off, len, &buf));
+      if (buf.size() != len) {
+        return absl::InternalError(absl::StrCat("source gave ", buf.size(), " bytes for tensor #",
+                                                t, " at ", off, "; wanted ", len));
+      }
+      sha.Update(buf);
+      total += len;
+      if (t < start_tensor || (t == start_tensor && off < start_offset)) continue;
       request.Clear();
-      *request.mutable_chunk() = std::move(chunk);
-      if (!writer->Write(request)) return absl::CancelledError("stream broken");
-      return absl::OkStatus();
-    });
-    ok = st.ok();
+      auto* chunk = request.mutable_chunk();
+      chunk->set_tensor_index(t);
+      chunk->set_offset(off);
+      chunk->set_data(std::move(buf));
+      ok = writer->Write(request);
+      if (ok && stats != nullptr) stats->bytes_on_wire += len;
+    }
   }
   if (ok) {
     request.Clear();
-    uint64_t total = 0;
-    for (const auto& t : tensors) total += t.data.size();
-    request.mutable_trailer()->set_sha256(TensorsSha256(tensors));
+    request.mutable_trailer()->set_sha256(sha.Finish());
     request.mutable_trailer()->set_total_bytes(total);
     writer->Write(request);
   }
   writer->WritesDone();
+  return absl::OkStatus();
 }
 
+void Backoff(const RetryOptions& retry, int attempt) {
+  auto wait = retry.initial_backoff * (1 << std::min(attempt, 10));
+  std::this_thread::sleep_for(std::min(wait, retry.max_backoff));
+}
+
+// Collects a pulled base in memory.
+class MemorySink final : public TensorSink {
+ public:
+  absl::Status Begin(uint64_t, const std::string&, const v1::Manifest& manifest) override {
+    if (!tensors_.empty()) return absl::OkStatus();  // resumed: same manifest
+    for (const auto& spec : manifest.tensors()) {
+      HostTensor t;
+      t.spec = spec;
+      ASSIGN_OR_RETURN(uint64_t len, ByteLength(spec));
+      t.data.reserve(len);
+      tensors_.push_back(std::move(t));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Write(uint32_t tensor, uint64_t offset, absl::string_view data) override {
+    std::string& d = tensors_[tensor].data;
+    if (offset != d.size()) return absl::InternalError("out-of-order write to memory sink");
+    d.append(data.data(), data.size());
+    return absl::OkStatus();
+  }
+  std::vector<HostTensor> Take() { return std::move(tensors_); }
+
+ private:
+  std::vector<HostTensor> tensors_;
+};
+
 }  // namespace
+
+absl::Status HostTensorSource::Read(uint32_t tensor, uint64_t offset, uint64_t length,
+                                    std::string* out) {
+  if (tensor >= tensors_.size() || offset > tensors_[tensor].data.size() ||
+      length > tensors_[tensor].data.size() - offset) {
+    return absl::OutOfRangeError("read past the end of a host tensor");
+  }
+  out->assign(tensors_[tensor].data, offset, length);
+  return absl::OkStatus();
+}
+
+std::string NewUploadId() {
+  unsigned char raw[16];
+  if (RAND_bytes(raw, sizeof(raw)) != 1) std::abort();
+  return ToHex(absl::string_view(reinterpret_cast<char*>(raw), sizeof(raw)));
+}
 
 std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
   grpc::ChannelArguments args;
@@ -85,90 +168,182 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view call) {
                       absl::StrCat(call, ": ", s.error_message()));
 }
 
-absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel, std::optional<uint64_t> version,
-                                    const CallOptions& options) {
+absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& channel,
+                                      std::optional<uint64_t> version, TensorSink* sink,
+                                      const CallOptions& options, const RetryOptions& retry,
+                                      TransferStats* stats) {
   auto stub = v1::Contributor::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, options);
-  v1::PullBaseRequest request;
-  if (version.has_value()) request.set_base_version(*version);
-  auto reader = stub->PullBase(&ctx, request);
-  v1::PullBaseResponse message;
-  PulledBase out;
-  std::unique_ptr<InMemoryAssembler> assembler;
-  absl::Status problem;
-  bool done = false;
-  while (problem.ok() && !done && reader->Read(&message)) {
-    switch (message.part_case()) {
-      case v1::PullBaseResponse::kHeader: {
-        if (assembler != nullptr) {
-          problem = absl::DataLossError("PullBase: second header");
-          break;
-        }
-        problem = ValidateManifest(message.header().manifest());
-        out.version = message.header().base_version();
-        out.model_spec = message.header().model_spec();
-        assembler = std::make_unique<InMemoryAssembler>(message.header().manifest());
-        break;
-      }
-      case v1::PullBaseResponse::kChunk:
-        problem = assembler == nullptr ? absl::DataLossError("PullBase: chunk before header")
-                                       : assembler->Accept(message.chunk());
-        break;
-      case v1::PullBaseResponse::kTrailer: {
-        if (assembler == nullptr) {
-          problem = absl::DataLossError("PullBase: trailer before header");
-          break;
-        }
-        auto tensors = assembler->Finish(message.trailer());
-        if (tensors.ok()) {
-          out.tensors = std::move(*tensors);
-          out.sha256 = message.trailer().sha256();
-          done = true;
-        } else {
-          problem = tensors.status();
-        }
-        break;
-      }
-      default:
-        problem = absl::DataLossError("PullBase: empty message from the server");
+  PullResult out;
+  bool have_header = false;
+  std::vector<uint64_t> lengths;
+  uint32_t tensor = 0;  // resume position: everything before it was delivered
+  uint64_t offset = 0;
+  Sha256 sha;
+  absl::Status last;
+  for (int attempt = 0; attempt < std::max(1, retry.max_attempts); ++attempt) {
+    if (attempt > 0) Backoff(retry, attempt);
+    if (stats != nullptr) ++stats->attempts;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, options);
+    v1::PullBaseRequest request;
+    if (have_header) {
+      request.set_base_version(out.version);  // pin the version on resume
+      request.set_start_tensor(tensor);
+      request.set_start_offset(offset);
+    } else if (version.has_value()) {
+      request.set_base_version(*version);
     }
+    auto reader = stub->PullBase(&ctx, request);
+    v1::PullBaseResponse message;
+    absl::Status problem;
+    bool done = false;
+    while (problem.ok() && !done && reader->Read(&message)) {
+      switch (message.part_case()) {
+        case v1::PullBaseResponse::kHeader: {
+          const auto& h = message.header();
+          if (have_header) {
+            if (h.base_version() != out.version ||
+                h.manifest().SerializeAsString() != out.manifest.SerializeAsString()) {
+              problem = absl::DataLossError("PullBase: the resumed stream is another base");
+            }
+            break;
+          }
+          problem = ValidateManifest(h.manifest());
+          if (!problem.ok()) break;
+          out.version = h.base_version();
+          out.model_spec = h.model_spec();
+          out.manifest = h.manifest();
+          lengths = Lengths(out.manifest);
+          problem = sink->Begin(out.version, out.model_spec, out.manifest);
+          have_header = true;
+          while (tensor < lengths.size() && lengths[tensor] == 0) ++tensor;
+          break;
+        }
+        case v1::PullBaseResponse::kChunk: {
+          const auto& c = message.chunk();
+          while (tensor < lengths.size() && offset == lengths[tensor]) {
+            ++tensor;
+            offset = 0;
+          }
+          if (!have_header || c.tensor_index() != tensor || c.offset() != offset ||
+              c.data().empty() || c.data().size() > lengths[tensor] - offset) {
+            problem = absl::DataLossError(absl::StrCat(
+                "PullBase: unexpected chunk (tensor #", c.tensor_index(), " offset ",
+                c.offset(), "); expected tensor #", tensor, " offset ", offset));
+            break;
+          }
+          problem = sink->Write(tensor, offset, c.data());
+          sha.Update(c.data());
+          offset += c.data().size();
+          out.bytes += c.data().size();
+          if (stats != nullptr) stats->bytes_on_wire += c.data().size();
+          while (tensor < lengths.size() && offset == lengths[tensor]) {
+            ++tensor;
+            offset = 0;
+          }
+          break;
+        }
+        case v1::PullBaseResponse::kTrailer: {
+          const auto& tr = message.trailer();
+          if (!have_header || tensor < lengths.size()) {
+            problem = absl::DataLossError("PullBase: trailer before the last byte");
+          } else if (tr.total_bytes() != out.bytes || tr.sha256() != sha.Finish()) {
+            problem = absl::DataLossError(
+                "PullBase: checksum or size mismatch; the download was corrupted");
+          } else {
+            out.sha256 = tr.sha256();
+            done = true;
+          }
+          break;
+        }
+        default:
+          problem = absl::DataLossError("PullBase: empty message from the server");
+      }
+    }
+    if (!problem.ok()) {
+      ctx.TryCancel();
+      reader->Finish();
+      return problem;
+    }
+    while (reader->Read(&message)) {
+    }
+    last = FromGrpc(reader->Finish(), "PullBase");
+    if (last.ok() && done) return out;
+    if (last.ok()) last = absl::UnavailableError("PullBase: stream ended without a trailer");
+    if (!Retryable(last)) return last;
   }
-  if (!problem.ok()) {
-    ctx.TryCancel();
-    reader->Finish();
-    return absl::DataLossError(absl::StrCat("PullBase: bad stream from the server: ",
-                                            problem.message()));
-  }
-  while (reader->Read(&message)) {
-  }
-  RETURN_IF_ERROR(FromGrpc(reader->Finish(), "PullBase"));
-  if (!done) return absl::DataLossError("PullBase: stream ended without a trailer");
+  return last;
+}
+
+absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel,
+                                    std::optional<uint64_t> version,
+                                    const CallOptions& options) {
+  MemorySink sink;
+  ASSIGN_OR_RETURN(PullResult r, PullBaseTo(channel, version, &sink, options));
+  PulledBase out;
+  out.version = r.version;
+  out.model_spec = r.model_spec;
+  out.sha256 = r.sha256;
+  out.tensors = sink.Take();
   return out;
 }
 
-absl::StatusOr<v1::ContributionReceipt> PushContribution(const std::shared_ptr<grpc::Channel>& channel,
-                                                         const v1::ContributionHeader& header,
-                                                         const std::vector<HostTensor>& tensors,
-                                                         const CallOptions& options) {
-  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+absl::StatusOr<v1::ContributionReceipt> PushContribution(
+    const std::shared_ptr<grpc::Channel>& channel, const v1::ContributionHeader& header,
+    TensorSource* source, const CallOptions& options, const RetryOptions& retry,
+    TransferStats* stats) {
   auto stub = v1::Contributor::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, options);
-  v1::ContributionReceipt receipt;
-  auto writer = stub->PushContribution(&ctx, &receipt);
-  v1::PushContributionRequest first;
-  *first.mutable_header() = header;
-  WriteTensorStream(writer.get(), std::move(first), tensors);
-  RETURN_IF_ERROR(FromGrpc(writer->Finish(), "PushContribution"));
-  return receipt;
+  const bool resumable = !header.upload_id().empty();
+  const int attempts = resumable ? std::max(1, retry.max_attempts) : 1;
+  absl::Status last;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
+    if (attempt > 0) Backoff(retry, attempt);
+    if (stats != nullptr) ++stats->attempts;
+    v1::ContributionHeader h = header;
+    if (resumable && attempt > 0) {
+      grpc::ClientContext q;
+      SetDeadline(&q, {std::chrono::milliseconds(10000)});
+      v1::GetUploadRequest req;
+      req.set_upload_id(header.upload_id());
+      req.set_contributor(header.contributor());
+      v1::UploadProgress progress;
+      absl::Status st = FromGrpc(stub->GetUpload(&q, req, &progress), "GetUpload");
+      if (st.ok()) {
+        h.set_resume_tensor(progress.tensor_index());
+        h.set_resume_offset(progress.offset());
+      } else if (!absl::IsNotFound(st)) {
+        last = st;
+        if (!Retryable(st)) return st;
+        continue;
+      }
+    }
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, options);
+    v1::ContributionReceipt receipt;
+    auto writer = stub->PushContribution(&ctx, &receipt);
+    v1::PushContributionRequest first;
+    *first.mutable_header() = h;
+    RETURN_IF_ERROR(WriteTensorStream(writer.get(), std::move(first), header.manifest(), source,
+                                      h.resume_tensor(), h.resume_offset(), stats));
+    last = FromGrpc(writer->Finish(), "PushContribution");
+    if (last.ok()) return receipt;
+    if (!Retryable(last)) return last;
+  }
+  return last;
+}
+
+absl::StatusOr<v1::ContributionReceipt> PushContribution(
+    const std::shared_ptr<grpc::Channel>& channel, const v1::ContributionHeader& header,
+    const std::vector<HostTensor>& tensors, const CallOptions& options) {
+  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+  HostTensorSource source(tensors);
+  return PushContribution(channel, header, &source, options);
 }
 
 absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
                                                 const v1::InitHeader& header,
-                                                const std::vector<HostTensor>& tensors,
+                                                TensorSource* source,
                                                 const CallOptions& options) {
-  RETURN_IF_ERROR(CheckTensorSizes(tensors));
   auto stub = v1::Admin::NewStub(channel);
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options);
@@ -176,9 +351,19 @@ absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Chan
   auto writer = stub->InitModel(&ctx, &response);
   v1::InitModelRequest first;
   *first.mutable_header() = header;
-  WriteTensorStream(writer.get(), std::move(first), tensors);
+  RETURN_IF_ERROR(WriteTensorStream(writer.get(), std::move(first), header.manifest(), source,
+                                    0, 0, nullptr));
   RETURN_IF_ERROR(FromGrpc(writer->Finish(), "InitModel"));
   return response;
+}
+
+absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
+                                                const v1::InitHeader& header,
+                                                const std::vector<HostTensor>& tensors,
+                                                const CallOptions& options) {
+  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+  HostTensorSource source(tensors);
+  return InitModel(channel, header, &source, options);
 }
 
 }  // namespace coldfuse::rpc

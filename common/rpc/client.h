@@ -45,6 +45,51 @@ absl::StatusOr<std::string> LoadToken(const std::string& token_file);
 // grpc::Status -> absl::Status (same codes); the message says which call failed.
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);
 
+// Supplies the bytes of the tensors of a manifest, in any order the caller asks for.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  // Bytes [offset, offset + length) of tensor `tensor`.
+  virtual absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length,
+                            std::string* out) = 0;
+};
+
+// A TensorSource over tensors in memory (which must outlive it).
+class HostTensorSource final : public TensorSource {
+ public:
+  explicit HostTensorSource(const std::vector<HostTensor>& tensors) : tensors_(tensors) {}
+  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length,
+                    std::string* out) override;
+
+ private:
+  const std::vector<HostTensor>& tensors_;
+};
+
+// Receives a pulled base in order: Begin once, then every byte of every tensor.
+class TensorSink {
+ public:
+  virtual ~TensorSink() = default;
+  virtual absl::Status Begin(uint64_t version, const std::string& model_spec,
+                             const v1::Manifest& manifest) = 0;
+  virtual absl::Status Write(uint32_t tensor, uint64_t offset, absl::string_view data) = 0;
+};
+
+struct RetryOptions {
+  // Attempts in all (1 = no retry). Default: 8.
+  int max_attempts = 8;
+  // Waits between attempts double from this up to max_backoff. Default: 0.2 s, 10 s.
+  std::chrono::milliseconds initial_backoff{200};
+  std::chrono::milliseconds max_backoff{10000};
+};
+
+// What a transfer did, for progress reports and tests.
+struct TransferStats {
+  int attempts = 0;
+  // Tensor bytes sent or received over the wire, all attempts together (more than the
+  // payload only by what was in flight, not yet stored, when a stream broke).
+  uint64_t bytes_on_wire = 0;
+};
+
 struct PulledBase {
   uint64_t version = 0;
   std::string model_spec;
@@ -52,11 +97,37 @@ struct PulledBase {
   std::string sha256;
 };
 
-// Pulls a base (the current one when `version` is unset), verifying its checksum.
-absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel, std::optional<uint64_t> version,
+struct PullResult {
+  uint64_t version = 0;
+  std::string model_spec;
+  v1::Manifest manifest;
+  std::string sha256;
+  uint64_t bytes = 0;
+};
+
+// Pulls a base (the current one when `version` is unset) into `sink`, verifying its
+// checksum. A broken stream is resumed where it stopped (same version), up to
+// retry.max_attempts.
+absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& channel,
+                                      std::optional<uint64_t> version, TensorSink* sink,
+                                      const CallOptions& options = {},
+                                      const RetryOptions& retry = {},
+                                      TransferStats* stats = nullptr);
+
+// Pulls a base into memory.
+absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel,
+                                    std::optional<uint64_t> version,
                                     const CallOptions& options = {});
 
-// Streams `tensors` (whose manifest must be header.manifest()) as a contribution.
+// Streams a contribution whose bytes come from `source` (in header.manifest()'s order
+// and dtypes). With header.upload_id set, a broken stream is resumed from what the
+// server stored (GetUpload), up to retry.max_attempts; without, it is sent once.
+absl::StatusOr<v1::ContributionReceipt> PushContribution(
+    const std::shared_ptr<grpc::Channel>& channel, const v1::ContributionHeader& header,
+    TensorSource* source, const CallOptions& options = {}, const RetryOptions& retry = {},
+    TransferStats* stats = nullptr);
+
+// Same, from tensors in memory.
 absl::StatusOr<v1::ContributionReceipt> PushContribution(
     const std::shared_ptr<grpc::Channel>& channel, const v1::ContributionHeader& header,
     const std::vector<HostTensor>& tensors, const CallOptions& options = {});
@@ -64,8 +135,15 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
 // Stores base v0.
 absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
                                                 const v1::InitHeader& header,
+                                                TensorSource* source,
+                                                const CallOptions& options = {});
+absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
+                                                const v1::InitHeader& header,
                                                 const std::vector<HostTensor>& tensors,
                                                 const CallOptions& options = {});
+
+// A random upload id (32 hex digits).
+std::string NewUploadId();
 
 }  // namespace coldfuse::rpc
 

@@ -28,6 +28,19 @@ v1::StreamTrailer BaseReader::Trailer() const {
   return t;
 }
 
+absl::Status BaseReader::Seek(uint32_t tensor, uint64_t offset) {
+  if (tensor > lengths_.size() || (tensor < lengths_.size() && offset > lengths_[tensor]) ||
+      (tensor == lengths_.size() && offset != 0) ||
+      (tensor < lengths_.size() && offset % kChunkBytes != 0 && offset != lengths_[tensor])) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot start base v", version_, " at tensor #", tensor, " offset ", offset,
+        ": start at a 1 MiB boundary of an existing tensor"));
+  }
+  tensor_ = tensor;
+  chunk_ = ChunkCount(offset);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> BaseReader::Next(v1::TensorChunk* chunk) {
   while (tensor_ < lengths_.size() && chunk_ >= ChunkCount(lengths_[tensor_])) {
     ++tensor_;

@@ -24,6 +24,10 @@ class BaseReader {
   // The trailer to send after the last chunk.
   v1::StreamTrailer Trailer() const;
 
+  // Starts at (tensor, offset) instead of the beginning: offset a multiple of 1 MiB (or
+  // the tensor's end). INVALID_ARGUMENT otherwise.
+  absl::Status Seek(uint32_t tensor, uint64_t offset);
+
   // Fills `chunk` with the next piece; returns false when every tensor has been read.
   absl::StatusOr<bool> Next(v1::TensorChunk* chunk);
 

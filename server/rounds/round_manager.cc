@@ -15,6 +15,7 @@
 #include "common/tensor.h"
 #include "server/fusion/fusion.h"
 #include "server/fusion/robust.h"
+#include "server/rounds/element_reader.h"
 
 namespace coldfuse::rounds {
 namespace {
@@ -88,6 +89,20 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(storage::Stor
       (m->rounds_.empty() || m->rounds_.back().state() != v1::OPEN ||
        m->rounds_.back().base_version() != m->current_base_)) {
     return absl::DataLossError("storage: the open round does not match the current base");
+  }
+  // Interrupted uploads stay resumable while their round is open; the rest go.
+  for (auto& rec : state.uploads) {
+    const std::string& uid = rec.header().upload_id();
+    if (m->model_.has_value() && rec.header().round() == m->rounds_.back().number()) {
+      UploadSlot slot;
+      slot.round = rec.header().round();
+      slot.id = rec.contribution_id();
+      slot.contributor = rec.header().contributor();
+      slot.record = std::move(rec);
+      m->uploads_[uid] = std::move(slot);
+    } else {
+      m->DropUpload(uid, rec.header().round(), rec.contribution_id());
+    }
   }
   return m;
 }
@@ -262,11 +277,59 @@ absl::Status RoundManager::CheckQuotaLocked(const v1::ContributionHeader& header
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::Status CheckUploadId(absl::string_view id) {
+  bool ok = id.size() >= 8 && id.size() <= 64;
+  for (char c : id) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '-' || c == '_');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError("upload_id must be 8 to 64 of A-Z a-z 0-9 _ -");
+}
+
+// The header without its resume position: what must match between an upload's streams.
+std::string HeaderKey(v1::ContributionHeader h) {
+  h.clear_resume_tensor();
+  h.clear_resume_offset();
+  return h.SerializeAsString();
+}
+
+// Names, shapes and order must match the base; dtypes may be any float type.
+absl::Status CheckContributionManifest(const v1::Manifest& base, const v1::Manifest& got) {
+  v1::Manifest same_dtypes = got;
+  for (int i = 0; i < same_dtypes.tensors_size() && i < base.tensors_size(); ++i) {
+    if (DTypeSize(got.tensors(i).dtype()) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", got.tensors(i).name(), "' has no float dtype: send F32, F16, BF16 or F64"));
+    }
+    same_dtypes.mutable_tensors(i)->set_dtype(base.tensors(i).dtype());
+  }
+  return CheckManifestMatches(base, same_dtypes);
+}
+
+// Shared by the sink and the commit step of one upload stream.
+struct UploadProgressState {
+  v1::UploadSessionRecord record;
+  std::vector<std::unique_ptr<ElementReader>> base;  // per tensor, made on first use
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
     const v1::ContributionHeader& header) {
-  uint64_t id;
-  v1::Manifest manifest;
+  uint64_t id = 0;
+  v1::Manifest base_manifest;
+  auto progress = std::make_shared<UploadProgressState>();
+  const std::string& uid = header.upload_id();
+  bool resuming = false;
   absl::Status st = [&]() -> absl::Status {
+    if (!uid.empty()) RETURN_IF_ERROR(CheckUploadId(uid));
+    if (header.encoding() != v1::ENCODING_UNSPECIFIED && header.encoding() != v1::FULL &&
+        header.encoding() != v1::DELTA) {
+      return absl::InvalidArgumentError("unknown encoding: use FULL or DELTA");
+    }
     std::lock_guard<std::mutex> l(mu_);
     RETURN_IF_ERROR(CheckInitializedLocked());
     const v1::RoundInfo& open = rounds_.back();
@@ -293,45 +356,220 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
             open.number(), " (contribution ", c.id(), ")"));
       }
     }
-    RETURN_IF_ERROR(CheckManifestMatches(model_->manifest(), header.manifest()));
+    RETURN_IF_ERROR(CheckContributionManifest(model_->manifest(), header.manifest()));
+    base_manifest = model_->manifest();
+    auto slot = uid.empty() ? uploads_.end() : uploads_.find(uid);
+    if (slot != uploads_.end()) {
+      UploadSlot& u = slot->second;
+      if (u.contributor != header.contributor()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "upload '", uid, "' belongs to another contributor; choose another upload_id"));
+      }
+      if (u.streaming) {
+        return absl::AbortedError(absl::StrCat(
+            "upload '", uid, "' is still streaming; retry in a moment"));
+      }
+      if (HeaderKey(u.record.header()) != HeaderKey(header)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the header differs from interrupted upload '", uid,
+            "'; resume with the same header, or start over with a new upload_id"));
+      }
+      if (header.resume_tensor() != u.record.next_tensor() ||
+          header.resume_offset() != u.record.next_offset()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "upload '", uid, "' resumes at tensor #", u.record.next_tensor(), " offset ",
+            u.record.next_offset(), " (ask GetUpload)"));
+      }
+      u.streaming = true;
+      id = u.id;
+      progress->record = u.record;
+      resuming = true;
+      return absl::OkStatus();
+    }
+    if (header.resume_tensor() != 0 || header.resume_offset() != 0) {
+      return absl::NotFoundError(absl::StrCat(
+          "the server holds nothing of upload '", uid, "': start it from the beginning"));
+    }
     RETURN_IF_ERROR(CheckQuotaLocked(header, model_->total_bytes()));
     id = next_contribution_id_++;
-    manifest = model_->manifest();
+    progress->record.set_contribution_id(id);
+    *progress->record.mutable_header() = header;
+    if (!uid.empty()) {
+      UploadSlot u;
+      u.round = header.round();
+      u.id = id;
+      u.contributor = header.contributor();
+      u.streaming = true;
+      u.record = progress->record;
+      uploads_[uid] = std::move(u);
+    }
     return absl::OkStatus();
   }();
   if (!st.ok()) {
-    if (!absl::IsAlreadyExists(st)) AuditRejection(header.contributor(), st);
+    if (!absl::IsAlreadyExists(st) && !absl::IsAborted(st)) {
+      AuditRejection(header.contributor(), st);
+    }
     return st;
   }
   const uint64_t round = header.round();
   const uint64_t base_version = header.base_version();
+  const bool delta = header.encoding() == v1::DELTA;
+  const v1::Manifest sent = header.manifest();
+  progress->base.resize(sent.tensors_size());
   storage::Store* store = store_;
-  auto norm = std::make_shared<fusion::DeltaNormAccumulator>();
-  return std::make_unique<TensorUpload>(
-      manifest,
-      // Each storage chunk: reject non-finite values, add to the delta norm, store.
-      [store, round, id, base_version, norm, manifest](uint32_t t, uint64_t c,
-                                                        absl::string_view data) -> absl::Status {
-        const v1::TensorSpec& spec = manifest.tensors(t);
-        uint64_t first = 0;
-        if (fusion::CountNonFinite(spec.dtype(), data, &first) > 0) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "tensor '", spec.name(), "' holds a NaN or infinity at element ",
-              c * (kChunkBytes / DTypeSize(spec.dtype())) + first,
-              ": a diverged fine-tuning run cannot be fused"));
+  // Each stored chunk (as sent): reject non-finite values, add to the update's norm,
+  // store, and (resumable uploads) record how far the stored data goes.
+  auto sink = [store, round, id, base_version, delta, sent, base_manifest, progress, uid](
+                  uint32_t t, uint64_t c, absl::string_view data) -> absl::Status {
+    const v1::TensorSpec& spec = sent.tensors(t);
+    const size_t esize = DTypeSize(spec.dtype());
+    const uint64_t n = data.size() / esize;
+    uint64_t first = 0;
+    if (fusion::CountNonFinite(spec.dtype(), data, &first) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", spec.name(), "' holds a NaN or infinity at element ",
+          c * (kChunkBytes / esize) + first, ": a diverged fine-tuning run cannot be fused"));
+    }
+    std::vector<double> values(n), base(n);
+    DecodeToDouble(spec.dtype(), data.data(), n, values.data());
+    if (!delta) {
+      if (progress->base[t] == nullptr) {
+        const v1::TensorSpec& bspec = base_manifest.tensors(t);
+        progress->base[t] = std::make_unique<ElementReader>(
+            bspec.dtype(), *NumElements(bspec),
+            [store, base_version, t](uint64_t chunk) {
+              return store->GetBaseChunk(base_version, t, chunk);
+            });
+      }
+      RETURN_IF_ERROR(progress->base[t]->Read(c * (kChunkBytes / esize), n, base.data()));
+    }
+    double sum_sq = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+      const double d = values[i] - base[i];  // base is 0 for a DELTA
+      sum_sq += d * d;
+    }
+    RETURN_IF_ERROR(store->PutContributionChunk(round, id, t, c, data));
+    v1::UploadSessionRecord& rec = progress->record;
+    rec.set_sum_sq(rec.sum_sq() + sum_sq);
+    rec.set_bytes_stored(rec.bytes_stored() + data.size());
+    const uint64_t end = c * kChunkBytes + data.size();
+    if (end == *ByteLength(spec)) {
+      rec.set_next_tensor(t + 1);
+      rec.set_next_offset(0);
+    } else {
+      rec.set_next_tensor(t);
+      rec.set_next_offset(end);
+    }
+    if (!uid.empty()) RETURN_IF_ERROR(store->PutUpload(uid, rec));
+    return absl::OkStatus();
+  };
+  auto upload = std::make_unique<TensorUpload>(
+      sent, sink,
+      [this, header, id, progress](const std::string& sha, uint64_t bytes) {
+        return CommitContribution(header, id, sha, bytes, std::sqrt(progress->record.sum_sq()));
+      },
+      [this, round, id, uid, progress, who = header.contributor()](const absl::Status& why) {
+        // A broken connection keeps a resumable upload; anything else removes it.
+        const bool broken = why.ok() || absl::IsCancelled(why) || absl::IsUnavailable(why) ||
+                            absl::IsDeadlineExceeded(why);
+        if (!uid.empty() && broken) {
+          std::lock_guard<std::mutex> l(mu_);
+          auto it = uploads_.find(uid);
+          if (it != uploads_.end()) {
+            it->second.streaming = false;
+            it->second.record = progress->record;
+          }
+          return;
         }
-        ASSIGN_OR_RETURN(std::string base, store->GetBaseChunk(base_version, t, c));
-        norm->Add(spec.dtype(), base, data);
-        return store->PutContributionChunk(round, id, t, c, data);
-      },
-      [this, header, id, norm](const std::string& sha, uint64_t bytes) {
-        return CommitContribution(header, id, sha, bytes, norm->Norm());
-      },
-      [this, store, round, id, who = header.contributor()](const absl::Status& why) {
-        absl::Status st = store->DeleteContributionData(round, id);
-        if (!st.ok()) CF_LOG(ERROR) << "cannot remove rejected upload " << id << ": " << st;
+        if (!uid.empty()) {
+          std::lock_guard<std::mutex> l(mu_);
+          uploads_.erase(uid);
+        }
+        DropUpload(uid, round, id);
         if (!why.ok() && !absl::IsAlreadyExists(why)) AuditRejection(who, why);
       });
+  if (resuming) {
+    // Re-hash what is stored, so the trailer still checks every byte from the start.
+    const v1::UploadSessionRecord rec = progress->record;
+    absl::Status resumed = upload->ResumeAt(
+        rec.next_tensor(), rec.next_offset(),
+        [store, round, id](uint32_t t, uint64_t c) {
+          return store->GetContributionChunk(round, id, t, c);
+        });
+    if (!resumed.ok()) return resumed;  // the abort hook marks the slot idle again
+  }
+  return upload;
+}
+
+void RoundManager::DropUpload(const std::string& upload_id, uint64_t round, uint64_t id) {
+  absl::Status st = store_->DeleteContributionData(round, id);
+  if (st.ok() && !upload_id.empty()) st = store_->DeleteUpload(upload_id);
+  if (!st.ok()) CF_LOG(ERROR) << "cannot remove upload " << id << ": " << st;
+}
+
+absl::StatusOr<v1::UploadProgress> RoundManager::GetUpload(const std::string& upload_id,
+                                                          const std::string& contributor) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = uploads_.find(upload_id);
+  if (it == uploads_.end() || it->second.contributor != contributor) {
+    return absl::NotFoundError(absl::StrCat(
+        "the server holds nothing of upload '", upload_id, "': start it from the beginning"));
+  }
+  v1::UploadProgress p;
+  p.set_upload_id(upload_id);
+  p.set_round(it->second.round);
+  p.set_tensor_index(it->second.record.next_tensor());
+  p.set_offset(it->second.record.next_offset());
+  p.set_bytes_stored(it->second.record.bytes_stored());
+  return p;
+}
+
+fusion::ChunkReader RoundManager::ContributionAsBase(const v1::ContributionInfo& info,
+                                                     uint64_t round, uint64_t base_version,
+                                                     const v1::Manifest& base_manifest) const {
+  storage::Store* store = store_;
+  const uint64_t id = info.id();
+  const bool delta = info.encoding() == v1::DELTA;
+  bool same = !delta;
+  for (int t = 0; same && t < info.manifest().tensors_size(); ++t) {
+    same = info.manifest().tensors(t).dtype() == base_manifest.tensors(t).dtype();
+  }
+  if (same) {  // stored exactly as the base is: read the chunks as they are
+    return [store, round, id](size_t, uint32_t t, uint64_t c) {
+      return store->GetContributionChunk(round, id, t, c);
+    };
+  }
+  // Convert: decode the stored dtype over the base chunk's element range, add the base
+  // for a delta, encode in the base's dtype. Readers cache one stored chunk per tensor.
+  auto readers = std::make_shared<std::vector<std::unique_ptr<ElementReader>>>(
+      base_manifest.tensors_size());
+  const v1::Manifest sent = info.manifest();
+  return [store, round, id, delta, base_version, base_manifest, sent, readers](
+             size_t, uint32_t t, uint64_t c) -> absl::StatusOr<std::string> {
+    const v1::TensorSpec& bspec = base_manifest.tensors(t);
+    const size_t bsize = DTypeSize(bspec.dtype());
+    ASSIGN_OR_RETURN(uint64_t total, NumElements(bspec));
+    const uint64_t begin = c * (kChunkBytes / bsize);
+    const uint64_t n = std::min<uint64_t>(kChunkBytes / bsize, total - begin);
+    if ((*readers)[t] == nullptr) {
+      (*readers)[t] = std::make_unique<ElementReader>(
+          sent.tensors(t).dtype(), total, [store, round, id, t](uint64_t chunk) {
+            return store->GetContributionChunk(round, id, t, chunk);
+          });
+    }
+    std::vector<double> values(n);
+    RETURN_IF_ERROR((*readers)[t]->Read(begin, n, values.data()));
+    if (delta) {
+      ASSIGN_OR_RETURN(std::string base, store->GetBaseChunk(base_version, t, c));
+      if (base.size() != n * bsize) return absl::DataLossError("base chunk size mismatch");
+      std::vector<double> b(n);
+      DecodeToDouble(bspec.dtype(), base.data(), n, b.data());
+      for (uint64_t i = 0; i < n; ++i) values[i] += b[i];
+    }
+    std::string out(n * bsize, '\0');
+    EncodeFromDouble(bspec.dtype(), values.data(), n, out.data());
+    return out;
+  };
 }
 
 absl::StatusOr<UploadResult> RoundManager::CommitContribution(
@@ -348,6 +586,8 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
   info.set_received_unix_ms(clock_->NowUnixMs());
   info.set_delta_norm(delta_norm);
   info.set_state(v1::ACCEPTED);
+  info.set_encoding(header.encoding() == v1::DELTA ? v1::DELTA : v1::FULL);
+  *info.mutable_manifest() = header.manifest();
   bool quorum;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -368,7 +608,9 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
         open.number(), info,
         {Audit(header.contributor(), "contribution_accepted",
                absl::StrCat("id=", id, " round=", open.number(), " bytes=", bytes,
-                            " delta_norm=", Fmt(delta_norm), " sha256=", ToHex(sha256)))}));
+                            " delta_norm=", Fmt(delta_norm), " sha256=", ToHex(sha256)))},
+        header.upload_id()));
+    if (!header.upload_id().empty()) uploads_.erase(header.upload_id());
     *open.add_contributions() = info;
     bytes_by_day_[{clock_->NowUnixMs() / (24 * 3600 * 1000LL), header.contributor()}] += bytes;
     ++change_seq_;
@@ -490,11 +732,14 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
   Screen(&closing, &audit);
   std::vector<uint64_t> ids, examples;
   std::vector<double> norms;
+  std::vector<fusion::ChunkReader> readers;
   for (const auto& c : closing.contributions()) {
     if (c.state() == v1::QUARANTINED) continue;
     ids.push_back(c.id());
     examples.push_back(c.num_examples());
     norms.push_back(c.delta_norm());
+    readers.push_back(
+        ContributionAsBase(c, closing.number(), closing.base_version(), model.manifest()));
   }
   auto fail = [&](absl::Status st) {
     (void)store_->DeleteBaseData(new_version);
@@ -505,7 +750,7 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
   const uint64_t number = closing.number();
   const uint64_t base_version = closing.base_version();
   fusion::ChunkReader read = [&](size_t k, uint32_t t, uint64_t c) {
-    return store_->GetContributionChunk(number, ids[k], t, c);
+    return readers[k](k, t, c);
   };
   fusion::ChunkReader read_base = [&](size_t, uint32_t t, uint64_t c) {
     return store_->GetBaseChunk(base_version, t, c);
@@ -558,6 +803,7 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
                                      " sha256=", ToHex(*sha))));
   absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next, audit);
   if (!st.ok()) return fail(st);
+  std::vector<std::pair<std::string, UploadSlot>> abandoned;
   {
     std::lock_guard<std::mutex> l(mu_);
     rounds_.back() = closing;
@@ -567,7 +813,18 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     max_base_version_ = new_version;
     closing_ = false;
     ++change_seq_;
+    // Interrupted uploads to the closed round can no longer finish. One still streaming
+    // fails at its commit and removes itself.
+    for (auto it = uploads_.begin(); it != uploads_.end();) {
+      if (it->second.round == number && !it->second.streaming) {
+        abandoned.emplace_back(it->first, it->second);
+        it = uploads_.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
+  for (const auto& [uid, slot] : abandoned) DropUpload(uid, slot.round, slot.id);
   CF_LOG(INFO) << "round " << number << " closed (" << reason << "): fused " << ids.size()
                << " of " << closing.contributions_size() << " contributions into base v"
                << new_version << "; round " << number + 1 << " open";
@@ -620,6 +877,10 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
                             why))}));
     rounds_.back() = closed;
     rounds_.push_back(next);
+    for (auto it = uploads_.begin(); it != uploads_.end();) {
+      if (!it->second.streaming) DropUpload(it->first, it->second.round, it->second.id);
+      it = it->second.streaming ? std::next(it) : uploads_.erase(it);
+    }
     current_base_ = good_version;
     current_base_sha256_ = good_sha;
     bad_base_versions_.insert(bad_base_versions_.end(), bad.begin(), bad.end());

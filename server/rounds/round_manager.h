@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "server/rounds/base_reader.h"
 #include "server/rounds/tensor_upload.h"
+#include "server/fusion/fusion.h"
 #include "server/storage/store.h"
 
 namespace coldfuse::rounds {
@@ -81,6 +82,10 @@ class RoundManager {
       const v1::ContributionHeader& header);
   // The current base when `version` is unset.
   absl::StatusOr<std::unique_ptr<BaseReader>> OpenBase(std::optional<uint64_t> version) const;
+  // Where `contributor`'s interrupted upload `upload_id` can resume; NOT_FOUND if the
+  // server holds nothing of it.
+  absl::StatusOr<v1::UploadProgress> GetUpload(const std::string& upload_id,
+                                               const std::string& contributor) const;
 
   // ---- dashboards
   v1::ServerStatus GetStatus() const;
@@ -102,6 +107,13 @@ class RoundManager {
   // Marks outliers of `round` quarantined by delta norm, adding audit records.
   void Screen(v1::RoundInfo* round, storage::AuditBatch* audit) const;
   void AuditRejection(const std::string& actor, const absl::Status& why);
+  // A reader of contribution `info`'s chunks in the base's dtype and chunk grid (adding
+  // the base for a DELTA), for the fusion methods.
+  fusion::ChunkReader ContributionAsBase(const v1::ContributionInfo& info, uint64_t round,
+                                         uint64_t base_version,
+                                         const v1::Manifest& base_manifest) const;
+  // Removes a session and its chunks (a failed or abandoned upload).
+  void DropUpload(const std::string& upload_id, uint64_t round, uint64_t id);
   absl::StatusOr<v1::CloseRoundResponse> CloseLocked(std::optional<uint64_t> round,
                                                      const std::string& reason,
                                                      const std::string& actor);
@@ -125,6 +137,15 @@ class RoundManager {
   uint64_t change_seq_ = 1;
   uint64_t max_base_version_ = 0;           // highest stored version, bad ones included
   std::vector<uint64_t> bad_base_versions_;
+  // Resumable uploads of the open round, by upload id.
+  struct UploadSlot {
+    uint64_t round = 0;
+    uint64_t id = 0;
+    std::string contributor;
+    bool streaming = false;  // a stream is attached now
+    v1::UploadSessionRecord record;
+  };
+  std::map<std::string, UploadSlot> uploads_;
   // Quotas (in memory: they restart with the server).
   std::map<std::pair<uint64_t, std::string>, uint32_t> uploads_started_;  // (round, name)
   std::map<std::pair<int64_t, std::string>, uint64_t> bytes_by_day_;      // (day, name)

@@ -12,6 +12,13 @@ TensorUpload::~TensorUpload() {
   if (!committed_ && abort_) abort_(failure_);
 }
 
+absl::Status TensorUpload::ResumeAt(uint32_t tensor, uint64_t offset,
+                                    const StreamReceiver::StoredChunkReader& read) {
+  absl::Status st = receiver_.ResumeAt(tensor, offset, read);
+  // A resume that cannot start is not the data's fault: keep the upload (OK = broken).
+  return st;
+}
+
 absl::Status TensorUpload::Accept(const v1::TensorChunk& chunk) {
   absl::Status st = receiver_.Accept(chunk);
   if (!st.ok() && failure_.ok()) failure_ = st;

@@ -39,6 +39,9 @@ class TensorUpload {
   TensorUpload(const TensorUpload&) = delete;
   TensorUpload& operator=(const TensorUpload&) = delete;
 
+  // Continues an interrupted upload: see StreamReceiver::ResumeAt.
+  absl::Status ResumeAt(uint32_t tensor, uint64_t offset,
+                        const StreamReceiver::StoredChunkReader& read);
   absl::Status Accept(const v1::TensorChunk& chunk);
   absl::StatusOr<UploadResult> Finish(const v1::StreamTrailer& trailer);
 

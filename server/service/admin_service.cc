@@ -10,7 +10,7 @@ grpc::ServerReadReactor<v1::InitModelRequest>* AdminService::InitModel(
   if (!id.ok()) return new RejectedReadReactor<v1::InitModelRequest>(ToGrpcStatus(id.status()));
   rounds::RoundManager* manager = manager_;
   return new UploadReactor<v1::InitModelRequest, v1::InitModelResponse>(
-      executor_, response,
+      ctx, executor_, response,
       [manager, actor = id->name](const v1::InitModelRequest& request) {
         return manager->BeginInit(request.header(), actor);
       },

@@ -75,7 +75,12 @@ grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
   if (!id.ok()) return new RejectedWriteReactor<v1::PullBaseResponse>(ToGrpcStatus(id.status()));
   std::optional<uint64_t> version;
   if (request->has_base_version()) version = request->base_version();
-  return new PullReactor(manager_->OpenBase(version));
+  auto reader = manager_->OpenBase(version);
+  if (reader.ok() && (request->start_tensor() != 0 || request->start_offset() != 0)) {
+    absl::Status st = (*reader)->Seek(request->start_tensor(), request->start_offset());
+    if (!st.ok()) reader = st;
+  }
+  return new PullReactor(std::move(reader));
 }
 
 grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(
@@ -88,7 +93,7 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
   // With tokens, the contributor is the token's name, whatever the header says.
   std::string identity = auth_->insecure() ? std::string() : id->name;
   return new UploadReactor<v1::PushContributionRequest, v1::ContributionReceipt>(
-      executor_, response,
+      ctx, executor_, response,
       [manager, identity](const v1::PushContributionRequest& request) {
         if (identity.empty()) return manager->BeginContribution(request.header());
         v1::ContributionHeader header = request.header();
@@ -101,6 +106,23 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
         receipt->set_sha256(result.sha256);
         receipt->set_bytes(result.bytes);
       });
+}
+
+grpc::ServerUnaryReactor* ContributorService::GetUpload(grpc::CallbackServerContext* ctx,
+                                                        const v1::GetUploadRequest* request,
+                                                        v1::UploadProgress* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.GetUpload");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  // Insecure mode has no identities: the caller names itself, as in the upload header.
+  const std::string owner = auth_->insecure() ? request->contributor() : id->name;
+  auto r = manager_->GetUpload(request->upload_id(), owner);
+  if (r.ok()) *response = std::move(*r);
+  reactor->Finish(ToGrpcStatus(r.status()));
+  return reactor;
 }
 
 }  // namespace coldfuse::service

@@ -24,6 +24,9 @@ class ContributorService final : public v1::Contributor::CallbackService {
       grpc::CallbackServerContext* ctx, const v1::PullBaseRequest* request) override;
   grpc::ServerReadReactor<v1::PushContributionRequest>* PushContribution(
       grpc::CallbackServerContext* ctx, v1::ContributionReceipt* response) override;
+  grpc::ServerUnaryReactor* GetUpload(grpc::CallbackServerContext* ctx,
+                                      const v1::GetUploadRequest* request,
+                                      v1::UploadProgress* response) override;
 
  private:
   rounds::RoundManager* manager_;

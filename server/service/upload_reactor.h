@@ -24,15 +24,21 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       std::function<absl::StatusOr<std::unique_ptr<rounds::TensorUpload>>(const Request&)>;
   using ReplyFn = std::function<void(const rounds::UploadResult&, Response*)>;
 
-  UploadReactor(Executor* executor, Response* response, BeginFn begin, ReplyFn reply)
-      : executor_(executor), response_(response), begin_(std::move(begin)),
+  UploadReactor(grpc::CallbackServerContext* ctx, Executor* executor, Response* response,
+                BeginFn begin, ReplyFn reply)
+      : ctx_(ctx), executor_(executor), response_(response), begin_(std::move(begin)),
         reply_(std::move(reply)) {
     this->StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client closed its side (or cancelled) before the trailer
-      Fail(absl::InvalidArgumentError("stream ended before its trailer; nothing was stored"));
+    if (!ok) {
+      if (ctx_->IsCancelled()) {  // the connection broke: a resumable upload is kept
+        Fail(absl::CancelledError("the upload stream broke off"));
+      } else {  // the client closed its side before the trailer
+        Fail(absl::InvalidArgumentError(
+            "stream ended before its trailer; nothing was stored"));
+      }
       return;
     }
     absl::Status st;
@@ -86,6 +92,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     });
   }
 
+  grpc::CallbackServerContext* ctx_;
   Executor* executor_;
   Response* response_;
   BeginFn begin_;

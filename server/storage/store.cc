@@ -17,8 +17,8 @@
 namespace coldfuse::storage {
 namespace {
 
-enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
-const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
+enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kUploads, kNumCfs };
+const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit", "uploads"};
 
 // The one place RocksDB statuses become absl::Status.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -91,10 +91,16 @@ struct Store::Impl {
     return FromRocks(db->DeleteRange(commit_opts, cfs[cf], from, to), "delete range");
   }
 
-  // Deletes contribution data no committed record points to; returns the largest id seen.
-  absl::StatusOr<uint64_t> RemoveOrphanContributions() {
+  // Deletes contribution data no committed record or upload session points to; returns
+  // the largest id seen.
+  absl::StatusOr<uint64_t> RemoveOrphanContributions(
+      const std::vector<v1::UploadSessionRecord>& uploads) {
     uint64_t max_id = 0;
     std::set<std::pair<uint64_t, uint64_t>> committed;
+    for (const auto& u : uploads) {
+      committed.insert({u.header().round(), u.contribution_id()});
+      max_id = std::max(max_id, u.contribution_id());
+    }
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[kContribs]));
     for (it->Seek("h"); it->Valid() && it->key().starts_with("h"); it->Next()) {
       absl::string_view k(it->key().data(), it->key().size());
@@ -162,11 +168,21 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
 
 absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
+  {
+    std::unique_ptr<rocksdb::Iterator> uit(
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kUploads]));
+    for (uit->SeekToFirst(); uit->Valid(); uit->Next()) {
+      v1::UploadSessionRecord rec;
+      RETURN_IF_ERROR(ParseRecord(uit->value().ToString(), &rec, "upload session"));
+      state.uploads.push_back(std::move(rec));
+    }
+    RETURN_IF_ERROR(FromRocks(uit->status(), "scan uploads"));
+  }
   auto model = impl_->Get(kMeta, keys::kModel, "model");
   if (absl::IsNotFound(model.status())) {
     // Not initialised: anything else is leftovers of a crashed init.
     RETURN_IF_ERROR(impl_->DeleteRange(kBases, std::string(), std::string(24, '\xff')));
-    ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions());
+    ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
     state.next_contribution_id = max_id + 1;
     return state;
   }
@@ -205,7 +221,7 @@ absl::StatusOr<LoadedState> Store::Load() {
   RETURN_IF_ERROR(FromRocks(mit->status(), "scan bad bases"));
   std::sort(state.bad_base_versions.begin(), state.bad_base_versions.end());
 
-  ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions());
+  ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
   state.next_contribution_id = max_id + 1;
   for (auto& round : state.rounds) {
     std::string prefix = keys::ContributionRecord(round.number(), 0).substr(0, 9);
@@ -258,8 +274,9 @@ absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
 }
 
 absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info,
-                                       const AuditBatch& audit) {
+                                       const AuditBatch& audit, const std::string& upload_id) {
   rocksdb::WriteBatch batch;
+  if (!upload_id.empty()) batch.Delete(impl_->cfs[kUploads], upload_id);
   batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
             info.SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit contribution");
@@ -318,6 +335,18 @@ absl::Status Store::CommitRollback(const v1::RoundInfo& closed, const std::vecto
   batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
             next_round.SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit rollback");
+}
+
+absl::Status Store::PutUpload(const std::string& upload_id,
+                              const v1::UploadSessionRecord& rec) {
+  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kUploads], upload_id,
+                                  rec.SerializeAsString()),
+                   "write upload session");
+}
+
+absl::Status Store::DeleteUpload(const std::string& upload_id) {
+  return FromRocks(impl_->db->Delete(impl_->commit_opts, impl_->cfs[kUploads], upload_id),
+                   "delete upload session");
 }
 
 absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {

@@ -9,6 +9,8 @@
 //   rounds   - round -> v1::RoundInfo (without its contributions)
 //   audit    - seq -> v1::AuditRecord (append-only; written in the same atomic batch as
 //              the change it records)
+//   uploads  - upload id -> v1::UploadSessionRecord (an interrupted resumable upload;
+//              its chunks are kept for it)
 // meta also holds "token/<name>" (SHA-256 of the secret, then v1::TokenInfo) and
 // "bad_base/<v>" (the reason a base was rolled back).
 // Data chunks are written unsynced as they arrive; they become visible only through a
@@ -46,6 +48,8 @@ struct LoadedState {
   std::vector<uint64_t> bad_base_versions;
   // Highest base version stored (bad ones included); the next fusion writes this + 1.
   uint64_t max_base_version = 0;
+  // Interrupted resumable uploads (their chunks are kept).
+  std::vector<v1::UploadSessionRecord> uploads;
 };
 
 struct StoredToken {
@@ -81,9 +85,17 @@ class Store {
                                                    uint32_t tensor, uint64_t chunk);
   // Removes every chunk of an uncommitted (rejected) contribution.
   absl::Status DeleteContributionData(uint64_t round, uint64_t id);
-  // Makes a contribution durable (synced) and visible.
+  // Makes a contribution durable (synced) and visible; removes the upload session
+  // `upload_id` (if any) in the same write.
   absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info,
-                                  const AuditBatch& audit = {});
+                                  const AuditBatch& audit = {},
+                                  const std::string& upload_id = "");
+
+  // Resumable upload sessions. PutUpload is unsynced: progress is only a hint that the
+  // chunks before it are stored (they are written unsynced too), made durable by the WAL
+  // order and checked again on resume.
+  absl::Status PutUpload(const std::string& upload_id, const v1::UploadSessionRecord& rec);
+  absl::Status DeleteUpload(const std::string& upload_id);
 
   // Stores the model, makes base v0 (already written with PutBaseChunk) current and
   // records `first_round`, in one synced write.

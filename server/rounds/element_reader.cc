@@ -1,0 +1,45 @@
+#include "server/rounds/element_reader.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "common/tensor_stream.h"
+
+namespace coldfuse::rounds {
+
+ElementReader::ElementReader(DType dtype, uint64_t num_elements, ChunkFn read)
+    : dtype_(dtype),
+      esize_(DTypeSize(dtype)),
+      num_elements_(num_elements),
+      per_chunk_(kChunkBytes / DTypeSize(dtype)),
+      read_(std::move(read)) {}
+
+absl::Status ElementReader::Read(uint64_t begin, uint64_t n, double* out) {
+  if (begin > num_elements_ || n > num_elements_ - begin) {
+    return absl::OutOfRangeError(absl::StrCat("elements [", begin, ", ", begin + n,
+                                              ") past the end (", num_elements_, ")"));
+  }
+  while (n > 0) {
+    const uint64_t chunk = begin / per_chunk_;
+    if (static_cast<int64_t>(chunk) != cached_index_) {
+      ASSIGN_OR_RETURN(cached_, read_(chunk));
+      const uint64_t want = std::min(per_chunk_, num_elements_ - chunk * per_chunk_) * esize_;
+      if (cached_.size() != want) {
+        cached_index_ = -1;
+        return absl::DataLossError(absl::StrCat("stored chunk ", chunk, " has ",
+                                                cached_.size(), " bytes, expected ", want));
+      }
+      cached_index_ = static_cast<int64_t>(chunk);
+    }
+    const uint64_t within = begin - chunk * per_chunk_;
+    const uint64_t take = std::min(n, per_chunk_ - within);
+    DecodeToDouble(dtype_, cached_.data() + within * esize_, take, out);
+    out += take;
+    begin += take;
+    n -= take;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace coldfuse::rounds

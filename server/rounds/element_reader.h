@@ -1,0 +1,38 @@
+// Reads ranges of elements, as doubles, from a tensor stored in 1 MiB chunks of any
+// dtype, keeping the last chunk it read. Lets code walk two tensors of different dtypes
+// (so different chunk grids) side by side. Not thread-safe.
+#ifndef COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
+#define COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+
+namespace coldfuse::rounds {
+
+class ElementReader {
+ public:
+  using ChunkFn = std::function<absl::StatusOr<std::string>(uint64_t chunk)>;
+  // REQUIRES: DTypeSize(dtype) > 0.
+  ElementReader(DType dtype, uint64_t num_elements, ChunkFn read);
+
+  // Decodes elements [begin, begin + n) into `out`. OUT_OF_RANGE past the end;
+  // DATA_LOSS if a stored chunk has the wrong size.
+  absl::Status Read(uint64_t begin, uint64_t n, double* out);
+
+ private:
+  DType dtype_;
+  size_t esize_;
+  uint64_t num_elements_;
+  uint64_t per_chunk_;  // elements per full chunk
+  ChunkFn read_;
+  int64_t cached_index_ = -1;
+  std::string cached_;
+};
+
+}  // namespace coldfuse::rounds
+
+#endif  // COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
