@@ -17,8 +17,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "common/model_spec.h"
+#include "ctl/checkpoint_commands.h"
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -41,14 +43,30 @@ ABSL_FLAG(std::string, token_file, "",
           "File holding this caller's token (default: the COLDFUSE_TOKEN variable)");
 ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
 ABSL_FLAG(double, clip_factor, 0, "init --fusion=clipped: clip at this x median norm (0: 1.0)");
-ABSL_FLAG(std::string, name, "", "token create/revoke: the token's name (a contributor's identity)");
+ABSL_FLAG(std::string, name, "",
+          "token create/revoke: the token's name; push: the contributor (servers with tokens "
+          "use the token's name)");
 ABSL_FLAG(std::string, role, "contributor", "token create: contributor, viewer or operator");
 ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: never)");
 ABSL_FLAG(std::string, out, "", "token create: write the secret to this file (mode 0600) "
-          "instead of printing it");
+          "instead of printing it; export: the output folder");
 ABSL_FLAG(std::string, reason, "", "rollback: why, for the audit log");
 ABSL_FLAG(uint64_t, after, 0, "audit: records after this sequence number");
 ABSL_FLAG(uint32_t, limit, 100, "audit: at most this many records");
+ABSL_FLAG(std::string, from, "",
+          "init: seed base v0 from a safetensors checkpoint (file, folder or index.json)");
+ABSL_FLAG(std::string, shared_prefix, "",
+          "init --from: share only tensors whose names start with one of these "
+          "(comma-separated); default: every float tensor");
+ABSL_FLAG(std::string, checkpoint, "", "push: the fine-tuned safetensors checkpoint");
+ABSL_FLAG(uint64_t, num_examples, 0, "push: training examples behind the checkpoint");
+ABSL_FLAG(std::string, task, "", "push: task name reported with the contribution");
+ABSL_FLAG(std::string, encoding, "full", "push: full (the values) or delta (minus the base)");
+ABSL_FLAG(std::string, send_dtype, "",
+          "push: send as f32, f16, bf16 or f64 (default: the checkpoint's dtype)");
+ABSL_FLAG(int64_t, version, -1, "pull/export: base version (-1: current)");
+ABSL_FLAG(uint64_t, shard_bytes, uint64_t{5} << 30,
+          "export: split into shards above this many bytes (transformers' layout)");
 
 namespace coldfuse::ctl {
 namespace {
@@ -59,6 +77,15 @@ Commands:
   init [--spec=mlp:64,128,64] [--seed=1]
        [--fusion=mean|weighted|median|trimmed|clipped] [--trim_fraction=F] [--clip_factor=C]
                       store base v0 and open round 1
+  init --from=CHECKPOINT [--shared_prefix=P1,P2] [--fusion=...]
+                      base v0 from a safetensors checkpoint (a file, a folder, or a
+                      sharded model.safetensors.index.json); only shared tensors are sent
+  push --checkpoint=PATH --num_examples=N [--name=ME] [--task=T]
+       [--encoding=full|delta] [--send_dtype=bf16|f16|f32|f64]
+                      contribute a checkpoint fine-tuned elsewhere (resumable)
+  pull [--version=N]  download a base, verify its checksum, print throughput
+  export [--version=N] --out=DIR [--shard_bytes=5368709120]
+                      write a base as safetensors (loads with safetensors/transformers)
   status [--json]     the server's state: model, base, open round, policy
   rounds [--json]     every round: base, state, contributions, result
   round N [--json|--format=tsv]
@@ -117,10 +144,7 @@ std::string Ago(int64_t now_ms, int64_t then_ms) {
 std::string StateName(v1::RoundState s) { return s == v1::OPEN ? "open" : "closed"; }
 
 absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
-  ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(absl::GetFlag(FLAGS_spec)));
   v1::InitHeader header;
-  header.set_model_spec(FormatModelSpec(spec));
-  *header.mutable_manifest() = MlpManifest(spec);
   std::string fusion = absl::GetFlag(FLAGS_fusion);
   const std::map<std::string, v1::FusionMethod> methods = {
       {"mean", v1::MEAN},
@@ -136,6 +160,20 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   header.set_fusion_method(method->second);
   header.mutable_fusion_options()->set_trim_fraction(absl::GetFlag(FLAGS_trim_fraction));
   header.mutable_fusion_options()->set_clip_factor(absl::GetFlag(FLAGS_clip_factor));
+  if (!absl::GetFlag(FLAGS_from).empty()) {
+    InitFromOptions o;
+    o.path = absl::GetFlag(FLAGS_from);
+    for (absl::string_view p : absl::StrSplit(absl::GetFlag(FLAGS_shared_prefix), ',',
+                                              absl::SkipEmpty())) {
+      o.shared_prefixes.emplace_back(p);
+    }
+    o.fusion_method = header.fusion_method();
+    o.fusion_options = header.fusion_options();
+    return InitFrom(channel, o, Deadline());
+  }
+  ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(absl::GetFlag(FLAGS_spec)));
+  header.set_model_spec(FormatModelSpec(spec));
+  *header.mutable_manifest() = MlpManifest(spec);
   std::vector<HostTensor> tensors = InitMlpBody(spec, absl::GetFlag(FLAGS_seed));
   ASSIGN_OR_RETURN(v1::InitModelResponse r,
                    rpc::InitModel(channel, header, tensors, {.deadline = Deadline()}));
@@ -392,6 +430,26 @@ absl::Status Run(const std::vector<char*>& args) {
   if (command == "token") return Token(channel, format, args.size() > 2 ? args[2] : "");
   if (command == "rollback") return Rollback(channel);
   if (command == "audit") return Audit(channel, format);
+  if (command == "push") {
+    PushOptions o;
+    o.checkpoint = absl::GetFlag(FLAGS_checkpoint);
+    o.contributor = absl::GetFlag(FLAGS_name);
+    o.task = absl::GetFlag(FLAGS_task);
+    o.num_examples = absl::GetFlag(FLAGS_num_examples);
+    const std::string enc = absl::GetFlag(FLAGS_encoding);
+    if (enc != "full" && enc != "delta") {
+      return absl::InvalidArgumentError("--encoding must be full or delta");
+    }
+    o.delta = enc == "delta";
+    o.send_dtype = absl::GetFlag(FLAGS_send_dtype);
+    if (o.checkpoint.empty()) return absl::InvalidArgumentError("push needs --checkpoint=PATH");
+    return PushCheckpoint(channel, o, Deadline());
+  }
+  if (command == "pull") return Pull(channel, absl::GetFlag(FLAGS_version), Deadline());
+  if (command == "export") {
+    return Export(channel, absl::GetFlag(FLAGS_version), absl::GetFlag(FLAGS_out),
+                  absl::GetFlag(FLAGS_shard_bytes), Deadline());
+  }
   return absl::InvalidArgumentError(absl::StrCat("unknown command '", command, "'\n", kUsage));
 }
 

@@ -1,0 +1,372 @@
+#include "ctl/checkpoint_commands.h"
+
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/dtype.h"
+#include "common/rpc/client.h"
+#include "common/safetensors.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "common/tensor.h"
+#include "common/tensor_stream.h"
+
+namespace coldfuse::ctl {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// Reads checkpoint tensors in the manifest's order and dtypes: bytes are converted from
+// the checkpoint's dtype when they differ, and the base is subtracted for a delta.
+class CheckpointSource final : public rpc::TensorSource {
+ public:
+  CheckpointSource(const Checkpoint* ckpt, std::vector<const SafetensorsEntry*> entries,
+                   v1::Manifest manifest, const SafetensorsFile* base = nullptr)
+      : ckpt_(ckpt), entries_(std::move(entries)), manifest_(std::move(manifest)), base_(base) {}
+
+  absl::Status Read(uint32_t t, uint64_t offset, uint64_t length, std::string* out) override {
+    const SafetensorsEntry& e = *entries_[t];
+    const DType sent = manifest_.tensors(t).dtype();
+    absl::string_view data = ckpt_->Data(e);
+    if (sent == e.dtype && base_ == nullptr) {  // as stored: no conversion
+      if (offset > data.size() || length > data.size() - offset) {
+        return absl::OutOfRangeError("read past a checkpoint tensor");
+      }
+      out->assign(data.data() + offset, length);
+      return absl::OkStatus();
+    }
+    const size_t ss = DTypeSize(sent), cs = DTypeSize(e.dtype);
+    const uint64_t first = offset / ss, n = length / ss;
+    values_.resize(n);
+    DecodeToDouble(e.dtype, data.data() + first * cs, n, values_.data());
+    if (base_ != nullptr) {
+      const SafetensorsEntry* b = base_->Find(e.name);
+      if (b == nullptr) return absl::NotFoundError(absl::StrCat("base lacks ", e.name));
+      base_values_.resize(n);
+      DecodeToDouble(b->dtype, base_->Data(*b).data() + first * DTypeSize(b->dtype), n,
+                     base_values_.data());
+      for (uint64_t i = 0; i < n; ++i) values_[i] -= base_values_[i];
+    }
+    out->resize(length);
+    EncodeFromDouble(sent, values_.data(), n, out->data());
+    return absl::OkStatus();
+  }
+
+ private:
+  const Checkpoint* ckpt_;
+  std::vector<const SafetensorsEntry*> entries_;
+  v1::Manifest manifest_;
+  const SafetensorsFile* base_;
+  std::vector<double> values_, base_values_;
+};
+
+// Discards a pulled base (pull measures and verifies only).
+class NullSink final : public rpc::TensorSink {
+ public:
+  absl::Status Begin(uint64_t, const std::string&, const v1::Manifest&) override {
+    return absl::OkStatus();
+  }
+  absl::Status Write(uint32_t, uint64_t, absl::string_view) override { return absl::OkStatus(); }
+};
+
+// Writes a pulled base straight into one safetensors file.
+class SafetensorsSink final : public rpc::TensorSink {
+ public:
+  explicit SafetensorsSink(std::string path) : path_(std::move(path)) {}
+  absl::Status Begin(uint64_t, const std::string&, const v1::Manifest& manifest) override {
+    if (writer_ != nullptr) return absl::OkStatus();  // resumed
+    ASSIGN_OR_RETURN(writer_, SafetensorsWriter::Create(path_, manifest));
+    return absl::OkStatus();
+  }
+  absl::Status Write(uint32_t, uint64_t, absl::string_view data) override {
+    return writer_->Append(data);
+  }
+  absl::Status Finish() { return writer_->Finish(); }
+
+ private:
+  std::string path_;
+  std::unique_ptr<SafetensorsWriter> writer_;
+};
+
+absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
+                                              std::chrono::milliseconds deadline) {
+  auto stub = v1::Contributor::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  v1::GetRoundResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, {}, &r), "GetRound"));
+  return r;
+}
+
+v1::TensorSpec SpecOf(const SafetensorsEntry& e, DType dtype) {
+  v1::TensorSpec s;
+  s.set_name(e.name);
+  s.set_dtype(dtype);
+  for (int64_t d : e.shape) s.add_shape(d);
+  return s;
+}
+
+}  // namespace
+
+absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitFromOptions& o,
+                      std::chrono::milliseconds deadline) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.path));
+  v1::InitHeader header;
+  std::vector<const SafetensorsEntry*> entries;
+  int skipped = 0;
+  for (const SafetensorsEntry* e : ckpt->Entries()) {
+    bool shared = o.shared_prefixes.empty();
+    for (const auto& p : o.shared_prefixes) shared = shared || absl::StartsWith(e->name, p);
+    if (!shared) {
+      ++skipped;
+      continue;
+    }
+    if (e->dtype == v1::DTYPE_UNSPECIFIED) {
+      // Integer buffers (e.g. position ids) are not trained: they stay out of the base.
+      std::cerr << "not shared: '" << e->name << "' (" << e->dtype_name << ", not a float)\n";
+      ++skipped;
+      continue;
+    }
+    *header.mutable_manifest()->add_tensors() = SpecOf(*e, e->dtype);
+    entries.push_back(e);
+  }
+  if (entries.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no float tensor of ", o.path, " matches --shared_prefix; nothing to share"));
+  }
+  header.set_model_spec(
+      absl::StrCat("checkpoint:", std::filesystem::path(o.path).filename().string()));
+  header.set_fusion_method(o.fusion_method);
+  *header.mutable_fusion_options() = o.fusion_options;
+  CheckpointSource source(ckpt.get(), entries, header.manifest());
+  ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
+  auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(v1::InitModelResponse r,
+                   rpc::InitModel(channel, header, &source, {.deadline = deadline}));
+  const double secs = Seconds(start);
+  std::cout << absl::StrFormat(
+      "initialised from %s: %d shared tensors (%d not shared), %d bytes in %.2f s "
+      "(%.1f MB/s); base v%d sha256 %s; round %d open\n",
+      o.path, entries.size(), skipped, bytes, secs, bytes / secs / 1e6, r.base_version(),
+      ToHex(r.sha256()), r.round());
+  return absl::OkStatus();
+}
+
+absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
+                            const PushOptions& o, std::chrono::milliseconds deadline) {
+  if (o.num_examples == 0) {
+    return absl::InvalidArgumentError("--num_examples is required: how many examples trained it");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.checkpoint));
+  ASSIGN_OR_RETURN(v1::GetRoundResponse round, GetRound(channel, deadline));
+  DType forced = v1::DTYPE_UNSPECIFIED;
+  if (!o.send_dtype.empty()) {
+    ASSIGN_OR_RETURN(forced, ParseDType(o.send_dtype));
+  }
+
+  v1::ContributionHeader header;
+  header.set_round(round.round());
+  header.set_base_version(round.base_version());
+  header.set_contributor(o.contributor);
+  header.set_task(o.task);
+  header.set_num_examples(o.num_examples);
+  header.set_encoding(o.delta ? v1::DELTA : v1::FULL);
+  header.set_upload_id(rpc::NewUploadId());
+  std::vector<const SafetensorsEntry*> entries;
+  for (const auto& spec : round.manifest().tensors()) {
+    const SafetensorsEntry* e = ckpt->Find(spec.name());
+    if (e == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          o.checkpoint, " has no tensor '", spec.name(), "' of the base: was it fine-tuned "
+          "from this model?"));
+    }
+    v1::TensorSpec mine = SpecOf(*e, forced != v1::DTYPE_UNSPECIFIED ? forced : e->dtype);
+    if (DTypeSize(e->dtype) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", e->name, "' is ", e->dtype_name, ", not a float"));
+    }
+    if (mine.shape_size() != spec.shape_size() ||
+        !std::equal(mine.shape().begin(), mine.shape().end(), spec.shape().begin())) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", e->name, "' has shape ",
+                                                     ShapeString(mine), "; the base has ",
+                                                     ShapeString(spec)));
+    }
+    *header.mutable_manifest()->add_tensors() = mine;
+    entries.push_back(e);
+  }
+  // A delta needs the base: stream it to a temp file next to nothing else in memory.
+  std::unique_ptr<SafetensorsFile> base;
+  std::string base_path;
+  if (o.delta) {
+    base_path = (std::filesystem::temp_directory_path() /
+                 absl::StrCat("coldfuse-base-", rpc::NewUploadId(), ".safetensors"))
+                    .string();
+    SafetensorsSink sink(base_path);
+    ASSIGN_OR_RETURN(rpc::PullResult pulled,
+                     rpc::PullBaseTo(channel, round.base_version(), &sink, {.deadline = deadline}));
+    RETURN_IF_ERROR(sink.Finish());
+    ASSIGN_OR_RETURN(base, SafetensorsFile::Open(base_path));
+    (void)pulled;
+  }
+  CheckpointSource source(ckpt.get(), entries, header.manifest(), base.get());
+  ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
+  rpc::TransferStats stats;
+  auto start = std::chrono::steady_clock::now();
+  auto receipt = rpc::PushContribution(channel, header, &source, {.deadline = deadline}, {},
+                                       &stats);
+  const double secs = Seconds(start);
+  if (!base_path.empty()) std::filesystem::remove(base_path);
+  RETURN_IF_ERROR(receipt.status());
+  std::cout << absl::StrFormat(
+      "contribution %d to round %d accepted: %d bytes%s in %.2f s (%.1f MB/s), %d attempt(s), "
+      "%d bytes on the wire\n",
+      receipt->contribution_id(), receipt->round(), bytes,
+      o.delta ? " (delta)" : "", secs, bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire);
+  return absl::OkStatus();
+}
+
+absl::Status Pull(const std::shared_ptr<grpc::Channel>& channel, int64_t version,
+                  std::chrono::milliseconds deadline) {
+  NullSink sink;
+  std::optional<uint64_t> v;
+  if (version >= 0) v = version;
+  rpc::TransferStats stats;
+  auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(rpc::PullResult r,
+                   rpc::PullBaseTo(channel, v, &sink, {.deadline = deadline}, {}, &stats));
+  const double secs = Seconds(start);
+  std::cout << absl::StrFormat(
+      "pulled base v%d: %d bytes in %.2f s (%.1f MB/s), sha256 %s verified, %d attempt(s)\n",
+      r.version, r.bytes, secs, r.bytes / secs / 1e6, ToHex(r.sha256), stats.attempts);
+  return absl::OkStatus();
+}
+
+absl::Status Export(const std::shared_ptr<grpc::Channel>& channel, int64_t version,
+                    const std::string& out_dir, uint64_t shard_bytes,
+                    std::chrono::milliseconds deadline) {
+  if (out_dir.empty()) return absl::InvalidArgumentError("export needs --out=DIR");
+  std::optional<uint64_t> v;
+  if (version >= 0) v = version;
+  // The pull runs on its own thread and hands chunks over a small bounded queue to the
+  // checkpoint writer, which asks for bytes in manifest order.
+  struct Queue {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::string> chunks;
+    bool done = false;
+    bool header = false;
+    v1::Manifest manifest;
+    absl::Status status;
+  } q;
+  class QueueSink final : public rpc::TensorSink {
+   public:
+    explicit QueueSink(Queue* q) : q_(q) {}
+    absl::Status Begin(uint64_t, const std::string&, const v1::Manifest& m) override {
+      std::lock_guard<std::mutex> l(q_->mu);
+      q_->manifest = m;
+      q_->header = true;
+      q_->cv.notify_all();
+      return absl::OkStatus();
+    }
+    absl::Status Write(uint32_t, uint64_t, absl::string_view data) override {
+      std::unique_lock<std::mutex> l(q_->mu);
+      q_->cv.wait(l, [&] { return q_->chunks.size() < 16; });
+      q_->chunks.emplace_back(data.data(), data.size());
+      q_->cv.notify_all();
+      return absl::OkStatus();
+    }
+
+   private:
+    Queue* q_;
+  } sink(&q);
+  rpc::PullResult pulled;
+  std::thread puller([&] {
+    auto r = rpc::PullBaseTo(channel, v, &sink, {.deadline = deadline});
+    std::lock_guard<std::mutex> l(q.mu);
+    q.status = r.status();
+    if (r.ok()) pulled = *r;
+    q.done = true;
+    q.cv.notify_all();
+  });
+  v1::Manifest manifest;
+  {
+    std::unique_lock<std::mutex> l(q.mu);
+    q.cv.wait(l, [&] { return q.header || q.done; });
+    if (!q.header) {
+      l.unlock();
+      puller.join();
+      return q.status;
+    }
+    manifest = q.manifest;
+  }
+  std::string pending;  // bytes taken from the queue but not yet handed to the writer
+  auto start = std::chrono::steady_clock::now();
+  absl::Status written = WriteCheckpoint(
+      out_dir, manifest, shard_bytes,
+      [&](uint32_t, uint64_t, uint64_t length, std::string* out) -> absl::Status {
+        out->clear();
+        while (out->size() < length) {
+          if (pending.empty()) {
+            std::unique_lock<std::mutex> l(q.mu);
+            q.cv.wait(l, [&] { return !q.chunks.empty() || q.done; });
+            if (q.chunks.empty()) {
+              return q.status.ok() ? absl::DataLossError("the base ended early") : q.status;
+            }
+            pending = std::move(q.chunks.front());
+            q.chunks.pop_front();
+            q.cv.notify_all();
+          }
+          const size_t take = std::min<size_t>(length - out->size(), pending.size());
+          out->append(pending, 0, take);
+          pending.erase(0, take);
+        }
+        return absl::OkStatus();
+      });
+  if (!written.ok()) {
+    {
+      std::lock_guard<std::mutex> l(q.mu);
+      q.chunks.clear();
+    }
+    // Let the puller finish or fail; drain so it never blocks on a full queue.
+    std::thread drainer([&] {
+      std::unique_lock<std::mutex> l(q.mu);
+      while (!q.done) {
+        q.chunks.clear();
+        q.cv.notify_all();
+        q.cv.wait_for(l, std::chrono::milliseconds(50));
+      }
+    });
+    puller.join();
+    drainer.join();
+    return written;
+  }
+  puller.join();
+  if (!q.status.ok()) {  // e.g. the checksum failed at the end: remove what was written
+    for (const auto& f : std::filesystem::directory_iterator(out_dir)) {
+      const std::string name = f.path().filename().string();
+      if (absl::StartsWith(name, "model") && absl::StrContains(name, ".safetensors")) {
+        std::filesystem::remove(f.path());
+      }
+    }
+    return q.status;
+  }
+  const double secs = Seconds(start);
+  std::cout << absl::StrFormat(
+      "exported base v%d to %s: %d bytes in %.2f s (%.1f MB/s), sha256 %s verified\n",
+      pulled.version, out_dir, pulled.bytes, secs, pulled.bytes / secs / 1e6,
+      ToHex(pulled.sha256));
+  return absl::OkStatus();
+}
+
+}  // namespace coldfuse::ctl
