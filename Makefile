@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ROUNDS ?= 6
 
-.PHONY: all deps build demo test clean
+.PHONY: all deps build demo test bench clean
 
 all: build
 
@@ -21,6 +21,14 @@ demo: build
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) --timeout 600
+
+# Large-model benchmark (not part of `make test`): limits of this machine, coldfuse per K,
+# numpy/PyTorch baselines; writes bench/results/latest.json. See docs/benchmarks.md.
+# e.g. make bench BENCH_ARGS="--model_mb 256 --k 2,4"
+BENCH_PYTHON ?= /usr/bin/python3
+BENCH_ARGS ?=
+bench: build
+	$(BENCH_PYTHON) bench/bench.py --build $(BUILD) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) demo-run

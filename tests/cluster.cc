@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +32,8 @@ std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv,
   EXPECT_GE(fd, 0) << "cannot open " << log_path;
   pid_t pid = ::fork();
   if (pid == 0) {
+    // Die with the test, even if it crashes before its destructors run.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     ::dup2(fd, STDOUT_FILENO);
     ::dup2(fd, STDERR_FILENO);
     std::vector<char*> args;

@@ -300,7 +300,9 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
     if (attempt > 0) Backoff(retry, attempt);
     if (stats != nullptr) ++stats->attempts;
     v1::ContributionHeader h = header;
-    if (resumable && attempt > 0) {
+    // Ask where to continue: the server may hold part of this upload from an earlier
+    // attempt (this process's or another's).
+    if (resumable) {
       grpc::ClientContext q;
       SetDeadline(&q, {std::chrono::milliseconds(10000)});
       v1::GetUploadRequest req;
