@@ -43,6 +43,7 @@ ABSL_FLAG(std::string, token_file, "",
           "File holding this caller's token (default: the COLDFUSE_TOKEN variable)");
 ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
 ABSL_FLAG(double, clip_factor, 0, "init --fusion=clipped: clip at this x median norm (0: 1.0)");
+ABSL_FLAG(bool, accumulate_f64, false, "init: fuse means in F64 instead of F32");
 ABSL_FLAG(std::string, name, "",
           "token create/revoke: the token's name; push: the contributor (servers with tokens "
           "use the token's name)");
@@ -160,6 +161,7 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   header.set_fusion_method(method->second);
   header.mutable_fusion_options()->set_trim_fraction(absl::GetFlag(FLAGS_trim_fraction));
   header.mutable_fusion_options()->set_clip_factor(absl::GetFlag(FLAGS_clip_factor));
+  header.mutable_fusion_options()->set_accumulate_f64(absl::GetFlag(FLAGS_accumulate_f64));
   if (!absl::GetFlag(FLAGS_from).empty()) {
     InitFromOptions o;
     o.path = absl::GetFlag(FLAGS_from);

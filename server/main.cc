@@ -20,6 +20,8 @@ ABSL_FLAG(double, round_timeout_s, 600,
           "Close a round with at least one contribution this many seconds after it opened "
           "(0: never)");
 ABSL_FLAG(int, worker_threads, 4, "Threads for commits and fusion");
+ABSL_FLAG(bool, blob_files, true,
+          "Keep tensor chunks in RocksDB blob files (compaction never rewrites them)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (deploy/make-certs.sh)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
   options.rounds.round_timeout_ms =
       static_cast<int64_t>(absl::GetFlag(FLAGS_round_timeout_s) * 1000);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.blob_files = absl::GetFlag(FLAGS_blob_files);
   options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

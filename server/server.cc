@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   auto impl = std::make_unique<Impl>();
   storage::StoreOptions store_options;
+  store_options.blob_files = options.blob_files;
   ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.data_dir, store_options));
   if (!options.insecure) {
     ASSIGN_OR_RETURN(impl->tokens, auth::TokenRegistry::Create(impl->store.get(), SystemClock()));

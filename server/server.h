@@ -19,6 +19,8 @@ struct ServerOptions {
   // host:port to listen on; port 0 picks a free port. Default: 127.0.0.1:7878.
   std::string listen = "127.0.0.1:7878";
   rounds::RoundOptions rounds;
+  // Tensor chunks in RocksDB blob files. Default: true.
+  bool blob_files = true;
   // Threads for blocking work (commits, fusion). Default: 4.
   int worker_threads = 4;
   // Largest message a client may send; one chunk plus its framing. Default: 4 MiB.

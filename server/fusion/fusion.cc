@@ -1,6 +1,7 @@
 #include "server/fusion/fusion.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
@@ -27,36 +28,63 @@ absl::StatusOr<std::vector<double>> FusionWeights(v1::FusionMethod method,
   return w;
 }
 
+namespace {
+
+// One chunk of the weighted sum, accumulated in T (float, or double for F64 tensors).
+template <typename T>
+absl::Status FuseChunk(const v1::TensorSpec& spec, uint32_t tensor, uint64_t c, size_t len,
+                       const std::vector<double>& weights, const ChunkReader& read,
+                       std::string* out) {
+  const size_t n = len / DTypeSize(spec.dtype());
+  std::vector<T> acc(n, T(0)), values(n);
+  for (size_t k = 0; k < weights.size(); ++k) {
+    ASSIGN_OR_RETURN(std::string data, read(k, tensor, c));
+    if (data.size() != len) {
+      return absl::DataLossError(absl::StrCat("contribution #", k, " tensor '", spec.name(),
+                                              "' chunk ", c, " holds ", data.size(),
+                                              " bytes; expected ", len));
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      DecodeToFloat(spec.dtype(), data.data(), n, values.data());
+    } else {
+      DecodeToDouble(spec.dtype(), data.data(), n, values.data());
+    }
+    const T w = static_cast<T>(weights[k]);
+    T* a = acc.data();
+    const T* v = values.data();
+    for (size_t i = 0; i < n; ++i) a[i] += w * v[i];
+  }
+  out->resize(len);
+  if constexpr (std::is_same_v<T, float>) {
+    EncodeFromFloat(spec.dtype(), acc.data(), n, out->data());
+  } else {
+    EncodeFromDouble(spec.dtype(), acc.data(), n, out->data());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> FuseWeighted(const v1::Manifest& manifest,
                                          const std::vector<double>& weights,
-                                         const ChunkReader& read, const ChunkWriter& write) {
+                                         const ChunkReader& read, const ChunkWriter& write,
+                                         bool accumulate_f64) {
   Sha256 sha;
-  std::vector<double> acc;
-  std::vector<double> values;
   std::string out;
   for (int t = 0; t < manifest.tensors_size(); ++t) {
     const v1::TensorSpec& spec = manifest.tensors(t);
     ASSIGN_OR_RETURN(uint64_t bytes, ByteLength(spec));
-    const size_t esize = DTypeSize(spec.dtype());
     const uint32_t tensor = static_cast<uint32_t>(t);
     for (uint64_t c = 0; c < ChunkCount(bytes); ++c) {
-      const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes));
-      const size_t n = len / esize;
-      acc.assign(n, 0.0);
-      values.resize(n);
-      for (size_t k = 0; k < weights.size(); ++k) {
-        ASSIGN_OR_RETURN(std::string data, read(k, tensor, c));
-        if (data.size() != len) {
-          return absl::DataLossError(absl::StrCat(
-              "contribution #", k, " tensor '", spec.name(), "' chunk ", c, " holds ",
-              data.size(), " bytes; expected ", len));
-        }
-        DecodeToDouble(spec.dtype(), data.data(), n, values.data());
-        const double w = weights[k];
-        for (size_t i = 0; i < n; ++i) acc[i] += w * values[i];
+      const size_t len =
+          static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes));
+      // F32 accumulation (as the architecture says) is exact enough for F32/F16/BF16
+      // weights; F64 tensors keep F64.
+      if (accumulate_f64 || spec.dtype() == v1::F64) {
+        RETURN_IF_ERROR(FuseChunk<double>(spec, tensor, c, len, weights, read, &out));
+      } else {
+        RETURN_IF_ERROR(FuseChunk<float>(spec, tensor, c, len, weights, read, &out));
       }
-      out.resize(len);
-      EncodeFromDouble(spec.dtype(), acc.data(), n, out.data());
       sha.Update(out);
       RETURN_IF_ERROR(write(tensor, c, out));
     }

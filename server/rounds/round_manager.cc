@@ -780,7 +780,8 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
       break;
     }
     default:
-      sha = fusion::FuseWeighted(model.manifest(), *weights, read, write);
+      sha = fusion::FuseWeighted(model.manifest(), *weights, read, write,
+                                 model.fusion_options().accumulate_f64());
   }
   if (!sha.ok()) return fail(sha.status());
 

@@ -17,8 +17,10 @@
 namespace coldfuse::storage {
 namespace {
 
-enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kUploads, kNumCfs };
-const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit", "uploads"};
+enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
+const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
+
+std::string UploadKey(absl::string_view upload_id) { return absl::StrCat("u", upload_id); }
 
 // The one place RocksDB statuses become absl::Status.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -49,7 +51,18 @@ struct Store::Impl {
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   rocksdb::WriteOptions commit_opts;
-  rocksdb::WriteOptions chunk_opts;  // unsynced: made durable by the next synced commit
+  rocksdb::WriteOptions chunk_opts;  // no WAL: made durable by the flush before a commit
+  rocksdb::WriteOptions audit_opts;  // unsynced WAL (rejection records)
+  bool flush_before_commit = true;
+
+  // Makes the unlogged chunks of `cf` durable (before a commit that points at them).
+  absl::Status FlushFamily(Cf cf) {
+    if (!flush_before_commit) return absl::OkStatus();
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    fo.allow_write_stall = true;
+    return FromRocks(db->Flush(fo, cfs[cf]), "flush chunks");
+  }
   std::mutex audit_mu;               // orders audit sequence numbers with their writes
   uint64_t next_audit_seq = 1;
 
@@ -138,9 +151,19 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   db_opts.create_missing_column_families = true;
   db_opts.paranoid_checks = true;
   rocksdb::ColumnFamilyOptions cf_opts;
+  rocksdb::ColumnFamilyOptions data_opts;  // bases, contribs: 1 MiB tensor chunks
+  if (options.blob_files) {
+    data_opts.enable_blob_files = true;
+    data_opts.min_blob_size = 64 << 10;
+    data_opts.blob_file_size = 256 << 20;
+    data_opts.enable_blob_garbage_collection = true;
+  }
+  data_opts.write_buffer_size = 64 << 20;
   std::vector<rocksdb::ColumnFamilyDescriptor> descs;
   descs.emplace_back(rocksdb::kDefaultColumnFamilyName, cf_opts);
-  for (const char* name : kCfNames) descs.emplace_back(name, cf_opts);
+  for (int i = 0; i < kNumCfs; ++i) {
+    descs.emplace_back(kCfNames[i], (i == kBases || i == kContribs) ? data_opts : cf_opts);
+  }
 
   auto impl = std::make_unique<Impl>();
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -152,7 +175,9 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   raw->DestroyColumnFamilyHandle(handles[0]);
   impl->cfs.assign(handles.begin() + 1, handles.end());
   impl->commit_opts.sync = options.sync_commits;
-  impl->chunk_opts.sync = false;
+  impl->chunk_opts.disableWAL = true;
+  impl->audit_opts.sync = false;
+  impl->flush_before_commit = options.sync_commits;
   // Audit numbering continues from the last record before anything can append.
   {
     std::unique_ptr<rocksdb::Iterator> ait(
@@ -170,8 +195,8 @@ absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
   {
     std::unique_ptr<rocksdb::Iterator> uit(
-        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kUploads]));
-    for (uit->SeekToFirst(); uit->Valid(); uit->Next()) {
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kContribs]));
+    for (uit->Seek("u"); uit->Valid() && uit->key().starts_with("u"); uit->Next()) {
       v1::UploadSessionRecord rec;
       RETURN_IF_ERROR(ParseRecord(uit->value().ToString(), &rec, "upload session"));
       state.uploads.push_back(std::move(rec));
@@ -275,8 +300,9 @@ absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
 
 absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info,
                                        const AuditBatch& audit, const std::string& upload_id) {
+  RETURN_IF_ERROR(impl_->FlushFamily(kContribs));
   rocksdb::WriteBatch batch;
-  if (!upload_id.empty()) batch.Delete(impl_->cfs[kUploads], upload_id);
+  if (!upload_id.empty()) batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
   batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
             info.SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit contribution");
@@ -284,6 +310,7 @@ absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInf
 
 absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
                                const v1::RoundInfo& first_round, const AuditBatch& audit) {
+  RETURN_IF_ERROR(impl_->FlushFamily(kBases));
   rocksdb::WriteBatch batch;
   std::string zero;
   keys::PutU64(&zero, 0);
@@ -299,6 +326,7 @@ absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view bas
 absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
                                      absl::string_view new_base_sha256,
                                      const v1::RoundInfo& next_round, const AuditBatch& audit) {
+  RETURN_IF_ERROR(impl_->FlushFamily(kBases));
   v1::RoundInfo closed_record = closed;
   closed_record.clear_contributions();  // they live in the contribs family
   std::string version;
@@ -339,14 +367,15 @@ absl::Status Store::CommitRollback(const v1::RoundInfo& closed, const std::vecto
 
 absl::Status Store::PutUpload(const std::string& upload_id,
                               const v1::UploadSessionRecord& rec) {
-  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kUploads], upload_id,
-                                  rec.SerializeAsString()),
+  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
+                                  UploadKey(upload_id), rec.SerializeAsString()),
                    "write upload session");
 }
 
 absl::Status Store::DeleteUpload(const std::string& upload_id) {
-  return FromRocks(impl_->db->Delete(impl_->commit_opts, impl_->cfs[kUploads], upload_id),
-                   "delete upload session");
+  return FromRocks(
+      impl_->db->Delete(impl_->commit_opts, impl_->cfs[kContribs], UploadKey(upload_id)),
+      "delete upload session");
 }
 
 absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {
@@ -375,7 +404,7 @@ absl::StatusOr<std::vector<StoredToken>> Store::LoadTokens() {
 
 absl::Status Store::AppendAudit(const AuditBatch& audit) {
   rocksdb::WriteBatch batch;
-  return impl_->WriteWithAudit(&batch, audit, impl_->chunk_opts, "append audit");
+  return impl_->WriteWithAudit(&batch, audit, impl_->audit_opts, "append audit");
 }
 
 absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq, size_t limit) {

@@ -9,8 +9,14 @@
 //   rounds   - round -> v1::RoundInfo (without its contributions)
 //   audit    - seq -> v1::AuditRecord (append-only; written in the same atomic batch as
 //              the change it records)
-//   uploads  - upload id -> v1::UploadSessionRecord (an interrupted resumable upload;
-//              its chunks are kept for it)
+// contribs also holds 'u' | upload id -> v1::UploadSessionRecord (an interrupted
+// resumable upload; its chunks are kept for it).
+//
+// Tensor chunks and upload sessions are written without the write-ahead log, so each
+// byte reaches the disk once (as a blob file when blob_files is on); every commit first
+// flushes the family the chunks are in, then writes its record with a synced WAL write.
+// A session record lives in the same unlogged family as its chunks, so after a crash a
+// surviving record never points at lost chunks.
 // meta also holds "token/<name>" (SHA-256 of the secret, then v1::TokenInfo) and
 // "bad_base/<v>" (the reason a base was rolled back).
 // Data chunks are written unsynced as they arrive; they become visible only through a
@@ -33,9 +39,12 @@
 namespace coldfuse::storage {
 
 struct StoreOptions {
-  // fsync the write-ahead log on every commit (init, contribution, round close).
-  // Default: true. Only tests that do not crash may turn it off.
+  // fsync the write-ahead log on every commit (init, contribution, round close), and
+  // flush the chunk data first. Default: true. Only tests that do not crash turn it off.
   bool sync_commits = true;
+  // Keep tensor chunks in RocksDB's integrated blob files (values >= 64 KiB), so
+  // compaction never rewrites them. Default: true (see docs/benchmarks.md).
+  bool blob_files = true;
 };
 
 // Everything the server needs at start-up.
