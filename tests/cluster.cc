@@ -99,6 +99,7 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
+  if (std::getenv("COLDFUSE_KEEP_TEST_DIRS") != nullptr) return;  // for debugging
   std::error_code ec;
   fs::remove_all(path_, ec);
 }

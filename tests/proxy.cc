@@ -43,6 +43,12 @@ TcpProxy::~TcpProxy() {
   for (int fd : fds_) ::close(fd);
 }
 
+void TcpProxy::CutNow() {
+  cut_ = true;
+  std::lock_guard<std::mutex> l(g_mu);
+  for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+}
+
 void TcpProxy::AcceptLoop() {
   while (!stop_) {
     pollfd p{listen_fd_, POLLIN, 0};

@@ -21,6 +21,8 @@ class TcpProxy {
   int port() const { return port_; }
   // Whether the first connection was cut.
   bool cut() const { return cut_; }
+  // Cuts every connection now (a link failing at a moment the test chooses).
+  void CutNow();
 
  private:
   void AcceptLoop();

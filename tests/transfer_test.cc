@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -69,6 +71,38 @@ uint64_t Bytes(const std::vector<HostTensor>& t) {
   return n;
 }
 
+// A source that stops before byte `gate` of tensor 0 until released, so a test can break
+// the link at a known point.
+class GatedSource final : public rpc::TensorSource {
+ public:
+  GatedSource(const std::vector<HostTensor>& t, uint64_t gate) : inner_(t), gate_(gate) {}
+  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length, std::string* out) override {
+    if (tensor > 0 || offset >= gate_) {
+      std::unique_lock<std::mutex> l(mu_);
+      reached_ = true;
+      cv_.notify_all();
+      cv_.wait(l, [&] { return open_; });
+    }
+    return inner_.Read(tensor, offset, length, out);
+  }
+  void WaitUntilReached() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return reached_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  rpc::HostTensorSource inner_;
+  const uint64_t gate_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool reached_ = false, open_ = false;
+};
+
 class TransferTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -110,6 +144,34 @@ class TransferTest : public ::testing::Test {
     return p;
   }
 
+  // Streams `tensors` over a link that breaks once the server has stored the first
+  // `stored` bytes (a multiple of 1 MiB within tensor 0).
+  void InterruptedUpload(const ServerProcess& server, const v1::ContributionHeader& header,
+                         const std::vector<HostTensor>& tensors, uint64_t stored) {
+    TcpProxy proxy(server.port(), TcpProxy::Cut::kClientToServer, ~uint64_t{0});
+    GatedSource gated(tensors, stored);
+    absl::Status first;
+    std::thread pusher([&] {
+      first = rpc::PushContribution(
+                  rpc::ConnectInsecure(absl::StrCat("127.0.0.1:", proxy.port())), header, &gated,
+                  {}, {.max_attempts = 1})
+                  .status();
+    });
+    gated.WaitUntilReached();
+    absl::StatusOr<v1::UploadProgress> live;
+    for (int i = 0; i < 600; ++i) {  // until the server has stored what was sent
+      live = GetUpload(server, header);
+      if (live.ok() && live->bytes_stored() >= stored) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    proxy.CutNow();
+    gated.Open();
+    pusher.join();
+    ASSERT_TRUE(live.ok()) << live.status();
+    EXPECT_EQ(live->bytes_stored(), stored);
+    EXPECT_FALSE(first.ok());
+  }
+
   TempDir dir_;
   std::vector<HostTensor> base_;
 };
@@ -120,31 +182,20 @@ TEST_F(TransferTest, AnUploadCutMidStreamResumesWithoutResendingWhatTheServerHol
   ASSERT_EQ(Ctl(*server, {"init", "--from=" + dir_.path() + "/base.safetensors"}).exit_code, 0);
   const auto mine = Model(2, &base_);
   const uint64_t total = Bytes(mine);
-  rpc::HostTensorSource source(mine);
   auto header = Header("flaky");
 
-  // First attempt over a link that breaks after 2.5 MiB.
-  {
-    TcpProxy proxy(server->port(), TcpProxy::Cut::kClientToServer, (5 << 20) / 2);
-    auto broken = rpc::PushContribution(rpc::ConnectInsecure(absl::StrCat("127.0.0.1:", proxy.port())),
-                                        header, &source, {}, {.max_attempts = 1});
-    EXPECT_FALSE(broken.ok());
-    EXPECT_TRUE(proxy.cut());
-  }
+  // First attempt: 2 MiB are stored, then the link breaks.
+  InterruptedUpload(*server, header, mine, 2 << 20);
   // The server kept what it stored and says where to continue.
-  absl::StatusOr<v1::UploadProgress> progress;
-  for (int i = 0; i < 100; ++i) {  // it notices the broken stream asynchronously
-    progress = GetUpload(*server, header);
-    if (progress.ok() && progress->bytes_stored() > 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  auto progress = GetUpload(*server, header);
   ASSERT_TRUE(progress.ok()) << progress.status();
   const uint64_t stored = progress->bytes_stored();
-  EXPECT_GT(stored, 0u);
-  EXPECT_LT(stored, total);
-  EXPECT_EQ(progress->offset() % kChunkBytes, 0u);
+  EXPECT_EQ(stored, 2u << 20);
+  EXPECT_EQ(progress->tensor_index(), 0u);
+  EXPECT_EQ(progress->offset(), 2u << 20);
 
   // Resume on a good link: exactly the bytes the server lacks go over the wire.
+  rpc::HostTensorSource source(mine);
   rpc::TransferStats stats;
   auto receipt = rpc::PushContribution(server->channel(), header, &source, {}, {}, &stats);
   ASSERT_TRUE(receipt.ok()) << receipt.status();
@@ -168,19 +219,8 @@ TEST_F(TransferTest, AnUploadResumesAfterTheServerRestartsOrIsKilled) {
     const auto mine = Model(sig, &base_);
     rpc::HostTensorSource source(mine);
     auto header = Header(sig == SIGTERM ? "patient" : "stoic");
-    {
-      TcpProxy proxy(port, TcpProxy::Cut::kClientToServer, 3 << 20);
-      auto broken = rpc::PushContribution(
-          rpc::ConnectInsecure(absl::StrCat("127.0.0.1:", proxy.port())), header, &source, {},
-          {.max_attempts = 1});
-      EXPECT_FALSE(broken.ok());
-    }
-    absl::StatusOr<v1::UploadProgress> before;
-    for (int i = 0; i < 100; ++i) {
-      before = GetUpload(*server, header);
-      if (before.ok() && before->bytes_stored() > 0) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    InterruptedUpload(*server, header, mine, 3 << 20);
+    auto before = GetUpload(*server, header);
     ASSERT_TRUE(before.ok()) << before.status();
     server->process()->Signal(sig);
     ASSERT_TRUE(server->process()->Wait(seconds(30)).has_value());

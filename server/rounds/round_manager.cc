@@ -417,9 +417,16 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
   const v1::Manifest sent = header.manifest();
   progress->base.resize(sent.tensors_size());
   storage::Store* store = store_;
+  // GetUpload reports live progress while the stream is still attached.
+  auto on_progress = [this, uid](const v1::UploadSessionRecord& rec) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = uploads_.find(uid);
+    if (it != uploads_.end()) it->second.record = rec;
+  };
   // Each stored chunk (as sent): reject non-finite values, add to the update's norm,
   // store, and (resumable uploads) record how far the stored data goes.
-  auto sink = [store, round, id, base_version, delta, sent, base_manifest, progress, uid](
+  auto sink = [store, round, id, base_version, delta, sent, base_manifest, progress, uid,
+               on_progress](
                   uint32_t t, uint64_t c, absl::string_view data) -> absl::Status {
     const v1::TensorSpec& spec = sent.tensors(t);
     const size_t esize = DTypeSize(spec.dtype());
@@ -460,7 +467,10 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
       rec.set_next_tensor(t);
       rec.set_next_offset(end);
     }
-    if (!uid.empty()) RETURN_IF_ERROR(store->PutUpload(uid, rec));
+    if (!uid.empty()) {
+      RETURN_IF_ERROR(store->PutUpload(uid, rec));
+      on_progress(rec);
+    }
     return absl::OkStatus();
   };
   auto upload = std::make_unique<TensorUpload>(
@@ -473,6 +483,9 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
         const bool broken = why.ok() || absl::IsCancelled(why) || absl::IsUnavailable(why) ||
                             absl::IsDeadlineExceeded(why);
         if (!uid.empty() && broken) {
+          CF_LOG(INFO) << "upload " << uid << " interrupted ("
+                       << (why.ok() ? std::string("stream dropped") : std::string(why.message()))
+                       << "); kept for resumption";
           std::lock_guard<std::mutex> l(mu_);
           auto it = uploads_.find(uid);
           if (it != uploads_.end()) {
@@ -482,6 +495,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
           return;
         }
         if (!uid.empty()) {
+          CF_LOG(INFO) << "upload " << uid << " dropped: " << why;
           std::lock_guard<std::mutex> l(mu_);
           uploads_.erase(uid);
         }
