@@ -70,6 +70,7 @@ def log(msg):
 
 # --------------------------------------------------------------------------- cleanup
 _servers = []       # Popen objects of running coldfused processes
+EXTRA_SERVER_ARGS = []  # --server_args, e.g. --blob_files=false
 _cleanup_dirs = []  # folders to remove at exit
 _remove_if_empty = []  # the work dir, if this run made it
 
@@ -312,7 +313,7 @@ class Server:
         self.log_path = os.path.join(run_dir, "coldfused.log")
         args = [os.path.join(build, "server", "coldfused"), f"--data_dir={self.data}",
                 "--listen=127.0.0.1:0", f"--port_file={port_file}",
-                f"--min_contributions={k}", "--round_timeout_s=0"]
+                f"--min_contributions={k}", "--round_timeout_s=0"] + EXTRA_SERVER_ARGS
         self.tls_args = []
         self.operator_token = None
         if tls:
@@ -777,10 +778,13 @@ def parse_args(argv):
     ap.add_argument("--skip_limits", action="store_true")
     ap.add_argument("--skip_baselines", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (debugging)")
+    ap.add_argument("--server_args", default="",
+                    help="extra coldfused flags, space-separated (e.g. --blob_files=false)")
     ap.add_argument("--limits_mem_mib", type=int, default=1024)
     ap.add_argument("--limits_tcp_mib", type=int, default=2048)
     ap.add_argument("--limits_disk_mib", type=int, default=2048)
     a = ap.parse_args(argv)
+    EXTRA_SERVER_ARGS.extend(a.server_args.split())
     try:
         a.k = sorted({int(x) for x in a.k.split(",") if x.strip()})
     except ValueError:
