@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/json.h"
+#include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_file.h"
@@ -40,26 +41,6 @@ constexpr DTypeInfo kDTypes[] = {{"BOOL", 1}, {"U8", 1},      {"I8", 1},     {"I
                                  {"U64", 8},  {"F16", 2},     {"BF16", 2},   {"F32", 4},
                                  {"F64", 8},  {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
-absl::Status ErrnoError(absl::string_view what, const std::string& path) {
-  int e = errno;
-  std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(e));
-  if (e == ENOENT) return absl::NotFoundError(msg);
-  if (e == EACCES || e == EPERM) return absl::PermissionDeniedError(msg);
-  if (e == ENOSPC) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
-}
-
-absl::Status WriteAll(int fd, absl::string_view data, const std::string& path) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("cannot write", path);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return absl::OkStatus();
-}
 
 void FsyncParent(const std::string& path) {
   std::string dir = fs::path(path).parent_path().string();

@@ -6,22 +6,12 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/names.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace coldfuse::auth {
 namespace {
-
-absl::Status CheckTokenName(absl::string_view name) {
-  bool ok = !name.empty() && name.size() <= 128;
-  for (char c : name) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '-' || c == '_' || c == '.' || c == '@');
-  }
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "token name '", name, "' is not allowed: use 1-128 characters from A-Z a-z 0-9 - _ . @"));
-}
 
 v1::AuditRecord Audit(absl::string_view actor, absl::string_view action, std::string detail) {
   v1::AuditRecord r;
@@ -51,7 +41,7 @@ absl::StatusOr<std::unique_ptr<TokenRegistry>> TokenRegistry::Create(storage::St
 absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, v1::Role role,
                                                         int64_t ttl_seconds,
                                                         absl::string_view actor) {
-  RETURN_IF_ERROR(CheckTokenName(name));
+  RETURN_IF_ERROR(CheckName("token name", name, /*allow_empty=*/false));
   if (role != v1::CONTRIBUTOR && role != v1::VIEWER && role != v1::OPERATOR) {
     return absl::InvalidArgumentError("role must be contributor, viewer or operator");
   }

@@ -10,6 +10,7 @@
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/model_spec.h"
+#include "common/names.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
@@ -19,18 +20,6 @@
 
 namespace coldfuse::rounds {
 namespace {
-
-absl::Status CheckName(absl::string_view what, absl::string_view name, bool allow_empty) {
-  if (name.empty() && allow_empty) return absl::OkStatus();
-  bool ok = !name.empty() && name.size() <= 128;
-  for (char c : name) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '-' || c == '_' || c == '.' || c == '@');
-  }
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      what, " '", name, "' is not allowed: use 1-128 characters from A-Z a-z 0-9 - _ . @"));
-}
 
 absl::Status CheckHeader(const v1::ContributionHeader& h) {
   RETURN_IF_ERROR(CheckName("contributor", h.contributor(), /*allow_empty=*/false));
