@@ -13,6 +13,7 @@
 #include "common/tensor.h"
 #include "common/tensor_file.h"
 #include "gmock/gmock.h"
+#include "common/test_tensors.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse {
@@ -20,18 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-HostTensor MakeTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                      uint64_t seed) {
-  HostTensor t;
-  t.spec.set_name(name);
-  t.spec.set_dtype(dtype);
-  for (int64_t d : shape) t.spec.add_shape(d);
-  SplitMix64 rng(seed);
-  t.data.resize(*ByteLength(t.spec));
-  for (char& c : t.data) c = static_cast<char>(rng.Next());
-  return t;
-}
 
 std::string U64(uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
 

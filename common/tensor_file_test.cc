@@ -12,6 +12,7 @@
 #include "common/model_spec.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
+#include "common/test_tensors.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse {
@@ -19,18 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-HostTensor MakeTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                      uint64_t seed) {
-  HostTensor t;
-  t.spec.set_name(name);
-  t.spec.set_dtype(dtype);
-  for (int64_t d : shape) t.spec.add_shape(d);
-  SplitMix64 rng(seed);
-  t.data.resize(*ByteLength(t.spec));
-  for (char& c : t.data) c = static_cast<char>(rng.Next());
-  return t;
-}
 
 std::vector<HostTensor> Sample() {
   return {MakeTensor("body.0.weight", v1::F32, {16, 8}, 1),

@@ -10,6 +10,7 @@
 #include "common/model_spec.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
+#include "common/test_tensors.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse {
@@ -17,18 +18,6 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-HostTensor MakeTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                      uint64_t seed) {
-  HostTensor t;
-  t.spec.set_name(name);
-  t.spec.set_dtype(dtype);
-  for (int64_t d : shape) t.spec.add_shape(d);
-  SplitMix64 rng(seed);
-  t.data.resize(*ByteLength(t.spec));
-  for (char& c : t.data) c = static_cast<char>(rng.Next());
-  return t;
-}
 
 // 2.5 MiB F32, a zero-element tensor, and 6 bytes of F16.
 std::vector<HostTensor> SampleTensors() {
