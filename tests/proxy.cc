@@ -95,7 +95,7 @@ void TcpProxy::Pipe(int from, int to, bool counted) {
     }
     passed += static_cast<uint64_t>(n);
     for (ssize_t off = 0; off < n;) {
-      ssize_t w = ::write(to, buf + off, static_cast<size_t>(n - off));
+      ssize_t w = ::send(to, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
       if (w <= 0) return;
       off += w;
     }

@@ -1,6 +1,7 @@
 #include "server/fusion/fusion.h"
 
 #include <algorithm>
+#include <future>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -69,24 +70,45 @@ absl::StatusOr<std::string> FuseWeighted(const v1::Manifest& manifest,
                                          const std::vector<double>& weights,
                                          const ChunkReader& read, const ChunkWriter& write,
                                          bool accumulate_f64) {
-  Sha256 sha;
-  std::string out;
+  // Every (tensor, chunk) of the result, in order.
+  struct Item {
+    uint32_t tensor;
+    uint64_t chunk;
+    size_t len;
+  };
+  std::vector<Item> items;
   for (int t = 0; t < manifest.tensors_size(); ++t) {
-    const v1::TensorSpec& spec = manifest.tensors(t);
-    ASSIGN_OR_RETURN(uint64_t bytes, ByteLength(spec));
-    const uint32_t tensor = static_cast<uint32_t>(t);
+    ASSIGN_OR_RETURN(uint64_t bytes, ByteLength(manifest.tensors(t)));
     for (uint64_t c = 0; c < ChunkCount(bytes); ++c) {
-      const size_t len =
-          static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes));
-      // F32 accumulation (as the architecture says) is exact enough for F32/F16/BF16
-      // weights; F64 tensors keep F64.
-      if (accumulate_f64 || spec.dtype() == v1::F64) {
-        RETURN_IF_ERROR(FuseChunk<double>(spec, tensor, c, len, weights, read, &out));
-      } else {
-        RETURN_IF_ERROR(FuseChunk<float>(spec, tensor, c, len, weights, read, &out));
-      }
-      sha.Update(out);
-      RETURN_IF_ERROR(write(tensor, c, out));
+      items.push_back({static_cast<uint32_t>(t), c,
+                       static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes))});
+    }
+  }
+  auto compute = [&](const Item& it, std::string* out) -> absl::Status {
+    const v1::TensorSpec& spec = manifest.tensors(it.tensor);
+    // F32 accumulation (as the architecture says) is exact enough for F32/F16/BF16
+    // weights; F64 tensors keep F64.
+    if (accumulate_f64 || spec.dtype() == v1::F64) {
+      return FuseChunk<double>(spec, it.tensor, it.chunk, it.len, weights, read, out);
+    }
+    return FuseChunk<float>(spec, it.tensor, it.chunk, it.len, weights, read, out);
+  };
+  // Two chunks at a time: one on a helper thread, one here; then hash and write in order.
+  // Memory stays at 2 x (K reads + accumulator) chunks.
+  Sha256 sha;
+  std::string out[2];
+  for (size_t i = 0; i < items.size(); i += 2) {
+    std::future<absl::Status> second;
+    if (i + 1 < items.size()) {
+      second = std::async(std::launch::async, compute, items[i + 1], &out[1]);
+    }
+    absl::Status first = compute(items[i], &out[0]);
+    absl::Status other = second.valid() ? second.get() : absl::OkStatus();
+    RETURN_IF_ERROR(first);
+    RETURN_IF_ERROR(other);
+    for (size_t j = 0; j < 2 && i + j < items.size(); ++j) {
+      sha.Update(out[j]);
+      RETURN_IF_ERROR(write(items[i + j].tensor, items[i + j].chunk, out[j]));
     }
   }
   return sha.Finish();

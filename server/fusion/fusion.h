@@ -16,6 +16,7 @@
 namespace coldfuse::fusion {
 
 // Reads storage chunk `chunk` of tensor `tensor` of contribution `k` (0-based).
+// Must be thread-safe: FuseWeighted reads two chunks at once.
 using ChunkReader =
     std::function<absl::StatusOr<std::string>(size_t k, uint32_t tensor, uint64_t chunk)>;
 // Writes storage chunk `chunk` of tensor `tensor` of the fused result.

@@ -546,9 +546,11 @@ fusion::ChunkReader RoundManager::ContributionAsBase(const v1::ContributionInfo&
   // for a delta, encode in the base's dtype. Readers cache one stored chunk per tensor.
   auto readers = std::make_shared<std::vector<std::unique_ptr<ElementReader>>>(
       base_manifest.tensors_size());
+  auto readers_mu = std::make_shared<std::mutex>();  // fusion reads two chunks at once
   const v1::Manifest sent = info.manifest();
-  return [store, round, id, delta, base_version, base_manifest, sent, readers](
+  return [store, round, id, delta, base_version, base_manifest, sent, readers, readers_mu](
              size_t, uint32_t t, uint64_t c) -> absl::StatusOr<std::string> {
+    std::lock_guard<std::mutex> l(*readers_mu);
     const v1::TensorSpec& bspec = base_manifest.tensors(t);
     const size_t bsize = DTypeSize(bspec.dtype());
     ASSIGN_OR_RETURN(uint64_t total, NumElements(bspec));
