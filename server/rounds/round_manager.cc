@@ -426,23 +426,34 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
           "tensor '", spec.name(), "' holds a NaN or infinity at element ",
           c * (kChunkBytes / esize) + first, ": a diverged fine-tuning run cannot be fused"));
     }
-    std::vector<double> values(n), base(n);
-    DecodeToDouble(spec.dtype(), data.data(), n, values.data());
-    if (!delta) {
-      if (progress->base[t] == nullptr) {
-        const v1::TensorSpec& bspec = base_manifest.tensors(t);
-        progress->base[t] = std::make_unique<ElementReader>(
-            bspec.dtype(), *NumElements(bspec),
-            [store, base_version, t](uint64_t chunk) {
-              return store->GetBaseChunk(base_version, t, chunk);
-            });
-      }
-      RETURN_IF_ERROR(progress->base[t]->Read(c * (kChunkBytes / esize), n, base.data()));
-    }
     double sum_sq = 0;
-    for (uint64_t i = 0; i < n; ++i) {
-      const double d = values[i] - base[i];  // base is 0 for a DELTA
-      sum_sq += d * d;
+    const v1::TensorSpec& bspec = base_manifest.tensors(t);
+    if (!delta && spec.dtype() == bspec.dtype()) {
+      // Sent as the base is stored: the same chunk grid, one pass over both buffers.
+      ASSIGN_OR_RETURN(std::string base, store->GetBaseChunk(base_version, t, c));
+      if (base.size() != data.size()) {
+        return absl::DataLossError(absl::StrCat("base chunk ", c, " of '", spec.name(),
+                                                "' has the wrong size"));
+      }
+      fusion::DeltaNormAccumulator acc;
+      acc.Add(spec.dtype(), base, data);
+      sum_sq = acc.Norm() * acc.Norm();
+    } else {
+      std::vector<double> values(n), base(n);  // base stays 0 for a DELTA
+      DecodeToDouble(spec.dtype(), data.data(), n, values.data());
+      if (!delta) {
+        if (progress->base[t] == nullptr) {
+          progress->base[t] = std::make_unique<ElementReader>(
+              bspec.dtype(), *NumElements(bspec), [store, base_version, t](uint64_t chunk) {
+                return store->GetBaseChunk(base_version, t, chunk);
+              });
+        }
+        RETURN_IF_ERROR(progress->base[t]->Read(c * (kChunkBytes / esize), n, base.data()));
+      }
+      for (uint64_t i = 0; i < n; ++i) {
+        const double d = values[i] - base[i];
+        sum_sq += d * d;
+      }
     }
     RETURN_IF_ERROR(store->PutContributionChunk(round, id, t, c, data));
     v1::UploadSessionRecord& rec = progress->record;
