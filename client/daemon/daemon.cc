@@ -134,6 +134,9 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   metrics["train_loss_first"] = result->loss_first;
   metrics["train_loss_last"] = result->loss_last;
   *c.header.mutable_manifest() = ManifestOf(result->body);
+  // Resumable: kept with the pending contribution, so a push broken off (or a daemon
+  // restarted) continues where the server stopped instead of resending.
+  c.header.set_upload_id(rpc::NewUploadId());
   c.tensors = std::move(result->body);
   RETURN_IF_ERROR(state_.SavePending(c));
   return Push(c);
@@ -141,7 +144,8 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
 
 absl::Status Daemon::Push(const Contribution& c) {
   const uint64_t round = c.header.round();
-  auto receipt = rpc::PushContribution(channel_, c.header, c.tensors);
+  rpc::HostTensorSource source(c.tensors);
+  auto receipt = rpc::PushContribution(channel_, c.header, &source);
   if (receipt.ok() || absl::IsAlreadyExists(receipt.status())) {
     if (receipt.ok()) {
       CF_LOG(INFO) << "round " << round << ": contribution " << receipt->contribution_id()
