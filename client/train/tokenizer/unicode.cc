@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "client/train/tokenizer/unicode_tables.h"
+#include "common/utf8.h"
 
 namespace coldfuse::train::unicode {
 namespace {
@@ -53,23 +54,7 @@ std::vector<char32_t> DecodeUtf8(absl::string_view text) {
   return out;
 }
 
-void AppendUtf8(char32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
+void AppendUtf8(char32_t cp, std::string* out) { coldfuse::AppendUtf8(cp, out); }
 
 bool IsLetter(char32_t cp) {
   return InRanges(unicode_internal::kLetter, unicode_internal::kLetterSize, cp);
