@@ -28,7 +28,9 @@ struct Server::Impl {
   int port = 0;
 
   ~Impl() {
-    if (grpc_server) grpc_server->Shutdown();
+    if (grpc_server) {
+      grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    }
     grpc_server.reset();
     executor.reset();  // finishes queued commits before the manager goes
     manager.reset();
@@ -94,6 +96,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, credentials, &impl->port);
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  // Notice dead peers (a partitioned contributor) within a minute, so an interrupted
+  // resumable upload detaches and can be resumed.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.RegisterService(impl->contributor.get());
   builder.RegisterService(impl->status.get());
   builder.RegisterService(impl->admin.get());
@@ -119,6 +125,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
 int Server::port() const { return impl_->port; }
 void Server::Wait() { impl_->grpc_server->Wait(); }
-void Server::Shutdown() { impl_->grpc_server->Shutdown(); }
+// Open streams (WatchStatus) are cancelled after 5 s rather than awaited.
+void Server::Shutdown() {
+  impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
 
 }  // namespace coldfuse

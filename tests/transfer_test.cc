@@ -128,6 +128,13 @@ class TransferTest : public ::testing::Test {
     h.set_num_examples(10);
     *h.mutable_manifest() = ManifestOf(base_);
     h.set_upload_id(rpc::NewUploadId());
+    // Several metrics: a map, whose wire order is not fixed, must not break resumption.
+    auto& m = *h.mutable_metrics();
+    m["accuracy_before"] = 0.25;
+    m["accuracy_after"] = 0.75;
+    m["train_loss_first"] = 1.5;
+    m["train_loss_last"] = 0.5;
+    m["macro_f1_after"] = 0.7;
     return h;
   }
 

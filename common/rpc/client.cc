@@ -268,7 +268,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
     while (reader->Read(&message)) {
     }
     last = FromGrpc(reader->Finish(), "PullBase");
-    if (last.ok() && done) return out;
+    if (done) return out;  // every byte arrived and the checksum matched
     if (last.ok()) last = absl::UnavailableError("PullBase: stream ended without a trailer");
     if (!Retryable(last)) return last;
   }

@@ -1,5 +1,8 @@
 #include "server/rounds/round_manager.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include <cmath>
 #include <limits>
 
@@ -279,10 +282,18 @@ absl::Status CheckUploadId(absl::string_view id) {
 }
 
 // The header without its resume position: what must match between an upload's streams.
+// Deterministic serialization: map fields (metrics) otherwise come out in any order.
 std::string HeaderKey(v1::ContributionHeader h) {
   h.clear_resume_tensor();
   h.clear_resume_offset();
-  return h.SerializeAsString();
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    h.SerializeToCodedStream(&coded);
+  }
+  return out;
 }
 
 // Names, shapes and order must match the base; dtypes may be any float type.
@@ -365,7 +376,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
       }
       if (header.resume_tensor() != u.record.next_tensor() ||
           header.resume_offset() != u.record.next_offset()) {
-        return absl::InvalidArgumentError(absl::StrCat(
+        // The server may have stored more since the client asked: ask again.
+        return absl::AbortedError(absl::StrCat(
             "upload '", uid, "' resumes at tensor #", u.record.next_tensor(), " offset ",
             u.record.next_offset(), " (ask GetUpload)"));
       }
@@ -379,7 +391,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
       return absl::NotFoundError(absl::StrCat(
           "the server holds nothing of upload '", uid, "': start it from the beginning"));
     }
-    RETURN_IF_ERROR(CheckQuotaLocked(header, model_->total_bytes()));
+    ASSIGN_OR_RETURN(uint64_t sent_bytes, TotalBytes(header.manifest()));
+    RETURN_IF_ERROR(CheckQuotaLocked(header, sent_bytes));
     id = next_contribution_id_++;
     progress->record.set_contribution_id(id);
     *progress->record.mutable_header() = header;
@@ -483,15 +496,26 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
         const bool broken = why.ok() || absl::IsCancelled(why) || absl::IsUnavailable(why) ||
                             absl::IsDeadlineExceeded(why);
         if (!uid.empty() && broken) {
-          CF_LOG(INFO) << "upload " << uid << " interrupted ("
-                       << (why.ok() ? std::string("stream dropped") : std::string(why.message()))
-                       << "); kept for resumption";
-          std::lock_guard<std::mutex> l(mu_);
-          auto it = uploads_.find(uid);
-          if (it != uploads_.end()) {
-            it->second.streaming = false;
-            it->second.record = progress->record;
+          bool still_open;
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            still_open = !rounds_.empty() && rounds_.back().number() == round && !closing_;
+            auto it = uploads_.find(uid);
+            if (it != uploads_.end()) {
+              it->second.streaming = false;
+              it->second.record = progress->record;
+              if (!still_open) uploads_.erase(it);
+            }
           }
+          if (still_open) {
+            CF_LOG(INFO) << "upload " << uid << " interrupted ("
+                         << (why.ok() ? std::string("stream dropped")
+                                      : std::string(why.message()))
+                         << "); kept for resumption";
+            return;
+          }
+          // Its round closed while it streamed: it can never finish.
+          DropUpload(uid, round, id);
           return;
         }
         if (!uid.empty()) {
@@ -516,8 +540,10 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginContribution(
 }
 
 void RoundManager::DropUpload(const std::string& upload_id, uint64_t round, uint64_t id) {
-  absl::Status st = store_->DeleteContributionData(round, id);
-  if (st.ok() && !upload_id.empty()) st = store_->DeleteUpload(upload_id);
+  // The session first: chunks without a session or record are removed by Store::Load,
+  // while a session without its chunks could never resume.
+  absl::Status st = upload_id.empty() ? absl::OkStatus() : store_->DeleteUpload(upload_id);
+  if (st.ok()) st = store_->DeleteContributionData(round, id);
   if (!st.ok()) CF_LOG(ERROR) << "cannot remove upload " << id << ": " << st;
 }
 
@@ -604,6 +630,9 @@ absl::StatusOr<UploadResult> RoundManager::CommitContribution(
   info.set_state(v1::ACCEPTED);
   info.set_encoding(header.encoding() == v1::DELTA ? v1::DELTA : v1::FULL);
   *info.mutable_manifest() = header.manifest();
+  // Make this upload's chunks durable before taking the state lock (a flush can take a
+  // while); the synced record write below points at them.
+  RETURN_IF_ERROR(store_->FlushContributions());
   bool quorum;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -686,9 +715,14 @@ absl::StatusOr<bool> RoundManager::MaybeClose() {
     }
     number = open.number();
   }
+  if (clock_->NowUnixMs() < retry_close_after_ms_) return false;
   auto r = CloseRound(number, reason, "server");
   if (absl::IsFailedPrecondition(r.status())) return false;  // someone else closed it
-  RETURN_IF_ERROR(r.status());
+  if (!r.ok()) {
+    // A fusion that failed (unreadable chunk, full disk) is not retried at once.
+    retry_close_after_ms_ = clock_->NowUnixMs() + 30000;
+    return r.status();
+  }
   return true;
 }
 

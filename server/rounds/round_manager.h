@@ -6,6 +6,7 @@
 #ifndef COLDFUSE_SERVER_ROUNDS_ROUND_MANAGER_H_
 #define COLDFUSE_SERVER_ROUNDS_ROUND_MANAGER_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -136,6 +137,7 @@ class RoundManager {
   uint64_t next_contribution_id_ = 1;
   uint64_t change_seq_ = 1;
   uint64_t max_base_version_ = 0;           // highest stored version, bad ones included
+  std::atomic<int64_t> retry_close_after_ms_{0};  // policy closes wait after a failure
   std::vector<uint64_t> bad_base_versions_;
   // Resumable uploads of the open round, by upload id.
   struct UploadSlot {

@@ -15,7 +15,8 @@ TensorUpload::~TensorUpload() {
 absl::Status TensorUpload::ResumeAt(uint32_t tensor, uint64_t offset,
                                     const StreamReceiver::StoredChunkReader& read) {
   absl::Status st = receiver_.ResumeAt(tensor, offset, read);
-  // A resume that cannot start is not the data's fault: keep the upload (OK = broken).
+  // Stored chunks that are gone or damaged can never be resumed from: drop the upload.
+  if ((absl::IsNotFound(st) || absl::IsDataLoss(st)) && failure_.ok()) failure_ = st;
   return st;
 }
 

@@ -300,7 +300,6 @@ absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
 
 absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info,
                                        const AuditBatch& audit, const std::string& upload_id) {
-  RETURN_IF_ERROR(impl_->FlushFamily(kContribs));
   rocksdb::WriteBatch batch;
   if (!upload_id.empty()) batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
   batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
@@ -364,6 +363,8 @@ absl::Status Store::CommitRollback(const v1::RoundInfo& closed, const std::vecto
             next_round.SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit rollback");
 }
+
+absl::Status Store::FlushContributions() { return impl_->FlushFamily(kContribs); }
 
 absl::Status Store::PutUpload(const std::string& upload_id,
                               const v1::UploadSessionRecord& rec) {

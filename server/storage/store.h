@@ -94,8 +94,12 @@ class Store {
                                                    uint32_t tensor, uint64_t chunk);
   // Removes every chunk of an uncommitted (rejected) contribution.
   absl::Status DeleteContributionData(uint64_t round, uint64_t id);
+  // Makes the contribution chunks written so far durable. Call it before
+  // CommitContribution, outside any lock that must not wait on the disk.
+  absl::Status FlushContributions();
   // Makes a contribution durable (synced) and visible; removes the upload session
-  // `upload_id` (if any) in the same write.
+  // `upload_id` (if any) in the same write. REQUIRES: its chunks were flushed
+  // (FlushContributions) after they were written.
   absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info,
                                   const AuditBatch& audit = {},
                                   const std::string& upload_id = "");
