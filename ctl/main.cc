@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "common/model_spec.h"
 #include "ctl/checkpoint_commands.h"
@@ -400,7 +401,9 @@ absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format)
   RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &r), "ListAudit"));
   if (format == Format::kJson) return PrintJson(r);
   for (const auto& rec : r.records()) {
-    std::cout << absl::StrFormat("%6d %d %-10s %-24s %s\n", rec.seq(), rec.unix_ms(), rec.actor(),
+    const std::string when = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ",
+                                              absl::FromUnixMillis(rec.unix_ms()), absl::UTCTimeZone());
+    std::cout << absl::StrFormat("%6d %s %-10s %-24s %s\n", rec.seq(), when, rec.actor(),
                                  rec.action(), rec.detail());
   }
   return absl::OkStatus();
