@@ -1,6 +1,7 @@
 // The server side of a client-streamed tensor upload (PushContribution, InitModel):
-// header, chunks, trailer. Chunks are checked and stored as they arrive; the final
-// check and synced commit run on the executor. Deletes itself in OnDone; an upload it
+// header, chunks, trailer. Chunks are checked and stored as they arrive; the header
+// (which may re-hash a resumed upload) and the final check and synced commit run on the
+// executor. Deletes itself in OnDone; an upload it
 // did not commit is removed from storage then.
 #ifndef COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 #define COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
@@ -48,10 +49,18 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
           st = absl::InvalidArgumentError("second header in one upload");
           break;
         }
-        auto upload = begin_(request_);
-        st = upload.status();
-        if (st.ok()) upload_ = std::move(*upload);
-        break;
+        // Beginning may re-hash a resumed upload's stored prefix (gigabytes): never on
+        // a callback thread. No read is outstanding until this continues.
+        executor_->Run([this] {
+          auto upload = begin_(request_);
+          if (!upload.ok()) {
+            this->Finish(ToGrpcStatus(upload.status()));
+            return;
+          }
+          upload_ = std::move(*upload);
+          this->StartRead(&request_);
+        });
+        return;
       }
       case Request::kChunk:
         st = upload_ == nullptr ? absl::InvalidArgumentError("chunk before the header")
