@@ -98,6 +98,9 @@ ctl status
 ctl status --json >"$OUT/status.json"
 echo
 echo "coldfusectl status --json (saved in $OUT/status.json) says the same:"
-grep -E '"(base_version|number|change_seq)"' "$OUT/status.json" | head -3 | sed 's/^ */   /'
+# The first base_version is the server's; "number" is the open round's.
+for key in base_version number change_seq; do
+  grep -m1 "\"$key\"" "$OUT/status.json" | sed 's/^ */   /'
+done
 echo "(dashboards: $CTL_BIN --server=$ADDR --tls_ca=$OUT/certs/ca.crt --token_file=TOKEN"
 echo "   status --json | rounds --json | round N --json; operators: audit, token list)"
