@@ -85,12 +85,11 @@ absl::StatusOr<Data> LoadData() {
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
-  rpc::ConnectOptions options;
-  options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
-  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
-  options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
-  ASSIGN_OR_RETURN(options.token, rpc::LoadToken(absl::GetFlag(FLAGS_token_file)));
-  return rpc::Connect(absl::GetFlag(FLAGS_server), options);
+  return rpc::ConnectWithFiles(absl::GetFlag(FLAGS_server),
+                               {.ca_file = absl::GetFlag(FLAGS_tls_ca),
+                                .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                                .key_file = absl::GetFlag(FLAGS_tls_key)},
+                               absl::GetFlag(FLAGS_token_file));
 }
 
 absl::Status Probe() {

@@ -152,6 +152,15 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target
   return grpc::CreateCustomChannel(target, creds, args);
 }
 
+absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::string& target,
+                                                                const ClientTlsOptions& tls,
+                                                                const std::string& token_file) {
+  ConnectOptions options;
+  options.tls = tls;
+  ASSIGN_OR_RETURN(options.token, LoadToken(token_file));
+  return Connect(target, options);
+}
+
 absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
   std::string token;
   if (!token_file.empty()) {

@@ -42,6 +42,12 @@ std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target);
 // the COLDFUSE_TOKEN environment variable; else empty.
 absl::StatusOr<std::string> LoadToken(const std::string& token_file);
 
+// Connect with TLS files and the token from `token_file` (see LoadToken): what the
+// programs' --tls_ca/--tls_cert/--tls_key/--token_file flags ask for.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::string& target,
+                                                                const ClientTlsOptions& tls,
+                                                                const std::string& token_file);
+
 // grpc::Status -> absl::Status (same codes); the message says which call failed.
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);
 

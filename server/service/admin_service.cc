@@ -3,6 +3,20 @@
 #include "server/service/upload_reactor.h"
 
 namespace coldfuse::service {
+namespace {
+
+// Token changes need an operator, and a server that has tokens at all.
+absl::StatusOr<auth::Identity> CheckTokenAdmin(const Authorizer& auth,
+                                               const grpc::CallbackServerContext* ctx,
+                                               absl::string_view rpc) {
+  auto id = auth.Check(ctx, v1::OPERATOR, rpc);
+  if (id.ok() && auth.insecure()) {
+    return absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
+  }
+  return id;
+}
+
+}  // namespace
 
 grpc::ServerReadReactor<v1::InitModelRequest>* AdminService::InitModel(
     grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) {
@@ -45,10 +59,7 @@ grpc::ServerUnaryReactor* AdminService::CreateToken(grpc::CallbackServerContext*
                                                     const v1::CreateTokenRequest* request,
                                                     v1::CreateTokenResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.CreateToken");
-  if (id.ok() && auth_->insecure()) {
-    id = absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
-  }
+  auto id = CheckTokenAdmin(*auth_, ctx, "Admin.CreateToken");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -70,10 +81,7 @@ grpc::ServerUnaryReactor* AdminService::RevokeToken(grpc::CallbackServerContext*
                                                     const v1::RevokeTokenRequest* request,
                                                     v1::TokenInfo* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.RevokeToken");
-  if (id.ok() && auth_->insecure()) {
-    id = absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
-  }
+  auto id = CheckTokenAdmin(*auth_, ctx, "Admin.RevokeToken");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
