@@ -240,7 +240,6 @@ TEST(EncoderTest, BadTensorsAreNamed) {
 
 // Token classification: label = token id parity. Encoder + head must learn it.
 TEST(EncoderTest, FineTuningLowersTheLoss) {
-  const auto start = std::chrono::steady_clock::now();
   torch::manual_seed(7);
   absl::StatusOr<EncoderConfig> config =
       ParseEncoderConfig(Replace(kGoodConfig, "\"bert\"", "\"roberta\""));
@@ -280,9 +279,6 @@ TEST(EncoderTest, FineTuningLowersTheLoss) {
   const double last = mean(losses.end() - 5, losses.end());
   std::cout << "fine-tune loss: first 5 steps " << first << ", last 5 steps " << last << "\n";
   EXPECT_LT(last, 0.6 * first);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_LT(seconds, 10.0);
 }
 
 }  // namespace

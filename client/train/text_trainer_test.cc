@@ -1,0 +1,357 @@
+// Fine-tuning the tiny random BERT fixture on learnable text files: what it returns (the
+// base's tensors only, the head apart), that it learns, the schedule, gradient
+// accumulation, early stopping, and the errors a contributor can meet.
+#include "client/train/text_trainer.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "client/train/encoder.h"
+#include "client/train/testing/tiny_text.h"
+#include "common/dtype.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace coldfuse::train {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kFixture = std::string(COLDFUSE_ENCODER_FIXTURES) + "/bert";
+
+class TextTrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/text_trainer_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    absl::StatusOr<EncoderCheckpoint> ckpt = ReadEncoderCheckpoint(kFixture);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    base_ = ckpt->tensors;
+  }
+
+  TextModel Model(double dropout = 0.1) {
+    testing::WriteTinyTextModel(kFixture, dir_ + "/model", dropout);
+    absl::StatusOr<TextModel> m = TextModel::Open(dir_ + "/model");
+    EXPECT_TRUE(m.ok()) << m.status();
+    return *m;
+  }
+
+  TextDataset Data(const std::string& name, int rows, uint64_t seed, bool regression = false,
+                   const TextDataset* like = nullptr) {
+    const std::string path = absl::StrCat(dir_, "/", name, ".csv");
+    testing::WriteTinyTextCsv(path, rows, seed, regression);
+    TextDatasetOptions o;
+    o.regression = regression;
+    absl::StatusOr<TextDataset> d =
+        like == nullptr ? LoadTextDataset(path, o) : LoadTextDatasetLike(path, *like, o);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return *d;
+  }
+
+  static TextTrainOptions Fast() {
+    TextTrainOptions o;
+    o.learning_rate = 3e-3;  // a random tiny model learns these words quickly
+    o.batch_size = 16;
+    o.epochs = 6;
+    o.threads = 1;
+    o.max_seq_length = 32;
+    return o;
+  }
+
+  std::string dir_;
+  std::vector<HostTensor> base_;
+};
+
+const HostTensor* Find(const std::vector<HostTensor>& ts, const std::string& name) {
+  for (const auto& t : ts) {
+    if (t.spec.name() == name) return &t;
+  }
+  return nullptr;
+}
+
+TEST_F(TextTrainerTest, LearnsTheTaskAndReturnsTheBaseTensorsOnly) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 240, 1);
+  TextDataset test = Data("test", 120, 2, false, &train);
+  absl::StatusOr<TextFineTuneResult> r = FineTuneText(model, base_, {}, train, {}, test, Fast());
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << "accuracy " << r->before.accuracy << " -> " << r->after.accuracy << ", loss "
+            << r->loss_first << " -> " << r->loss_last << ", " << r->steps << " steps\n";
+  EXPECT_GE(r->after.accuracy, 0.9);
+  EXPECT_GT(r->after.macro_f1, 0.85);
+  EXPECT_LT(r->loss_last, 0.5 * r->loss_first);
+  EXPECT_EQ(r->steps, 6 * 15);  // 240 rows / 16 per step, 6 epochs
+  EXPECT_EQ(r->num_train_examples, 240);
+  EXPECT_EQ(r->device, "cpu");
+
+  // The body is the base's tensors, in order, names and dtypes; the encoder's changed,
+  // the pooler (not trained here) is passed through byte for byte.
+  ASSERT_EQ(r->body.size(), base_.size());
+  int changed = 0;
+  for (size_t i = 0; i < base_.size(); ++i) {
+    const HostTensor& b = base_[i];
+    const HostTensor& t = r->body[i];
+    EXPECT_EQ(t.spec.SerializeAsString(), b.spec.SerializeAsString()) << b.spec.name();
+    ASSERT_EQ(t.data.size(), b.data.size()) << b.spec.name();
+    const bool same = t.data == b.data;
+    if (b.spec.name().rfind("pooler.", 0) == 0) {
+      EXPECT_TRUE(same) << b.spec.name() << " is not trained and must pass through";
+    } else {
+      changed += same ? 0 : 1;
+    }
+  }
+  EXPECT_EQ(changed, static_cast<int>(base_.size()) - 2);  // all but pooler.dense.{weight,bias}
+  for (const auto& t : r->body) EXPECT_EQ(t.spec.name().find("classifier"), std::string::npos);
+  // The head stays local: two tensors, classes x hidden.
+  ASSERT_EQ(r->head.size(), 2u);
+  ASSERT_NE(Find(r->head, "classifier.weight"), nullptr);
+  EXPECT_EQ(Find(r->head, "classifier.weight")->spec.shape(0), 2);
+  EXPECT_EQ(Find(r->head, "classifier.weight")->spec.shape(1), 32);
+
+  // Starting again from the trained body with the kept head, the test score holds.
+  absl::StatusOr<TextFineTuneResult> again =
+      FineTuneText(model, r->body, r->head, train, {}, test, [] {
+        TextTrainOptions o = Fast();
+        o.steps = 1;
+        o.learning_rate = 1e-9;
+        return o;
+      }());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NEAR(again->before.accuracy, r->after.accuracy, 1e-9);
+}
+
+TEST_F(TextTrainerTest, SameSeedSameWeights) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 64, 3);
+  TextDataset test = Data("test", 16, 4, false, &train);
+  TextTrainOptions o = Fast();
+  o.epochs = 1;
+  auto a = FineTuneText(model, base_, {}, train, {}, test, o);
+  auto b = FineTuneText(model, base_, {}, train, {}, test, o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (size_t i = 0; i < a->body.size(); ++i) {
+    EXPECT_EQ(a->body[i].data, b->body[i].data) << a->body[i].spec.name();
+  }
+  o.seed = 2;
+  auto c = FineTuneText(model, base_, {}, train, {}, test, o);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(Find(c->body, "embeddings.word_embeddings.weight")->data,
+            Find(a->body, "embeddings.word_embeddings.weight")->data);
+}
+
+TEST_F(TextTrainerTest, RegressionReportsPearson) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 240, 5, true);
+  TextDataset test = Data("test", 120, 6, true, &train);
+  ASSERT_TRUE(train.label_ids.empty());
+  absl::StatusOr<TextFineTuneResult> r = FineTuneText(model, base_, {}, train, {}, test, Fast());
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << "pearson " << r->before.pearson << " -> " << r->after.pearson << "\n";
+  EXPECT_GT(r->after.pearson, 0.45);
+  EXPECT_GT(r->after.pearson, r->before.pearson + 0.3);
+  EXPECT_EQ(Find(r->head, "classifier.weight")->spec.shape(0), 1);
+}
+
+TEST_F(TextTrainerTest, WarmupThenLinearDecay) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 32, 7);
+  TextDataset test = Data("test", 8, 8, false, &train);
+  TextTrainOptions o = Fast();
+  o.steps = 10;
+  o.batch_size = 8;
+  o.learning_rate = 4e-5;
+  o.warmup_ratio = 0.2;
+  std::vector<double> lrs;
+  o.on_step = [&](const TextProgress& p) {
+    if (!p.dev_evaluated) lrs.push_back(p.learning_rate);
+    EXPECT_EQ(p.total, 10);
+  };
+  auto r = FineTuneText(model, base_, {}, train, {}, test, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, 10);  // 4 steps per pass: reshuffled passes until 10
+  ASSERT_EQ(lrs.size(), 10u);
+  const double want[] = {2e-5, 4e-5, 4e-5, 3.5e-5, 3e-5, 2.5e-5, 2e-5, 1.5e-5, 1e-5, 0.5e-5};
+  for (int i = 0; i < 10; ++i) EXPECT_NEAR(lrs[i], want[i], 1e-12) << "step " << i + 1;
+}
+
+TEST_F(TextTrainerTest, GradientAccumulationEqualsTheLargerBatch) {
+  TextModel model = Model(/*dropout=*/0.0);  // no dropout: both runs see the same function
+  TextDataset train = Data("train", 64, 9);
+  TextDataset test = Data("test", 8, 10, false, &train);
+  TextTrainOptions big = Fast();
+  big.epochs = 1;
+  big.batch_size = 32;
+  big.max_grad_norm = 0;
+  TextTrainOptions accumulated = big;
+  accumulated.batch_size = 8;
+  accumulated.grad_accumulation = 4;
+  auto a = FineTuneText(model, base_, {}, train, {}, test, big);
+  auto b = FineTuneText(model, base_, {}, train, {}, test, accumulated);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->steps, 2);
+  EXPECT_EQ(b->steps, 2);
+  double max_diff = 0;
+  for (size_t i = 0; i < a->body.size(); ++i) {
+    const float* x = reinterpret_cast<const float*>(a->body[i].data.data());
+    const float* y = reinterpret_cast<const float*>(b->body[i].data.data());
+    for (size_t j = 0; j < a->body[i].data.size() / 4; ++j) {
+      max_diff = std::max(max_diff, static_cast<double>(std::abs(x[j] - y[j])));
+    }
+  }
+  EXPECT_LT(max_diff, 1e-4);
+  // ...and the update itself is far larger than that difference.
+  const float* before = reinterpret_cast<const float*>(Find(base_, "embeddings.LayerNorm.bias")->data.data());
+  const float* after = reinterpret_cast<const float*>(Find(a->body, "embeddings.LayerNorm.bias")->data.data());
+  EXPECT_GT(std::abs(before[0] - after[0]), 1e-3);
+}
+
+TEST_F(TextTrainerTest, EarlyStoppingKeepsTheBestDevWeights) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 64, 11);
+  TextDataset dev = Data("dev", 32, 12, false, &train);
+  TextDataset test = Data("test", 16, 13, false, &train);
+  TextTrainOptions o = Fast();
+  o.batch_size = 8;
+  o.epochs = 5;
+  o.learning_rate = 1e-12;  // nothing improves after the first evaluation
+  o.eval_every = 2;
+  o.early_stopping_patience = 2;
+  int evaluations = 0;
+  o.on_step = [&](const TextProgress& p) { evaluations += p.dev_evaluated ? 1 : 0; };
+  auto r = FineTuneText(model, base_, {}, train, dev, test, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->has_dev);
+  EXPECT_TRUE(r->stopped_early);
+  EXPECT_EQ(evaluations, 3);  // the first sets the best, two more without gain stop it
+  EXPECT_EQ(r->steps, 6);
+  EXPECT_EQ(r->best_step, 2);
+
+  // With a real learning rate the dev score improves and training runs to the end.
+  o.learning_rate = 3e-3;
+  o.early_stopping_patience = 0;
+  auto full = FineTuneText(model, base_, {}, train, dev, test, o);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_FALSE(full->stopped_early);
+  EXPECT_EQ(full->steps, 40);
+  EXPECT_GE(full->best_dev, 0.75);
+}
+
+TEST_F(TextTrainerTest, HalfPrecisionBaseComesBackInItsDtype) {
+  TextModel model = Model();
+  std::vector<HostTensor> bf16;
+  for (const auto& t : base_) {
+    HostTensor h;
+    h.spec = t.spec;
+    h.spec.set_dtype(v1::BF16);
+    const size_t n = t.data.size() / 4;
+    h.data.resize(n * 2);
+    EncodeFromFloat(v1::BF16, reinterpret_cast<const float*>(t.data.data()), n, h.data.data());
+    bf16.push_back(std::move(h));
+  }
+  TextDataset train = Data("train", 32, 14);
+  TextDataset test = Data("test", 8, 15, false, &train);
+  TextTrainOptions o = Fast();
+  o.epochs = 1;
+  auto r = FineTuneText(model, bf16, {}, train, {}, test, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (size_t i = 0; i < bf16.size(); ++i) {
+    EXPECT_EQ(r->body[i].spec.dtype(), v1::BF16);
+    EXPECT_EQ(r->body[i].data.size(), bf16[i].data.size());
+  }
+}
+
+TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 32, 16);
+  TextDataset test = Data("test", 8, 17, false, &train);
+  auto run = [&](auto change) {
+    TextTrainOptions o = Fast();
+    o.epochs = 1;
+    std::vector<HostTensor> base = base_, head;
+    change(o, base, head);
+    return FineTuneText(model, base, head, train, {}, test, o).status();
+  };
+  absl::Status s = run([](TextTrainOptions& o, auto&, auto&) { o.max_seq_length = 65; });
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("[4, 64]"));
+  s = run([](TextTrainOptions& o, auto&, auto&) { o.warmup_ratio = 1; });
+  EXPECT_THAT(s.message(), HasSubstr("warmup"));
+  s = run([](TextTrainOptions& o, auto&, auto&) { o.grad_accumulation = 0; });
+  EXPECT_THAT(s.message(), HasSubstr("accumulation"));
+  s = run([](TextTrainOptions& o, auto&, auto&) { o.device = "tpu"; });
+  EXPECT_THAT(s.message(), HasSubstr("auto, cpu or cuda"));
+  // A base of another model: the tensor is named.
+  s = run([](TextTrainOptions&, std::vector<HostTensor>& base, auto&) {
+    base.erase(base.begin() + 3);
+  });
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("missing"));
+  // A kept head for a different label set.
+  s = run([](TextTrainOptions&, auto&, std::vector<HostTensor>& head) {
+    HostTensor w;
+    w.spec.set_name("classifier.weight");
+    w.spec.set_dtype(v1::F32);
+    w.spec.add_shape(3);
+    w.spec.add_shape(32);
+    w.data.resize(3 * 32 * 4);
+    head.push_back(w);
+  });
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("classifier.weight"));
+  if (!torch::cuda::is_available()) {
+    s = run([](TextTrainOptions& o, auto&, auto&) { o.device = "cuda"; });
+    EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  }
+  // One class only.
+  std::ofstream(dir_ + "/one.csv") << "text,label\ngood day,pos\nbad day,pos\n";
+  auto one = LoadTextDataset(dir_ + "/one.csv", {});
+  ASSERT_TRUE(one.ok());
+  s = FineTuneText(model, base_, {}, *one, {}, *one, Fast()).status();
+  EXPECT_THAT(s.message(), HasSubstr("at least two"));
+}
+
+TEST_F(TextTrainerTest, ModelFolderProblemsAreNamed) {
+  EXPECT_TRUE(absl::IsNotFound(TextModel::Open(dir_ + "/nothing").status()));
+  std::filesystem::create_directories(dir_ + "/no_tokenizer");
+  std::filesystem::copy_file(kFixture + "/config.json", dir_ + "/no_tokenizer/config.json");
+  absl::Status s = TextModel::Open(dir_ + "/no_tokenizer").status();
+  EXPECT_TRUE(absl::IsNotFound(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("vocab.txt"));
+  // A tokenizer whose ids do not fit the model's vocabulary.
+  testing::WriteTinyTextModel(kFixture, dir_ + "/big_vocab");
+  {
+    std::ofstream vocab(dir_ + "/big_vocab/vocab.txt");
+    for (int i = 0; i < 150; ++i) vocab << "w" << i << "\n";
+    vocab << "[UNK]\n[CLS]\n[SEP]\n[PAD]\n";
+  }
+  s = TextModel::Open(dir_ + "/big_vocab").status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("outside the model's vocabulary"));
+  // tokenizer_config.json's do_lower_case is honoured.
+  testing::WriteTinyTextModel(kFixture, dir_ + "/cased");
+  std::ofstream(dir_ + "/cased/tokenizer_config.json") << "{\"do_lower_case\": false}";
+  auto cased = TextModel::Open(dir_ + "/cased");
+  ASSERT_TRUE(cased.ok()) << cased.status();
+  TokenizeOptions t;
+  t.pad_to_max_length = false;
+  EXPECT_EQ(cased->tokenizer().Encode("Good", std::nullopt, t).input_ids[1], 1);  // [UNK]
+  testing::WriteTinyTextModel(kFixture, dir_ + "/uncased");
+  auto uncased = TextModel::Open(dir_ + "/uncased");
+  ASSERT_TRUE(uncased.ok());
+  EXPECT_EQ(uncased->tokenizer().Encode("Good", std::nullopt, t).input_ids[1], 5);  // "good"
+  EXPECT_THAT(uncased->Describe(), HasSubstr("bert: 2 layers, hidden 32"));
+}
+
+TEST(PearsonTest, KnownValues) {
+  EXPECT_NEAR(Pearson({1, 2, 3}, {2, 4, 6}), 1.0, 1e-12);
+  EXPECT_NEAR(Pearson({1, 2, 3}, {3, 2, 1}), -1.0, 1e-12);
+  EXPECT_EQ(Pearson({1, 1, 1}, {1, 2, 3}), 0);
+  EXPECT_NEAR(Pearson({1, 2, 3, 4}, {1, 3, 2, 4}), 0.8, 1e-12);
+}
+
+}  // namespace
+}  // namespace coldfuse::train
