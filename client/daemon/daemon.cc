@@ -16,11 +16,10 @@ bool IsRetryable(const absl::Status& s) {
 }
 
 Daemon::Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
-               train::Dataset train_data, train::Dataset test_data)
+               std::unique_ptr<LocalTask> task)
     : options_(std::move(options)),
       state_(std::move(state)),
-      train_(std::move(train_data)),
-      test_(std::move(test_data)),
+      task_(std::move(task)),
       channel_(std::move(channel)) {}
 
 void Daemon::Sleep(std::chrono::milliseconds d) {
@@ -101,12 +100,13 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   }
   if (pending.has_value()) RETURN_IF_ERROR(state_.DropPending());  // for an old round
 
+  // A model this task cannot train is a setup problem: say so before pulling gigabytes.
+  RETURN_IF_ERROR(task_->CheckModel(round.model_spec()));
   ASSIGN_OR_RETURN(CachedBase base, EnsureBase(round.base_version()));
   ASSIGN_OR_RETURN(std::vector<HostTensor> head, state_.LoadHead());
-  CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " on "
-               << train_.rows() << " examples";
-  auto result = train::FineTune(round.model_spec(), base.tensors, head, train_, test_,
-                                options_.train);
+  CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
+               << round.model_spec() << ")";
+  auto result = task_->Train(round.model_spec(), base.tensors, head, 0);
   if (!result.ok()) {
     if (!head.empty() && absl::IsInvalidArgument(result.status())) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -115,10 +115,7 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     }
     return result.status();
   }
-  CF_LOG(INFO) << absl::StrFormat(
-      "round %d: %d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f", round.round(),
-      result->steps, result->loss_first, result->loss_last, result->accuracy_before,
-      result->accuracy_after);
+  CF_LOG(INFO) << "round " << round.round() << ": " << result->summary;
   RETURN_IF_ERROR(state_.SaveHead(result->head));
 
   Contribution c;
@@ -126,13 +123,9 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   c.header.set_base_version(base.version);
   c.header.set_contributor(options_.contributor);
   c.header.set_task(options_.task);
-  c.header.set_num_examples(static_cast<uint64_t>(result->num_train_examples));
+  c.header.set_num_examples(result->num_examples);
   auto& metrics = *c.header.mutable_metrics();
-  metrics["accuracy_before"] = result->accuracy_before;
-  metrics["accuracy_after"] = result->accuracy_after;
-  metrics["macro_f1_after"] = result->macro_f1_after;
-  metrics["train_loss_first"] = result->loss_first;
-  metrics["train_loss_last"] = result->loss_last;
+  for (const auto& [name, value] : result->metrics) metrics[name] = value;
   *c.header.mutable_manifest() = ManifestOf(result->body);
   // Resumable: kept with the pending contribution, so a push broken off (or a daemon
   // restarted) continues where the server stopped instead of resending.

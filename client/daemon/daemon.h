@@ -12,8 +12,7 @@
 #include "absl/status/status.h"
 #include "client/daemon/state.h"
 #include "common/rpc/client.h"
-#include "client/train/dataset.h"
-#include "client/train/trainer.h"
+#include "client/daemon/task.h"
 
 namespace coldfuse::daemon {
 
@@ -25,7 +24,6 @@ struct DaemonOptions {
   std::string task;
   // State folder (base cache, head, pending upload). Required.
   std::string state_dir;
-  train::TrainOptions train;
   // Stop after contributing to this many rounds; 0 = run until stopped. Default: 0.
   int max_rounds = 0;
   // How often to ask for a new round while waiting. Default: 1 s.
@@ -40,7 +38,7 @@ class Daemon {
  public:
   // `channel` carries TLS and the contributor's token (rpc::Connect).
   Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
-         train::Dataset train_data, train::Dataset test_data);
+         std::unique_ptr<LocalTask> task);
 
   // Runs until max_rounds contributions are acknowledged, Stop() is called, or an error
   // that retrying cannot fix (bad data, a rejected contribution, a corrupt state folder).
@@ -57,8 +55,7 @@ class Daemon {
 
   DaemonOptions options_;
   StateDir state_;
-  train::Dataset train_;
-  train::Dataset test_;
+  std::unique_ptr<LocalTask> task_;
   std::shared_ptr<grpc::Channel> channel_;
   std::atomic<bool> stop_{false};
 };

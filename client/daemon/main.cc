@@ -11,7 +11,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "client/daemon/daemon.h"
+#include "absl/strings/str_split.h"
+#include "client/daemon/task.h"
 #include "client/train/dataset.h"
+#include "client/train/text_dataset.h"
+#include "client/train/text_trainer.h"
 #include "client/train/trainer.h"
 #include "common/logging.h"
 #include "common/rpc/client.h"
@@ -21,12 +25,38 @@ ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)"
 ABSL_FLAG(std::string, name, "", "Contributor name shown in status (required for the daemon)");
 ABSL_FLAG(std::string, task, "", "Task name reported with each contribution");
 ABSL_FLAG(std::string, state_dir, "", "State folder: base cache, head, pending upload (required)");
-ABSL_FLAG(std::string, train, "", "Training CSV (header row; integer class column)");
-ABSL_FLAG(std::string, test, "", "Held-out CSV, scored before and after fine-tuning");
-ABSL_FLAG(std::string, label_column, "label", "Name of the class column");
-ABSL_FLAG(int, epochs, 5, "Training epochs per round (when --steps is 0)");
+ABSL_FLAG(std::string, train, "",
+          "Training data: a numeric CSV (MLP models), or with --model a CSV, TSV or JSONL "
+          "file of labelled texts");
+ABSL_FLAG(std::string, test, "", "Held-out data, scored before and after fine-tuning");
+ABSL_FLAG(std::string, dev, "",
+          "--model: optional dev split, evaluated during training; the best weights are kept "
+          "(and --early_stopping_patience can stop early)");
+ABSL_FLAG(std::string, label_column, "label", "Name of the label column (JSONL: key)");
+ABSL_FLAG(std::string, model, "",
+          "Hugging Face model folder (config.json and tokenizer.json, vocab.txt or "
+          "vocab.json+merges.txt) of the server's checkpoint base: fine-tune that encoder on "
+          "texts; its weights come from the server");
+ABSL_FLAG(std::string, text_column, "text", "--model: column (JSONL: key) of the text");
+ABSL_FLAG(std::string, text_pair_column, "",
+          "--model: column of a second text (NLI, paraphrase pairs); empty: single texts");
+ABSL_FLAG(bool, regression, false,
+          "--model: labels are numbers (STS-B-like); report Pearson instead of accuracy");
+ABSL_FLAG(std::string, labels, "",
+          "--model: comma-separated label set in id order (default: the train file's "
+          "labels, sorted); keep it the same across rounds and contributors of a task");
+ABSL_FLAG(int, max_seq_length, 128, "--model: tokens per text (pair), truncating longer ones");
+ABSL_FLAG(double, warmup_ratio, 0, "--model: fraction of steps warming the learning rate up");
+ABSL_FLAG(int, grad_accumulation, 1, "--model: batches summed per optimizer step");
+ABSL_FLAG(double, max_grad_norm, 1.0, "--model: clip the gradient norm (0: off)");
+ABSL_FLAG(int64_t, eval_every, 0, "--model with --dev: steps between dev evaluations (0: per epoch)");
+ABSL_FLAG(int, early_stopping_patience, 0,
+          "--model with --dev: stop after this many dev evaluations without gain (0: never)");
+ABSL_FLAG(std::string, device, "auto", "--model: auto (CUDA when present), cpu or cuda");
+ABSL_FLAG(bool, bf16, true, "--model on CUDA: bf16 autocast for forward passes");
+ABSL_FLAG(int, epochs, 0, "Training epochs per round when --steps is 0 (0: 5, or 3 with --model)");
 ABSL_FLAG(int64_t, steps, 0, "If > 0: optimizer steps per round instead of epochs");
-ABSL_FLAG(double, lr, 1e-3, "AdamW learning rate");
+ABSL_FLAG(double, lr, 0, "Peak AdamW learning rate (0: 1e-3, or 5e-5 with --model)");
 ABSL_FLAG(double, weight_decay, 0.01, "AdamW weight decay");
 ABSL_FLAG(int, batch_size, 32, "Batch size");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for shuffling and head initialisation");
@@ -50,16 +80,19 @@ ABSL_FLAG(std::string, token_file, "",
 namespace coldfuse {
 namespace {
 
-constexpr char kUsage[] = R"(coldfuse-client --name=NAME --state_dir=DIR --train=train.csv --test=test.csv [--server=HOST:PORT]
+constexpr char kUsage[] = R"(coldfuse-client --name=NAME --state_dir=DIR --train=FILE --test=FILE [--server=HOST:PORT]
     runs the contributor daemon: pull base, fine-tune locally, push, repeat.
-coldfuse-client --probe --train=train.csv --test=test.csv [--probe_examples=100]
+    MLP bases: numeric CSV files. Checkpoint bases (transformer encoders): add
+    --model=HF_MODEL_DIR and give CSV/TSV/JSONL files of labelled texts
+    (--text_column, --text_pair_column, --label_column, --dev for early stopping).
+coldfuse-client --probe --train=FILE --test=FILE [--model=DIR] [--probe_examples=100]
     scores the current base as a starting point for a task; uploads nothing.)";
 
 train::TrainOptions TrainOptionsFromFlags() {
   train::TrainOptions t;
-  t.epochs = absl::GetFlag(FLAGS_epochs);
+  if (absl::GetFlag(FLAGS_epochs) > 0) t.epochs = absl::GetFlag(FLAGS_epochs);
   t.steps = absl::GetFlag(FLAGS_steps);
-  t.learning_rate = absl::GetFlag(FLAGS_lr);
+  if (absl::GetFlag(FLAGS_lr) > 0) t.learning_rate = absl::GetFlag(FLAGS_lr);
   t.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   t.batch_size = absl::GetFlag(FLAGS_batch_size);
   t.seed = absl::GetFlag(FLAGS_seed);
@@ -67,21 +100,68 @@ train::TrainOptions TrainOptionsFromFlags() {
   return t;
 }
 
-struct Data {
-  train::Dataset train;
-  train::Dataset test;
-};
+train::TextTrainOptions TextTrainOptionsFromFlags() {
+  train::TextTrainOptions t;
+  if (absl::GetFlag(FLAGS_epochs) > 0) t.epochs = absl::GetFlag(FLAGS_epochs);
+  t.steps = absl::GetFlag(FLAGS_steps);
+  if (absl::GetFlag(FLAGS_lr) > 0) t.learning_rate = absl::GetFlag(FLAGS_lr);
+  t.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  t.warmup_ratio = absl::GetFlag(FLAGS_warmup_ratio);
+  t.batch_size = absl::GetFlag(FLAGS_batch_size);
+  t.grad_accumulation = absl::GetFlag(FLAGS_grad_accumulation);
+  t.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  t.max_seq_length = absl::GetFlag(FLAGS_max_seq_length);
+  t.eval_every = absl::GetFlag(FLAGS_eval_every);
+  t.early_stopping_patience = absl::GetFlag(FLAGS_early_stopping_patience);
+  t.seed = absl::GetFlag(FLAGS_seed);
+  t.threads = absl::GetFlag(FLAGS_threads);
+  t.device = absl::GetFlag(FLAGS_device);
+  t.bf16 = absl::GetFlag(FLAGS_bf16);
+  return t;
+}
 
-absl::StatusOr<Data> LoadData() {
+absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadMlpTask() {
   std::string train_path = absl::GetFlag(FLAGS_train), test_path = absl::GetFlag(FLAGS_test);
-  if (train_path.empty() || test_path.empty()) {
-    return absl::InvalidArgumentError("both --train and --test CSV files are required");
+  train::Dataset train, test;
+  ASSIGN_OR_RETURN(train, train::LoadCsvDataset(train_path, absl::GetFlag(FLAGS_label_column)));
+  ASSIGN_OR_RETURN(test, train::LoadCsvDataset(test_path, absl::GetFlag(FLAGS_label_column)));
+  RETURN_IF_ERROR(train::CheckCompatible(train, test, test_path));
+  return daemon::NewMlpTask(std::move(train), std::move(test), TrainOptionsFromFlags());
+}
+
+// Everything is read and checked here, before any connection: a contributor learns about
+// a bad row or a wrong model folder at once, and nothing is uploaded from a failed run.
+absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTextTask() {
+  ASSIGN_OR_RETURN(train::TextModel model, train::TextModel::Open(absl::GetFlag(FLAGS_model)));
+  train::TextDatasetOptions o;
+  o.text_column = absl::GetFlag(FLAGS_text_column);
+  o.text_pair_column = absl::GetFlag(FLAGS_text_pair_column);
+  o.label_column = absl::GetFlag(FLAGS_label_column);
+  o.regression = absl::GetFlag(FLAGS_regression);
+  if (!absl::GetFlag(FLAGS_labels).empty()) {
+    o.labels = absl::StrSplit(absl::GetFlag(FLAGS_labels), ',');
   }
-  Data d;
-  ASSIGN_OR_RETURN(d.train, train::LoadCsvDataset(train_path, absl::GetFlag(FLAGS_label_column)));
-  ASSIGN_OR_RETURN(d.test, train::LoadCsvDataset(test_path, absl::GetFlag(FLAGS_label_column)));
-  RETURN_IF_ERROR(train::CheckCompatible(d.train, d.test, test_path));
-  return d;
+  train::TextDataset train, dev, test;
+  ASSIGN_OR_RETURN(train, train::LoadTextDataset(absl::GetFlag(FLAGS_train), o));
+  ASSIGN_OR_RETURN(test, train::LoadTextDatasetLike(absl::GetFlag(FLAGS_test), train, o));
+  if (!absl::GetFlag(FLAGS_dev).empty()) {
+    ASSIGN_OR_RETURN(dev, train::LoadTextDatasetLike(absl::GetFlag(FLAGS_dev), train, o));
+  }
+  return daemon::NewTextTask(std::move(model), std::move(train), std::move(dev),
+                             std::move(test), TextTrainOptionsFromFlags());
+}
+
+absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTask() {
+  if (absl::GetFlag(FLAGS_train).empty() || absl::GetFlag(FLAGS_test).empty()) {
+    return absl::InvalidArgumentError("both --train and --test files are required");
+  }
+  if (absl::GetFlag(FLAGS_model).empty()) {
+    if (!absl::GetFlag(FLAGS_dev).empty()) {
+      return absl::InvalidArgumentError("--dev is for text tasks: give --model as well");
+    }
+    return LoadMlpTask();
+  }
+  return LoadTextTask();
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
@@ -93,20 +173,21 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
 }
 
 absl::Status Probe() {
-  ASSIGN_OR_RETURN(Data data, LoadData());
+  ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
   std::optional<uint64_t> version;
   if (absl::GetFlag(FLAGS_base_version) >= 0) version = absl::GetFlag(FLAGS_base_version);
   ASSIGN_OR_RETURN(rpc::PulledBase base, rpc::PullBase(channel, version));
-  train::TrainOptions options = TrainOptionsFromFlags();
-  options.max_train_examples = absl::GetFlag(FLAGS_probe_examples);
-  ASSIGN_OR_RETURN(train::FineTuneResult r,
-                   train::FineTune(base.model_spec, base.tensors, {}, data.train, data.test,
-                                   options));
-  std::cout << absl::StrFormat(
-      "{\"base_version\": %d, \"train_examples\": %d, \"accuracy\": %.6f, \"macro_f1\": "
-      "%.6f}\n",
-      base.version, r.num_train_examples, r.accuracy_after, r.macro_f1_after);
+  ASSIGN_OR_RETURN(daemon::TaskResult r, task->Train(base.model_spec, base.tensors, {},
+                                                     absl::GetFlag(FLAGS_probe_examples)));
+  std::string json = absl::StrFormat("{\"base_version\": %d, \"train_examples\": %d",
+                                     base.version, r.num_examples);
+  for (const auto& [name, value] : r.metrics) {
+    if (absl::EndsWith(name, "_after")) {
+      absl::StrAppendFormat(&json, ", \"%s\": %.6f", name.substr(0, name.size() - 6), value);
+    }
+  }
+  std::cout << json << "}\n";
   return absl::OkStatus();
 }
 
@@ -117,7 +198,6 @@ absl::Status RunDaemon() {
   options.contributor = absl::GetFlag(FLAGS_name);
   options.task = absl::GetFlag(FLAGS_task);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
-  options.train = TrainOptionsFromFlags();
   options.max_rounds = absl::GetFlag(FLAGS_max_rounds);
   options.poll_interval =
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_poll_s) * 1000));
@@ -128,15 +208,13 @@ absl::Status RunDaemon() {
     return absl::InvalidArgumentError(
         "--state_dir is required: a folder for the head and the resumable state");
   }
-  ASSIGN_OR_RETURN(Data data, LoadData());
+  ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(daemon::StateDir state, daemon::StateDir::Open(options.state_dir));
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
-  CF_LOG(INFO) << "contributor " << options.contributor << ": " << data.train.rows()
-               << " training and " << data.test.rows() << " test examples, "
-               << data.train.num_classes << " classes; server " << absl::GetFlag(FLAGS_server)
+  CF_LOG(INFO) << "contributor " << options.contributor << ": " << task->Describe()
+               << "; server " << absl::GetFlag(FLAGS_server)
                << (absl::GetFlag(FLAGS_tls_ca).empty() ? " (plaintext)" : " (TLS)");
-  daemon::Daemon d(std::move(options), std::move(channel), std::move(state),
-                   std::move(data.train), std::move(data.test));
+  daemon::Daemon d(std::move(options), std::move(channel), std::move(state), std::move(task));
   g_daemon = &d;
   return d.Run();
 }

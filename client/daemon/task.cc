@@ -1,0 +1,168 @@
+#include "client/daemon/task.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace coldfuse::daemon {
+namespace {
+
+constexpr absl::string_view kCheckpointPrefix = "checkpoint:";
+
+class MlpTask : public LocalTask {
+ public:
+  MlpTask(train::Dataset train, train::Dataset test, train::TrainOptions options)
+      : train_(std::move(train)), test_(std::move(test)), options_(options) {}
+
+  std::string Describe() const override {
+    return absl::StrCat(train_.rows(), " training and ", test_.rows(), " test rows, ",
+                        train_.num_classes, " classes");
+  }
+
+  absl::Status CheckModel(absl::string_view model_spec) const override {
+    if (absl::StartsWith(model_spec, kCheckpointPrefix)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the server's model is ", model_spec, ", a transformer checkpoint: start "
+          "coldfuse-client with --model=DIR (that checkpoint's folder, for config.json and "
+          "the tokenizer) and labelled text files"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
+                                   const std::vector<HostTensor>& base,
+                                   const std::vector<HostTensor>& head,
+                                   int64_t max_train_examples) override {
+    RETURN_IF_ERROR(CheckModel(model_spec));
+    train::TrainOptions options = options_;
+    if (max_train_examples > 0) options.max_train_examples = max_train_examples;
+    ASSIGN_OR_RETURN(train::FineTuneResult r,
+                     train::FineTune(model_spec, base, head, train_, test_, options));
+    TaskResult out;
+    out.body = std::move(r.body);
+    out.head = std::move(r.head);
+    out.num_examples = static_cast<uint64_t>(r.num_train_examples);
+    out.metrics = {{"accuracy_before", r.accuracy_before},
+                   {"accuracy_after", r.accuracy_after},
+                   {"macro_f1_before", r.macro_f1_before},
+                   {"macro_f1_after", r.macro_f1_after},
+                   {"train_loss_first", r.loss_first},
+                   {"train_loss_last", r.loss_last}};
+    out.summary = absl::StrFormat("%d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f",
+                                  r.steps, r.loss_first, r.loss_last, r.accuracy_before,
+                                  r.accuracy_after);
+    return out;
+  }
+
+ private:
+  train::Dataset train_, test_;
+  train::TrainOptions options_;
+};
+
+class TextTask : public LocalTask {
+ public:
+  TextTask(train::TextModel model, train::TextDataset train, train::TextDataset dev,
+           train::TextDataset test, train::TextTrainOptions options)
+      : model_(std::move(model)),
+        train_(std::move(train)),
+        dev_(std::move(dev)),
+        test_(std::move(test)),
+        options_(std::move(options)) {}
+
+  std::string Describe() const override {
+    std::string what = train_.label_ids.empty()
+                           ? std::string("regression")
+                           : absl::StrCat(train_.label_names.size(), " classes");
+    return absl::StrCat(train_.rows(), " training, ", dev_.rows(), " dev and ", test_.rows(),
+                        " test texts", train_.text_pairs.empty() ? "" : " (pairs)", ", ",
+                        what, "; model ", model_.Describe());
+  }
+
+  absl::Status CheckModel(absl::string_view model_spec) const override {
+    if (!absl::StartsWith(model_spec, kCheckpointPrefix)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the server's model is ", model_spec, ", not a transformer checkpoint: --model "
+          "and text data are for servers initialised with `coldfusectl init --from=CHECKPOINT`"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
+                                   const std::vector<HostTensor>& base,
+                                   const std::vector<HostTensor>& head,
+                                   int64_t max_train_examples) override {
+    RETURN_IF_ERROR(CheckModel(model_spec));
+    train::TextTrainOptions options = options_;
+    if (max_train_examples > 0) options.max_train_examples = max_train_examples;
+    // Progress for a contributor watching the log: about every 10% and at most every
+    // 30 s, plus every dev evaluation.
+    auto last_log = std::chrono::steady_clock::now();
+    options.on_step = [&last_log](const train::TextProgress& p) {
+      const auto now = std::chrono::steady_clock::now();
+      const int64_t tenth = std::max<int64_t>(1, p.total / 10);
+      if (p.dev_evaluated) {
+        CF_LOG(INFO) << absl::StrFormat("step %d/%d: dev score %.4f", p.step, p.total,
+                                        p.dev_score);
+      } else if (p.step % tenth == 0 || now - last_log > std::chrono::seconds(30)) {
+        CF_LOG(INFO) << absl::StrFormat("step %d/%d: loss %.4f, learning rate %.3g", p.step,
+                                        p.total, p.loss, p.learning_rate);
+        last_log = now;
+      }
+    };
+    ASSIGN_OR_RETURN(train::TextFineTuneResult r,
+                     train::FineTuneText(model_, base, head, train_, dev_, test_, options));
+    TaskResult out;
+    out.body = std::move(r.body);
+    out.head = std::move(r.head);
+    out.num_examples = static_cast<uint64_t>(r.num_train_examples);
+    const bool regression = train_.label_ids.empty();
+    if (regression) {
+      out.metrics = {{"pearson_before", r.before.pearson}, {"pearson_after", r.after.pearson}};
+    } else {
+      out.metrics = {{"accuracy_before", r.before.accuracy},
+                     {"accuracy_after", r.after.accuracy},
+                     {"macro_f1_before", r.before.macro_f1},
+                     {"macro_f1_after", r.after.macro_f1}};
+    }
+    out.metrics["train_loss_first"] = r.loss_first;
+    out.metrics["train_loss_last"] = r.loss_last;
+    out.metrics["steps"] = static_cast<double>(r.steps);
+    out.metrics["steps_per_second"] = r.steps_per_second;
+    if (r.has_dev) out.metrics["dev_best"] = r.best_dev;
+    out.summary = absl::StrFormat(
+        "%d steps on %s (%.2f steps/s)%s, loss %.4f -> %.4f, test %s %.4f -> %.4f%s", r.steps,
+        r.device, r.steps_per_second, r.stopped_early ? ", stopped early" : "", r.loss_first,
+        r.loss_last, regression ? "Pearson" : "accuracy",
+        regression ? r.before.pearson : r.before.accuracy,
+        regression ? r.after.pearson : r.after.accuracy,
+        regression ? "" : absl::StrFormat(", macro-F1 %.4f -> %.4f", r.before.macro_f1,
+                                          r.after.macro_f1));
+    return out;
+  }
+
+ private:
+  train::TextModel model_;
+  train::TextDataset train_, dev_, test_;
+  train::TextTrainOptions options_;
+};
+
+}  // namespace
+
+std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,
+                                      train::TrainOptions options) {
+  return std::make_unique<MlpTask>(std::move(train), std::move(test), options);
+}
+
+std::unique_ptr<LocalTask> NewTextTask(train::TextModel model, train::TextDataset train,
+                                       train::TextDataset dev, train::TextDataset test,
+                                       train::TextTrainOptions options) {
+  return std::make_unique<TextTask>(std::move(model), std::move(train), std::move(dev),
+                                    std::move(test), std::move(options));
+}
+
+}  // namespace coldfuse::daemon

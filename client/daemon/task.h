@@ -1,0 +1,67 @@
+// What a contributor trains: its local data and model-specific fine-tuning, behind one
+// interface so the daemon loop (pull, train, push, resume) is the same for every model.
+//   MLP tasks:  numeric CSV data, bases whose model spec is "mlp:...".
+//   Text tasks: labelled texts and a local Hugging Face model folder (config.json and the
+//               tokenizer), bases seeded from a checkpoint ("checkpoint:...").
+// A task is used by one thread at a time.
+#ifndef COLDFUSE_CLIENT_DAEMON_TASK_H_
+#define COLDFUSE_CLIENT_DAEMON_TASK_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/train/dataset.h"
+#include "client/train/text_dataset.h"
+#include "client/train/text_trainer.h"
+#include "client/train/trainer.h"
+#include "common/tensor.h"
+
+namespace coldfuse::daemon {
+
+struct TaskResult {
+  std::vector<HostTensor> body;  // shared: the base's manifest exactly
+  std::vector<HostTensor> head;  // local only
+  uint64_t num_examples = 0;     // training rows used (the fusion weight)
+  // Reported with the contribution and shown by `coldfusectl round N`: accuracy_before,
+  // accuracy_after, macro_f1_before, macro_f1_after (classification) or pearson_before,
+  // pearson_after (regression), train_loss_first, train_loss_last, and for text tasks
+  // steps, steps_per_second and (with a dev split) dev_best.
+  std::map<std::string, double> metrics;
+  std::string summary;  // one log line: steps, loss, test score before -> after
+};
+
+class LocalTask {
+ public:
+  virtual ~LocalTask() = default;
+  // For the startup log, e.g. "1437 training and 360 test rows, 10 classes".
+  virtual std::string Describe() const = 0;
+  // OK when this task can train a base of `model_spec`; else INVALID_ARGUMENT saying how
+  // to start the client for that model.
+  virtual absl::Status CheckModel(absl::string_view model_spec) const = 0;
+  // Fine-tunes `base` (with the kept `head`, or a fresh one when empty) and scores the
+  // test split before and after. `max_train_examples` > 0 limits the training rows
+  // (few-shot probes). Errors as the trainers': INVALID_ARGUMENT for a head that does not
+  // fit, bad data or options.
+  virtual absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
+                                           const std::vector<HostTensor>& base,
+                                           const std::vector<HostTensor>& head,
+                                           int64_t max_train_examples) = 0;
+};
+
+std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,
+                                      train::TrainOptions options);
+
+// `dev` may have no rows (no early stopping or best-weights selection).
+std::unique_ptr<LocalTask> NewTextTask(train::TextModel model, train::TextDataset train,
+                                       train::TextDataset dev, train::TextDataset test,
+                                       train::TextTrainOptions options);
+
+}  // namespace coldfuse::daemon
+
+#endif  // COLDFUSE_CLIENT_DAEMON_TASK_H_
