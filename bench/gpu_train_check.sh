@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Builds client/train against the CUDA LibTorch of a GPU machine's PyTorch and runs the
-# trainer's tests there, so the CUDA path ("device chosen once") actually runs. For the
-# lent GPU machines, which have PyTorch/CUDA but not Debian's -dev packages: the .debs
-# it needs are unpacked from .gpu-deps/ (fetch them here with `apt-get download
-# libprotobuf-dev libprotobuf32 protobuf-compiler libprotoc32 libabsl-dev libabsl20220623
-# libssl-dev libssl3 libgtest-dev libgmock-dev googletest` into .gpu-deps/).
-# Usage: OUT=/some/dir bench/gpu_train_check.sh
+# trainers' tests and the text fine-tuning benchmark there, so the CUDA path ("device
+# chosen once", bf16 autocast) actually runs. For the lent GPU machines, which have
+# PyTorch/CUDA but not Debian's -dev packages: the .debs it needs are unpacked from
+# .gpu-deps/ (fetch them here with `apt-get download libprotobuf-dev libprotobuf32
+# protobuf-compiler libprotoc32 libabsl-dev libabsl20220623 libssl-dev libssl3
+# libgtest-dev libgmock-dev googletest` into .gpu-deps/).
+# MODEL_DIR: a MiniLM folder for the benchmark; without model.safetensors (too large to
+# carry) the benchmark uses random weights of the same shape, which trains at the same
+# speed: `mkdir -p models/minilm-noweights && cp models/all-MiniLM-L6-v2/{config.json,
+# vocab.txt,tokenizer.json,tokenizer_config.json} models/minilm-noweights/`.
+# Usage: OUT=/some/dir MODEL_DIR=models/minilm-noweights bench/gpu_train_check.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-check}
+MODEL_DIR=${MODEL_DIR:-models/minilm-noweights}
+STEPS=${STEPS:-60}
 mkdir -p "$OUT"
 D=/tmp/cfdeps
 mkdir -p "$D"
@@ -25,7 +32,24 @@ cmake -S . -B /tmp/cfbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOLDFUSE_TRAIN_
   -DProtobuf_PROTOC_EXECUTABLE="$D/usr/bin/protoc" -DProtobuf_INCLUDE_DIR="$D/usr/include" \
   -DProtobuf_LIBRARY="$D/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
   -DOPENSSL_ROOT_DIR="$D/usr" >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
-cmake --build /tmp/cfbuild -j"$(nproc)" --target train_test >"$OUT/build.log" 2>&1 ||
+cmake --build /tmp/cfbuild -j"$(nproc)" \
+  --target train_test encoder_test text_trainer_test text_train_speed >"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; exit 1; }
-# Every trainer test, on the GPU (the trainer picks CUDA when torch sees one).
-/tmp/cfbuild/client/train/train_test 2>&1 | tee "$OUT/train_test.log" | tail -40
+# Every trainer test; the trainers pick CUDA when torch sees one (the text trainer's
+# CUDA test runs only here).
+for t in train_test encoder_test text_trainer_test; do
+  /tmp/cfbuild/client/train/$t 2>&1 | tee "$OUT/$t.log" | tail -4
+done
+grep -h "cuda:0" "$OUT/text_trainer_test.log" || true
+# MiniLM-L6 size, batch 32, sequence 128: bf16 autocast, then F32.
+for bf16 in 1 0; do
+  /tmp/cfbuild/bench/text_train_speed --model="$MODEL_DIR" --device=cuda --bf16=$bf16 \
+    --warmup=5 --steps="$STEPS" | tee -a "$OUT/text_train_speed.jsonl"
+done
+# The same model and batch in PyTorch on the same GPU, if the helper script is there.
+if [ -f bench/train_speed.py ] && grep -q -- "--device" bench/train_speed.py; then
+  for bf16 in 1 0; do
+    python3 bench/train_speed.py --device cuda --bf16 $bf16 --warmup 5 --steps "$STEPS" --json \
+      2>&1 | tail -1 | tee -a "$OUT/train_speed_python.jsonl" || true
+  done
+fi

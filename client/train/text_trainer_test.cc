@@ -59,6 +59,7 @@ class TextTrainerTest : public ::testing::Test {
     o.epochs = 6;
     o.threads = 1;
     o.max_seq_length = 32;
+    o.device = "cpu";  // bit-for-bit comparisons; CudaBf16 below covers the GPU
     return o;
   }
 
@@ -302,7 +303,7 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   });
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("classifier.weight"));
-  if (!torch::cuda::is_available()) {
+  if (!torch::cuda::is_available()) {  // asking for CUDA where there is none
     s = run([](TextTrainOptions& o, auto&, auto&) { o.device = "cuda"; });
     EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
   }
@@ -344,6 +345,29 @@ TEST_F(TextTrainerTest, ModelFolderProblemsAreNamed) {
   ASSERT_TRUE(uncased.ok());
   EXPECT_EQ(uncased->tokenizer().Encode("Good", std::nullopt, t).input_ids[1], 5);  // "good"
   EXPECT_THAT(uncased->Describe(), HasSubstr("bert: 2 layers, hidden 32"));
+}
+
+// Runs where LibTorch sees a GPU (bench/gpu_train_check.sh on a lent machine); skipped here.
+TEST_F(TextTrainerTest, CudaWithBf16AutocastLearnsTheTask) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  TextModel model = Model();
+  TextDataset train = Data("train", 240, 1);
+  TextDataset dev = Data("dev", 64, 18, false, &train);
+  TextDataset test = Data("test", 120, 2, false, &train);
+  TextTrainOptions o = Fast();
+  o.device = "auto";
+  absl::StatusOr<TextFineTuneResult> r = FineTuneText(model, base_, {}, train, dev, test, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::cout << r->device << ": accuracy " << r->before.accuracy << " -> " << r->after.accuracy
+            << ", loss " << r->loss_first << " -> " << r->loss_last << ", "
+            << r->steps_per_second << " steps/s\n";
+  EXPECT_EQ(r->device, "cuda:0 (bf16 autocast)");
+  EXPECT_GE(r->after.accuracy, 0.85);
+  EXPECT_LT(r->loss_last, 0.5 * r->loss_first);
+  // The body still comes back in the base's F32, on the host.
+  for (size_t i = 0; i < base_.size(); ++i) {
+    EXPECT_EQ(r->body[i].spec.dtype(), base_[i].spec.dtype());
+  }
 }
 
 TEST(PearsonTest, KnownValues) {
