@@ -219,7 +219,11 @@ torch::Tensor EncoderEmbeddingsImpl::forward(const torch::Tensor &input_ids,
                     .unsqueeze(0)
                     .expand_as(input_ids);
   }
-  TORCH_CHECK(seq == 0 || positions.max().item<int64_t>() < config.max_position_embeddings,
+  // Positions never exceed seq - 1 (BERT) or pad_token_id + seq (RoBERTa): check the shape
+  // when that settles it, so a forward pass on a GPU does not wait for the device.
+  const int64_t bound = config.kind == EncoderKind::kRoberta ? config.pad_token_id + seq : seq - 1;
+  TORCH_CHECK(seq == 0 || bound < config.max_position_embeddings ||
+                  positions.max().item<int64_t>() < config.max_position_embeddings,
               "sequence of length ", seq, " is longer than the position table (",
               config.max_position_embeddings, " entries) allows");
   torch::Tensor x = word_embeddings->forward(input_ids) +

@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
+#include "client/train/adamw.h"
 #include "client/train/encoder.h"
 #include "client/train/metrics.h"
 #include "common/dtype.h"
@@ -225,10 +226,12 @@ Batch MakeBatch(const Encoded& data, const std::vector<int64_t>& rows, size_t be
   torch::Tensor labels;
   if (!data.labels.empty()) {
     labels = torch::empty({b}, torch::kLong);
-    for (size_t i = begin; i < end; ++i) labels[i - begin] = data.labels[rows[i]];
+    int64_t* out = labels.data_ptr<int64_t>();
+    for (size_t i = begin; i < end; ++i) out[i - begin] = data.labels[rows[i]];
   } else {
     labels = torch::empty({b}, torch::kFloat);
-    for (size_t i = begin; i < end; ++i) labels[i - begin] = data.targets[rows[i]];
+    float* out = labels.data_ptr<float>();
+    for (size_t i = begin; i < end; ++i) out[i - begin] = data.targets[rows[i]];
   }
   const bool cuda = device.is_cuda();
   batch.ids = ids.to(device, /*non_blocking=*/cuda);
@@ -443,20 +446,14 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   result.before = Score(model, test, num_labels, pad, o.batch_size, device);
 
   // AdamW with decoupled decay on every weight matrix; none on biases and LayerNorm.
-  std::vector<torch::Tensor> decay, no_decay;
+  ForeachAdamW::Group decay{{}, o.weight_decay}, no_decay{{}, 0.0};
   auto sort_param = [&](const std::string& name, const torch::Tensor& p) {
     const bool exempt = absl::EndsWith(name, "bias") || name.find("LayerNorm") != std::string::npos;
-    (exempt ? no_decay : decay).push_back(p);
+    (exempt ? no_decay : decay).params.push_back(p);
   };
   for (const auto& item : model.encoder->named_parameters(true)) sort_param(item.key(), item.value());
   for (const auto& item : model.head->named_parameters(true)) sort_param(item.key(), item.value());
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(o.learning_rate)
-                                     .weight_decay(o.weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                    torch::optim::AdamWOptions(o.learning_rate).weight_decay(0)));
-  torch::optim::AdamW optimizer(std::move(groups));
+  ForeachAdamW optimizer({decay, no_decay});
   std::vector<torch::Tensor> params = model.Parameters();
 
   const int64_t n = train.rows();
@@ -511,10 +508,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
     for (int64_t micro = 0; micro < micro_per_epoch && step < total && !stop;) {
       const auto start = std::chrono::steady_clock::now();
       const int64_t group = std::min<int64_t>(o.grad_accumulation, micro_per_epoch - micro);
-      for (auto& pg : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(pg.options()).lr(lr_at(step));
-      }
-      optimizer.zero_grad();
+      optimizer.ZeroGrad();
       double loss_sum = 0;
       for (int64_t g = 0; g < group; ++g, ++micro) {
         const size_t begin = static_cast<size_t>(micro * o.batch_size);
@@ -524,8 +518,8 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
         loss.backward();
         loss_sum += loss.item<double>();
       }
-      if (o.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm);
-      optimizer.step();
+      if (o.max_grad_norm > 0) ClipGradNorm(params, o.max_grad_norm);
+      optimizer.Step(lr_at(step));
       if (!std::isfinite(loss_sum)) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "the training loss became %f at step %d: lower the learning rate (now %g)",

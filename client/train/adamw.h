@@ -1,0 +1,46 @@
+// AdamW and gradient-norm clipping over lists of tensors with LibTorch's multi-tensor
+// ("foreach") kernels: the same arithmetic as torch::optim::AdamW and
+// torch::nn::utils::clip_grad_norm_, but a few kernel launches per parameter group instead
+// of several per parameter, and no device-to-host copy (what PyTorch's Python optimizers
+// do by default on CUDA). PRIVATE to client/train (it pulls in LibTorch). Not thread-safe.
+#ifndef COLDFUSE_CLIENT_TRAIN_ADAMW_H_
+#define COLDFUSE_CLIENT_TRAIN_ADAMW_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace coldfuse::train {
+
+class ForeachAdamW {
+ public:
+  struct Group {
+    std::vector<torch::Tensor> params;
+    double weight_decay = 0;  // decoupled: p -= lr * weight_decay * p
+  };
+  explicit ForeachAdamW(std::vector<Group> groups, double beta1 = 0.9, double beta2 = 0.999,
+                        double eps = 1e-8);
+
+  // Drops every gradient (PyTorch's zero_grad(set_to_none=True)).
+  void ZeroGrad();
+  // One update with learning rate `lr` of every parameter that has a gradient.
+  void Step(double lr);
+
+ private:
+  struct State {
+    torch::Tensor exp_avg, exp_avg_sq;
+    int64_t step = 0;
+  };
+  std::vector<Group> groups_;
+  std::vector<std::vector<State>> state_;  // per group, per parameter
+  double beta1_, beta2_, eps_;
+};
+
+// Scales the gradients of `params` so their global L2 norm is at most `max_norm` (as
+// clip_grad_norm_, with its 1e-6 guard), on the device, without waiting for it.
+void ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+}  // namespace coldfuse::train
+
+#endif  // COLDFUSE_CLIENT_TRAIN_ADAMW_H_
