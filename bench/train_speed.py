@@ -212,6 +212,9 @@ def main():
     ap.add_argument("--sdpa-mask", action="store_true",
                     help="with --sdpa, pass the additive mask even when it is all ones")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", type=int, default=1,
+                    help="on cuda: forward passes under bf16 autocast (1) or F32 (0)")
     ap.add_argument("--json", action="store_true", help="print one JSON line at the end")
     ap.add_argument("--append", metavar="FILE", help="append the run to the JSON list in FILE")
     ap.add_argument("--note", default="", help="free text stored with --append")
@@ -226,7 +229,9 @@ def main():
         print(f"torch {torch.__version__} has no F.scaled_dot_product_attention: "
               "using explicit attention", file=sys.stderr)
 
-    model = BertClassifier(MINILM_L6, use_sdpa=use_sdpa, sdpa_keep_mask=args.sdpa_mask)
+    device = torch.device(args.device)
+    autocast = device.type == "cuda" and bool(args.bf16)
+    model = BertClassifier(MINILM_L6, use_sdpa=use_sdpa, sdpa_keep_mask=args.sdpa_mask).to(device)
     model.train()
     nparams = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
@@ -235,8 +240,9 @@ def main():
     batches = []
     for _ in range(4):
         ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=g)
-        batches.append((ids, torch.ones_like(ids), torch.zeros_like(ids),
-                        torch.randint(0, 2, (args.batch,), generator=g)))
+        batches.append(tuple(t.to(device) for t in (
+            ids, torch.ones_like(ids), torch.zeros_like(ids),
+            torch.randint(0, 2, (args.batch,), generator=g))))
 
     if args.verbose:
         print(f"torch {torch.__version__} ({torch.__file__})")
@@ -246,7 +252,9 @@ def main():
 
     def step(i):
         ids, mask, tt, labels = batches[i % len(batches)]
-        loss = F.cross_entropy(model(ids, mask, tt), labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(ids, mask, tt)
+        loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -281,6 +289,7 @@ def main():
         "blas": blas_info(),
         "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
+        "device": args.device + (" (bf16 autocast)" if autocast else ""),
         "batch": args.batch,
         "seq": args.seq,
         "warmup": args.warmup,
