@@ -252,7 +252,10 @@ def main():
 
     def step(i):
         ids, mask, tt, labels = batches[i % len(batches)]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        if autocast:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(ids, mask, tt)
+        else:
             logits = model(ids, mask, tt)
         loss = F.cross_entropy(logits.float(), labels)
         loss.backward()

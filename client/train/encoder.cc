@@ -239,18 +239,20 @@ SelfAttentionImpl::SelfAttentionImpl(const EncoderConfig &c) : num_heads(c.num_a
   dropout = register_module("dropout", torch::nn::Dropout(c.attention_probs_dropout_prob));
 }
 
-torch::Tensor SelfAttentionImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias) {
-  const int64_t batch = x.size(0), seq = x.size(1), hidden = x.size(2);
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                                         const torch::Tensor &queries) {
+  const torch::Tensor &xq = queries.defined() ? queries : x;
+  const int64_t batch = x.size(0), hidden = x.size(2);
   const int64_t head_dim = hidden / num_heads;
   auto heads = [&](const torch::Tensor &t) {
-    return t.view({batch, seq, num_heads, head_dim}).permute({0, 2, 1, 3});
+    return t.view({batch, t.size(1), num_heads, head_dim}).permute({0, 2, 1, 3});
   };
-  torch::Tensor q = heads(query->forward(x));
+  torch::Tensor q = heads(query->forward(xq));
   torch::Tensor k = heads(key->forward(x));
   torch::Tensor v = heads(value->forward(x));
   torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(double(head_dim));
   torch::Tensor probs = dropout->forward(torch::softmax(scores + mask_bias, -1));
-  return torch::matmul(probs, v).permute({0, 2, 1, 3}).reshape({batch, seq, hidden});
+  return torch::matmul(probs, v).permute({0, 2, 1, 3}).reshape({batch, xq.size(1), hidden});
 }
 
 DenseResidualNormImpl::DenseResidualNormImpl(int64_t in, int64_t out, const EncoderConfig &c) {
@@ -269,8 +271,9 @@ AttentionImpl::AttentionImpl(const EncoderConfig &c) {
   output = register_module("output", DenseResidualNorm(c.hidden_size, c.hidden_size, c));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias) {
-  return output->forward(self->forward(x, mask_bias), x);
+torch::Tensor AttentionImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                                     const torch::Tensor &queries) {
+  return output->forward(self->forward(x, mask_bias, queries), queries.defined() ? queries : x);
 }
 
 EncoderLayerImpl::EncoderLayerImpl(const EncoderConfig &c) : act(c.hidden_act) {
@@ -281,8 +284,9 @@ EncoderLayerImpl::EncoderLayerImpl(const EncoderConfig &c) : act(c.hidden_act) {
   output = register_module("output", DenseResidualNorm(c.intermediate_size, c.hidden_size, c));
 }
 
-torch::Tensor EncoderLayerImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias) {
-  torch::Tensor a = attention->forward(x, mask_bias);
+torch::Tensor EncoderLayerImpl::forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                                        const torch::Tensor &queries) {
+  torch::Tensor a = attention->forward(x, mask_bias, queries);
   return output->forward(Activate(act, intermediate_dense->forward(a)), a);
 }
 
@@ -293,9 +297,31 @@ EncoderImpl::EncoderImpl(const EncoderConfig &c) : config(c) {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layer->push_back(EncoderLayer(c));
 }
 
+namespace {
+
+// As transformers' get_extended_attention_mask: 0 where attended, the dtype's lowest
+// value where masked, broadcast over heads and query positions.
+torch::Tensor MaskBias(const torch::Tensor &mask, torch::ScalarType dtype) {
+  return (1.0 - mask.to(dtype)).view({mask.size(0), 1, 1, mask.size(1)}) *
+         std::numeric_limits<float>::lowest();
+}
+
+}  // namespace
+
 torch::Tensor EncoderImpl::forward(const torch::Tensor &input_ids,
                                    const torch::Tensor &token_type_ids,
                                    const torch::Tensor &attention_mask) {
+  return Run(input_ids, token_type_ids, attention_mask, /*pooled_only=*/false);
+}
+
+torch::Tensor EncoderImpl::ForwardPooled(const torch::Tensor &input_ids,
+                                         const torch::Tensor &token_type_ids,
+                                         const torch::Tensor &attention_mask) {
+  return Run(input_ids, token_type_ids, attention_mask, /*pooled_only=*/true).select(1, 0);
+}
+
+torch::Tensor EncoderImpl::Run(const torch::Tensor &input_ids, const torch::Tensor &token_type_ids,
+                               const torch::Tensor &attention_mask, bool pooled_only) {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq], got ", input_ids.sizes());
   torch::Tensor types =
       token_type_ids.defined() ? token_type_ids : torch::zeros_like(input_ids, torch::kLong);
@@ -303,11 +329,16 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor &input_ids,
   TORCH_CHECK(types.sizes() == input_ids.sizes() && mask.sizes() == input_ids.sizes(),
               "token_type_ids and attention_mask must have input_ids' shape ", input_ids.sizes());
   torch::Tensor x = embeddings->forward(input_ids, types);
-  // As transformers' get_extended_attention_mask: 0 where attended, the dtype's
-  // lowest value where masked, broadcast over heads and query positions.
-  torch::Tensor mask_bias = (1.0 - mask.to(x.dtype())).view({mask.size(0), 1, 1, mask.size(1)}) *
-                            std::numeric_limits<float>::lowest();
-  for (const auto &l : *layer) x = l->as<EncoderLayerImpl>()->forward(x, mask_bias);
+  torch::Tensor mask_bias = MaskBias(mask, x.scalar_type());
+  const size_t last = layer->size() - 1;
+  for (size_t i = 0; i < layer->size(); ++i) {
+    auto *l = (*layer)[i]->as<EncoderLayerImpl>();
+    if (pooled_only && i == last) {
+      x = l->forward(x, mask_bias, x.narrow(1, 0, 1));  // [batch, 1, hidden]
+    } else {
+      x = l->forward(x, mask_bias);
+    }
+  }
   return x;
 }
 

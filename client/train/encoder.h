@@ -91,7 +91,10 @@ TORCH_MODULE(EncoderEmbeddings);
 struct SelfAttentionImpl : torch::nn::Module {
   explicit SelfAttentionImpl(const EncoderConfig &config);
   // x: [batch, seq, hidden]; mask_bias: [batch, 1, 1, seq] added to the scores.
-  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias);
+  // `queries` (default: x) are the positions that attend: [batch, q, hidden] -> output
+  // [batch, q, hidden]; keys and values always come from x.
+  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                        const torch::Tensor &queries = {});
 
   int64_t num_heads;
   torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
@@ -113,7 +116,8 @@ TORCH_MODULE(DenseResidualNorm);
 
 struct AttentionImpl : torch::nn::Module {
   explicit AttentionImpl(const EncoderConfig &config);
-  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias);
+  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                        const torch::Tensor &queries = {});
 
   SelfAttention self{nullptr};
   DenseResidualNorm output{nullptr};
@@ -122,7 +126,9 @@ TORCH_MODULE(Attention);
 
 struct EncoderLayerImpl : torch::nn::Module {
   explicit EncoderLayerImpl(const EncoderConfig &config);
-  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias);
+  // `queries` as SelfAttentionImpl's: the output covers only those positions.
+  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &mask_bias,
+                        const torch::Tensor &queries = {});
 
   Activation act;
   Attention attention{nullptr};
@@ -149,10 +155,21 @@ struct EncoderImpl : torch::nn::Module {
   // dense layer.
   static torch::Tensor Pooled(const torch::Tensor &last_hidden_state);
 
+  // Pooled(forward(...)), computing the last layer for the first position only: its
+  // other positions' outputs feed nothing, so their query, attention output and
+  // feed-forward work (about 5/6 of a layer) is skipped, in the forward and the backward
+  // pass. Equal to Pooled(forward(...)) up to float rounding (tested).
+  torch::Tensor ForwardPooled(const torch::Tensor &input_ids, const torch::Tensor &token_type_ids = {},
+                              const torch::Tensor &attention_mask = {});
+
   EncoderConfig config;
   EncoderEmbeddings embeddings{nullptr};
   std::shared_ptr<torch::nn::Module> encoder;  // holds "encoder.layer"
   torch::nn::ModuleList layer{nullptr};
+
+ private:
+  torch::Tensor Run(const torch::Tensor &input_ids, const torch::Tensor &token_type_ids,
+                    const torch::Tensor &attention_mask, bool pooled_only);
 };
 TORCH_MODULE(Encoder);
 

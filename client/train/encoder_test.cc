@@ -117,6 +117,49 @@ TEST(EncoderTest, RobertaMatchesTransformers) {
   EXPECT_LT(diff, 1e-4);
 }
 
+// ForwardPooled skips the last layer's work for every position but the first: the
+// first token's state must be the one the full pass gives (transformers' too), with
+// padding, for both architectures; and its gradients must match as well.
+TEST(EncoderTest, ForwardPooledEqualsThePooledFullPass) {
+  for (const std::string model : {"bert", "roberta"}) {
+    Loaded l = Load(model);
+    ASSERT_FALSE(l.encoder.is_empty());
+    JsonValue inputs = ReadJson(kFixtures + "/" + model + "/inputs.json");
+    JsonValue expected = ReadJson(kFixtures + "/" + model + "/expected.json");
+    for (size_t i = 0; i < inputs.Find("batches")->array.size(); ++i) {
+      const JsonValue &b = inputs.Find("batches")->array[i];
+      torch::Tensor ids = ToTensor(*b.Find("input_ids"), torch::kLong);
+      torch::Tensor types = ToTensor(*b.Find("token_type_ids"), torch::kLong);
+      torch::Tensor mask = ToTensor(*b.Find("attention_mask"), torch::kLong);
+      torch::Tensor full = EncoderImpl::Pooled(l.encoder->forward(ids, types, mask));
+      torch::Tensor pooled = l.encoder->ForwardPooled(ids, types, mask);
+      torch::Tensor want = EncoderImpl::Pooled(ToTensor(
+          *expected.Find("batches")->array[i].Find("last_hidden_state"), torch::kFloat32));
+      ASSERT_EQ(pooled.sizes(), full.sizes());
+      EXPECT_LT((pooled - full).abs().max().item<double>(), 1e-5) << model << " batch " << i;
+      EXPECT_LT((pooled - want).abs().max().item<double>(), 1e-4) << model << " batch " << i;
+      // Same gradients for every parameter (eval mode: no dropout).
+      auto grads = [&](bool pooled_only) {
+        for (auto &p : l.encoder->parameters()) p.mutable_grad() = torch::Tensor();
+        torch::Tensor out = pooled_only ? l.encoder->ForwardPooled(ids, types, mask)
+                                        : EncoderImpl::Pooled(l.encoder->forward(ids, types, mask));
+        (out * out).sum().backward();
+        std::vector<torch::Tensor> g;
+        for (auto &p : l.encoder->parameters()) {
+          g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+        }
+        return g;
+      };
+      std::vector<torch::Tensor> a = grads(false), c = grads(true);
+      double worst = 0;
+      for (size_t k = 0; k < a.size(); ++k) {
+        worst = std::max(worst, (a[k] - c[k]).abs().max().item<double>());
+      }
+      EXPECT_LT(worst, 1e-4) << model << " batch " << i;
+    }
+  }
+}
+
 // The exported tensors are exactly the checkpoint's encoder tensors (the
 // fixtures are F32): bert/ has no prefix (plus a pooler), roberta/ has
 // "roberta." (plus a classifier).

@@ -249,7 +249,7 @@ struct Model {
 
   torch::Tensor Forward(const Batch& b) {
     CudaBf16Autocast guard(autocast);
-    torch::Tensor hidden = EncoderImpl::Pooled(encoder->forward(b.ids, b.types, b.mask));
+    torch::Tensor hidden = encoder->ForwardPooled(b.ids, b.types, b.mask);
     torch::Tensor out = head->forward(hidden).to(torch::kFloat);
     return regression ? out.squeeze(-1) : out;
   }

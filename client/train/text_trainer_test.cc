@@ -195,19 +195,26 @@ TEST_F(TextTrainerTest, GradientAccumulationEqualsTheLargerBatch) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->steps, 2);
   EXPECT_EQ(b->steps, 2);
-  double max_diff = 0;
+  // Adam divides by the gradients' root mean square, so parameters whose gradients are
+  // rounding noise move by up to a step either way: compare the mean difference against
+  // the mean update, and bound the largest by a fraction of one step (lr 3e-3).
+  double max_diff = 0, sum_diff = 0, sum_update = 0, n = 0;
   for (size_t i = 0; i < a->body.size(); ++i) {
     const float* x = reinterpret_cast<const float*>(a->body[i].data.data());
     const float* y = reinterpret_cast<const float*>(b->body[i].data.data());
+    const float* z = reinterpret_cast<const float*>(base_[i].data.data());
     for (size_t j = 0; j < a->body[i].data.size() / 4; ++j) {
       max_diff = std::max(max_diff, static_cast<double>(std::abs(x[j] - y[j])));
+      sum_diff += std::abs(x[j] - y[j]);
+      sum_update += std::abs(x[j] - z[j]);
+      n += 1;
     }
   }
-  EXPECT_LT(max_diff, 1e-4);
-  // ...and the update itself is far larger than that difference.
-  const float* before = reinterpret_cast<const float*>(Find(base_, "embeddings.LayerNorm.bias")->data.data());
-  const float* after = reinterpret_cast<const float*>(Find(a->body, "embeddings.LayerNorm.bias")->data.data());
-  EXPECT_GT(std::abs(before[0] - after[0]), 1e-3);
+  std::cout << "mean update " << sum_update / n << ", mean difference " << sum_diff / n
+            << ", largest difference " << max_diff << "\n";
+  EXPECT_LT(max_diff, 0.25 * 3e-3);
+  EXPECT_LT(sum_diff, 1e-3 * sum_update);
+  EXPECT_GT(sum_update / n, 1e-4);  // the update itself is real
 }
 
 TEST_F(TextTrainerTest, EarlyStoppingKeepsTheBestDevWeights) {
