@@ -10,7 +10,7 @@
 # carry) the benchmark uses random weights of the same shape, which trains at the same
 # speed: `mkdir -p models/minilm-noweights && cp models/all-MiniLM-L6-v2/{config.json,
 # vocab.txt,tokenizer.json,tokenizer_config.json} models/minilm-noweights/`.
-# Usage: OUT=/some/dir MODEL_DIR=models/minilm-noweights bench/gpu_train_check.sh
+# Usage: OUT=/some/dir MODEL_DIR=models/minilm-noweights [TORCH_MODE=wheel] bench/gpu_train_check.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 MODEL_DIR=${MODEL_DIR:-models/minilm-noweights}
@@ -27,8 +27,14 @@ TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 "cxx11abi", torch.compiled_with_cxx11_abi(), "gpu", torch.cuda.is_available())'
   g++ --version | head -1
 } 2>&1 | tee "$OUT/machine.txt"
+# TORCH_MODE=cmake: the wheel's CMake config (find_package, needs a CUDA toolkit);
+# TORCH_MODE=wheel: COLDFUSE_TORCH_ROOT + COLDFUSE_TORCH_CUDA (the wheel's libraries only).
+TORCH_MODE=${TORCH_MODE:-cmake}
+TORCH_ROOT=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+EXTRA=()
+[ "$TORCH_MODE" = wheel ] && EXTRA=(-DCOLDFUSE_TORCH_ROOT="$TORCH_ROOT" -DCOLDFUSE_TORCH_CUDA=ON)
 cmake -S . -B /tmp/cfbuild -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOLDFUSE_TRAIN_ONLY=ON \
-  -DCMAKE_PREFIX_PATH="$D/usr;$TORCH_PREFIX" \
+  "${EXTRA[@]}" -DCMAKE_PREFIX_PATH="$D/usr;$TORCH_PREFIX" \
   -DProtobuf_PROTOC_EXECUTABLE="$D/usr/bin/protoc" -DProtobuf_INCLUDE_DIR="$D/usr/include" \
   -DProtobuf_LIBRARY="$D/usr/lib/x86_64-linux-gnu/libprotobuf.so" \
   -DOPENSSL_ROOT_DIR="$D/usr" >"$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }

@@ -4,6 +4,14 @@
 
 #include <cmath>
 
+// One kernel for the whole update (PyTorch's AdamW(fused=True)) where LibTorch has it on
+// both CPU and CUDA.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define COLDFUSE_FUSED_ADAMW 1
+#else
+#define COLDFUSE_FUSED_ADAMW 0
+#endif
+
 namespace coldfuse::train {
 
 ForeachAdamW::ForeachAdamW(std::vector<Group> groups, double beta1, double beta2, double eps)
@@ -21,7 +29,7 @@ void ForeachAdamW::Step(double lr) {
   torch::NoGradGuard no_grad;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     Group& group = groups_[gi];
-    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, step_tensors;
     std::vector<at::Scalar> denom_scale, step_size;
     for (size_t i = 0; i < group.params.size(); ++i) {
       torch::Tensor& p = group.params[i];
@@ -30,6 +38,7 @@ void ForeachAdamW::Step(double lr) {
       if (!s.exp_avg.defined()) {
         s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
         s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+        s.step_tensor = torch::zeros({}, p.options().dtype(torch::kFloat32));
       }
       ++s.step;
       const double bias1 = 1 - std::pow(beta1_, static_cast<double>(s.step));
@@ -38,10 +47,18 @@ void ForeachAdamW::Step(double lr) {
       grads.push_back(p.grad());
       exp_avgs.push_back(s.exp_avg);
       exp_avg_sqs.push_back(s.exp_avg_sq);
+      step_tensors.push_back(s.step_tensor);
       denom_scale.emplace_back(1.0 / std::sqrt(bias2));
       step_size.emplace_back(-lr / bias1);
     }
     if (params.empty()) continue;
+#if COLDFUSE_FUSED_ADAMW
+    at::_foreach_add_(step_tensors, 1);  // the kernel reads the step count, as Python's AdamW
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, step_tensors,
+                      lr, beta1_, beta2_, group.weight_decay, eps_, /*amsgrad=*/false,
+                      /*maximize=*/false);
+    continue;
+#endif
     if (group.weight_decay != 0) at::_foreach_mul_(params, 1 - lr * group.weight_decay);
     at::_foreach_mul_(exp_avgs, beta1_);
     at::_foreach_add_(exp_avgs, grads, 1 - beta1_);

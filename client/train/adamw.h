@@ -1,5 +1,5 @@
-// AdamW and gradient-norm clipping over lists of tensors with LibTorch's multi-tensor
-// ("foreach") kernels: the same arithmetic as torch::optim::AdamW and
+// AdamW and gradient-norm clipping over lists of tensors with LibTorch's fused AdamW
+// kernel (LibTorch >= 2.4, CPU and CUDA) or its multi-tensor ("foreach") kernels: the same arithmetic as torch::optim::AdamW and
 // torch::nn::utils::clip_grad_norm_, but a few kernel launches per parameter group instead
 // of several per parameter, and no device-to-host copy (what PyTorch's Python optimizers
 // do by default on CUDA). PRIVATE to client/train (it pulls in LibTorch). Not thread-safe.
@@ -30,6 +30,7 @@ class ForeachAdamW {
  private:
   struct State {
     torch::Tensor exp_avg, exp_avg_sq;
+    torch::Tensor step_tensor;  // the fused kernel's step count (LibTorch >= 2.4)
     int64_t step = 0;
   };
   std::vector<Group> groups_;
