@@ -60,6 +60,10 @@ int main(int argc, char** argv) {
   const int seq = static_cast<int>(IntArg(argc, argv, "seq", 128));
   const int64_t warmup = IntArg(argc, argv, "warmup", 3);
   const int64_t steps = IntArg(argc, argv, "steps", 20);
+  if (warmup < 1 || steps < 1) {
+    std::cerr << "--warmup and --steps must be >= 1\n";
+    return 2;
+  }
   const std::string device = Arg(argc, argv, "device", "cpu");
   const bool bf16 = Arg(argc, argv, "bf16", "1") != "0";
 

@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <signal.h>
+#include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/train/testing/tiny_text.h"
@@ -200,6 +203,35 @@ TEST_F(TextEndToEndTest, BadTextDataIsNamedBeforeAnythingIsSent) {
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_THAT(run.output, HasSubstr("has no tokenizer"));
   EXPECT_EQ(server->Rounds().at(0).contributions_size(), 0);
+}
+
+// A daemon asked to stop in the middle of a long round stops at the next step (not after
+// the round), cleanly, and sends nothing; started again, it trains the round anew.
+TEST_F(TextEndToEndTest, SigtermStopsTrainingMidRound) {
+  auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                     {"--min_contributions=1"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_EQ(Ctl(*server, {"init", "--from=" + model_dir_}).exit_code, 0);
+  auto args = ClientArgs(*server, "erin", false, 6);
+  args.push_back("--steps=1000000");  // hours of training
+  const std::string log = dir_.path() + "/client-erin.log";
+  auto client = Process::Start(args, log);
+  bool training = false;
+  for (int i = 0; i < 600 && !training; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    training = text.str().find("fine-tuning base v0") != std::string::npos;
+  }
+  ASSERT_TRUE(training) << "the client never started training; see " << log;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  client->Signal(SIGTERM);
+  auto code = client->Wait(seconds(30));
+  ASSERT_TRUE(code.has_value()) << "SIGTERM did not stop training";
+  EXPECT_EQ(*code, 0);
+  EXPECT_EQ(server->Rounds().at(0).contributions_size(), 0);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-erin/pending.header"));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
@@ -56,6 +57,7 @@ absl::Status Daemon::Run() {
       }
     }
     if (!st.ok()) {
+      if (stop_) break;  // e.g. training cancelled by Stop(): state stays resumable
       if (!IsRetryable(st)) return st;
       std::string problem(st.message());
       if (problem != last_problem) {  // say it once, not every retry
@@ -106,9 +108,12 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   ASSIGN_OR_RETURN(std::vector<HostTensor> head, state_.LoadHead());
   CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
                << round.model_spec() << ")";
-  auto result = task_->Train(round.model_spec(), base.tensors, head, 0);
+  auto result = task_->Train(round.model_spec(), base.tensors, head, 0, &stop_);
   if (!result.ok()) {
-    if (!head.empty() && absl::IsInvalidArgument(result.status())) {
+    // Only a head that does not fit is the head's fault (both trainers' messages say
+    // "head"); other problems keep their own message.
+    if (!head.empty() && absl::IsInvalidArgument(result.status()) &&
+        absl::StrContains(result.status().message(), "head")) {
       return absl::InvalidArgumentError(absl::StrCat(
           result.status().message(), " (the head in ", state_.dir(),
           "/head.ctf does not fit this model or data; delete it to start a new head)"));

@@ -1,6 +1,10 @@
 // coldfuse-client: the contributor daemon (default), or a one-off probe that scores how
 // good a starting point the current base is for a task (--probe).
 #include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
 
 #include <cstdio>
 #include <iostream>
@@ -155,6 +159,13 @@ absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTask() {
   if (absl::GetFlag(FLAGS_train).empty() || absl::GetFlag(FLAGS_test).empty()) {
     return absl::InvalidArgumentError("both --train and --test files are required");
   }
+  // 0 means "the model's default"; a negative value is a typo, not a default.
+  if (absl::GetFlag(FLAGS_epochs) < 0) {
+    return absl::InvalidArgumentError("--epochs must be > 0 (or 0 for the default)");
+  }
+  if (absl::GetFlag(FLAGS_lr) < 0) {
+    return absl::InvalidArgumentError("--lr must be > 0 (or 0 for the default)");
+  }
   if (absl::GetFlag(FLAGS_model).empty()) {
     if (!absl::GetFlag(FLAGS_dev).empty()) {
       return absl::InvalidArgumentError("--dev is for text tasks: give --model as well");
@@ -191,7 +202,18 @@ absl::Status Probe() {
   return absl::OkStatus();
 }
 
-daemon::Daemon* g_daemon = nullptr;
+std::atomic<daemon::Daemon*> g_daemon{nullptr};
+volatile std::sig_atomic_t g_signal = 0;
+
+// Async-signal-safe: an atomic store (Daemon::Stop) or _exit.
+void OnStopSignal(int sig) {
+  g_signal = sig;
+  if (daemon::Daemon* d = g_daemon.load()) {
+    d->Stop();
+  } else {
+    _exit(0);  // still loading data: nothing to save
+  }
+}
 
 absl::Status RunDaemon() {
   daemon::DaemonOptions options;
@@ -216,7 +238,10 @@ absl::Status RunDaemon() {
                << (absl::GetFlag(FLAGS_tls_ca).empty() ? " (plaintext)" : " (TLS)");
   daemon::Daemon d(std::move(options), std::move(channel), std::move(state), std::move(task));
   g_daemon = &d;
-  return d.Run();
+  absl::Status st = d.Run();
+  g_daemon = nullptr;
+  if (g_signal != 0) CF_LOG(INFO) << "signal " << g_signal << ": stopped; the state folder is resumable";
+  return st;
 }
 
 }  // namespace
@@ -226,19 +251,14 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(coldfuse::kUsage);
   absl::ParseCommandLine(argc, argv);
   if (!absl::GetFlag(FLAGS_probe)) {
-    // SIGINT/SIGTERM: finish the current step, then exit cleanly (state stays resumable).
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    std::thread([signals] {
-      int sig = 0;
-      sigwait(&signals, &sig);
-      CF_LOG(INFO) << "signal " << sig << ": stopping after the current step";
-      if (coldfuse::g_daemon != nullptr) coldfuse::g_daemon->Stop();
-      else std::_Exit(0);
-    }).detach();
+    // SIGINT/SIGTERM: stop at the next training step, then exit cleanly (the state folder
+    // stays resumable). A handler rather than sigwait: libraries start threads before main
+    // (OpenBLAS's pool), and a signal delivered to one of those would kill the process.
+    struct sigaction action = {};
+    action.sa_handler = coldfuse::OnStopSignal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
   }
   absl::Status st = absl::GetFlag(FLAGS_probe) ? coldfuse::Probe() : coldfuse::RunDaemon();
   if (!st.ok()) {

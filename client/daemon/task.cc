@@ -37,7 +37,8 @@ class MlpTask : public LocalTask {
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
                                    const std::vector<HostTensor>& head,
-                                   int64_t max_train_examples) override {
+                                   int64_t max_train_examples,
+                                   const std::atomic<bool>* /*stop*/) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TrainOptions options = options_;
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
@@ -95,9 +96,11 @@ class TextTask : public LocalTask {
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
                                    const std::vector<HostTensor>& head,
-                                   int64_t max_train_examples) override {
+                                   int64_t max_train_examples,
+                                   const std::atomic<bool>* stop) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TextTrainOptions options = options_;
+    if (stop != nullptr) options.should_stop = [stop] { return stop->load(); };
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
     // Progress for a contributor watching the log: about every 10% and at most every
     // 30 s, plus every dev evaluation.
@@ -158,9 +161,12 @@ std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,
   return std::make_unique<MlpTask>(std::move(train), std::move(test), options);
 }
 
-std::unique_ptr<LocalTask> NewTextTask(train::TextModel model, train::TextDataset train,
-                                       train::TextDataset dev, train::TextDataset test,
-                                       train::TextTrainOptions options) {
+absl::StatusOr<std::unique_ptr<LocalTask>> NewTextTask(train::TextModel model,
+                                                       train::TextDataset train,
+                                                       train::TextDataset dev,
+                                                       train::TextDataset test,
+                                                       train::TextTrainOptions options) {
+  RETURN_IF_ERROR(train::ValidateTextOptions(model, options));
   return std::make_unique<TextTask>(std::move(model), std::move(train), std::move(dev),
                                     std::move(test), std::move(options));
 }

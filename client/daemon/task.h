@@ -7,6 +7,7 @@
 #ifndef COLDFUSE_CLIENT_DAEMON_TASK_H_
 #define COLDFUSE_CLIENT_DAEMON_TASK_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -46,19 +47,23 @@ class LocalTask {
   virtual absl::Status CheckModel(absl::string_view model_spec) const = 0;
   // Fine-tunes `base` (with the kept `head`, or a fresh one when empty) and scores the
   // test split before and after. `max_train_examples` > 0 limits the training rows
-  // (few-shot probes). Errors as the trainers': INVALID_ARGUMENT for a head that does not
-  // fit, bad data or options.
+  // (few-shot probes). `stop`, if given, is polled between steps (text tasks; an MLP round
+  // takes seconds): CANCELLED once it is set. Errors as the trainers': INVALID_ARGUMENT
+  // for a head that does not fit (the message names the head), bad data or options.
   virtual absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                            const std::vector<HostTensor>& base,
                                            const std::vector<HostTensor>& head,
-                                           int64_t max_train_examples) = 0;
+                                           int64_t max_train_examples,
+                                           const std::atomic<bool>* stop = nullptr) = 0;
 };
 
 std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,
                                       train::TrainOptions options);
 
-// `dev` may have no rows (no early stopping or best-weights selection).
-std::unique_ptr<LocalTask> NewTextTask(train::TextModel model, train::TextDataset train,
+// `dev` may have no rows (no early stopping or best-weights selection). INVALID_ARGUMENT
+// for options the model cannot train with (ValidateTextOptions), so a daemon finds out at
+// start-up, not each round.
+absl::StatusOr<std::unique_ptr<LocalTask>> NewTextTask(train::TextModel model, train::TextDataset train,
                                        train::TextDataset dev, train::TextDataset test,
                                        train::TextTrainOptions options);
 

@@ -14,8 +14,12 @@
 
 namespace coldfuse::train {
 
-ForeachAdamW::ForeachAdamW(std::vector<Group> groups, double beta1, double beta2, double eps)
-    : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps) {
+bool ForeachAdamW::FusedAvailable() { return COLDFUSE_FUSED_ADAMW != 0; }
+
+ForeachAdamW::ForeachAdamW(std::vector<Group> groups, double beta1, double beta2, double eps,
+                           bool fused)
+    : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps),
+      fused_(fused && FusedAvailable()) {
   for (const Group& g : groups_) state_.emplace_back(g.params.size());
 }
 
@@ -53,11 +57,13 @@ void ForeachAdamW::Step(double lr) {
     }
     if (params.empty()) continue;
 #if COLDFUSE_FUSED_ADAMW
-    at::_foreach_add_(step_tensors, 1);  // the kernel reads the step count, as Python's AdamW
-    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, step_tensors,
-                      lr, beta1_, beta2_, group.weight_decay, eps_, /*amsgrad=*/false,
-                      /*maximize=*/false);
-    continue;
+    if (fused_) {
+      at::_foreach_add_(step_tensors, 1);  // the kernel reads the step count, as Python's
+      at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{},
+                        step_tensors, lr, beta1_, beta2_, group.weight_decay, eps_,
+                        /*amsgrad=*/false, /*maximize=*/false);
+      continue;
+    }
 #endif
     if (group.weight_decay != 0) at::_foreach_mul_(params, 1 - lr * group.weight_decay);
     at::_foreach_mul_(exp_avgs, beta1_);

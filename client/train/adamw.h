@@ -19,8 +19,11 @@ class ForeachAdamW {
     std::vector<torch::Tensor> params;
     double weight_decay = 0;  // decoupled: p -= lr * weight_decay * p
   };
+  // `fused`: use the fused kernel where this LibTorch has it (else the foreach kernels).
   explicit ForeachAdamW(std::vector<Group> groups, double beta1 = 0.9, double beta2 = 0.999,
-                        double eps = 1e-8);
+                        double eps = 1e-8, bool fused = true);
+  // Whether this LibTorch has the fused kernel (>= 2.4).
+  static bool FusedAvailable();
 
   // Drops every gradient (PyTorch's zero_grad(set_to_none=True)).
   void ZeroGrad();
@@ -36,6 +39,7 @@ class ForeachAdamW {
   std::vector<Group> groups_;
   std::vector<std::vector<State>> state_;  // per group, per parameter
   double beta1_, beta2_, eps_;
+  bool fused_;
 };
 
 // Scales the gradients of `params` so their global L2 norm is at most `max_norm` (as

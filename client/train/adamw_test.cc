@@ -28,9 +28,14 @@ double MaxDiff(const std::vector<torch::Tensor>& a, const std::vector<torch::Ten
   return d;
 }
 
-TEST(ForeachAdamWTest, MatchesTorchAdamWWithTwoDecayGroups) {
+class ForeachAdamWPaths : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(FusedAndForeach, ForeachAdamWPaths, ::testing::Bool());
+
+TEST_P(ForeachAdamWPaths, MatchesTorchAdamWWithTwoDecayGroups) {
+  if (GetParam() && !ForeachAdamW::FusedAvailable()) GTEST_SKIP() << "LibTorch < 2.4";
   std::vector<torch::Tensor> mine = Params(1), theirs = Params(1);
-  ForeachAdamW ours({{{mine[0], mine[2]}, 0.01}, {{mine[1], mine[3]}, 0.0}});
+  ForeachAdamW ours({{{mine[0], mine[2]}, 0.01}, {{mine[1], mine[3]}, 0.0}}, 0.9, 0.999, 1e-8,
+                    /*fused=*/GetParam());
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{theirs[0], theirs[2]},
                       std::make_unique<torch::optim::AdamWOptions>(
@@ -55,11 +60,12 @@ TEST(ForeachAdamWTest, MatchesTorchAdamWWithTwoDecayGroups) {
   for (const auto& p : mine) EXPECT_FALSE(p.grad().defined());
 }
 
-TEST(ForeachAdamWTest, ParametersWithoutGradientsStayPut) {
+TEST_P(ForeachAdamWPaths, ParametersWithoutGradientsStayPut) {
+  if (GetParam() && !ForeachAdamW::FusedAvailable()) GTEST_SKIP() << "LibTorch < 2.4";
   std::vector<torch::Tensor> p = Params(2);
   std::vector<torch::Tensor> before;
   for (const auto& t : p) before.push_back(t.detach().clone());
-  ForeachAdamW ours({{p, 0.1}});
+  ForeachAdamW ours({{p, 0.1}}, 0.9, 0.999, 1e-8, /*fused=*/GetParam());
   SetGrads(p, 0);
   p[1].mutable_grad() = torch::Tensor();
   ours.Step(1e-2);

@@ -41,7 +41,10 @@ namespace {
 
 constexpr uint64_t kShuffleSeedSalt = 0x74657874ULL;  // "text"
 
-bool Exists(const std::string& path) { return std::filesystem::exists(path); }
+bool Exists(const std::string& path) {
+  std::error_code error;  // an unreadable folder reads as "not there"; the open says why
+  return std::filesystem::exists(path, error);
+}
 
 // tokenizer_config.json's "do_lower_case" (BERT's tokenizers default to true).
 absl::StatusOr<bool> LowerCaseSetting(const std::string& dir) {
@@ -135,6 +138,62 @@ absl::Status CheckOptions(const TextTrainOptions& o, const EncoderConfig& config
   if (o.max_train_examples < 0) return bad("max_train_examples must be >= 0");
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
     return bad("device must be auto, cpu or cuda, not '", o.device, "'");
+  }
+  if (o.device == "cuda" && !torch::cuda::is_available()) {
+    return bad("device cuda was asked for but LibTorch sees no CUDA device (is this LibTorch "
+               "built with CUDA, and is the driver loaded?); use --device=cpu or auto");
+  }
+  return absl::OkStatus();
+}
+
+// The parameters an encoder of `c` holds, or -1 when that overflows: compared with the
+// base before the model is built, so a config.json of another (or an absurd) size is an
+// error instead of a huge allocation.
+int64_t EncoderParameterCount(const EncoderConfig& c) {
+  const double h = static_cast<double>(c.hidden_size), i = static_cast<double>(c.intermediate_size);
+  const double embeddings = (static_cast<double>(c.vocab_size) + c.max_position_embeddings +
+                             c.type_vocab_size + 2) * h;
+  const double layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
+  const double total = embeddings + static_cast<double>(c.num_hidden_layers) * layer;
+  return total < 9e18 ? static_cast<int64_t>(total) : -1;
+}
+
+absl::Status CheckConfigFitsBase(const TextModel::Impl& m, const std::vector<HostTensor>& base) {
+  uint64_t elements = 0;
+  for (const HostTensor& t : base) {
+    const size_t width = DTypeSize(t.spec.dtype());
+    if (width > 0) elements += t.data.size() / width;
+  }
+  const int64_t needed = EncoderParameterCount(m.config);
+  if (needed < 0 || static_cast<uint64_t>(needed) > elements) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        m.dir, "/config.json describes an encoder of ", needed < 0 ? "overflowing" :
+        absl::StrCat(needed), " parameters but the base holds ", elements,
+        " values: is --model the folder of the checkpoint the server was initialised from?"));
+  }
+  return absl::OkStatus();
+}
+
+// Every token and type id must index the model's tables: a tokenizer of another model
+// would otherwise fail deep inside LibTorch (or assert on a GPU).
+absl::Status CheckIds(const TextModel::Impl& m, const std::vector<std::vector<int64_t>>& ids,
+                      const std::vector<std::vector<int64_t>>& types) {
+  for (size_t r = 0; r < ids.size(); ++r) {
+    for (int64_t id : ids[r]) {
+      if (id < 0 || id >= m.config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            m.tokenizer_source, " gives token id ", id, " but config.json's vocab_size is ",
+            m.config.vocab_size, ": use the tokenizer saved with this model"));
+      }
+    }
+    for (int64_t t : types[r]) {
+      if (t < 0 || t >= m.config.type_vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            m.tokenizer_source, " gives token type ", t, " (text pairs) but config.json's "
+            "type_vocab_size is ", m.config.type_vocab_size,
+            ": this model takes single texts; drop --text_pair_column or join the texts"));
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -411,12 +470,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   torch::Device device(torch::kCPU);
   TextFineTuneResult result;
   if (o.device == "cuda" || (o.device == "auto" && torch::cuda::is_available())) {
-    if (!torch::cuda::is_available()) {
-      return absl::FailedPreconditionError(
-          "device cuda was asked for but LibTorch sees no CUDA device (is this LibTorch built "
-          "with CUDA, and is the driver loaded?); use --device=cpu or auto");
-    }
-    device = torch::Device(torch::kCUDA, 0);
+    device = torch::Device(torch::kCUDA, 0);  // CheckOptions made sure there is one
   }
   const bool autocast = device.is_cuda() && o.bf16;
   result.device = device.is_cuda() ? (autocast ? "cuda:0 (bf16 autocast)" : "cuda:0") : "cpu";
@@ -426,6 +480,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   Model model;
   model.regression = regression;
   model.autocast = autocast;
+  RETURN_IF_ERROR(CheckConfigFitsBase(m, base));
   model.encoder = Encoder(m.config);
   const std::string prefix = EncoderPrefix(m.config.kind);
   RETURN_IF_ERROR(LoadEncoderWeights(model.encoder, base, prefix));
@@ -440,6 +495,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   const Encoded train = Encode(*m.tokenizer, train_set, o.max_seq_length, o.max_train_examples);
   const Encoded dev = Encode(*m.tokenizer, dev_set, o.max_seq_length, 0);
   const Encoded test = Encode(*m.tokenizer, test_set, o.max_seq_length, 0);
+  for (const Encoded* e : {&train, &dev, &test}) RETURN_IF_ERROR(CheckIds(m, e->ids, e->types));
   result.num_train_examples = train.rows();
   result.has_dev = dev.rows() > 0;
 
@@ -469,7 +525,6 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   };
 
   std::vector<double> step_losses;
-  step_losses.reserve(total);
   std::vector<torch::Tensor> best;  // a copy of every parameter at the best dev score
   int evals_without_gain = 0;
   auto evaluate_dev = [&](int64_t step) -> bool {  // true: stop early
@@ -508,18 +563,22 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
     for (int64_t micro = 0; micro < micro_per_epoch && step < total && !stop;) {
       const auto start = std::chrono::steady_clock::now();
       const int64_t group = std::min<int64_t>(o.grad_accumulation, micro_per_epoch - micro);
+      if (o.should_stop && o.should_stop()) {
+        return absl::CancelledError(absl::StrCat("training stopped at step ", step, " of ", total));
+      }
       optimizer.ZeroGrad();
-      double loss_sum = 0;
+      torch::Tensor loss_total;  // summed on the device: one read per optimizer step
       for (int64_t g = 0; g < group; ++g, ++micro) {
         const size_t begin = static_cast<size_t>(micro * o.batch_size);
         const size_t end = std::min<size_t>(order.size(), begin + o.batch_size);
         Batch b = MakeBatch(train, order, begin, end, pad, device);
         torch::Tensor loss = model.Loss(model.Forward(b), b.labels) / static_cast<double>(group);
         loss.backward();
-        loss_sum += loss.item<double>();
+        loss_total = loss_total.defined() ? loss_total + loss.detach() : loss.detach();
       }
       if (o.max_grad_norm > 0) ClipGradNorm(params, o.max_grad_norm);
       optimizer.Step(lr_at(step));
+      const double loss_sum = loss_total.item<double>();
       if (!std::isfinite(loss_sum)) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "the training loss became %f at step %d: lower the learning rate (now %g)",
@@ -598,6 +657,13 @@ absl::StatusOr<TextModel> TextModel::Open(const std::string& dir) {
         " is outside the model's vocabulary of ", impl->config.vocab_size,
         " (config.json): is this the model's own tokenizer?"));
   }
+  if (impl->config.kind == EncoderKind::kRoberta &&
+      impl->tokenizer->pad_id() != impl->config.pad_token_id) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        impl->tokenizer_source, ": the padding token's id is ", impl->tokenizer->pad_id(),
+        " but config.json's pad_token_id is ", impl->config.pad_token_id,
+        " (RoBERTa numbers positions from it): is this the model's own tokenizer?"));
+  }
   TextModel m;
   m.impl_ = std::move(impl);
   return m;
@@ -614,6 +680,10 @@ std::string TextModel::Describe() const {
 int64_t TextModel::hidden_size() const { return impl_->config.hidden_size; }
 
 const Tokenizer& TextModel::tokenizer() const { return *impl_->tokenizer; }
+
+absl::Status ValidateTextOptions(const TextModel& model, const TextTrainOptions& options) {
+  return CheckOptions(options, model.impl().config);
+}
 
 absl::StatusOr<TextFineTuneResult> FineTuneText(const TextModel& model,
                                                 const std::vector<HostTensor>& base,

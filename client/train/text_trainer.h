@@ -99,7 +99,15 @@ struct TextTrainOptions {
   // Called on the training thread after each optimizer step and dev evaluation (e.g. to
   // log progress). Default: none.
   std::function<void(const TextProgress&)> on_step;
+  // Polled before each optimizer step; returning true ends training with CANCELLED (a
+  // daemon asked to stop does not finish an hours-long round first). Default: none.
+  std::function<bool()> should_stop;
 };
+
+// The checks FineTuneText makes of `options` before any work, for a caller to run at
+// start-up: INVALID_ARGUMENT naming the option (a value out of range, a sequence length
+// beyond the model's position table, device "cuda" where LibTorch sees no CUDA device).
+absl::Status ValidateTextOptions(const TextModel& model, const TextTrainOptions& options);
 
 struct TextScores {
   double accuracy = 0;  // classification: fraction right
@@ -137,8 +145,10 @@ struct TextFineTuneResult {
 // e.g. starts a fresh head), or a fresh seeded head when `head` is empty; scores `test`,
 // fine-tunes on `train` (choosing the best weights on `dev` when it has rows), scores
 // `test` again. `dev` and `test` must use `train`'s labels (LoadTextDatasetLike).
-// INVALID_ARGUMENT for bad options or data; FAILED_PRECONDITION for device "cuda" without
-// CUDA; INTERNAL for a LibTorch failure.
+// INVALID_ARGUMENT for bad options (ValidateTextOptions), data, token ids outside the
+// model's vocabulary (a tokenizer of another model), a config.json the base does not fit,
+// or a head of other labels (the message then starts with "the head"); CANCELLED when
+// options.should_stop said so; INTERNAL for a LibTorch failure.
 absl::StatusOr<TextFineTuneResult> FineTuneText(const TextModel& model,
                                                 const std::vector<HostTensor>& base,
                                                 const std::vector<HostTensor>& head,

@@ -3,9 +3,12 @@
 // accumulation, early stopping, and the errors a contributor can meet.
 #include "client/train/text_trainer.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/train/encoder.h"
@@ -248,6 +251,35 @@ TEST_F(TextTrainerTest, EarlyStoppingKeepsTheBestDevWeights) {
   EXPECT_GE(full->best_dev, 0.75);
 }
 
+// The weights returned are those of the best dev evaluation, not the last step's. The dev
+// split has the train task's labels swapped, so the better the model learns, the worse it
+// scores there: the best dev score is an early one, and with the dev split as the test
+// split the "after" score must be exactly that one.
+TEST_F(TextTrainerTest, BestDevWeightsAreTheOnesReturned) {
+  TextModel model = Model();
+  TextDataset train = Data("train", 64, 19);
+  TextDataset dev = Data("dev", 48, 20, false, &train);
+  for (int64_t& id : dev.label_ids) id = 1 - id;
+  TextTrainOptions o = Fast();
+  o.batch_size = 8;
+  o.epochs = 4;
+  o.eval_every = 2;
+  std::vector<double> scores;
+  o.on_step = [&](const TextProgress& p) {
+    if (p.dev_evaluated) scores.push_back(p.dev_score);
+  };
+  auto r = FineTuneText(model, base_, {}, train, dev, dev, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(scores.size(), 16u);
+  std::cout << "dev scores:";
+  for (double x : scores) std::cout << " " << x;
+  std::cout << "; best at step " << r->best_step << "\n";
+  EXPECT_LT(r->best_step, r->steps);
+  EXPECT_LT(scores.back(), r->best_dev - 0.2);  // the last weights are far worse on dev
+  EXPECT_DOUBLE_EQ(r->after.accuracy, r->best_dev);
+  EXPECT_DOUBLE_EQ(r->best_dev, *std::max_element(scores.begin(), scores.end()));
+}
+
 TEST_F(TextTrainerTest, HalfPrecisionBaseComesBackInItsDtype) {
   TextModel model = Model();
   std::vector<HostTensor> bf16;
@@ -266,10 +298,30 @@ TEST_F(TextTrainerTest, HalfPrecisionBaseComesBackInItsDtype) {
   o.epochs = 1;
   auto r = FineTuneText(model, bf16, {}, train, {}, test, o);
   ASSERT_TRUE(r.ok()) << r.status();
+  // The same training from the F32 base: the BF16 result is its values rounded to BF16,
+  // give or take the different (rounded) start.
+  auto f32 = FineTuneText(model, base_, {}, train, {}, test, o);
+  ASSERT_TRUE(f32.ok()) << f32.status();
+  double moved = 0, off = 0, n = 0;
   for (size_t i = 0; i < bf16.size(); ++i) {
-    EXPECT_EQ(r->body[i].spec.dtype(), v1::BF16);
-    EXPECT_EQ(r->body[i].data.size(), bf16[i].data.size());
+    ASSERT_EQ(r->body[i].spec.dtype(), v1::BF16);
+    ASSERT_EQ(r->body[i].data.size(), bf16[i].data.size());
+    const size_t count = bf16[i].data.size() / 2;
+    std::vector<float> got(count), start(count);
+    DecodeToFloat(v1::BF16, r->body[i].data.data(), count, got.data());
+    DecodeToFloat(v1::BF16, bf16[i].data.data(), count, start.data());
+    const float* ref = reinterpret_cast<const float*>(f32->body[i].data.data());
+    for (size_t j = 0; j < count; ++j) {
+      ASSERT_TRUE(std::isfinite(got[j]));
+      moved += std::abs(got[j] - start[j]);
+      off += std::abs(got[j] - ref[j]);
+      n += 1;
+    }
   }
+  std::cout << "bf16 base: mean change " << moved / n << ", mean distance to the F32 run "
+            << off / n << "\n";
+  EXPECT_GT(moved / n, 1e-4);       // trained
+  EXPECT_LT(off / n, 0.2 * moved / n);  // and like the F32 run
 }
 
 TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
@@ -312,7 +364,8 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   EXPECT_THAT(s.message(), HasSubstr("classifier.weight"));
   if (!torch::cuda::is_available()) {  // asking for CUDA where there is none
     s = run([](TextTrainOptions& o, auto&, auto&) { o.device = "cuda"; });
-    EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_THAT(s.message(), HasSubstr("no CUDA device"));
   }
   // One class only.
   std::ofstream(dir_ + "/one.csv") << "text,label\ngood day,pos\nbad day,pos\n";
@@ -320,6 +373,78 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   ASSERT_TRUE(one.ok());
   s = FineTuneText(model, base_, {}, *one, {}, *one, Fast()).status();
   EXPECT_THAT(s.message(), HasSubstr("at least two"));
+}
+
+// A model folder that does not belong to the base: found before any large allocation or
+// any LibTorch index error, with the file named.
+TEST_F(TextTrainerTest, ModelFolderOfAnotherModelIsNamed) {
+  TextDataset train = Data("train", 16, 21);
+  TextDataset test = Data("test", 8, 22, false, &train);
+  // A config.json of a larger encoder than the base holds.
+  testing::WriteTinyTextModel(kFixture, dir_ + "/wide");
+  {
+    std::ifstream in(dir_ + "/wide/config.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string c = text.str();
+    c.replace(c.find("\"hidden_size\": 32"), 17, "\"hidden_size\": 4096");
+    std::ofstream(dir_ + "/wide/config.json") << c;
+  }
+  auto wide = TextModel::Open(dir_ + "/wide");
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  absl::Status s = FineTuneText(*wide, base_, {}, train, {}, test, Fast()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("wide/config.json describes an encoder of"));
+  // A tokenizer whose ids run past config.json's vocab_size (another model's vocab.txt).
+  testing::WriteTinyTextModel(kFixture, dir_ + "/other_vocab");
+  {
+    std::ofstream vocab(dir_ + "/other_vocab/vocab.txt");
+    vocab << "[PAD]\n[UNK]\n[CLS]\n[SEP]\n";
+    for (int i = 0; i < 150; ++i) vocab << "filler" << i << "\n";
+    vocab << "good\nbad\nthe\n";
+  }
+  auto other = TextModel::Open(dir_ + "/other_vocab");
+  ASSERT_TRUE(other.ok()) << other.status();
+  s = FineTuneText(*other, base_, {}, train, {}, test, Fast()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("other_vocab/vocab.txt gives token id"));
+  // Text pairs for a model with a single token type.
+  testing::WriteTinyTextModel(kFixture, dir_ + "/one_type");
+  {
+    std::ifstream in(dir_ + "/one_type/config.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string c = text.str();
+    c.replace(c.find("\"type_vocab_size\": 2"), 20, "\"type_vocab_size\": 1");
+    std::ofstream(dir_ + "/one_type/config.json") << c;
+  }
+  std::vector<HostTensor> one_type_base = base_;
+  for (auto& t : one_type_base) {
+    if (t.spec.name() == "embeddings.token_type_embeddings.weight") {
+      t.spec.set_shape(0, 1);
+      t.data.resize(t.data.size() / 2);
+    }
+  }
+  std::ofstream(dir_ + "/pairs.csv") << "a,b,label\ngood day,bad day,pos\nbad day,good day,neg\n";
+  TextDatasetOptions pair_options;
+  pair_options.text_column = "a";
+  pair_options.text_pair_column = "b";
+  auto pairs = LoadTextDataset(dir_ + "/pairs.csv", pair_options);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  auto one_type = TextModel::Open(dir_ + "/one_type");
+  ASSERT_TRUE(one_type.ok()) << one_type.status();
+  s = FineTuneText(*one_type, one_type_base, {}, *pairs, {}, *pairs, Fast()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("type_vocab_size is 1"));
+  // Stopping: CANCELLED at the next step.
+  TextTrainOptions o = Fast();
+  int steps = 0;
+  o.on_step = [&](const TextProgress&) { ++steps; };
+  o.should_stop = [&] { return steps >= 2; };
+  TextModel model = Model();
+  s = FineTuneText(model, base_, {}, train, {}, test, o).status();
+  EXPECT_TRUE(absl::IsCancelled(s)) << s;
+  EXPECT_EQ(steps, 2);
 }
 
 TEST_F(TextTrainerTest, ModelFolderProblemsAreNamed) {
