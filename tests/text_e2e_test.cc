@@ -84,6 +84,10 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
     EXPECT_THAT(wrong.output, HasSubstr("--model=DIR"));
     EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-mlp/base.ctf"))
         << "nothing should be pulled for a model the client cannot train";
+    auto probe = RunCommand({ClientBinary(), "--probe", "--server=" + server->address(),
+                             "--train=" + data + "/train.csv", "--test=" + data + "/train.csv"});
+    EXPECT_EQ(probe.exit_code, 1);
+    EXPECT_THAT(probe.output, HasSubstr("--model=DIR"));
   }
 
   // Two contributors on different tasks: a classifier (two labels) and a regressor.

@@ -4,18 +4,17 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
-
 #include <cstdio>
 #include <iostream>
-#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
-#include "client/daemon/daemon.h"
 #include "absl/strings/str_split.h"
+#include "client/daemon/daemon.h"
 #include "client/daemon/task.h"
 #include "client/train/dataset.h"
 #include "client/train/text_dataset.h"
@@ -186,6 +185,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
 absl::Status Probe() {
   ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
+  {  // a task that cannot train this server's model is said before a base is pulled
+    auto stub = v1::Contributor::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::GetRoundResponse round;
+    RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, {}, &round), "GetRound"));
+    RETURN_IF_ERROR(task->CheckModel(round.model_spec()));
+  }
   std::optional<uint64_t> version;
   if (absl::GetFlag(FLAGS_base_version) >= 0) version = absl::GetFlag(FLAGS_base_version);
   ASSIGN_OR_RETURN(rpc::PulledBase base, rpc::PullBase(channel, version));
