@@ -183,6 +183,28 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
   EXPECT_THAT(probe.output, HasSubstr("\"base_version\": 2, \"train_examples\": 32"));
   EXPECT_THAT(probe.output, HasSubstr("\"macro_f1\": "));
   EXPECT_EQ(server->Rounds().at(2).contributions_size(), 0);
+
+  // The kept head remembers its labels: alice restarted on data labelled differently (same
+  // count) is stopped instead of reusing the head with the wrong meaning.
+  {
+    std::ifstream labels(dir_.path() + "/state-alice/head.labels");
+    std::stringstream text;
+    text << labels.rdbuf();
+    EXPECT_EQ(text.str(), "neg\npos\n");
+  }
+  const std::string relabelled = dir_.path() + "/data-alice/relabelled.csv";
+  std::ofstream(relabelled) << "text,label\ngood day,good\nbad day,bad\n";
+  auto again_args = ClientArgs(*server, "alice", false, 1);
+  for (auto& a : again_args) {
+    if (a.rfind("--train=", 0) == 0 || a.rfind("--test=", 0) == 0 || a.rfind("--dev=", 0) == 0) {
+      a = a.substr(0, a.find('=') + 1) + relabelled;
+    }
+  }
+  again_args.push_back("--max_rounds=1");
+  auto again = RunCommand(again_args, seconds(120));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.output, HasSubstr("was trained for the labels [neg, pos] but this data has [bad, good]"));
+  EXPECT_EQ(server->Rounds().at(2).contributions_size(), 0);
 }
 
 TEST_F(TextEndToEndTest, BadTextDataIsNamedBeforeAnythingIsSent) {

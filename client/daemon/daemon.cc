@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -106,6 +107,17 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   RETURN_IF_ERROR(task_->CheckModel(round.model_spec()));
   ASSIGN_OR_RETURN(CachedBase base, EnsureBase(round.base_version()));
   ASSIGN_OR_RETURN(std::vector<HostTensor> head, state_.LoadHead());
+  if (!head.empty()) {
+    ASSIGN_OR_RETURN(std::optional<std::vector<std::string>> kept, state_.LoadHeadLabels());
+    const std::vector<std::string> labels = task_->HeadLabels();
+    if (kept.has_value() && *kept != labels) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the head in ", state_.dir(), "/head.ctf was trained for the labels [",
+          absl::StrJoin(*kept, ", "), "] but this data has [", absl::StrJoin(labels, ", "),
+          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete head.ctf "
+          "and head.labels to start a new head"));
+    }
+  }
   CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
                << round.model_spec() << ")";
   auto result = task_->Train(round.model_spec(), base.tensors, head, 0, &stop_);
@@ -121,7 +133,7 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     return result.status();
   }
   CF_LOG(INFO) << "round " << round.round() << ": " << result->summary;
-  RETURN_IF_ERROR(state_.SaveHead(result->head));
+  RETURN_IF_ERROR(state_.SaveHead(result->head, task_->HeadLabels()));
 
   Contribution c;
   c.header.set_round(round.round());

@@ -7,6 +7,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/sha256.h"
@@ -73,8 +75,20 @@ absl::StatusOr<std::vector<HostTensor>> StateDir::LoadHead() const {
   return head;
 }
 
-absl::Status StateDir::SaveHead(const std::vector<HostTensor>& head) const {
+absl::Status StateDir::SaveHead(const std::vector<HostTensor>& head,
+                               const std::vector<std::string>& labels) const {
+  if (!labels.empty()) {
+    RETURN_IF_ERROR(WriteFileAtomic(Path("head.labels"), absl::StrCat(absl::StrJoin(labels, "\n"), "\n")));
+  }
   return WriteTensorFile(Path("head.ctf"), head);
+}
+
+absl::StatusOr<std::optional<std::vector<std::string>>> StateDir::LoadHeadLabels() const {
+  auto text = ReadFileToString(Path("head.labels"));
+  if (absl::IsNotFound(text.status())) return std::nullopt;
+  RETURN_IF_ERROR(text.status());
+  std::vector<std::string> labels = absl::StrSplit(*text, '\n', absl::SkipEmpty());
+  return labels;
 }
 
 absl::StatusOr<std::optional<Contribution>> StateDir::LoadPending() const {

@@ -2,6 +2,7 @@
 // or retraining what it need not:
 //   base.ctf, base.version    the last base pulled (tensors; "version sha256hex")
 //   head.ctf                  the local task head (never uploaded)
+//   head.labels               what its outputs mean (text tasks), one label per line
 //   pending.header/.ctf       a trained contribution not yet acknowledged by the server
 //   last_round                the last round the server acknowledged from us
 //   contrib-rN.header/.ctf    acknowledged contributions (the newest few are kept)
@@ -43,7 +44,12 @@ class StateDir {
 
   // Empty when the contributor has no head yet.
   absl::StatusOr<std::vector<HostTensor>> LoadHead() const;
-  absl::Status SaveHead(const std::vector<HostTensor>& head) const;
+  // `labels`: what the head's outputs mean, in order (head.labels, one per line); empty
+  // for tasks whose labels are plain class numbers. Written before head.ctf.
+  absl::Status SaveHead(const std::vector<HostTensor>& head,
+                        const std::vector<std::string>& labels = {}) const;
+  // The labels saved with the head; nullopt when none were (an older state folder).
+  absl::StatusOr<std::optional<std::vector<std::string>>> LoadHeadLabels() const;
 
   absl::StatusOr<std::optional<Contribution>> LoadPending() const;
   absl::Status SavePending(const Contribution& c) const;

@@ -84,6 +84,11 @@ class TextTask : public LocalTask {
                         what, "; model ", model_.Describe());
   }
 
+  std::vector<std::string> HeadLabels() const override {
+    if (train_.label_ids.empty()) return {"(regression)"};
+    return train_.label_names;
+  }
+
   absl::Status CheckModel(absl::string_view model_spec) const override {
     if (!absl::StartsWith(model_spec, kCheckpointPrefix)) {
       return absl::InvalidArgumentError(absl::StrCat(

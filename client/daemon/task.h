@@ -42,6 +42,9 @@ class LocalTask {
   virtual ~LocalTask() = default;
   // For the startup log, e.g. "1437 training and 360 test rows, 10 classes".
   virtual std::string Describe() const = 0;
+  // What the head's outputs mean, in order, kept with the head so a later run with another
+  // label set does not silently reuse it; empty when labels are plain class numbers.
+  virtual std::vector<std::string> HeadLabels() const { return {}; }
   // OK when this task can train a base of `model_spec`; else INVALID_ARGUMENT saying how
   // to start the client for that model.
   virtual absl::Status CheckModel(absl::string_view model_spec) const = 0;
