@@ -3,6 +3,7 @@
 //
 //   build/bench/text_train_speed --model=models/all-MiniLM-L6-v2 --threads=2
 //   build/bench/text_train_speed --device=cuda [--bf16=0]   (bf16 autocast by default)
+//   ... --train=models/data/movie-sentiment/train.csv --test=.../test.csv   (a real task)
 //
 // Rows are texts of random vocabulary words long enough to fill --seq tokens after
 // truncation, so every batch is [batch, seq] like the Python side's. Steps after --warmup
@@ -26,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/train/encoder.h"
+#include "client/train/text_dataset.h"
 #include "client/train/text_trainer.h"
 #include "common/model_spec.h"
 
@@ -114,21 +116,40 @@ int main(int argc, char** argv) {
     std::cerr << dir << "/vocab.txt has no words\n";
     return 1;
   }
-  train::TextDataset data;
-  data.label_names = {"0", "1"};
-  SplitMix64 rng(1);
-  const int64_t rows = static_cast<int64_t>(batch) * (warmup + steps);
-  for (int64_t r = 0; r < rows; ++r) {
-    std::string text;
-    for (int i = 0; i < seq * 2; ++i) absl::StrAppend(&text, i ? " " : "", words[rng.Next() % words.size()]);
-    data.texts.push_back(std::move(text));
-    data.label_ids.push_back(static_cast<int64_t>(rng.Next() % 2));
-  }
-  train::TextDataset test;
-  test.label_names = data.label_names;
-  for (int i = 0; i < 2; ++i) {
-    test.texts.push_back(data.texts[i]);
-    test.label_ids.push_back(data.label_ids[i]);
+  train::TextDataset data, test;
+  const std::string train_file = Arg(argc, argv, "train", "");
+  if (!train_file.empty()) {
+    // A real labelled task (--train/--test, text,label): the loss and test accuracy show
+    // the model learning; rows are as long as their texts (batches padded to the longest).
+    auto d = train::LoadTextDataset(train_file, {});
+    if (!d.ok()) {
+      std::cerr << d.status() << "\n";
+      return 1;
+    }
+    auto t = train::LoadTextDatasetLike(Arg(argc, argv, "test", ""), *d, {});
+    if (!t.ok()) {
+      std::cerr << t.status() << "\n";
+      return 1;
+    }
+    data = std::move(*d);
+    test = std::move(*t);
+  } else {
+    data.label_names = {"0", "1"};
+    SplitMix64 rng(1);
+    const int64_t rows = static_cast<int64_t>(batch) * (warmup + steps);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::string text;
+      for (int i = 0; i < seq * 2; ++i) {
+        absl::StrAppend(&text, i ? " " : "", words[rng.Next() % words.size()]);
+      }
+      data.texts.push_back(std::move(text));
+      data.label_ids.push_back(static_cast<int64_t>(rng.Next() % 2));
+    }
+    test.label_names = data.label_names;
+    for (int i = 0; i < 2; ++i) {
+      test.texts.push_back(data.texts[i]);
+      test.label_ids.push_back(data.label_ids[i]);
+    }
   }
 
   train::TextTrainOptions o;
@@ -167,9 +188,13 @@ int main(int argc, char** argv) {
       "\"threads\": %d, \"batch\": %d, \"seq\": %d, \"warmup\": %d, \"steps\": %d, "
       "\"steps_per_s\": %.4f, \"s_per_step\": %.4f, \"s_per_step_median\": %.4f, "
       "\"s_per_step_min\": %.4f, \"examples_per_s\": %.2f, \"loss_first\": %.4f, "
-      "\"loss_last\": %.4f, \"loadavg_after\": [%.2f, %.2f, %.2f]}\n",
+      "\"loss_last\": %.4f, \"data\": \"%s\", \"test_accuracy_before\": %.4f, "
+      "\"test_accuracy_after\": %.4f, \"loss_first_10pct\": %.4f, \"loss_last_10pct\": %.4f, "
+      "\"loadavg_after\": [%.2f, %.2f, %.2f]}\n",
       TORCH_VERSION, r->device, random_weights ? "random" : "checkpoint", threads, batch, seq, warmup, steps, steps / timed,
       timed / steps, per_step[per_step.size() / 2], per_step.front(), batch * steps / timed,
-      losses.front(), losses.back(), load[0], load[1], load[2]);
+      losses.front(), losses.back(), train_file.empty() ? "random" : train_file,
+      r->before.accuracy, r->after.accuracy, r->loss_first, r->loss_last, load[0], load[1],
+      load[2]);
   return 0;
 }
