@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,10 +87,7 @@ int main(int argc, char** argv) {
     }
     base = std::move(ckpt->tensors);
   } else {
-    std::ifstream in(dir + "/config.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    auto config = train::ParseEncoderConfig(text.str());
+    auto config = train::ReadEncoderConfig(dir);
     if (!config.ok()) {
       std::cerr << config.status() << "\n";
       return 1;

@@ -99,16 +99,6 @@ class SafetensorsSink final : public rpc::TensorSink {
   std::unique_ptr<SafetensorsWriter> writer_;
 };
 
-absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
-                                              std::chrono::milliseconds deadline) {
-  auto stub = v1::Contributor::NewStub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-  v1::GetRoundResponse r;
-  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, {}, &r), "GetRound"));
-  return r;
-}
-
 v1::TensorSpec SpecOf(const SafetensorsEntry& e, DType dtype) {
   v1::TensorSpec s;
   s.set_name(e.name);
@@ -169,7 +159,7 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
     return absl::InvalidArgumentError("--num_examples is required: how many examples trained it");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.checkpoint));
-  ASSIGN_OR_RETURN(v1::GetRoundResponse round, GetRound(channel, deadline));
+  ASSIGN_OR_RETURN(v1::GetRoundResponse round, rpc::GetRound(channel, deadline));
   DType forced = v1::DTYPE_UNSPECIFIED;
   if (!o.send_dtype.empty()) {
     ASSIGN_OR_RETURN(forced, ParseDType(o.send_dtype));

@@ -40,10 +40,9 @@ absl::Status Daemon::Run() {
   auto backoff = std::chrono::milliseconds(500);
   std::string last_problem;
   while (!stop_) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::GetRoundResponse round;
-    absl::Status st = rpc::FromGrpc(stub->GetRound(&ctx, {}, &round), "GetRound");
+    auto polled = rpc::GetRound(channel_, std::chrono::seconds(10));
+    absl::Status st = polled.status();
+    const v1::GetRoundResponse round = polled.ok() ? *polled : v1::GetRoundResponse();
     if (st.ok()) {
       ASSIGN_OR_RETURN(uint64_t last, state_.LoadLastRound());
       if (round.round() > last) st = Contribute(round);

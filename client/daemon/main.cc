@@ -185,14 +185,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
 absl::Status Probe() {
   ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
-  {  // a task that cannot train this server's model is said before a base is pulled
-    auto stub = v1::Contributor::NewStub(channel);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    v1::GetRoundResponse round;
-    RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, {}, &round), "GetRound"));
-    RETURN_IF_ERROR(task->CheckModel(round.model_spec()));
-  }
+  // A task that cannot train this server's model is said before a base is pulled.
+  ASSIGN_OR_RETURN(v1::GetRoundResponse round, rpc::GetRound(channel, std::chrono::seconds(30)));
+  RETURN_IF_ERROR(task->CheckModel(round.model_spec()));
   std::optional<uint64_t> version;
   if (absl::GetFlag(FLAGS_base_version) >= 0) version = absl::GetFlag(FLAGS_base_version);
   ASSIGN_OR_RETURN(rpc::PulledBase base, rpc::PullBase(channel, version));

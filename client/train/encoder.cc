@@ -163,19 +163,23 @@ std::string EncoderPrefix(EncoderKind kind) {
   return kind == EncoderKind::kBert ? "bert." : "roberta.";
 }
 
-absl::StatusOr<EncoderCheckpoint> ReadEncoderCheckpoint(const std::string &dir) {
+absl::StatusOr<EncoderConfig> ReadEncoderConfig(const std::string &dir) {
   const std::string config_path = dir + "/config.json";
   std::ifstream in(config_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", config_path));
   std::stringstream text;
   text << in.rdbuf();
-  EncoderCheckpoint out;
   absl::StatusOr<EncoderConfig> config = ParseEncoderConfig(text.str());
   if (!config.ok()) {
     return absl::Status(config.status().code(),
                         absl::StrCat(config_path, ": ", config.status().message()));
   }
-  out.config = *config;
+  return config;
+}
+
+absl::StatusOr<EncoderCheckpoint> ReadEncoderCheckpoint(const std::string &dir) {
+  EncoderCheckpoint out;
+  ASSIGN_OR_RETURN(out.config, ReadEncoderConfig(dir));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
   for (const SafetensorsEntry *e : ckpt->Entries()) {
     if (e->dtype != v1::F32 && e->dtype != v1::F16 && e->dtype != v1::BF16) continue;
@@ -420,8 +424,12 @@ absl::Status LoadEncoderWeights(Encoder &encoder, const std::vector<HostTensor> 
 }
 
 std::vector<HostTensor> ExportEncoderWeights(Encoder &encoder, absl::string_view prefix) {
+  return ExportParameters(*encoder, prefix);
+}
+
+std::vector<HostTensor> ExportParameters(torch::nn::Module &module, absl::string_view prefix) {
   std::vector<HostTensor> out;
-  for (const auto &item : encoder->named_parameters(/*recurse=*/true)) {
+  for (const auto &item : module.named_parameters(/*recurse=*/true)) {
     torch::Tensor host = item.value().detach().to(torch::kCPU, torch::kFloat32).contiguous();
     HostTensor t;
     t.spec.set_name(absl::StrCat(prefix, item.key()));

@@ -54,6 +54,10 @@ struct EncoderConfig {
 // out-of-range value or malformed JSON.
 absl::StatusOr<EncoderConfig> ParseEncoderConfig(absl::string_view json_text);
 
+// Reads and parses `dir`/config.json: NOT_FOUND when it cannot be read, else
+// ParseEncoderConfig's errors prefixed with the file's path.
+absl::StatusOr<EncoderConfig> ReadEncoderConfig(const std::string &dir);
+
 // "bert." or "roberta.": the prefix transformers'
 // *For{SequenceClassification,...} models put before the encoder's tensors.
 std::string EncoderPrefix(EncoderKind kind);
@@ -200,6 +204,10 @@ TORCH_MODULE(EncoderClassifier);
 // parameters; on error `encoder` is unchanged.
 absl::Status LoadEncoderWeights(Encoder &encoder, const std::vector<HostTensor> &tensors,
                                 absl::string_view prefix);
+
+// Every parameter of `module` as an F32 host tensor named `prefix` + its name, in
+// registration order (copied off the device if need be).
+std::vector<HostTensor> ExportParameters(torch::nn::Module &module, absl::string_view prefix);
 
 // Every encoder parameter as an F32 HostTensor named `prefix` + its HF name, in
 // the module's registration order.

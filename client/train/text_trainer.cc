@@ -397,21 +397,6 @@ absl::Status LoadHead(EncoderClassifier& head, const std::vector<HostTensor>& te
   return absl::OkStatus();
 }
 
-std::vector<HostTensor> ExportHead(EncoderClassifier& head) {
-  std::vector<HostTensor> out;
-  for (const auto& item : head->named_parameters(true)) {
-    torch::Tensor host = item.value().detach().to(torch::kCPU, torch::kFloat32).contiguous();
-    HostTensor t;
-    t.spec.set_name(item.key());
-    t.spec.set_dtype(v1::F32);
-    for (int64_t d : host.sizes()) t.spec.add_shape(d);
-    t.data.assign(reinterpret_cast<const char*>(host.data_ptr<float>()),
-                  static_cast<size_t>(host.numel()) * sizeof(float));
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
 // The base with the encoder's trained parameters written over their entries, each in the
 // base's dtype.
 std::vector<HostTensor> MergeBody(const std::vector<HostTensor>& base, Encoder& encoder,
@@ -617,7 +602,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
 
   result.after = Score(model, test, num_labels, pad, o.batch_size, device);
   result.body = MergeBody(base, model.encoder, prefix);
-  result.head = ExportHead(model.head);
+  result.head = ExportParameters(*model.head, "");
   return result;
 }
 
@@ -626,13 +611,7 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
 absl::StatusOr<TextModel> TextModel::Open(const std::string& dir) {
   auto impl = std::make_shared<Impl>();
   impl->dir = dir;
-  const std::string config_path = dir + "/config.json";
-  ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(config_path));
-  absl::StatusOr<EncoderConfig> config = ParseEncoderConfig(config_text);
-  if (!config.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(config_path, ": ", config.status().message()));
-  }
-  impl->config = *config;
+  ASSIGN_OR_RETURN(impl->config, ReadEncoderConfig(dir));
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok;
   if (Exists(dir + "/tokenizer.json")) {
     impl->tokenizer_source = dir + "/tokenizer.json";

@@ -70,6 +70,18 @@ class TextTrainerTest : public ::testing::Test {
   std::vector<HostTensor> base_;
 };
 
+// Replaces the first `from` in the file at `path` with `to`.
+void EditFile(const std::string& path, const std::string& from, const std::string& to) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string c = text.str();
+  const size_t at = c.find(from);
+  ASSERT_NE(at, std::string::npos) << path << " has no " << from;
+  c.replace(at, from.size(), to);
+  std::ofstream(path) << c;
+}
+
 const HostTensor* Find(const std::vector<HostTensor>& ts, const std::string& name) {
   for (const auto& t : ts) {
     if (t.spec.name() == name) return &t;
@@ -382,14 +394,7 @@ TEST_F(TextTrainerTest, ModelFolderOfAnotherModelIsNamed) {
   TextDataset test = Data("test", 8, 22, false, &train);
   // A config.json of a larger encoder than the base holds.
   testing::WriteTinyTextModel(kFixture, dir_ + "/wide");
-  {
-    std::ifstream in(dir_ + "/wide/config.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    std::string c = text.str();
-    c.replace(c.find("\"hidden_size\": 32"), 17, "\"hidden_size\": 4096");
-    std::ofstream(dir_ + "/wide/config.json") << c;
-  }
+  EditFile(dir_ + "/wide/config.json", "\"hidden_size\": 32", "\"hidden_size\": 4096");
   auto wide = TextModel::Open(dir_ + "/wide");
   ASSERT_TRUE(wide.ok()) << wide.status();
   absl::Status s = FineTuneText(*wide, base_, {}, train, {}, test, Fast()).status();
@@ -410,14 +415,7 @@ TEST_F(TextTrainerTest, ModelFolderOfAnotherModelIsNamed) {
   EXPECT_THAT(s.message(), HasSubstr("other_vocab/vocab.txt gives token id"));
   // Text pairs for a model with a single token type.
   testing::WriteTinyTextModel(kFixture, dir_ + "/one_type");
-  {
-    std::ifstream in(dir_ + "/one_type/config.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    std::string c = text.str();
-    c.replace(c.find("\"type_vocab_size\": 2"), 20, "\"type_vocab_size\": 1");
-    std::ofstream(dir_ + "/one_type/config.json") << c;
-  }
+  EditFile(dir_ + "/one_type/config.json", "\"type_vocab_size\": 2", "\"type_vocab_size\": 1");
   std::vector<HostTensor> one_type_base = base_;
   for (auto& t : one_type_base) {
     if (t.spec.name() == "embeddings.token_type_embeddings.weight") {

@@ -171,6 +171,16 @@ absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
   return std::string(absl::StripAsciiWhitespace(token));
 }
 
+absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
+                                              std::chrono::milliseconds deadline) {
+  auto stub = v1::Contributor::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  v1::GetRoundResponse r;
+  RETURN_IF_ERROR(FromGrpc(stub->GetRound(&ctx, {}, &r), "GetRound"));
+  return r;
+}
+
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()),

@@ -51,6 +51,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::strin
 // grpc::Status -> absl::Status (same codes); the message says which call failed.
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);
 
+// Contributor.GetRound: the open round, its base version and the model spec.
+absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
+                                              std::chrono::milliseconds deadline);
+
 // Supplies the bytes of the tensors of a manifest, in any order the caller asks for.
 class TensorSource {
  public:
