@@ -188,8 +188,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::InvalidArgumentError(
         absl::StrCat(path, " is not a valid safetensors file: ", why));
   };
+  // A local file given as input: a bad argument, not corrupted stored data (DATA_LOSS).
   auto truncated = [&](absl::string_view why) {
-    return absl::DataLossError(absl::StrCat(path, " is truncated: ", why));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is truncated: ", why, "; copy or export the checkpoint again"));
   };
 
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

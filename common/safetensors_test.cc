@@ -238,10 +238,10 @@ TEST_F(SafetensorsTest, AcceptsReferenceLayouts) {
 }
 
 TEST_F(SafetensorsTest, RejectsBadHeaderLengths) {
-  ExpectOpenFails(U64(1000) + "{}", absl::StatusCode::kDataLoss,
+  ExpectOpenFails(U64(1000) + "{}", absl::StatusCode::kInvalidArgument,
                   "header length 1000 runs past the end of the file (10 bytes)");
   ExpectInvalid(U64(100'000'001) + "{}", "header length 100000001 exceeds the limit");
-  ExpectOpenFails("abc", absl::StatusCode::kDataLoss, "it has 3 bytes");
+  ExpectOpenFails("abc", absl::StatusCode::kInvalidArgument, "it has 3 bytes");
   ExpectInvalid(Craft("[]", ""), "header must be a JSON object, not array");
   auto missing = SafetensorsFile::Open(Path("missing.safetensors"));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
@@ -293,7 +293,8 @@ TEST_F(SafetensorsTest, RejectsBadDataLayouts) {
   ExpectInvalid(Craft("{" + Entry("a", "U8", "[4]", 0, 4) + "}", std::string(6, 'x')),
                 "2 trailing bytes after the last tensor");
   ExpectOpenFails(Craft("{" + Entry("a", "U8", "[8]", 0, 8) + "}", std::string(4, 'x')),
-                  absl::StatusCode::kDataLoss, "its tensors need 8 data bytes but only 4");
+                  absl::StatusCode::kInvalidArgument,
+                  "its tensors need 8 data bytes but only 4");
 }
 
 TEST_F(SafetensorsTest, RejectsInconsistentShardIndex) {
