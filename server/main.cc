@@ -66,8 +66,8 @@ int main(int argc, char** argv) {
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.bootstrap_token_file = absl::GetFlag(FLAGS_bootstrap_token_file);
-  options.rounds.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
-  options.rounds.max_bytes_per_day = absl::GetFlag(FLAGS_max_bytes_per_day);
+  options.intake.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
+  options.intake.max_bytes_per_day = absl::GetFlag(FLAGS_max_bytes_per_day);
   options.rounds.outlier_factor = absl::GetFlag(FLAGS_outlier_factor);
   if (options.worker_threads < 1) options.worker_threads = 1;
 

@@ -20,6 +20,7 @@ struct Server::Impl {
   std::unique_ptr<auth::TokenRegistry> tokens;
   std::unique_ptr<service::Authorizer> authorizer;
   std::unique_ptr<rounds::RoundManager> manager;
+  std::unique_ptr<rounds::ContributionIntake> intake;
   std::unique_ptr<service::Executor> executor;
   std::unique_ptr<service::ContributorService> contributor;
   std::unique_ptr<service::StatusService> status;
@@ -32,7 +33,8 @@ struct Server::Impl {
       grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     }
     grpc_server.reset();
-    executor.reset();  // finishes queued commits before the manager goes
+    executor.reset();  // finishes queued commits before the intake and manager go
+    intake.reset();
     manager.reset();
     authorizer.reset();
     tokens.reset();
@@ -83,11 +85,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     }
   }
   impl->authorizer = std::make_unique<service::Authorizer>(impl->tokens.get());
-  ASSIGN_OR_RETURN(impl->manager, rounds::RoundManager::Create(impl->store.get(),
+  ASSIGN_OR_RETURN(storage::LoadedState state, impl->store->Load());
+  ASSIGN_OR_RETURN(impl->manager, rounds::RoundManager::Create(impl->store.get(), state,
                                                               options.rounds, SystemClock()));
+  ASSIGN_OR_RETURN(impl->intake,
+                   rounds::ContributionIntake::Create(impl->store.get(), impl->manager.get(),
+                                                      state, options.intake, SystemClock()));
   impl->executor = std::make_unique<service::Executor>(options.worker_threads);
   impl->contributor = std::make_unique<service::ContributorService>(
-      impl->manager.get(), impl->executor.get(), impl->authorizer.get());
+      impl->manager.get(), impl->intake.get(), impl->executor.get(), impl->authorizer.get());
   impl->status =
       std::make_unique<service::StatusService>(impl->manager.get(), impl->authorizer.get());
   impl->admin = std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get(),

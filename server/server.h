@@ -1,4 +1,5 @@
-// A running coldfused: store, round manager and gRPC server on one address.
+// A running coldfused: store, round manager, contribution intake and gRPC server on one
+// address.
 // Thread-safe. Destroying it shuts down the gRPC server, then the policy thread, then
 // the store.
 #ifndef COLDFUSE_SERVER_SERVER_H_
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "server/rounds/contribution_intake.h"
 #include "server/rounds/round_manager.h"
 #include "server/service/tls.h"
 
@@ -19,6 +21,7 @@ struct ServerOptions {
   // host:port to listen on; port 0 picks a free port. Default: 127.0.0.1:7878.
   std::string listen = "127.0.0.1:7878";
   rounds::RoundOptions rounds;
+  rounds::IntakeOptions intake;
   // Tensor chunks in RocksDB blob files. Default: true.
   bool blob_files = true;
   // Threads for blocking work (commits, fusion). Default: 4.

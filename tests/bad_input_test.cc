@@ -198,6 +198,60 @@ TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
   EXPECT_EQ(server_->Status().open_round().contributions_size(), 1);
 }
 
+// A client that closes its stream before the trailer is told what happened to the bytes
+// it sent, and the server then behaves as it said.
+TEST_F(BadInputTest, AStreamEndedBeforeItsTrailerIsToldTrulyWhatWasKept) {
+  Init();
+  auto [h, t] = Good("early-closer");
+  uint64_t total = 0;
+  for (const auto& x : t) total += x.data.size();
+  auto get_upload = [&](const std::string& upload_id) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    v1::GetUploadRequest req;
+    req.set_upload_id(upload_id);
+    req.set_contributor(h.contributor());
+    v1::UploadProgress p;
+    grpc::Status st = v1::Contributor::NewStub(server_->channel())->GetUpload(&ctx, req, &p);
+    return std::make_pair(st, p);
+  };
+  // Header and trailer only, resuming where `at` says the server's data ends.
+  auto finish_only = [&](v1::ContributionHeader header, const v1::UploadProgress& at) {
+    header.set_resume_tensor(at.tensor_index());
+    header.set_resume_offset(at.offset());
+    auto full = Stream(header, t);
+    return RawPush({full.front(), full.back()});
+  };
+
+  {  // Without an upload_id nothing can resume: nothing is kept, and the message says so.
+    auto stream = Stream(h, t);
+    stream.pop_back();
+    ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "nothing was stored");
+    // A follow-up with only header and trailer has no data behind it and is refused.
+    ExpectRejected(finish_only(h, v1::UploadProgress()), grpc::StatusCode::INVALID_ARGUMENT,
+                   "");
+    EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+  }
+  {  // A resumable upload keeps its bytes, says so, and GetUpload agrees.
+    auto resumable = h;
+    resumable.set_upload_id("early-closer-1");
+    auto stream = Stream(resumable, t);
+    stream.pop_back();
+    grpc::Status st = RawPush(stream);
+    ExpectRejected(st, grpc::StatusCode::INVALID_ARGUMENT, "are kept");
+    EXPECT_NE(st.error_message().find(absl::StrCat(total, " bytes")), std::string::npos)
+        << st.error_message();
+    auto [got, progress] = get_upload("early-closer-1");
+    ASSERT_TRUE(got.ok()) << got.error_message();
+    EXPECT_EQ(progress.bytes_stored(), total);
+    EXPECT_EQ(progress.tensor_index(), static_cast<uint32_t>(t.size()));
+    // Finishing it is what the message promised: the trailer checks every byte.
+    ASSERT_TRUE(finish_only(resumable, progress).ok());
+    EXPECT_EQ(server_->Status().open_round().contributions_size(), 1);
+    EXPECT_EQ(get_upload("early-closer-1").first.error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
 TEST_F(BadInputTest, NonFiniteValuesAreRejectedAndUploadAttemptsAreLimited) {
   Init();
   auto [h, t] = Good("nan-sender");

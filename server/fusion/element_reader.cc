@@ -1,4 +1,4 @@
-#include "server/rounds/element_reader.h"
+#include "server/fusion/element_reader.h"
 
 #include <algorithm>
 
@@ -6,7 +6,7 @@
 #include "common/status_macros.h"
 #include "common/tensor_stream.h"
 
-namespace coldfuse::rounds {
+namespace coldfuse::fusion {
 
 ElementReader::ElementReader(DType dtype, uint64_t num_elements, ChunkFn read)
     : dtype_(dtype),
@@ -42,4 +42,4 @@ absl::Status ElementReader::Read(uint64_t begin, uint64_t n, double* out) {
   return absl::OkStatus();
 }
 
-}  // namespace coldfuse::rounds
+}  // namespace coldfuse::fusion

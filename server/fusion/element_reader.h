@@ -1,8 +1,8 @@
 // Reads ranges of elements, as doubles, from a tensor stored in 1 MiB chunks of any
 // dtype, keeping the last chunk it read. Lets code walk two tensors of different dtypes
 // (so different chunk grids) side by side. Not thread-safe.
-#ifndef COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
-#define COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
+#ifndef COLDFUSE_SERVER_FUSION_ELEMENT_READER_H_
+#define COLDFUSE_SERVER_FUSION_ELEMENT_READER_H_
 
 #include <cstdint>
 #include <functional>
@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
 
-namespace coldfuse::rounds {
+namespace coldfuse::fusion {
 
 class ElementReader {
  public:
@@ -33,6 +33,6 @@ class ElementReader {
   std::string cached_;
 };
 
-}  // namespace coldfuse::rounds
+}  // namespace coldfuse::fusion
 
-#endif  // COLDFUSE_SERVER_ROUNDS_ELEMENT_READER_H_
+#endif  // COLDFUSE_SERVER_FUSION_ELEMENT_READER_H_

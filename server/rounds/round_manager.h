@@ -1,29 +1,34 @@
-// The round lifecycle: init of base v0, accepting contributions to the open round,
-// closing it (quorum, timeout or operator) by fusing its contributions into the next
-// base, and the state dashboards read. Plain C++ over storage::Store; no gRPC.
-// Thread-safe. Closing runs on the caller's thread (an RPC worker or the policy thread
-// started by Start()), never while holding the state lock during fusion.
+// The round lifecycle and its policy: init of base v0, the open round and its accepted
+// contributions, closing it (quorum, timeout or operator) by screening and fusing its
+// contributions into the next base, rollback, and the state dashboards read. Uploads
+// reach it through ContributionIntake (contribution_intake.h), which calls
+// CheckAdmission and Accept. Plain C++ over storage::Store; no gRPC.
+//
+// Thread-safe. The state lock (mu_) is never held across I/O: a synced commit runs
+// between a check and an apply under the lock, and closes wait for commits in flight
+// before they snapshot the round. Closes and rollbacks are serialised by close_mu_ and
+// run on the caller's thread (an executor worker or the policy thread).
 #ifndef COLDFUSE_SERVER_ROUNDS_ROUND_MANAGER_H_
 #define COLDFUSE_SERVER_ROUNDS_ROUND_MANAGER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "coldfuse/v1/coldfuse.pb.h"
 #include "common/clock.h"
 #include "server/rounds/base_reader.h"
 #include "server/rounds/tensor_upload.h"
-#include "server/fusion/fusion.h"
 #include "server/storage/store.h"
 
 namespace coldfuse::rounds {
@@ -36,21 +41,29 @@ struct RoundOptions {
   int64_t round_timeout_ms = 10 * 60 * 1000;
   // How often the policy thread checks the timeout. Default: 200 ms.
   int64_t policy_poll_ms = 200;
-  // Upload attempts one contributor may start per round (rejected ones count).
-  // Default: 3.
-  uint32_t max_uploads_per_round = 3;
-  // Bytes one contributor may have accepted per UTC day; 0 = unlimited. Default: 0.
-  uint64_t max_bytes_per_day = 0;
   // Update-size screening: with at least 3 contributions, one whose delta norm exceeds
   // outlier_factor x the round's median is quarantined (kept, not fused); 0 disables.
   // Default: 3.
   double outlier_factor = 3.0;
 };
 
+// What an upload to the open round is checked against.
+struct OpenRound {
+  uint64_t number = 0;
+  uint64_t base_version = 0;
+  v1::Manifest base_manifest;
+};
+
+// Builds an audit record (seq and time are filled in by the store).
+v1::AuditRecord MakeAudit(absl::string_view actor, absl::string_view action,
+                          std::string detail);
+
 class RoundManager {
  public:
-  // Loads the committed state from `store` (which must outlive the manager).
+  // Takes the committed state `state` (from store->Load()); `store` must outlive the
+  // manager. DATA_LOSS if the state is inconsistent.
   static absl::StatusOr<std::unique_ptr<RoundManager>> Create(storage::Store* store,
+                                                             const storage::LoadedState& state,
                                                              const RoundOptions& options,
                                                              Clock* clock);
   ~RoundManager();
@@ -59,107 +72,108 @@ class RoundManager {
   void Start();
 
   // ---- operators (`actor` is the caller's name, recorded in the audit log)
-  // ALREADY_EXISTS once initialised; INVALID_ARGUMENT for a bad spec or manifest.
+  // ALREADY_EXISTS once initialised; INVALID_ARGUMENT for a bad spec, manifest or
+  // fusion options, or a base holding a NaN or infinity.
   absl::StatusOr<std::unique_ptr<TensorUpload>> BeginInit(const v1::InitHeader& header,
-                                                         const std::string& actor);
+                                                         const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Fuses the open round now. FAILED_PRECONDITION if it has no contributions, or if
   // `round` is set and is not the open round.
   absl::StatusOr<v1::CloseRoundResponse> CloseRound(std::optional<uint64_t> round,
                                                     const std::string& reason,
-                                                    const std::string& actor);
+                                                    const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
   // Marks every base after `good_version` bad, closes the open round unfused (its
   // contributions stay stored) and opens a new round from `good_version`.
   absl::StatusOr<v1::RollbackBaseResponse> RollbackBase(uint64_t good_version,
                                                         const std::string& reason,
-                                                        const std::string& actor);
+                                                        const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
   absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit);
   // Closes the open round if quorum or timeout says so; returns whether it closed.
-  absl::StatusOr<bool> MaybeClose();
+  absl::StatusOr<bool> MaybeClose() ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
 
   // ---- contributors
-  absl::StatusOr<v1::GetRoundResponse> GetRound() const;
-  // header.contributor() is the caller's identity (the service sets it from the token).
-  absl::StatusOr<std::unique_ptr<TensorUpload>> BeginContribution(
-      const v1::ContributionHeader& header);
+  absl::StatusOr<v1::GetRoundResponse> GetRound() const ABSL_LOCKS_EXCLUDED(mu_);
   // The current base when `version` is unset.
-  absl::StatusOr<std::unique_ptr<BaseReader>> OpenBase(std::optional<uint64_t> version) const;
-  // Where `contributor`'s interrupted upload `upload_id` can resume; NOT_FOUND if the
-  // server holds nothing of it.
-  absl::StatusOr<v1::UploadProgress> GetUpload(const std::string& upload_id,
-                                               const std::string& contributor) const;
+  absl::StatusOr<std::unique_ptr<BaseReader>> OpenBase(std::optional<uint64_t> version) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // ---- the intake (contribution_intake.h)
+  // Whether an upload with `header` may go to the open round: initialised, the header's
+  // base is current and its round open and not being fused, and its contributor has no
+  // contribution in it yet. Returns the open round on success.
+  absl::StatusOr<OpenRound> CheckAdmission(const v1::ContributionHeader& header) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The open round's number (it may be being fused); unset before init.
+  std::optional<uint64_t> OpenRoundNumber() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Records contribution `info` (whose chunks are flushed) in `round` with one synced
+  // write that also removes upload session `upload_id` (if any), without holding the
+  // state lock across the write. FAILED_PRECONDITION if the round closed or is being
+  // fused; ALREADY_EXISTS if its contributor has (or is committing) one in it.
+  absl::Status Accept(uint64_t round, const v1::ContributionInfo& info,
+                      const std::string& upload_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- dashboards
-  v1::ServerStatus GetStatus() const;
-  std::vector<v1::RoundInfo> ListRounds() const;
-  absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const;
-  // `fn` runs after every change of state (on the thread that made it, no locks held).
-  int AddListener(std::function<void()> fn);
-  void RemoveListener(int id);
+  v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<v1::RoundInfo> ListRounds() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const ABSL_LOCKS_EXCLUDED(mu_);
+  // `fn` runs after every change of state (on the thread that made it, with no state
+  // lock held; listeners are called one at a time).
+  int AddListener(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(listeners_mu_);
+  // Waits for a call of the listener that is in progress.
+  void RemoveListener(int id) ABSL_LOCKS_EXCLUDED(listeners_mu_);
 
  private:
   RoundManager(storage::Store* store, const RoundOptions& options, Clock* clock);
-  absl::Status CheckInitializedLocked() const;
-  absl::StatusOr<UploadResult> CommitContribution(const v1::ContributionHeader& header,
-                                                  uint64_t id, const std::string& sha256,
-                                                  uint64_t bytes, double delta_norm);
+  absl::Status CheckInitializedLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<UploadResult> CommitInit(const v1::ModelInfo& model, const std::string& sha256,
-                                          uint64_t bytes, const std::string& actor);
-  absl::Status CheckQuotaLocked(const v1::ContributionHeader& header, uint64_t bytes);
+                                          uint64_t bytes, const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Marks outliers of `round` quarantined by delta norm, adding audit records.
   void Screen(v1::RoundInfo* round, storage::AuditBatch* audit) const;
-  void AuditRejection(const std::string& actor, const absl::Status& why);
-  // A reader of contribution `info`'s chunks in the base's dtype and chunk grid (adding
-  // the base for a DELTA), for the fusion methods.
-  fusion::ChunkReader ContributionAsBase(const v1::ContributionInfo& info, uint64_t round,
-                                         uint64_t base_version,
-                                         const v1::Manifest& base_manifest) const;
-  // Removes a session and its chunks (a failed or abandoned upload).
-  void DropUpload(const std::string& upload_id, uint64_t round, uint64_t id);
+  // Sets closing_ and waits until no commit is in flight. REQUIRES: not closing_.
+  void BeginClosingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::CloseRoundResponse> CloseLocked(std::optional<uint64_t> round,
                                                      const std::string& reason,
-                                                     const std::string& actor);
-  void NotifyChanged();
-  void PolicyLoop();
+                                                     const std::string& actor)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  void NotifyChanged() ABSL_LOCKS_EXCLUDED(mu_, listeners_mu_);
+  void PolicyLoop() ABSL_LOCKS_EXCLUDED(policy_mu_);
 
   storage::Store* const store_;
   const RoundOptions options_;
   Clock* const clock_;
 
-  std::mutex close_mu_;  // serialises closes; held across a fusion
+  absl::Mutex close_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises closes and rollbacks
 
-  mutable std::mutex mu_;  // guards everything below
-  std::optional<v1::ModelInfo> model_;
-  uint64_t current_base_ = 0;
-  std::string current_base_sha256_;
-  std::vector<v1::RoundInfo> rounds_;  // ascending; the last is open once initialised
-  bool closing_ = false;               // a fusion of the open round is running
-  bool init_in_progress_ = false;
-  uint64_t next_contribution_id_ = 1;
-  uint64_t change_seq_ = 1;
-  uint64_t max_base_version_ = 0;           // highest stored version, bad ones included
+  mutable absl::Mutex mu_;
+  std::optional<v1::ModelInfo> model_ ABSL_GUARDED_BY(mu_);
+  uint64_t current_base_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string current_base_sha256_ ABSL_GUARDED_BY(mu_);
+  // Ascending; the last is open once initialised.
+  std::vector<v1::RoundInfo> rounds_ ABSL_GUARDED_BY(mu_);
+  // A fusion (or rollback) of the open round is running: no new uploads or commits.
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool init_in_progress_ ABSL_GUARDED_BY(mu_) = false;
+  // Contributors whose contribution to the open round is being committed.
+  std::set<std::string> committing_ ABSL_GUARDED_BY(mu_);
+  // Never goes back across restarts: it starts at the audit log's last sequence number
+  // + 1, and every change of state appends at least one audit record, so it never runs
+  // ahead of that number + 1.
+  uint64_t change_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // Highest stored base version, bad ones included.
+  uint64_t max_base_version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<uint64_t> bad_base_versions_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> retry_close_after_ms_{0};  // policy closes wait after a failure
-  std::vector<uint64_t> bad_base_versions_;
-  // Resumable uploads of the open round, by upload id.
-  struct UploadSlot {
-    uint64_t round = 0;
-    uint64_t id = 0;
-    std::string contributor;
-    bool streaming = false;  // a stream is attached now
-    v1::UploadSessionRecord record;
-  };
-  std::map<std::string, UploadSlot> uploads_;
-  // Quotas (in memory: they restart with the server).
-  std::map<std::pair<uint64_t, std::string>, uint32_t> uploads_started_;  // (round, name)
-  std::map<std::pair<int64_t, std::string>, uint64_t> bytes_by_day_;      // (day, name)
 
-  std::mutex listeners_mu_;
-  std::map<int, std::function<void()>> listeners_;
-  int next_listener_ = 1;
+  absl::Mutex listeners_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::map<int, std::function<void()>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
+  int next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
 
-  std::mutex policy_mu_;
-  std::condition_variable policy_cv_;
-  bool stop_ = false;
-  bool wake_ = false;
+  absl::Mutex policy_mu_;
+  bool stop_ ABSL_GUARDED_BY(policy_mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(policy_mu_) = false;
   std::thread policy_thread_;
 };
 

@@ -2,311 +2,23 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <functional>
 #include <limits>
-#include <memory>
 #include <mutex>
-#include <optional>
-#include <string>
-#include <vector>
+#include <thread>
 
-#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/model_spec.h"
-#include "common/sha256.h"
-#include "common/tensor_stream.h"
-#include "server/rounds/test_util.h"
-#include "server/storage/store.h"
+#include "server/rounds/rounds_test_fixture.h"
 
 namespace coldfuse::rounds {
 namespace {
 
-using testing_util::BytesOf;
-using testing_util::ValuesOf;
+using namespace testing_fixture;  // NOLINT: the shared test helpers
 
-constexpr char kSpec[] = "mlp:4,3,2";
-constexpr int64_t kStartMs = 1'700'000'000'000;
-
-std::vector<HostTensor> Body(const std::string& spec, uint64_t seed) {
-  return InitMlpBody(*ParseModelSpec(spec), seed);
-}
-
-v1::StreamTrailer TrailerFor(const std::vector<HostTensor>& tensors) {
-  v1::StreamTrailer t;
-  t.set_sha256(TensorsSha256(tensors));
-  uint64_t total = 0;
-  for (const auto& x : tensors) total += x.data.size();
-  t.set_total_bytes(total);
-  return t;
-}
-
-absl::Status SendChunks(TensorUpload* upload, const std::vector<HostTensor>& tensors) {
-  return ForEachWireChunk(tensors, [&](v1::TensorChunk& c) { return upload->Accept(c); });
-}
-
-// Streams `tensors` and a matching trailer into `upload`.
-absl::StatusOr<UploadResult> Send(TensorUpload* upload, const std::vector<HostTensor>& tensors) {
-  absl::Status st = SendChunks(upload, tensors);
-  if (!st.ok()) return st;
-  return upload->Finish(TrailerFor(tensors));
-}
-
-// Element-wise sum_k weights[k] * tensors[k], computed in double, stored as F32.
-std::vector<std::vector<float>> ExpectedFusion(
-    const std::vector<std::vector<HostTensor>>& contributions,
-    const std::vector<double>& weights) {
-  std::vector<std::vector<float>> out;
-  for (size_t t = 0; t < contributions[0].size(); ++t) {
-    std::vector<double> acc(contributions[0][t].data.size() / 4, 0.0);
-    for (size_t k = 0; k < contributions.size(); ++k) {
-      std::vector<float> v = ValuesOf<float>(contributions[k][t].data);
-      for (size_t i = 0; i < v.size(); ++i) acc[i] += weights[k] * v[i];
-    }
-    out.emplace_back(acc.begin(), acc.end());
-  }
-  return out;
-}
-
-// `base` moved by scale x a fixed pattern that `salt` varies; every element changes.
-// Deltas of the same salt are parallel, so their norms scale with `scale`.
-std::vector<HostTensor> Shifted(const std::vector<HostTensor>& base, double scale, int salt) {
-  std::vector<HostTensor> out = base;
-  for (size_t t = 0; t < out.size(); ++t) {
-    std::vector<float> v = ValuesOf<float>(out[t].data);
-    for (size_t i = 0; i < v.size(); ++i) {
-      int step = static_cast<int>((i * 7 + t * 13 + static_cast<size_t>(salt) * 5) % 11) - 5;
-      if (step == 0) step = 6;
-      v[i] = static_cast<float>(v[i] + scale * 0.01 * step);
-    }
-    out[t].data = BytesOf(v);
-  }
-  return out;
-}
-
-// L2 norm of (x - base) over all F32 tensors, in double.
-double DeltaL2(const std::vector<HostTensor>& x, const std::vector<HostTensor>& base) {
-  double sum = 0;
-  for (size_t t = 0; t < x.size(); ++t) {
-    std::vector<float> a = ValuesOf<float>(x[t].data);
-    std::vector<float> b = ValuesOf<float>(base[t].data);
-    for (size_t i = 0; i < a.size(); ++i) {
-      const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
-      sum += d * d;
-    }
-  }
-  return std::sqrt(sum);
-}
-
-double MedianOf(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-// At every coordinate, reduce(the contributions' values there), stored as F32.
-std::vector<std::vector<float>> ExpectedPerCoordinate(
-    const std::vector<std::vector<HostTensor>>& contributions,
-    const std::function<double(std::vector<double>)>& reduce) {
-  std::vector<std::vector<float>> out;
-  for (size_t t = 0; t < contributions[0].size(); ++t) {
-    std::vector<std::vector<float>> values;
-    for (const auto& c : contributions) values.push_back(ValuesOf<float>(c[t].data));
-    std::vector<float> fused(values[0].size());
-    for (size_t i = 0; i < fused.size(); ++i) {
-      std::vector<double> at;
-      for (const auto& v : values) at.push_back(v[i]);
-      fused[i] = static_cast<float>(reduce(std::move(at)));
-    }
-    out.push_back(std::move(fused));
-  }
-  return out;
-}
-
-std::vector<std::string> Actions(const std::vector<v1::AuditRecord>& records) {
-  std::vector<std::string> out;
-  for (const auto& r : records) out.push_back(r.action());
-  return out;
-}
-
-class RoundManagerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    options_.min_contributions = 3;
-    options_.round_timeout_ms = 0;
-    OpenStore();
-    CreateManager();
-  }
-
-  void OpenStore() {
-    storage::StoreOptions so;
-    so.sync_commits = false;  // nothing here crashes; keeps the suite fast
-    auto s = storage::Store::Open(dir_.path(), so);
-    ASSERT_TRUE(s.ok()) << s.status();
-    store_ = std::move(*s);
-  }
-
-  void CreateManager() {
-    manager_.reset();
-    auto m = RoundManager::Create(store_.get(), options_, &clock_);
-    ASSERT_TRUE(m.ok()) << m.status();
-    manager_ = std::move(*m);
-  }
-
-  // A server restart: manager and store closed, the same folder opened again.
-  void Restart() {
-    manager_.reset();
-    store_.reset();
-    OpenStore();
-    CreateManager();
-  }
-
-  void Reconfigure(uint32_t min_contributions, int64_t round_timeout_ms) {
-    options_.min_contributions = min_contributions;
-    options_.round_timeout_ms = round_timeout_ms;
-    CreateManager();
-  }
-
-  v1::InitHeader InitHeaderFor(const std::string& spec, v1::FusionMethod method) {
-    v1::InitHeader h;
-    h.set_model_spec(spec);
-    *h.mutable_manifest() = MlpManifest(*ParseModelSpec(spec));
-    h.set_fusion_method(method);
-    return h;
-  }
-
-  // Stores base v0 of `spec` (seed 1) and opens round 1.
-  void Init(v1::FusionMethod method = v1::MEAN, const std::string& spec = kSpec) {
-    spec_ = spec;
-    auto up = manager_->BeginInit(InitHeaderFor(spec, method), "op");
-    ASSERT_TRUE(up.ok()) << up.status();
-    base0_ = Body(spec, 1);
-    auto r = Send(up->get(), base0_);
-    ASSERT_TRUE(r.ok()) << r.status();
-  }
-
-  // A header for the open round and current base.
-  v1::ContributionHeader Header(const std::string& contributor, uint64_t num_examples = 10) {
-    auto round = manager_->GetRound();
-    EXPECT_TRUE(round.ok()) << round.status();
-    v1::ContributionHeader h;
-    h.set_round(round.ok() ? round->round() : 0);
-    h.set_base_version(round.ok() ? round->base_version() : 0);
-    h.set_contributor(contributor);
-    h.set_task("sst2");
-    h.set_num_examples(num_examples);
-    *h.mutable_manifest() = MlpManifest(*ParseModelSpec(spec_));
-    return h;
-  }
-
-  absl::StatusOr<UploadResult> Contribute(const v1::ContributionHeader& header,
-                                          const std::vector<HostTensor>& tensors) {
-    auto up = manager_->BeginContribution(header);
-    if (!up.ok()) return up.status();
-    return Send(up->get(), tensors);
-  }
-
-  // Uploads Body(spec_, seed) from `contributor`; fails the test if it is refused.
-  std::vector<HostTensor> MustContribute(const std::string& contributor, uint64_t seed,
-                                         uint64_t num_examples = 10) {
-    std::vector<HostTensor> t = Body(spec_, seed);
-    auto r = Contribute(Header(contributor, num_examples), t);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return t;
-  }
-
-  // Base `version` (current when unset) read back through OpenBase.
-  std::vector<HostTensor> ReadBase(std::optional<uint64_t> version = std::nullopt,
-                                   std::string* sha256 = nullptr) {
-    auto reader = manager_->OpenBase(version);
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    if (!reader.ok()) return {};
-    std::vector<HostTensor> out;
-    for (const auto& spec : (*reader)->manifest().tensors()) out.push_back({spec, ""});
-    v1::TensorChunk chunk;
-    for (;;) {
-      auto more = (*reader)->Next(&chunk);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      HostTensor& t = out.at(chunk.tensor_index());
-      EXPECT_EQ(chunk.offset(), t.data.size());
-      t.data += chunk.data();
-    }
-    if (sha256 != nullptr) *sha256 = (*reader)->Trailer().sha256();
-    return out;
-  }
-
-  static void ExpectTensorsEqual(const std::vector<HostTensor>& got,
-                                 const std::vector<std::vector<float>>& want) {
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t t = 0; t < got.size(); ++t) {
-      std::vector<float> g = ValuesOf<float>(got[t].data);
-      ASSERT_EQ(g.size(), want[t].size()) << got[t].spec.name();
-      for (size_t i = 0; i < g.size(); ++i) {
-        // Fusion accumulates in F32: allow its rounding where terms cancel.
-        EXPECT_NEAR(g[i], want[t][i], 1e-6 * std::max(1.0f, std::fabs(want[t][i])))
-            << got[t].spec.name() << "[" << i << "]";
-      }
-    }
-  }
-
-  // Like Init, with fusion options.
-  void InitWithOptions(v1::FusionMethod method, const v1::FusionOptions& fusion_options) {
-    spec_ = kSpec;
-    v1::InitHeader h = InitHeaderFor(kSpec, method);
-    *h.mutable_fusion_options() = fusion_options;
-    auto up = manager_->BeginInit(h, "op");
-    ASSERT_TRUE(up.ok()) << up.status();
-    base0_ = Body(kSpec, 1);
-    auto r = Send(up->get(), base0_);
-    ASSERT_TRUE(r.ok()) << r.status();
-  }
-
-  // Uploads `tensors` from `contributor`; fails the test if it is refused.
-  std::vector<HostTensor> MustContributeTensors(const std::string& contributor,
-                                                std::vector<HostTensor> tensors,
-                                                uint64_t num_examples = 10) {
-    auto r = Contribute(Header(contributor, num_examples), tensors);
-    EXPECT_TRUE(r.ok()) << contributor << ": " << r.status();
-    return tensors;
-  }
-
-  // The record of `contributor`'s contribution in round `round`.
-  v1::ContributionInfo ContributionOf(uint64_t round, const std::string& contributor) {
-    auto info = manager_->GetRoundInfo(round);
-    EXPECT_TRUE(info.ok()) << info.status();
-    if (info.ok()) {
-      for (const auto& c : info->contributions()) {
-        if (c.contributor() == contributor) return c;
-      }
-    }
-    ADD_FAILURE() << "no contribution from " << contributor << " in round " << round;
-    return v1::ContributionInfo();
-  }
-
-  void MustClose() {
-    auto r = manager_->CloseRound(std::nullopt, "operator", "op");
-    ASSERT_TRUE(r.ok()) << r.status();
-  }
-
-  std::vector<v1::AuditRecord> AuditAll() {
-    auto a = manager_->ReadAudit(0, 1000);
-    EXPECT_TRUE(a.ok()) << a.status();
-    return a.ok() ? *std::move(a) : std::vector<v1::AuditRecord>();
-  }
-
-  testing_util::TempDir dir_;
-  FakeClock clock_{kStartMs};
-  RoundOptions options_;
-  std::unique_ptr<storage::Store> store_;
-  std::unique_ptr<RoundManager> manager_;
-  std::string spec_ = kSpec;
-  std::vector<HostTensor> base0_;
-};
+class RoundManagerTest : public RoundsTest {};
 
 // ------------------------------------------------------------------ init
 
@@ -317,7 +29,7 @@ TEST_F(RoundManagerTest, NothingWorksBeforeInit) {
   h.set_round(1);
   h.set_contributor("alice");
   h.set_num_examples(1);
-  EXPECT_EQ(manager_->BeginContribution(h).status().code(),
+  EXPECT_EQ(intake_->Begin(h).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->OpenBase(std::nullopt).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -372,6 +84,94 @@ TEST_F(RoundManagerTest, InitWithBadChecksumStoresNothingAndCanBeRetried) {
   EXPECT_TRUE(manager_->GetRound().ok());
 }
 
+TEST_F(RoundManagerTest, InitWithANonFiniteBaseIsInvalidArgumentAndStoresNothing) {
+  // Every contribution trained from such a base would be refused: refuse the base.
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    auto up = manager_->BeginInit(InitHeaderFor(kSpec, v1::MEAN), "op");
+    ASSERT_TRUE(up.ok()) << up.status();
+    std::vector<HostTensor> t = Body(kSpec, 1);
+    std::vector<float> w = ValuesOf<float>(t[2].data);
+    w[3] = bad;
+    t[2].data = BytesOf(w);
+    auto r = Send(up->get(), t);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(),
+                                  absl::StrCat("'", t[2].spec.name(), "' holds a NaN or "
+                                               "infinity at element 3")))
+        << r.status();
+  }
+  EXPECT_EQ(store_->GetBaseChunk(0, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetRound().status().code(), absl::StatusCode::kFailedPrecondition);
+  Init();  // a finite base is then accepted
+  EXPECT_TRUE(manager_->GetRound().ok());
+}
+
+TEST_F(RoundManagerTest, OverlongModelSpecIsInvalidArgument) {
+  // The spec is echoed in every GetRound and status reply.
+  v1::InitHeader h = InitHeaderFor(kSpec, v1::MEAN);
+  h.set_model_spec("checkpoint:" + std::string(1 << 20, 'x'));
+  auto r = manager_->BeginInit(h, "op");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "at most 256")) << r.status();
+  EXPECT_LT(r.status().message().size(), 400u);
+  h.set_model_spec("checkpoint:" + std::string(200, 'x'));
+  EXPECT_TRUE(manager_->BeginInit(h, "op").ok());
+}
+
+TEST_F(RoundManagerTest, NonFiniteOrOutOfRangeFusionOptionsAreRefusedAtInit) {
+  // A stored NaN option would make every close fail, and options cannot change later.
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    v1::FusionMethod method;
+    double trim, clip;
+  };
+  for (const Case& c : {Case{v1::TRIMMED_MEAN, nan, 0}, Case{v1::NORM_CLIPPED_MEAN, 0, nan},
+                        Case{v1::NORM_CLIPPED_MEAN, 0, inf}, Case{v1::TRIMMED_MEAN, 0.5, 0},
+                        Case{v1::TRIMMED_MEAN, -0.1, 0}, Case{v1::NORM_CLIPPED_MEAN, 0, -1}}) {
+    v1::InitHeader h = InitHeaderFor(kSpec, c.method);
+    h.mutable_fusion_options()->set_trim_fraction(c.trim);
+    h.mutable_fusion_options()->set_clip_factor(c.clip);
+    auto r = manager_->BeginInit(h, "op");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument)
+        << "trim " << c.trim << " clip " << c.clip;
+  }
+  EXPECT_FALSE(manager_->GetStatus().initialized());
+}
+
+TEST_F(RoundManagerTest, ChangeSeqNeverGoesBackAcrossRestarts) {
+  // A dashboard that de-duplicates on change_seq after reconnecting must not drop
+  // updates: every change raises it, and a restart never lowers it (a value seen again
+  // after a restart describes the same state).
+  std::vector<std::pair<uint64_t, bool>> seen;  // (change_seq, the state changed before)
+  auto look = [&](bool changed) { seen.push_back({manager_->GetStatus().change_seq(), changed}); };
+  look(false);
+  Init();
+  look(true);
+  Restart();
+  look(false);
+  MustContribute("alice", 2);
+  look(true);
+  Restart();
+  look(false);
+  MustContribute("bob", 3);
+  look(true);
+  MustClose();
+  look(true);
+  Restart();
+  look(false);
+  Restart();
+  look(false);
+  ASSERT_GT(seen.back().first, 1u);
+  for (size_t i = 1; i < seen.size(); ++i) {
+    if (seen[i].second) {
+      EXPECT_GT(seen[i].first, seen[i - 1].first) << "step " << i;
+    } else {
+      EXPECT_GE(seen[i].first, seen[i - 1].first) << "step " << i;
+    }
+  }
+}
+
 TEST_F(RoundManagerTest, InitManifestMustMatchTheModelSpec) {
   v1::InitHeader h = InitHeaderFor(kSpec, v1::MEAN);
   h.mutable_manifest()->mutable_tensors(0)->set_shape(0, 5);
@@ -379,181 +179,6 @@ TEST_F(RoundManagerTest, InitManifestMustMatchTheModelSpec) {
   h = InitHeaderFor(kSpec, v1::MEAN);
   h.clear_model_spec();
   EXPECT_EQ(manager_->BeginInit(h, "op").status().code(), absl::StatusCode::kInvalidArgument);
-}
-
-// ------------------------------------------------------------------ contributions
-
-TEST_F(RoundManagerTest, ContributionIsListedInTheOpenRound) {
-  Init();
-  clock_.AdvanceMs(1234);
-  std::vector<HostTensor> t = Body(kSpec, 7);
-  auto r = Contribute(Header("alice", 250), t);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->round, 1u);
-  EXPECT_EQ(r->base_version, 0u);
-  EXPECT_EQ(r->sha256, TensorsSha256(t));
-  EXPECT_EQ(r->bytes, TrailerFor(t).total_bytes());
-
-  auto info = manager_->GetRoundInfo(1);
-  ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->state(), v1::OPEN);
-  ASSERT_EQ(info->contributions_size(), 1);
-  const v1::ContributionInfo& c = info->contributions(0);
-  EXPECT_EQ(c.id(), r->id);
-  EXPECT_EQ(c.contributor(), "alice");
-  EXPECT_EQ(c.task(), "sst2");
-  EXPECT_EQ(c.num_examples(), 250u);
-  EXPECT_EQ(c.sha256(), TensorsSha256(t));
-  EXPECT_EQ(c.received_unix_ms(), kStartMs + 1234);
-}
-
-TEST_F(RoundManagerTest, StaleBaseVersionIsFailedPrecondition) {
-  Init();
-  Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
-  MustContribute("alice", 2);
-  auto closed = manager_->MaybeClose();
-  ASSERT_TRUE(closed.ok() && *closed) << closed.status();
-  // Round 2 takes base v1; bob fine-tuned from v0.
-  v1::ContributionHeader h = Header("bob");
-  ASSERT_EQ(h.base_version(), 1u);
-  h.set_base_version(0);
-  auto r = Contribute(h, Body(kSpec, 3));
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
-}
-
-TEST_F(RoundManagerTest, WrongRoundIsFailedPrecondition) {
-  Init();
-  v1::ContributionHeader h = Header("alice");
-  h.set_round(2);
-  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  h.set_round(0);
-  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-}
-
-TEST_F(RoundManagerTest, HeaderManifestMismatchIsInvalidArgumentAndStoresNothing) {
-  Init();
-  struct Case {
-    const char* what;
-    std::function<void(v1::Manifest*)> edit;
-  };
-  std::vector<Case> cases = {
-      {"unknown name", [](v1::Manifest* m) { m->mutable_tensors(1)->set_name("body.9.bias"); }},
-      {"wrong shape", [](v1::Manifest* m) { m->mutable_tensors(0)->set_shape(1, 5); }},
-      // A narrower or wider float is converted at fusion; a non-float dtype is not.
-      {"non-float dtype",
-       [](v1::Manifest* m) { m->mutable_tensors(2)->set_dtype(v1::DTYPE_UNSPECIFIED); }},
-      {"missing tensor", [](v1::Manifest* m) { m->mutable_tensors()->RemoveLast(); }},
-      {"extra tensor",
-       [](v1::Manifest* m) {
-         v1::TensorSpec* t = m->add_tensors();
-         t->set_name("head.weight");
-         t->set_dtype(v1::F32);
-         t->add_shape(2);
-       }},
-  };
-  for (const Case& c : cases) {
-    v1::ContributionHeader h = Header("alice");
-    c.edit(h.mutable_manifest());
-    EXPECT_EQ(manager_->BeginContribution(h).status().code(),
-              absl::StatusCode::kInvalidArgument)
-        << c.what;
-  }
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  Restart();
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  // alice was not marked as having contributed.
-  MustContribute("alice", 2);
-}
-
-TEST_F(RoundManagerTest, DataNotMatchingTheManifestIsInvalidArgumentAndStoresNothing) {
-  Init();
-  std::vector<HostTensor> t = Body(kSpec, 2);
-  {
-    auto up = manager_->BeginContribution(Header("alice"));
-    ASSERT_TRUE(up.ok()) << up.status();
-    // Every tensor but the last.
-    std::vector<HostTensor> partial(t.begin(), t.end() - 1);
-    ASSERT_TRUE(SendChunks(up->get(), partial).ok());
-    // Data is stored as it arrives (this is the first upload: id 1)...
-    ASSERT_TRUE(store_->GetContributionChunk(1, 1, 0, 0).ok());
-    EXPECT_EQ((*up)->Finish(TrailerFor(partial)).status().code(),
-              absl::StatusCode::kInvalidArgument);
-  }
-  // ...and gone once the rejected upload is dropped.
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-  {
-    auto up = manager_->BeginContribution(Header("alice"));
-    ASSERT_TRUE(up.ok()) << up.status();
-    // A tensor's bytes beyond its manifest shape.
-    v1::TensorChunk c;
-    c.set_tensor_index(0);
-    c.set_offset(0);
-    c.set_data(std::string(t[0].data.size() + 4, '\0'));
-    EXPECT_EQ((*up)->Accept(c).code(), absl::StatusCode::kInvalidArgument);
-  }
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  Restart();
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-}
-
-TEST_F(RoundManagerTest, BadChecksumIsInvalidArgumentAndStoresNothing) {
-  Init();
-  std::vector<HostTensor> t = Body(kSpec, 2);
-  {
-    auto up = manager_->BeginContribution(Header("alice"));
-    ASSERT_TRUE(up.ok()) << up.status();
-    ASSERT_TRUE(SendChunks(up->get(), t).ok());
-    ASSERT_TRUE(store_->GetContributionChunk(1, 1, 3, 0).ok());
-    v1::StreamTrailer bad = TrailerFor(t);
-    bad.mutable_sha256()->at(31) ^= 0x80;
-    auto r = (*up)->Finish(bad);
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  }
-  for (uint32_t tensor = 0; tensor < 4; ++tensor) {
-    EXPECT_EQ(store_->GetContributionChunk(1, 1, tensor, 0).status().code(),
-              absl::StatusCode::kNotFound);
-  }
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  Restart();
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-}
-
-TEST_F(RoundManagerTest, SameContributorTwiceInARoundIsAlreadyExists) {
-  Init();
-  MustContribute("alice", 2);
-  EXPECT_EQ(Contribute(Header("alice"), Body(kSpec, 3)).status().code(),
-            absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
-}
-
-TEST_F(RoundManagerTest, SameContributorRacingTwoUploadsGetsOneAccepted) {
-  Init();
-  auto first = manager_->BeginContribution(Header("alice"));
-  auto second = manager_->BeginContribution(Header("alice"));
-  ASSERT_TRUE(first.ok() && second.ok());
-  std::vector<HostTensor> t = Body(kSpec, 2);
-  EXPECT_TRUE(Send(first->get(), t).ok());
-  EXPECT_EQ(Send(second->get(), t).status().code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
-}
-
-TEST_F(RoundManagerTest, BadContributorNameOrZeroExamplesIsInvalidArgument) {
-  Init();
-  for (const char* name : {"", "bad name", "semi;colon", "slash/name"}) {
-    EXPECT_EQ(manager_->BeginContribution(Header(name)).status().code(),
-              absl::StatusCode::kInvalidArgument)
-        << "'" << name << "'";
-  }
-  EXPECT_EQ(manager_->BeginContribution(Header(std::string(129, 'a'))).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(manager_->BeginContribution(Header("alice", 0)).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(manager_->BeginContribution(Header("alice.o-k_1@lab")).ok());
 }
 
 // ------------------------------------------------------------------ round policy
@@ -727,32 +352,6 @@ TEST_F(RoundManagerTest, RestartKeepsBaseRoundsAndContributions) {
   EXPECT_GT(fourth->id, third->id);
 }
 
-TEST_F(RoundManagerTest, UploadInFlightWhenTheRoundClosesIsRefusedAndStoresNothing) {
-  Init();
-  std::vector<HostTensor> a = MustContribute("alice", 2);
-  auto up = manager_->BeginContribution(Header("bob"));
-  ASSERT_TRUE(up.ok()) << up.status();
-  std::vector<HostTensor> b = Body(kSpec, 3);
-  ASSERT_TRUE(SendChunks(up->get(), b).ok());
-  const uint64_t bob_id = 2;  // ids are handed out in order
-  ASSERT_TRUE(store_->GetContributionChunk(1, bob_id, 0, 0).ok());
-
-  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
-  auto r = (*up)->Finish(TrailerFor(b));
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
-  up->reset();
-
-  EXPECT_EQ(store_->GetContributionChunk(1, bob_id, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-  auto info = manager_->GetRoundInfo(1);
-  ASSERT_TRUE(info.ok());
-  ASSERT_EQ(info->contributions_size(), 1);
-  EXPECT_EQ(info->contributions(0).contributor(), "alice");
-  EXPECT_EQ(manager_->GetRoundInfo(2)->contributions_size(), 0);
-  // The base is alice's alone.
-  ExpectTensorsEqual(ReadBase(), ExpectedFusion({a}, {1.0}));
-}
-
 // ------------------------------------------------------------------ dashboards
 
 TEST_F(RoundManagerTest, ListenersSeeEveryContributionAndClose) {
@@ -845,93 +444,11 @@ TEST_F(RoundManagerTest, PolicyThreadClosesOnQuorum) {
   }
   EXPECT_EQ(manager_->GetRound()->round(), 2u);
   EXPECT_EQ(manager_->GetRoundInfo(1)->close_reason(), "quorum");
+  intake_.reset();
   manager_.reset();  // stops the thread before the listener's captures go away
 }
 
-// ------------------------------------------------------------------ screening uploads
-
-TEST_F(RoundManagerTest, NonFiniteContributionIsInvalidArgumentAndStoresNothing) {
-  Init();
-  struct Case {
-    const char* contributor;
-    float value;
-  };
-  const Case cases[] = {{"alice", std::nanf("")},
-                        {"bob", std::numeric_limits<float>::infinity()},
-                        {"carol", -std::numeric_limits<float>::infinity()}};
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.contributor);
-    // The bad value is in the last tensor, so the first three were stored before it.
-    std::vector<HostTensor> t = Body(kSpec, 2);
-    std::vector<float> last = ValuesOf<float>(t[3].data);
-    last[1] = c.value;
-    t[3].data = BytesOf(last);
-    {
-      auto up = manager_->BeginContribution(Header(c.contributor));
-      ASSERT_TRUE(up.ok()) << up.status();
-      absl::Status st = SendChunks(up->get(), t);
-      if (st.ok()) st = (*up)->Finish(TrailerFor(t)).status();
-      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-      EXPECT_TRUE(absl::StrContains(st.message(), "NaN or infinity")) << st;
-      EXPECT_TRUE(absl::StrContains(st.message(), t[3].spec.name())) << st;
-      EXPECT_TRUE(absl::StrContains(st.message(), "element 1")) << st;
-    }
-    EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  }
-  // No chunk of any of the three uploads (ids 1..3) is left.
-  for (uint64_t id = 1; id <= 3; ++id) {
-    for (uint32_t tensor = 0; tensor < 4; ++tensor) {
-      EXPECT_EQ(store_->GetContributionChunk(1, id, tensor, 0).status().code(),
-                absl::StatusCode::kNotFound)
-          << "id " << id << " tensor " << tensor;
-    }
-  }
-  std::vector<v1::AuditRecord> audit = AuditAll();
-  int rejected = 0;
-  for (const auto& r : audit) {
-    if (r.action() != "contribution_rejected") continue;
-    ++rejected;
-    EXPECT_TRUE(absl::StrContains(r.detail(), "INVALID_ARGUMENT")) << r.detail();
-  }
-  EXPECT_EQ(rejected, 3);
-  // The contributors may send a finite update.
-  MustContribute("alice", 3);
-  Restart();
-  ASSERT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions(0).contributor(), "alice");
-}
-
-TEST_F(RoundManagerTest, NonFiniteValueInALaterStorageChunkNamesItsElement) {
-  // body.0.weight is 500 x 600 F32: two storage chunks.
-  Init(v1::MEAN, "mlp:600,500");
-  std::vector<HostTensor> t = Body(spec_, 2);
-  std::vector<float> w = ValuesOf<float>(t[0].data);
-  const size_t bad = kChunkBytes / sizeof(float) + 5;
-  w[bad] = std::nanf("");
-  t[0].data = BytesOf(w);
-  auto r = Contribute(Header("alice"), t);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("element ", bad)))
-      << r.status();
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-}
-
-TEST_F(RoundManagerTest, DeltaNormIsTheL2NormOfTheUpdate) {
-  Init();
-  std::vector<HostTensor> a = MustContribute("alice", 2);
-  std::vector<HostTensor> b = MustContributeTensors("bob", Shifted(base0_, 3.0, 1));
-  std::vector<HostTensor> c = MustContributeTensors("carol", base0_);  // no change
-  const double want_a = DeltaL2(a, base0_);
-  const double want_b = DeltaL2(b, base0_);
-  ASSERT_GT(want_a, 0);
-  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
-  EXPECT_NEAR(ContributionOf(1, "bob").delta_norm(), want_b, 1e-12 * want_b);
-  EXPECT_EQ(ContributionOf(1, "carol").delta_norm(), 0.0);
-  Restart();
-  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
-}
+// ------------------------------------------------------------------ screening at close
 
 TEST_F(RoundManagerTest, OutlierIsQuarantinedAndLeftOutOfTheFusion) {
   Init();  // outlier_factor 3 (the default)
@@ -1224,58 +741,6 @@ TEST_F(RoundManagerTest, RollbackToTheCurrentOrABadBaseIsFailedPrecondition) {
   EXPECT_EQ(rb->bad_base_versions(1), 3u);
 }
 
-// ------------------------------------------------------------------ quotas
-
-TEST_F(RoundManagerTest, UploadsPerRoundQuotaIsResourceExhausted) {
-  Init();
-  options_.max_uploads_per_round = 2;
-  CreateManager();
-  for (int i = 0; i < 2; ++i) {
-    auto up = manager_->BeginContribution(Header("alice"));
-    ASSERT_TRUE(up.ok()) << up.status();
-  }  // both dropped (the client went away)
-  auto third = manager_->BeginContribution(Header("alice"));
-  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
-  // Rejected uploads count too: two failed uploads use up carol's quota.
-  for (int i = 0; i < 2; ++i) {
-    std::vector<HostTensor> t = Body(kSpec, 3);
-    const v1::StreamTrailer trailer = TrailerFor(t);
-    t[0].data[0] ^= 1;  // corrupted on the way
-    auto up = manager_->BeginContribution(Header("carol"));
-    ASSERT_TRUE(up.ok()) << up.status();
-    ASSERT_TRUE(SendChunks(up->get(), t).ok());
-    EXPECT_EQ((*up)->Finish(trailer).status().code(), absl::StatusCode::kInvalidArgument);
-  }
-  EXPECT_EQ(Contribute(Header("carol"), Body(kSpec, 3)).status().code(),
-            absl::StatusCode::kResourceExhausted);
-  // Others are unaffected.
-  MustContribute("bob", 4);
-  EXPECT_EQ(manager_->BeginContribution(Header("alice")).status().code(),
-            absl::StatusCode::kResourceExhausted);
-  // The quota is per round.
-  MustClose();
-  MustContribute("alice", 5);
-}
-
-TEST_F(RoundManagerTest, DailyBytesQuotaIsResourceExhaustedUntilTheNextDay) {
-  Init();
-  const uint64_t model_bytes = manager_->GetStatus().model().total_bytes();
-  ASSERT_GT(model_bytes, 0u);
-  options_.max_bytes_per_day = 2 * model_bytes;  // exactly two uploads a day
-  CreateManager();
-  MustContribute("alice", 2);
-  MustClose();
-  MustContribute("alice", 3);
-  MustClose();
-  auto r = Contribute(Header("alice"), Body(kSpec, 4));
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
-  EXPECT_TRUE(absl::StrContains(r.status().message(), "daily limit")) << r.status();
-  MustContribute("bob", 5);  // others are unaffected
-  clock_.AdvanceMs(24 * 3600 * 1000LL);
-  MustContribute("alice", 4);
-  EXPECT_EQ(manager_->GetRoundInfo(3)->contributions_size(), 2);
-}
-
 // ------------------------------------------------------------------ audit log
 
 TEST_F(RoundManagerTest, AuditLogRecordsChangesInOrderAndContinuesAfterARestart) {
@@ -1327,7 +792,9 @@ TEST(RoundManagerCreateTest, ZeroMinContributionsIsInvalid) {
   FakeClock clock(kStartMs);
   RoundOptions options;
   options.min_contributions = 0;
-  EXPECT_EQ(RoundManager::Create(store->get(), options, &clock).status().code(),
+  auto state = (*store)->Load();
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(RoundManager::Create(store->get(), *state, options, &clock).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

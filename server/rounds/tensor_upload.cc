@@ -9,7 +9,19 @@ TensorUpload::TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSi
     : receiver_(manifest, std::move(sink)), commit_(std::move(commit)), abort_(std::move(abort)) {}
 
 TensorUpload::~TensorUpload() {
-  if (!committed_ && abort_) abort_(failure_);
+  if (!ended_ && abort_) {
+    (void)abort_(failure_.ok() ? EndKind::kBroken : EndKind::kRejected, failure_);
+  }
+}
+
+absl::Status TensorUpload::Abandon(EndKind kind, const absl::Status& why) {
+  if (ended_) return why;
+  ended_ = true;
+  if (!failure_.ok()) {
+    kind = EndKind::kRejected;  // the first error is what stopped it
+  }
+  const absl::Status& reason = failure_.ok() ? why : failure_;
+  return abort_ ? abort_(kind, reason) : reason;
 }
 
 absl::Status TensorUpload::ResumeAt(uint32_t tensor, uint64_t offset,
@@ -31,7 +43,7 @@ absl::StatusOr<UploadResult> TensorUpload::Finish(const v1::StreamTrailer& trail
   absl::StatusOr<UploadResult> result =
       sha.ok() ? commit_(*sha, receiver_.bytes_received()) : sha.status();
   if (result.ok()) {
-    committed_ = true;
+    ended_ = true;
   } else if (failure_.ok()) {
     failure_ = result.status();
   }

@@ -29,9 +29,16 @@ class TensorUpload {
   // Commits a fully received, checksum-verified upload of `bytes` bytes.
   using CommitFn = std::function<absl::StatusOr<UploadResult>(const std::string& sha256,
                                                               uint64_t bytes)>;
-  // Removes whatever was stored; called when the upload is dropped uncommitted, with
-  // the error that stopped it (OK when the client just went away).
-  using AbortFn = std::function<void(const absl::Status& why)>;
+  // How an upload ended without a commit.
+  enum class EndKind {
+    kBroken,     // the connection broke or the client went away (why: OK or CANCELLED)
+    kNoTrailer,  // the client closed its stream before the trailer
+    kRejected,   // a chunk, the trailer or the commit was refused (why: the error)
+  };
+  // Called once when the upload ends uncommitted: keeps what a resumption can use or
+  // removes it, and returns the status the client should get (one that says truly
+  // what was kept).
+  using AbortFn = std::function<absl::Status(EndKind kind, const absl::Status& why)>;
 
   TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSink sink,
                CommitFn commit, AbortFn abort);
@@ -44,12 +51,15 @@ class TensorUpload {
                         const StreamReceiver::StoredChunkReader& read);
   absl::Status Accept(const v1::TensorChunk& chunk);
   absl::StatusOr<UploadResult> Finish(const v1::StreamTrailer& trailer);
+  // Ends the upload uncommitted (runs the abort step now rather than on destruction);
+  // returns the status for the client. `why` is used unless Accept or Finish failed.
+  absl::Status Abandon(EndKind kind, const absl::Status& why);
 
  private:
   StreamReceiver receiver_;
   CommitFn commit_;
   AbortFn abort_;
-  bool committed_ = false;
+  bool ended_ = false;  // committed or abandoned
   absl::Status failure_;  // the first error Accept or Finish returned
 };
 

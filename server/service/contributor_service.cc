@@ -89,16 +89,16 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
   if (!id.ok()) {
     return new RejectedReadReactor<v1::PushContributionRequest>(ToGrpcStatus(id.status()));
   }
-  rounds::RoundManager* manager = manager_;
+  rounds::ContributionIntake* intake = intake_;
   // With tokens, the contributor is the token's name, whatever the header says.
   std::string identity = auth_->insecure() ? std::string() : id->name;
   return new UploadReactor<v1::PushContributionRequest, v1::ContributionReceipt>(
       ctx, executor_, response,
-      [manager, identity](const v1::PushContributionRequest& request) {
-        if (identity.empty()) return manager->BeginContribution(request.header());
+      [intake, identity](const v1::PushContributionRequest& request) {
+        if (identity.empty()) return intake->Begin(request.header());
         v1::ContributionHeader header = request.header();
         header.set_contributor(identity);
-        return manager->BeginContribution(header);
+        return intake->Begin(header);
       },
       [](const rounds::UploadResult& result, v1::ContributionReceipt* receipt) {
         receipt->set_contribution_id(result.id);
@@ -119,7 +119,7 @@ grpc::ServerUnaryReactor* ContributorService::GetUpload(grpc::CallbackServerCont
   }
   // Insecure mode has no identities: the caller names itself, as in the upload header.
   const std::string owner = auth_->insecure() ? request->contributor() : id->name;
-  auto r = manager_->GetUpload(request->upload_id(), owner);
+  auto r = intake_->GetUpload(request->upload_id(), owner);
   if (r.ok()) *response = std::move(*r);
   reactor->Finish(ToGrpcStatus(r.status()));
   return reactor;

@@ -1,11 +1,12 @@
 // The three gRPC services, each a thin final class that translates proto <-> calls on
-// rounds::RoundManager and finishes. The manager and executor must outlive them.
+// rounds::RoundManager (and rounds::ContributionIntake) and finishes. The manager and executor must outlive them.
 #ifndef COLDFUSE_SERVER_SERVICE_SERVICES_H_
 #define COLDFUSE_SERVER_SERVICE_SERVICES_H_
 
 #include <grpcpp/grpcpp.h>
 
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
+#include "server/rounds/contribution_intake.h"
 #include "server/rounds/round_manager.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
@@ -14,8 +15,9 @@ namespace coldfuse::service {
 
 class ContributorService final : public v1::Contributor::CallbackService {
  public:
-  ContributorService(rounds::RoundManager* manager, Executor* executor, const Authorizer* auth)
-      : manager_(manager), executor_(executor), auth_(auth) {}
+  ContributorService(rounds::RoundManager* manager, rounds::ContributionIntake* intake,
+                     Executor* executor, const Authorizer* auth)
+      : manager_(manager), intake_(intake), executor_(executor), auth_(auth) {}
 
   grpc::ServerUnaryReactor* GetRound(grpc::CallbackServerContext* ctx,
                                      const v1::GetRoundRequest* request,
@@ -30,6 +32,7 @@ class ContributorService final : public v1::Contributor::CallbackService {
 
  private:
   rounds::RoundManager* manager_;
+  rounds::ContributionIntake* intake_;
   Executor* executor_;
   const Authorizer* auth_;
 };

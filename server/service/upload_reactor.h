@@ -35,10 +35,11 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   void OnReadDone(bool ok) override {
     if (!ok) {
       if (ctx_->IsCancelled()) {  // the connection broke: a resumable upload is kept
-        Fail(absl::CancelledError("the upload stream broke off"));
+        Fail(rounds::TensorUpload::EndKind::kBroken,
+             absl::CancelledError("the upload stream broke off"));
       } else {  // the client closed its side before the trailer
-        Fail(absl::InvalidArgumentError(
-            "stream ended before its trailer; nothing was stored"));
+        Fail(rounds::TensorUpload::EndKind::kNoTrailer,
+             absl::InvalidArgumentError("stream ended before its trailer; nothing was stored"));
       }
       return;
     }
@@ -77,7 +78,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         st = absl::InvalidArgumentError("empty message: send a header, chunk or trailer");
     }
     if (!st.ok()) {
-      Fail(st);
+      Fail(rounds::TensorUpload::EndKind::kRejected, st);
       return;
     }
     this->StartRead(&request_);
@@ -93,9 +94,11 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     this->Finish(ToGrpcStatus(result.status()));
   }
 
-  // Removing stored chunks is a synced write: do it off the callback thread.
-  void Fail(const absl::Status& st) {
-    executor_->Run([this, st] {
+  // Removing stored chunks is a synced write: do it off the callback thread. The upload
+  // says what it kept, so the client is told the truth.
+  void Fail(rounds::TensorUpload::EndKind kind, const absl::Status& why) {
+    executor_->Run([this, kind, why] {
+      absl::Status st = upload_ == nullptr ? why : upload_->Abandon(kind, why);
       upload_.reset();
       this->Finish(ToGrpcStatus(st));
     });

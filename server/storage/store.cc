@@ -21,6 +21,7 @@ enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
 const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
 
 std::string UploadKey(absl::string_view upload_id) { return absl::StrCat("u", upload_id); }
+std::string ProgressKey(absl::string_view upload_id) { return absl::StrCat("p", upload_id); }
 
 // The one place RocksDB statuses become absl::Status.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
@@ -202,7 +203,22 @@ absl::StatusOr<LoadedState> Store::Load() {
       state.uploads.push_back(std::move(rec));
     }
     RETURN_IF_ERROR(FromRocks(uit->status(), "scan uploads"));
+    // Progress is kept apart from the session (written per chunk without the header).
+    // Sessions written before that carry their progress themselves.
+    for (auto& rec : state.uploads) {
+      auto progress = impl_->Get(kContribs, ProgressKey(rec.header().upload_id()),
+                                 "upload progress");
+      if (absl::IsNotFound(progress.status())) continue;
+      RETURN_IF_ERROR(progress.status());
+      v1::UploadSessionRecord p;
+      RETURN_IF_ERROR(ParseRecord(*progress, &p, "upload progress"));
+      rec.set_next_tensor(p.next_tensor());
+      rec.set_next_offset(p.next_offset());
+      rec.set_bytes_stored(p.bytes_stored());
+      rec.set_sum_sq(p.sum_sq());
+    }
   }
+  state.last_audit_seq = impl_->next_audit_seq - 1;
   auto model = impl_->Get(kMeta, keys::kModel, "model");
   if (absl::IsNotFound(model.status())) {
     // Not initialised: anything else is leftovers of a crashed init.
@@ -301,7 +317,10 @@ absl::Status Store::DeleteContributionData(uint64_t round, uint64_t id) {
 absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInfo& info,
                                        const AuditBatch& audit, const std::string& upload_id) {
   rocksdb::WriteBatch batch;
-  if (!upload_id.empty()) batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
+  if (!upload_id.empty()) {
+    batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
+    batch.Delete(impl_->cfs[kContribs], ProgressKey(upload_id));
+  }
   batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
             info.SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit contribution");
@@ -373,10 +392,23 @@ absl::Status Store::PutUpload(const std::string& upload_id,
                    "write upload session");
 }
 
+absl::Status Store::PutUploadProgress(const std::string& upload_id,
+                                      const v1::UploadSessionRecord& progress) {
+  v1::UploadSessionRecord p;
+  p.set_next_tensor(progress.next_tensor());
+  p.set_next_offset(progress.next_offset());
+  p.set_bytes_stored(progress.bytes_stored());
+  p.set_sum_sq(progress.sum_sq());
+  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
+                                  ProgressKey(upload_id), p.SerializeAsString()),
+                   "write upload progress");
+}
+
 absl::Status Store::DeleteUpload(const std::string& upload_id) {
-  return FromRocks(
-      impl_->db->Delete(impl_->commit_opts, impl_->cfs[kContribs], UploadKey(upload_id)),
-      "delete upload session");
+  rocksdb::WriteBatch batch;
+  batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
+  batch.Delete(impl_->cfs[kContribs], ProgressKey(upload_id));
+  return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "delete upload session");
 }
 
 absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {

@@ -57,8 +57,10 @@ struct LoadedState {
   std::vector<uint64_t> bad_base_versions;
   // Highest base version stored (bad ones included); the next fusion writes this + 1.
   uint64_t max_base_version = 0;
-  // Interrupted resumable uploads (their chunks are kept).
+  // Interrupted resumable uploads (their chunks are kept), progress filled in.
   std::vector<v1::UploadSessionRecord> uploads;
+  // Sequence number of the last audit record (0 if none).
+  uint64_t last_audit_seq = 0;
 };
 
 struct StoredToken {
@@ -104,10 +106,15 @@ class Store {
                                   const AuditBatch& audit = {},
                                   const std::string& upload_id = "");
 
-  // Resumable upload sessions. PutUpload is unsynced: progress is only a hint that the
-  // chunks before it are stored (they are written unsynced too), made durable by the WAL
-  // order and checked again on resume.
+  // Resumable upload sessions: PutUpload stores the session (header and contribution
+  // id) once, PutUploadProgress its progress (next_tensor, next_offset, bytes_stored,
+  // sum_sq of `progress`; its header is not stored) after each chunk. Both are unsynced
+  // and unlogged, like the chunks: progress is a hint that the chunks before it are
+  // stored, lost or kept with them by a crash, and checked again on resume.
   absl::Status PutUpload(const std::string& upload_id, const v1::UploadSessionRecord& rec);
+  absl::Status PutUploadProgress(const std::string& upload_id,
+                                 const v1::UploadSessionRecord& progress);
+  // Removes a session and its progress (synced).
   absl::Status DeleteUpload(const std::string& upload_id);
 
   // Stores the model, makes base v0 (already written with PutBaseChunk) current and

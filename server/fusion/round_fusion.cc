@@ -1,0 +1,121 @@
+#include "server/fusion/round_fusion.h"
+
+#include <algorithm>
+#include <limits>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "common/status_macros.h"
+#include "common/tensor.h"
+#include "common/tensor_stream.h"
+#include "server/fusion/element_reader.h"
+#include "server/fusion/robust.h"
+
+namespace coldfuse::fusion {
+
+ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const ContributionSource& c,
+                           const ChunkReader& read_base) {
+  bool same = !c.delta;
+  for (int t = 0; same && t < c.manifest.tensors_size(); ++t) {
+    same = c.manifest.tensors(t).dtype() == base_manifest.tensors(t).dtype();
+  }
+  if (same) return c.read;  // stored exactly as the base is: read the chunks as they are
+  // Decode the stored dtype over the base chunk's element range, add the base for a
+  // delta, encode in the base's dtype. The element readers cache one stored chunk per
+  // tensor; fusion may read two chunks at once, hence the mutex.
+  struct State {
+    std::mutex mu;
+    std::vector<std::unique_ptr<ElementReader>> readers;
+  };
+  auto state = std::make_shared<State>();
+  state->readers.resize(base_manifest.tensors_size());
+  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read,
+          read_base](size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
+    if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
+      return absl::OutOfRangeError(absl::StrCat("no tensor #", t, " in the base"));
+    }
+    const v1::TensorSpec& bspec = base_manifest.tensors(t);
+    const size_t bsize = DTypeSize(bspec.dtype());
+    ASSIGN_OR_RETURN(uint64_t total, NumElements(bspec));
+    const uint64_t per_chunk = kChunkBytes / bsize;
+    const uint64_t begin = chunk * per_chunk;
+    if (begin >= total && total > 0) {
+      return absl::OutOfRangeError(absl::StrCat("chunk ", chunk, " is past the end of '",
+                                                bspec.name(), "'"));
+    }
+    const uint64_t n = std::min<uint64_t>(per_chunk, total - begin);
+    std::vector<double> values(n);
+    {
+      std::lock_guard<std::mutex> l(state->mu);
+      auto& reader = state->readers[t];
+      if (reader == nullptr) {
+        reader = std::make_unique<ElementReader>(
+            sent.tensors(t).dtype(), total,
+            [read, t](uint64_t stored_chunk) { return read(0, t, stored_chunk); });
+      }
+      RETURN_IF_ERROR(reader->Read(begin, n, values.data()));
+    }
+    if (delta) {
+      ASSIGN_OR_RETURN(std::string base, read_base(0, t, chunk));
+      if (base.size() != n * bsize) {
+        return absl::DataLossError(absl::StrCat("base chunk ", chunk, " of '", bspec.name(),
+                                                "' holds ", base.size(), " bytes; expected ",
+                                                n * bsize));
+      }
+      std::vector<double> b(n);
+      DecodeToDouble(bspec.dtype(), base.data(), n, b.data());
+      for (uint64_t i = 0; i < n; ++i) values[i] += b[i];
+    }
+    std::string out(n * bsize, '\0');
+    EncodeFromDouble(bspec.dtype(), values.data(), n, out.data());
+    return out;
+  };
+}
+
+absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
+                                      const std::vector<ContributionSource>& contributions,
+                                      const ChunkReader& read_base, const ChunkWriter& write) {
+  if (contributions.empty()) {
+    return absl::InvalidArgumentError("cannot fuse a round with no contributions");
+  }
+  const v1::Manifest& manifest = model.manifest();
+  std::vector<ChunkReader> readers;
+  std::vector<uint64_t> examples;
+  std::vector<double> norms;
+  for (const auto& c : contributions) {
+    readers.push_back(ReadInBaseGrid(manifest, c, read_base));
+    examples.push_back(c.num_examples);
+    norms.push_back(c.delta_norm);
+  }
+  const ChunkReader read = [&readers](size_t k, uint32_t t, uint64_t chunk) {
+    return readers[k](k, t, chunk);
+  };
+  const v1::FusionOptions& options = model.fusion_options();
+  switch (model.fusion_method()) {
+    case v1::COORDINATE_MEDIAN:
+      return FuseMedian(manifest, readers.size(), read, write);
+    case v1::TRIMMED_MEAN:
+      return FuseTrimmedMean(manifest, readers.size(), options.trim_fraction(), read, write);
+    case v1::NORM_CLIPPED_MEAN: {
+      ASSIGN_OR_RETURN(std::vector<double> w,
+                       FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples));
+      // A zero median update clips every update to (almost) nothing: the base stays.
+      const double clip = std::max(options.clip_factor() * Median(norms),
+                                   std::numeric_limits<double>::min());
+      return FuseNormClippedMean(manifest, w, norms, clip, read_base, read, write);
+    }
+    case v1::FUSION_METHOD_UNSPECIFIED:
+    case v1::MEAN:
+    case v1::EXAMPLE_WEIGHTED_MEAN: {
+      ASSIGN_OR_RETURN(std::vector<double> w, FusionWeights(model.fusion_method(), examples));
+      return FuseWeighted(manifest, w, read, write, options.accumulate_f64());
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown fusion method ", static_cast<int>(model.fusion_method())));
+  }
+}
+
+}  // namespace coldfuse::fusion

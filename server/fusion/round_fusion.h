@@ -1,0 +1,51 @@
+// The one entry point from a round's stored contributions to the next base: every
+// contribution is read in the base's dtype and chunk grid (converting its dtype, adding
+// the base to a DELTA), then the model's fusion method runs over them. No gRPC, no
+// RocksDB: chunks come and go through ChunkReader/ChunkWriter. Thread-compatible.
+#ifndef COLDFUSE_SERVER_FUSION_ROUND_FUSION_H_
+#define COLDFUSE_SERVER_FUSION_ROUND_FUSION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coldfuse/v1/coldfuse.pb.h"
+#include "server/fusion/fusion.h"
+
+namespace coldfuse::fusion {
+
+// One stored contribution, as fusion needs to see it.
+struct ContributionSource {
+  // As sent: the base's tensor names, shapes and order; any float dtype per tensor.
+  v1::Manifest manifest;
+  // The values are x - base (DELTA) rather than x (FULL).
+  bool delta = false;
+  uint64_t num_examples = 0;
+  // L2 norm of (x - base) over all tensors (for NORM_CLIPPED_MEAN).
+  double delta_norm = 0;
+  // Reads chunk `chunk` of tensor `tensor` as stored: the contribution's own dtype, cut
+  // into kChunkBytes chunks. Its k argument is ignored. Must be thread-safe.
+  ChunkReader read;
+};
+
+// A reader of `c` in the base's dtype and chunk grid (k ignored): `c.read` itself when
+// `c` is FULL and every tensor is in the base's dtype; otherwise a converting reader
+// that decodes the stored elements, adds the base (`read_base`, k ignored) for a DELTA
+// and encodes in the base's dtype. Thread-safe.
+ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const ContributionSource& c,
+                           const ChunkReader& read_base);
+
+// Fuses `contributions` into the next base with `model`'s fusion method and options,
+// writing each chunk through `write`. `read_base` reads the round's base (k ignored).
+// Returns the SHA-256 of the new base's bytes in manifest order. The arithmetic of each
+// method is documented in docs/protocol.md ("Fusion arithmetic").
+// INVALID_ARGUMENT for no contributions or bad options; DATA_LOSS if a stored chunk has
+// the wrong size; the writer's and readers' errors as they are.
+absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
+                                      const std::vector<ContributionSource>& contributions,
+                                      const ChunkReader& read_base, const ChunkWriter& write);
+
+}  // namespace coldfuse::fusion
+
+#endif  // COLDFUSE_SERVER_FUSION_ROUND_FUSION_H_

@@ -1,0 +1,376 @@
+#include "server/rounds/contribution_intake.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/rounds/rounds_test_fixture.h"
+
+namespace coldfuse::rounds {
+namespace {
+
+using namespace testing_fixture;  // NOLINT: the shared test helpers
+
+class ContributionIntakeTest : public RoundsTest {};
+
+// ------------------------------------------------------------------ admission
+
+TEST_F(ContributionIntakeTest, ContributionIsListedInTheOpenRound) {
+  Init();
+  clock_.AdvanceMs(1234);
+  std::vector<HostTensor> t = Body(kSpec, 7);
+  auto r = Contribute(Header("alice", 250), t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->round, 1u);
+  EXPECT_EQ(r->base_version, 0u);
+  EXPECT_EQ(r->sha256, TensorsSha256(t));
+  EXPECT_EQ(r->bytes, TrailerFor(t).total_bytes());
+
+  auto info = manager_->GetRoundInfo(1);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::OPEN);
+  ASSERT_EQ(info->contributions_size(), 1);
+  const v1::ContributionInfo& c = info->contributions(0);
+  EXPECT_EQ(c.id(), r->id);
+  EXPECT_EQ(c.contributor(), "alice");
+  EXPECT_EQ(c.task(), "sst2");
+  EXPECT_EQ(c.num_examples(), 250u);
+  EXPECT_EQ(c.sha256(), TensorsSha256(t));
+  EXPECT_EQ(c.received_unix_ms(), kStartMs + 1234);
+}
+
+TEST_F(ContributionIntakeTest, StaleBaseVersionIsFailedPrecondition) {
+  Init();
+  Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
+  MustContribute("alice", 2);
+  auto closed = manager_->MaybeClose();
+  ASSERT_TRUE(closed.ok() && *closed) << closed.status();
+  // Round 2 takes base v1; bob fine-tuned from v0.
+  v1::ContributionHeader h = Header("bob");
+  ASSERT_EQ(h.base_version(), 1u);
+  h.set_base_version(0);
+  auto r = Contribute(h, Body(kSpec, 3));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+}
+
+TEST_F(ContributionIntakeTest, WrongRoundIsFailedPrecondition) {
+  Init();
+  v1::ContributionHeader h = Header("alice");
+  h.set_round(2);
+  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  h.set_round(0);
+  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ContributionIntakeTest, HeaderManifestMismatchIsInvalidArgumentAndStoresNothing) {
+  Init();
+  struct Case {
+    const char* what;
+    std::function<void(v1::Manifest*)> edit;
+  };
+  std::vector<Case> cases = {
+      {"unknown name", [](v1::Manifest* m) { m->mutable_tensors(1)->set_name("body.9.bias"); }},
+      {"wrong shape", [](v1::Manifest* m) { m->mutable_tensors(0)->set_shape(1, 5); }},
+      // A narrower or wider float is converted at fusion; a non-float dtype is not.
+      {"non-float dtype",
+       [](v1::Manifest* m) { m->mutable_tensors(2)->set_dtype(v1::DTYPE_UNSPECIFIED); }},
+      {"missing tensor", [](v1::Manifest* m) { m->mutable_tensors()->RemoveLast(); }},
+      {"extra tensor",
+       [](v1::Manifest* m) {
+         v1::TensorSpec* t = m->add_tensors();
+         t->set_name("head.weight");
+         t->set_dtype(v1::F32);
+         t->add_shape(2);
+       }},
+  };
+  for (const Case& c : cases) {
+    v1::ContributionHeader h = Header("alice");
+    c.edit(h.mutable_manifest());
+    EXPECT_EQ(intake_->Begin(h).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << c.what;
+  }
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  Restart();
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  // alice was not marked as having contributed.
+  MustContribute("alice", 2);
+}
+
+TEST_F(ContributionIntakeTest, DataNotMatchingTheManifestIsInvalidArgumentAndStoresNothing) {
+  Init();
+  std::vector<HostTensor> t = Body(kSpec, 2);
+  {
+    auto up = intake_->Begin(Header("alice"));
+    ASSERT_TRUE(up.ok()) << up.status();
+    // Every tensor but the last.
+    std::vector<HostTensor> partial(t.begin(), t.end() - 1);
+    ASSERT_TRUE(SendChunks(up->get(), partial).ok());
+    // Data is stored as it arrives (this is the first upload: id 1)...
+    ASSERT_TRUE(store_->GetContributionChunk(1, 1, 0, 0).ok());
+    EXPECT_EQ((*up)->Finish(TrailerFor(partial)).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  // ...and gone once the rejected upload is dropped.
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  {
+    auto up = intake_->Begin(Header("alice"));
+    ASSERT_TRUE(up.ok()) << up.status();
+    // A tensor's bytes beyond its manifest shape.
+    v1::TensorChunk c;
+    c.set_tensor_index(0);
+    c.set_offset(0);
+    c.set_data(std::string(t[0].data.size() + 4, '\0'));
+    EXPECT_EQ((*up)->Accept(c).code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  Restart();
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(ContributionIntakeTest, BadChecksumIsInvalidArgumentAndStoresNothing) {
+  Init();
+  std::vector<HostTensor> t = Body(kSpec, 2);
+  {
+    auto up = intake_->Begin(Header("alice"));
+    ASSERT_TRUE(up.ok()) << up.status();
+    ASSERT_TRUE(SendChunks(up->get(), t).ok());
+    ASSERT_TRUE(store_->GetContributionChunk(1, 1, 3, 0).ok());
+    v1::StreamTrailer bad = TrailerFor(t);
+    bad.mutable_sha256()->at(31) ^= 0x80;
+    auto r = (*up)->Finish(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  }
+  for (uint32_t tensor = 0; tensor < 4; ++tensor) {
+    EXPECT_EQ(store_->GetContributionChunk(1, 1, tensor, 0).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  Restart();
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+}
+
+TEST_F(ContributionIntakeTest, SameContributorTwiceInARoundIsAlreadyExists) {
+  Init();
+  MustContribute("alice", 2);
+  EXPECT_EQ(Contribute(Header("alice"), Body(kSpec, 3)).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
+}
+
+TEST_F(ContributionIntakeTest, SameContributorRacingTwoUploadsGetsOneAccepted) {
+  Init();
+  auto first = intake_->Begin(Header("alice"));
+  auto second = intake_->Begin(Header("alice"));
+  ASSERT_TRUE(first.ok() && second.ok());
+  std::vector<HostTensor> t = Body(kSpec, 2);
+  EXPECT_TRUE(Send(first->get(), t).ok());
+  EXPECT_EQ(Send(second->get(), t).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
+}
+
+TEST_F(ContributionIntakeTest, BadContributorNameOrZeroExamplesIsInvalidArgument) {
+  Init();
+  for (const char* name : {"", "bad name", "semi;colon", "slash/name"}) {
+    EXPECT_EQ(intake_->Begin(Header(name)).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << "'" << name << "'";
+  }
+  EXPECT_EQ(intake_->Begin(Header(std::string(129, 'a'))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(intake_->Begin(Header("alice", 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(intake_->Begin(Header("alice.o-k_1@lab")).ok());
+}
+
+TEST_F(ContributionIntakeTest, UploadInFlightWhenTheRoundClosesIsRefusedAndStoresNothing) {
+  Init();
+  std::vector<HostTensor> a = MustContribute("alice", 2);
+  auto up = intake_->Begin(Header("bob"));
+  ASSERT_TRUE(up.ok()) << up.status();
+  std::vector<HostTensor> b = Body(kSpec, 3);
+  ASSERT_TRUE(SendChunks(up->get(), b).ok());
+  const uint64_t bob_id = 2;  // ids are handed out in order
+  ASSERT_TRUE(store_->GetContributionChunk(1, bob_id, 0, 0).ok());
+
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
+  auto r = (*up)->Finish(TrailerFor(b));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  up->reset();
+
+  EXPECT_EQ(store_->GetContributionChunk(1, bob_id, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  auto info = manager_->GetRoundInfo(1);
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(info->contributions_size(), 1);
+  EXPECT_EQ(info->contributions(0).contributor(), "alice");
+  EXPECT_EQ(manager_->GetRoundInfo(2)->contributions_size(), 0);
+  // The base is alice's alone.
+  ExpectTensorsEqual(ReadBase(), ExpectedFusion({a}, {1.0}));
+}
+
+TEST_F(ContributionIntakeTest, NonFiniteContributionIsInvalidArgumentAndStoresNothing) {
+  Init();
+  struct Case {
+    const char* contributor;
+    float value;
+  };
+  const Case cases[] = {{"alice", std::nanf("")},
+                        {"bob", std::numeric_limits<float>::infinity()},
+                        {"carol", -std::numeric_limits<float>::infinity()}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.contributor);
+    // The bad value is in the last tensor, so the first three were stored before it.
+    std::vector<HostTensor> t = Body(kSpec, 2);
+    std::vector<float> last = ValuesOf<float>(t[3].data);
+    last[1] = c.value;
+    t[3].data = BytesOf(last);
+    {
+      auto up = intake_->Begin(Header(c.contributor));
+      ASSERT_TRUE(up.ok()) << up.status();
+      absl::Status st = SendChunks(up->get(), t);
+      if (st.ok()) st = (*up)->Finish(TrailerFor(t)).status();
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), "NaN or infinity")) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), t[3].spec.name())) << st;
+      EXPECT_TRUE(absl::StrContains(st.message(), "element 1")) << st;
+    }
+    EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+  }
+  // No chunk of any of the three uploads (ids 1..3) is left.
+  for (uint64_t id = 1; id <= 3; ++id) {
+    for (uint32_t tensor = 0; tensor < 4; ++tensor) {
+      EXPECT_EQ(store_->GetContributionChunk(1, id, tensor, 0).status().code(),
+                absl::StatusCode::kNotFound)
+          << "id " << id << " tensor " << tensor;
+    }
+  }
+  std::vector<v1::AuditRecord> audit = AuditAll();
+  int rejected = 0;
+  for (const auto& r : audit) {
+    if (r.action() != "contribution_rejected") continue;
+    ++rejected;
+    EXPECT_TRUE(absl::StrContains(r.detail(), "INVALID_ARGUMENT")) << r.detail();
+  }
+  EXPECT_EQ(rejected, 3);
+  // The contributors may send a finite update.
+  MustContribute("alice", 3);
+  Restart();
+  ASSERT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions(0).contributor(), "alice");
+}
+
+TEST_F(ContributionIntakeTest, NonFiniteValueInALaterStorageChunkNamesItsElement) {
+  // body.0.weight is 500 x 600 F32: two storage chunks.
+  Init(v1::MEAN, "mlp:600,500");
+  std::vector<HostTensor> t = Body(spec_, 2);
+  std::vector<float> w = ValuesOf<float>(t[0].data);
+  const size_t bad = kChunkBytes / sizeof(float) + 5;
+  w[bad] = std::nanf("");
+  t[0].data = BytesOf(w);
+  auto r = Contribute(Header("alice"), t);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("element ", bad)))
+      << r.status();
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+}
+
+TEST_F(ContributionIntakeTest, F16ManifestCarryingF32BytesIsNamedAsADtypeProblem) {
+  // The same byte count as F16 elements of twice the count: only the values give it
+  // away. The message must not only blame training.
+  Init(v1::MEAN, "mlp:600,500");
+  std::vector<HostTensor> t = Body(spec_, 2);
+  v1::ContributionHeader h = Header("alice");
+  HostTensor& w = t[0];
+  // The F32 bytes of the first half of the weights fill exactly an F16 tensor; their low
+  // mantissa halves, read as F16, hit the NaN/Inf exponent about once in 32 elements.
+  w.data.resize(w.data.size() / 2);
+  h.mutable_manifest()->mutable_tensors(0)->set_dtype(v1::F16);
+  w.spec.set_dtype(v1::F16);
+  auto r = Contribute(h, t);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "read as F16")) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "really is F16")) << r.status();
+}
+
+TEST_F(ContributionIntakeTest, DeltaNormIsTheL2NormOfTheUpdate) {
+  Init();
+  std::vector<HostTensor> a = MustContribute("alice", 2);
+  std::vector<HostTensor> b = MustContributeTensors("bob", Shifted(base0_, 3.0, 1));
+  std::vector<HostTensor> c = MustContributeTensors("carol", base0_);  // no change
+  const double want_a = DeltaL2(a, base0_);
+  const double want_b = DeltaL2(b, base0_);
+  ASSERT_GT(want_a, 0);
+  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
+  EXPECT_NEAR(ContributionOf(1, "bob").delta_norm(), want_b, 1e-12 * want_b);
+  EXPECT_EQ(ContributionOf(1, "carol").delta_norm(), 0.0);
+  Restart();
+  EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
+}
+
+TEST_F(ContributionIntakeTest, UploadsPerRoundQuotaIsResourceExhausted) {
+  Init();
+  intake_options_.max_uploads_per_round = 2;
+  CreateManager();
+  for (int i = 0; i < 2; ++i) {
+    auto up = intake_->Begin(Header("alice"));
+    ASSERT_TRUE(up.ok()) << up.status();
+  }  // both dropped (the client went away)
+  auto third = intake_->Begin(Header("alice"));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  // Rejected uploads count too: two failed uploads use up carol's quota.
+  for (int i = 0; i < 2; ++i) {
+    std::vector<HostTensor> t = Body(kSpec, 3);
+    const v1::StreamTrailer trailer = TrailerFor(t);
+    t[0].data[0] ^= 1;  // corrupted on the way
+    auto up = intake_->Begin(Header("carol"));
+    ASSERT_TRUE(up.ok()) << up.status();
+    ASSERT_TRUE(SendChunks(up->get(), t).ok());
+    EXPECT_EQ((*up)->Finish(trailer).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(Contribute(Header("carol"), Body(kSpec, 3)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // Others are unaffected.
+  MustContribute("bob", 4);
+  EXPECT_EQ(intake_->Begin(Header("alice")).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  // The quota is per round.
+  MustClose();
+  MustContribute("alice", 5);
+}
+
+TEST_F(ContributionIntakeTest, DailyBytesQuotaIsResourceExhaustedUntilTheNextDay) {
+  Init();
+  const uint64_t model_bytes = manager_->GetStatus().model().total_bytes();
+  ASSERT_GT(model_bytes, 0u);
+  intake_options_.max_bytes_per_day = 2 * model_bytes;  // exactly two uploads a day
+  CreateManager();
+  MustContribute("alice", 2);
+  MustClose();
+  MustContribute("alice", 3);
+  MustClose();
+  auto r = Contribute(Header("alice"), Body(kSpec, 4));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "daily limit")) << r.status();
+  MustContribute("bob", 5);  // others are unaffected
+  clock_.AdvanceMs(24 * 3600 * 1000LL);
+  MustContribute("alice", 4);
+  EXPECT_EQ(manager_->GetRoundInfo(3)->contributions_size(), 2);
+}
+
+}  // namespace
+}  // namespace coldfuse::rounds
