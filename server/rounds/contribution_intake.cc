@@ -96,9 +96,9 @@ struct ContributionIntake::Stream {
   uint64_t id = 0;
   OpenRound open;
   bool resuming = false;
-  // Progress (next_tensor, next_offset, bytes_stored, sum_sq); header and id are not
-  // rewritten per chunk.
-  v1::UploadSessionRecord progress;
+  // How far the stored data goes (the session's header and id are not rewritten per
+  // chunk).
+  storage::StoredUpload::Progress progress;
   // Per tensor, made on first use: the base's elements for a contribution sent in
   // another dtype (another chunk grid).
   std::vector<std::unique_ptr<fusion::ElementReader>> base;
@@ -115,24 +115,23 @@ absl::StatusOr<std::unique_ptr<ContributionIntake>> ContributionIntake::Create(
   std::unique_ptr<ContributionIntake> intake(
       new ContributionIntake(store, rounds, options, clock, state.next_contribution_id));
   const std::optional<uint64_t> open = rounds->OpenRoundNumber();
-  std::vector<v1::UploadSessionRecord> stale;
+  std::vector<storage::StoredUpload> stale;
   {
     absl::MutexLock l(&intake->mu_);
-    for (const auto& rec : state.uploads) {
-      const auto& h = rec.header();
-      if (h.round() == open) {
-        Session& s = intake->sessions_[h.upload_id()];
-        s.round = h.round();
-        s.id = rec.contribution_id();
-        s.contributor = h.contributor();
-        s.record = rec;
+    for (const auto& u : state.uploads) {
+      if (u.header.round() == open) {
+        Session& s = intake->sessions_[u.header.upload_id()];
+        s.round = u.header.round();
+        s.id = u.contribution_id;
+        s.contributor = u.header.contributor();
+        s.upload = u;
       } else {
-        stale.push_back(rec);
+        stale.push_back(u);
       }
     }
   }
-  for (const auto& rec : stale) {
-    intake->DropUpload(rec.header().upload_id(), rec.header().round(), rec.contribution_id());
+  for (const auto& u : stale) {
+    intake->DropUpload(u.header.upload_id(), u.header.round(), u.contribution_id);
   }
   intake->listener_ = rounds->AddListener([raw = intake.get()] { raw->DropStaleSessions(); });
   return intake;
@@ -184,22 +183,22 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
       return absl::AbortedError(
           absl::StrCat("upload '", uid, "' is still streaming; retry in a moment"));
     }
-    if (HeaderKey(s.record.header()) != HeaderKey(header)) {
+    if (HeaderKey(s.upload.header) != HeaderKey(header)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the header differs from interrupted upload '", uid,
           "'; resume with the same header, or start over with a new upload_id"));
     }
-    if (header.resume_tensor() != s.record.next_tensor() ||
-        header.resume_offset() != s.record.next_offset()) {
+    if (header.resume_tensor() != s.upload.progress.next_tensor ||
+        header.resume_offset() != s.upload.progress.next_offset) {
       // The server may have stored more since the client asked: ask again.
       return absl::AbortedError(absl::StrCat("upload '", uid, "' resumes at tensor #",
-                                             s.record.next_tensor(), " offset ",
-                                             s.record.next_offset(), " (ask GetUpload)"));
+                                             s.upload.progress.next_tensor, " offset ",
+                                             s.upload.progress.next_offset,
+                                             " (ask GetUpload)"));
     }
     s.streaming = true;
     stream->id = s.id;
-    stream->progress = s.record;
-    stream->progress.clear_header();
+    stream->progress = s.upload.progress;
     stream->resuming = true;
     return absl::OkStatus();
   }
@@ -216,8 +215,8 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
     s.id = stream->id;
     s.contributor = header.contributor();
     s.streaming = true;
-    *s.record.mutable_header() = header;
-    s.record.set_contribution_id(stream->id);
+    s.upload.header = header;
+    s.upload.contribution_id = stream->id;
     sessions_[uid] = std::move(s);
   }
   return absl::OkStatus();
@@ -241,10 +240,10 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     return st;
   }
   if (!header.upload_id().empty() && !stream->resuming) {
-    v1::UploadSessionRecord session;
-    *session.mutable_header() = header;
-    session.set_contribution_id(stream->id);
-    absl::Status put = store_->PutUpload(header.upload_id(), session);
+    storage::StoredUpload session;
+    session.header = header;
+    session.contribution_id = stream->id;
+    absl::Status put = store_->PutUpload(session);
     if (!put.ok()) {
       (void)Abort(stream, TensorUpload::EndKind::kRejected, put);
       return put;
@@ -301,28 +300,23 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
       }
     }
     RETURN_IF_ERROR(store_->PutContributionChunk(round, stream->id, t, c, data));
-    v1::UploadSessionRecord& p = stream->progress;
-    p.set_sum_sq(p.sum_sq() + sum_sq);
-    p.set_bytes_stored(p.bytes_stored() + data.size());
+    storage::StoredUpload::Progress& p = stream->progress;
+    p.sum_sq += sum_sq;
+    p.bytes_stored += data.size();
     const uint64_t end = c * kChunkBytes + data.size();
     if (end == *ByteLength(spec)) {
-      p.set_next_tensor(t + 1);
-      p.set_next_offset(0);
+      p.next_tensor = t + 1;
+      p.next_offset = 0;
     } else {
-      p.set_next_tensor(t);
-      p.set_next_offset(end);
+      p.next_tensor = t;
+      p.next_offset = end;
     }
     const std::string& uid = stream->header.upload_id();
     if (!uid.empty()) {
       RETURN_IF_ERROR(store_->PutUploadProgress(uid, p));
       absl::MutexLock l(&mu_);  // GetUpload reports live progress
       auto it = sessions_.find(uid);
-      if (it != sessions_.end()) {
-        it->second.record.set_next_tensor(p.next_tensor());
-        it->second.record.set_next_offset(p.next_offset());
-        it->second.record.set_bytes_stored(p.bytes_stored());
-        it->second.record.set_sum_sq(p.sum_sq());
-      }
+      if (it != sessions_.end()) it->second.upload.progress = p;
     }
     return absl::OkStatus();
   };
@@ -336,9 +330,9 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
       });
   if (stream->resuming) {
     // Re-hash what is stored, so the trailer still checks every byte from the start.
-    const v1::UploadSessionRecord& p = stream->progress;
+    const storage::StoredUpload::Progress& p = stream->progress;
     RETURN_IF_ERROR(upload->ResumeAt(
-        p.next_tensor(), p.next_offset(),
+        p.next_tensor, p.next_offset,
         [store = store_, round = stream->open.number, id = stream->id](uint32_t t, uint64_t c) {
           return store->GetContributionChunk(round, id, t, c);
         }));  // on failure the abort step marks the session idle again (or drops it)
@@ -359,7 +353,7 @@ absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<St
   info.set_sha256(sha256);
   info.set_bytes(bytes);
   info.set_received_unix_ms(clock_->NowUnixMs());
-  info.set_delta_norm(std::sqrt(stream->progress.sum_sq()));
+  info.set_delta_norm(std::sqrt(stream->progress.sum_sq));
   info.set_state(v1::ACCEPTED);
   info.set_encoding(header.encoding() == v1::DELTA ? v1::DELTA : v1::FULL);
   *info.mutable_manifest() = header.manifest();
@@ -390,26 +384,26 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
   const bool keep = !uid.empty() &&
                     (kind != TensorUpload::EndKind::kRejected || IsBrokenConnection(why));
   if (keep) {
-    v1::UploadSessionRecord at;
+    storage::StoredUpload::Progress at;
     {
       absl::MutexLock l(&mu_);
       auto it = sessions_.find(uid);
       if (it != sessions_.end()) {
         it->second.streaming = false;
-        at = it->second.record;
+        at = it->second.upload.progress;
       }
     }
     // A close that ran meanwhile could not drop the session while it streamed.
     if (rounds_->OpenRoundNumber() == round) {
       CF_LOG(INFO) << "upload " << uid << " interrupted ("
                    << (why.ok() ? std::string("stream dropped") : std::string(why.message()))
-                   << "); kept for resumption at tensor #" << at.next_tensor() << " offset "
-                   << at.next_offset();
+                   << "); kept for resumption at tensor #" << at.next_tensor << " offset "
+                   << at.next_offset;
       if (kind == TensorUpload::EndKind::kNoTrailer) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "stream ended before its trailer; the ", at.bytes_stored(),
+            "stream ended before its trailer; the ", at.bytes_stored,
             " bytes stored so far are kept: resume upload '", uid, "' at tensor #",
-            at.next_tensor(), " offset ", at.next_offset(),
+            at.next_tensor, " offset ", at.next_offset,
             " (GetUpload says where) and end the stream with its trailer"));
       }
       return why;
@@ -452,7 +446,7 @@ void ContributionIntake::DropStaleSessions() {
       }
     }
   }
-  for (const auto& s : stale) DropUpload(s.record.header().upload_id(), s.round, s.id);
+  for (const auto& s : stale) DropUpload(s.upload.header.upload_id(), s.round, s.id);
 }
 
 void ContributionIntake::DropUpload(const std::string& upload_id, uint64_t round, uint64_t id) {
@@ -474,9 +468,9 @@ absl::StatusOr<v1::UploadProgress> ContributionIntake::GetUpload(
   v1::UploadProgress p;
   p.set_upload_id(upload_id);
   p.set_round(it->second.round);
-  p.set_tensor_index(it->second.record.next_tensor());
-  p.set_offset(it->second.record.next_offset());
-  p.set_bytes_stored(it->second.record.bytes_stored());
+  p.set_tensor_index(it->second.upload.progress.next_tensor);
+  p.set_offset(it->second.upload.progress.next_offset);
+  p.set_bytes_stored(it->second.upload.progress.bytes_stored);
   p.set_attached(it->second.streaming);
   return p;
 }

@@ -64,7 +64,7 @@ class ContributionIntake {
     uint64_t id = 0;
     std::string contributor;
     bool streaming = false;  // a stream is attached now
-    v1::UploadSessionRecord record;  // header, id and progress
+    storage::StoredUpload upload;  // header, id and progress
   };
   struct Stream;  // one attached upload stream (contribution_intake.cc)
 

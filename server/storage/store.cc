@@ -4,50 +4,22 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <mutex>
+#include <optional>
 #include <set>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "server/storage/keys.h"
+#include "server/storage/migrate.h"
+#include "server/storage/records.h"
+#include "server/storage/rocks_util.h"
 
 namespace coldfuse::storage {
-namespace {
-
-enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
-const char* const kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
-
-std::string UploadKey(absl::string_view upload_id) { return absl::StrCat("u", upload_id); }
-std::string ProgressKey(absl::string_view upload_id) { return absl::StrCat("p", upload_id); }
-
-// The one place RocksDB statuses become absl::Status.
-absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
-  if (s.ok()) return absl::OkStatus();
-  std::string msg = absl::StrCat("storage: ", what, ": ", s.ToString());
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
-  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain()) return absl::UnavailableError(msg);
-  if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(msg, " (is another coldfused using this data folder?)"));
-  }
-  return absl::InternalError(msg);
-}
-
-template <typename Proto>
-absl::Status ParseRecord(const std::string& bytes, Proto* out, absl::string_view what) {
-  if (!out->ParseFromString(bytes)) {
-    return absl::DataLossError(absl::StrCat("storage: corrupt record ", what));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 struct Store::Impl {
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
@@ -64,7 +36,7 @@ struct Store::Impl {
     fo.allow_write_stall = true;
     return FromRocks(db->Flush(fo, cfs[cf]), "flush chunks");
   }
-  std::mutex audit_mu;               // orders audit sequence numbers with their writes
+  std::mutex audit_mu;  // orders audit sequence numbers with their writes
   uint64_t next_audit_seq = 1;
 
   // Adds `audit` to `batch` with fresh sequence numbers, then writes it.
@@ -77,9 +49,8 @@ struct Store::Impl {
                             std::chrono::system_clock::now().time_since_epoch())
                             .count();
     for (v1::AuditRecord rec : audit) {
-      rec.set_seq(seq);
       if (rec.unix_ms() == 0) rec.set_unix_ms(now);
-      batch->Put(cfs[kAudit], keys::Round(seq), rec.SerializeAsString());
+      batch->Put(cfs[kAudit], keys::Audit(seq), ToRecord(rec).SerializeAsString());
       ++seq;
     }
     RETURN_IF_ERROR(FromRocks(db->Write(opts, batch), what));
@@ -101,33 +72,54 @@ struct Store::Impl {
     return value;
   }
 
+  template <typename Record>
+  absl::StatusOr<Record> GetRecord(Cf cf, const std::string& key, absl::string_view what) {
+    ASSIGN_OR_RETURN(std::string bytes, Get(cf, key, what));
+    Record r;
+    RETURN_IF_ERROR(ParseRecord(bytes, &r, what));
+    return r;
+  }
+
+  // Calls fn(key, value) for every key of `cf` from `start` on while it starts with
+  // `prefix`.
+  template <typename Fn>
+  absl::Status Scan(Cf cf, absl::string_view prefix, absl::string_view what, Fn fn) {
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[cf]));
+    const rocksdb::Slice p(prefix.data(), prefix.size());
+    for (it->Seek(p); it->Valid() && it->key().starts_with(p); it->Next()) {
+      RETURN_IF_ERROR(fn(View(it->key()), View(it->value())));
+    }
+    return FromRocks(it->status(), what);
+  }
+
   absl::Status DeleteRange(Cf cf, const std::string& from, const std::string& to) {
     return FromRocks(db->DeleteRange(commit_opts, cfs[cf], from, to), "delete range");
   }
 
   // Deletes contribution data no committed record or upload session points to; returns
   // the largest id seen.
-  absl::StatusOr<uint64_t> RemoveOrphanContributions(
-      const std::vector<v1::UploadSessionRecord>& uploads) {
+  absl::StatusOr<uint64_t> RemoveOrphanContributions(const std::vector<StoredUpload>& uploads) {
     uint64_t max_id = 0;
     std::set<std::pair<uint64_t, uint64_t>> committed;
     for (const auto& u : uploads) {
-      committed.insert({u.header().round(), u.contribution_id()});
-      max_id = std::max(max_id, u.contribution_id());
+      committed.insert({u.header.round(), u.contribution_id});
+      max_id = std::max(max_id, u.contribution_id);
     }
+    RETURN_IF_ERROR(Scan(kContribs, keys::ContributionRecordPrefix(), "scan contributions",
+                         [&](absl::string_view k, absl::string_view) -> absl::Status {
+      auto rid = keys::ParseContributionRecord(k);
+      if (!rid.has_value()) return absl::DataLossError("storage: bad contribution key");
+      committed.insert(*rid);
+      max_id = std::max(max_id, rid->second);
+      return absl::OkStatus();
+    }));
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[kContribs]));
-    for (it->Seek("h"); it->Valid() && it->key().starts_with("h"); it->Next()) {
-      absl::string_view k(it->key().data(), it->key().size());
-      if (k.size() != 17) return absl::DataLossError("storage: bad contribution key");
-      committed.insert({keys::GetU64(k, 1), keys::GetU64(k, 9)});
-      max_id = std::max(max_id, keys::GetU64(k, 9));
-    }
-    RETURN_IF_ERROR(FromRocks(it->status(), "scan contributions"));
-    it->Seek("d");
-    while (it->Valid() && it->key().starts_with("d")) {
-      absl::string_view k(it->key().data(), it->key().size());
-      if (k.size() < 17) return absl::DataLossError("storage: bad contribution data key");
-      uint64_t round = keys::GetU64(k, 1), id = keys::GetU64(k, 9);
+    const std::string data = keys::ContributionDataStart();
+    it->Seek(data);
+    while (it->Valid() && it->key().starts_with(data)) {
+      auto rid = keys::ParseContributionData(View(it->key()));
+      if (!rid.has_value()) return absl::DataLossError("storage: bad contribution data key");
+      const auto [round, id] = *rid;
       max_id = std::max(max_id, id);
       std::string next = keys::ContributionDataPrefix(round, id + 1);
       if (!committed.count({round, id})) {
@@ -179,100 +171,89 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   impl->chunk_opts.disableWAL = true;
   impl->audit_opts.sync = false;
   impl->flush_before_commit = options.sync_commits;
+  RETURN_IF_ERROR(MigrateToCurrentFormat(impl->db.get(), impl->cfs));
   // Audit numbering continues from the last record before anything can append.
   {
     std::unique_ptr<rocksdb::Iterator> ait(
         impl->db->NewIterator(rocksdb::ReadOptions(), impl->cfs[kAudit]));
     ait->SeekToLast();
     RETURN_IF_ERROR(FromRocks(ait->status(), "scan audit"));
-    impl->next_audit_seq =
-        ait->Valid() ? keys::GetU64(absl::string_view(ait->key().data(), ait->key().size()), 0) + 1
-                     : 1;
+    if (ait->Valid()) {
+      auto seq = keys::ParseAudit(View(ait->key()));
+      if (!seq.has_value()) return absl::DataLossError("storage: bad audit key");
+      impl->next_audit_seq = *seq + 1;
+    }
   }
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
 absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
-  {
-    std::unique_ptr<rocksdb::Iterator> uit(
-        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kContribs]));
-    for (uit->Seek("u"); uit->Valid() && uit->key().starts_with("u"); uit->Next()) {
-      v1::UploadSessionRecord rec;
-      RETURN_IF_ERROR(ParseRecord(uit->value().ToString(), &rec, "upload session"));
-      state.uploads.push_back(std::move(rec));
-    }
-    RETURN_IF_ERROR(FromRocks(uit->status(), "scan uploads"));
-    // Progress is kept apart from the session (written per chunk without the header).
-    // Sessions written before that carry their progress themselves.
-    for (auto& rec : state.uploads) {
-      auto progress = impl_->Get(kContribs, ProgressKey(rec.header().upload_id()),
-                                 "upload progress");
-      if (absl::IsNotFound(progress.status())) continue;
-      RETURN_IF_ERROR(progress.status());
-      v1::UploadSessionRecord p;
-      RETURN_IF_ERROR(ParseRecord(*progress, &p, "upload progress"));
-      rec.set_next_tensor(p.next_tensor());
-      rec.set_next_offset(p.next_offset());
-      rec.set_bytes_stored(p.bytes_stored());
-      rec.set_sum_sq(p.sum_sq());
-    }
+  RETURN_IF_ERROR(impl_->Scan(kContribs, keys::UploadSessionPrefix(), "scan uploads",
+                              [&](absl::string_view, absl::string_view v) -> absl::Status {
+    UploadSession rec;
+    RETURN_IF_ERROR(ParseRecord(v, &rec, "upload session"));
+    state.uploads.push_back(FromRecord(rec));
+    return absl::OkStatus();
+  }));
+  for (auto& u : state.uploads) {
+    auto progress = impl_->GetRecord<UploadProgress>(
+        kContribs, keys::UploadProgress(u.header.upload_id()), "upload progress");
+    if (absl::IsNotFound(progress.status())) continue;  // nothing stored yet
+    RETURN_IF_ERROR(progress.status());
+    u.progress = FromRecord(*progress);
   }
   state.last_audit_seq = impl_->next_audit_seq - 1;
-  auto model = impl_->Get(kMeta, keys::kModel, "model");
+  auto model = impl_->GetRecord<ModelRecord>(kMeta, keys::Model(), "model");
   if (absl::IsNotFound(model.status())) {
     // Not initialised: anything else is leftovers of a crashed init.
-    RETURN_IF_ERROR(impl_->DeleteRange(kBases, std::string(), std::string(24, '\xff')));
+    RETURN_IF_ERROR(impl_->DeleteRange(kBases, std::string(), keys::BasesEnd()));
     ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
     state.next_contribution_id = max_id + 1;
     return state;
   }
   RETURN_IF_ERROR(model.status());
-  v1::ModelInfo info;
-  RETURN_IF_ERROR(ParseRecord(*model, &info, "model"));
-  state.model = std::move(info);
+  state.model = FromRecord(*model);
 
-  ASSIGN_OR_RETURN(std::string cur, impl_->Get(kMeta, keys::kCurrentBase, "current base"));
-  if (cur.size() != 8) return absl::DataLossError("storage: corrupt current-base pointer");
-  state.current_base = keys::GetU64(cur, 0);
+  ASSIGN_OR_RETURN(std::string cur, impl_->Get(kMeta, keys::CurrentBase(), "current base"));
+  std::optional<uint64_t> current = keys::DecodeU64(cur);
+  if (!current.has_value()) return absl::DataLossError("storage: corrupt current-base pointer");
+  state.current_base = *current;
   ASSIGN_OR_RETURN(state.current_base_sha256, GetBaseSha256(state.current_base));
 
-  std::unique_ptr<rocksdb::Iterator> it(
-      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kRounds]));
   state.max_base_version = state.current_base;
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
-    v1::RoundInfo round;
-    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &round, "round"));
-    state.max_base_version = std::max(state.max_base_version, round.result_base_version());
-    state.rounds.push_back(std::move(round));
-  }
-  RETURN_IF_ERROR(FromRocks(it->status(), "scan rounds"));
+  RETURN_IF_ERROR(impl_->Scan(kRounds, "", "scan rounds",
+                              [&](absl::string_view, absl::string_view v) -> absl::Status {
+    RoundRecord r;
+    RETURN_IF_ERROR(ParseRecord(v, &r, "round"));
+    state.max_base_version = std::max(state.max_base_version, r.result_base_version());
+    state.rounds.push_back(FromRecord(r));
+    return absl::OkStatus();
+  }));
   // A fusion that crashed before its commit left chunks of a version no record names.
   RETURN_IF_ERROR(impl_->DeleteRange(kBases, keys::BaseVersionPrefix(state.max_base_version + 1),
-                                     std::string(24, '\xff')));
+                                     keys::BasesEnd()));
 
-  std::unique_ptr<rocksdb::Iterator> mit(
-      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kMeta]));
-  for (mit->Seek("bad_base/"); mit->Valid() && mit->key().starts_with("bad_base/"); mit->Next()) {
-    uint64_t v = 0;
-    std::string k = mit->key().ToString().substr(9);
-    if (!absl::SimpleAtoi(k, &v)) return absl::DataLossError("storage: bad bad_base key");
-    state.bad_base_versions.push_back(v);
-  }
-  RETURN_IF_ERROR(FromRocks(mit->status(), "scan bad bases"));
+  RETURN_IF_ERROR(impl_->Scan(kMeta, keys::BadBasePrefix(), "scan bad bases",
+                              [&](absl::string_view k, absl::string_view) -> absl::Status {
+    auto v = keys::ParseBadBase(k);
+    if (!v.has_value()) return absl::DataLossError("storage: bad bad-base key");
+    state.bad_base_versions.push_back(*v);
+    return absl::OkStatus();
+  }));
   std::sort(state.bad_base_versions.begin(), state.bad_base_versions.end());
 
   ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
   state.next_contribution_id = max_id + 1;
   for (auto& round : state.rounds) {
-    std::string prefix = keys::ContributionRecord(round.number(), 0).substr(0, 9);
-    std::unique_ptr<rocksdb::Iterator> cit(
-        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kContribs]));
-    for (cit->Seek(prefix); cit->Valid() && cit->key().starts_with(prefix); cit->Next()) {
-      RETURN_IF_ERROR(ParseRecord(cit->value().ToString(), round.add_contributions(),
-                                  "contribution"));
-    }
-    RETURN_IF_ERROR(FromRocks(cit->status(), "scan contributions"));
+    RETURN_IF_ERROR(impl_->Scan(kContribs, keys::ContributionRoundPrefix(round.number()),
+                                "scan contributions",
+                                [&](absl::string_view, absl::string_view v) -> absl::Status {
+      ContributionRecord r;
+      RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
+      *round.add_contributions() = FromRecord(r);
+      return absl::OkStatus();
+    }));
   }
   return state;
 }
@@ -318,11 +299,11 @@ absl::Status Store::CommitContribution(uint64_t round, const v1::ContributionInf
                                        const AuditBatch& audit, const std::string& upload_id) {
   rocksdb::WriteBatch batch;
   if (!upload_id.empty()) {
-    batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
-    batch.Delete(impl_->cfs[kContribs], ProgressKey(upload_id));
+    batch.Delete(impl_->cfs[kContribs], keys::UploadSession(upload_id));
+    batch.Delete(impl_->cfs[kContribs], keys::UploadProgress(upload_id));
   }
   batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(round, info.id()),
-            info.SerializeAsString());
+            ToRecord(info).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit contribution");
 }
 
@@ -330,14 +311,12 @@ absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view bas
                                const v1::RoundInfo& first_round, const AuditBatch& audit) {
   RETURN_IF_ERROR(impl_->FlushFamily(kBases));
   rocksdb::WriteBatch batch;
-  std::string zero;
-  keys::PutU64(&zero, 0);
-  batch.Put(impl_->cfs[kMeta], keys::kModel, model.SerializeAsString());
+  batch.Put(impl_->cfs[kMeta], keys::Model(), ToRecord(model).SerializeAsString());
   batch.Put(impl_->cfs[kMeta], keys::BaseSha(0),
             rocksdb::Slice(base_sha256.data(), base_sha256.size()));
-  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, zero);
+  batch.Put(impl_->cfs[kMeta], keys::CurrentBase(), keys::EncodeU64(0));
   batch.Put(impl_->cfs[kRounds], keys::Round(first_round.number()),
-            first_round.SerializeAsString());
+            ToRecord(first_round).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit init");
 }
 
@@ -345,93 +324,79 @@ absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_b
                                      absl::string_view new_base_sha256,
                                      const v1::RoundInfo& next_round, const AuditBatch& audit) {
   RETURN_IF_ERROR(impl_->FlushFamily(kBases));
-  v1::RoundInfo closed_record = closed;
-  closed_record.clear_contributions();  // they live in the contribs family
-  std::string version;
-  keys::PutU64(&version, new_base);
   rocksdb::WriteBatch batch;
   for (const auto& c : closed.contributions()) {
     batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(closed.number(), c.id()),
-              c.SerializeAsString());
+              ToRecord(c).SerializeAsString());
   }
   batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()),
-            closed_record.SerializeAsString());
+            ToRecord(closed).SerializeAsString());
   batch.Put(impl_->cfs[kMeta], keys::BaseSha(new_base),
             rocksdb::Slice(new_base_sha256.data(), new_base_sha256.size()));
-  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, version);
+  batch.Put(impl_->cfs[kMeta], keys::CurrentBase(), keys::EncodeU64(new_base));
   batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
-            next_round.SerializeAsString());
+            ToRecord(next_round).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit round close");
 }
 
 absl::Status Store::CommitRollback(const v1::RoundInfo& closed, const std::vector<uint64_t>& bad,
                                    absl::string_view reason, uint64_t good_base,
                                    const v1::RoundInfo& next_round, const AuditBatch& audit) {
-  v1::RoundInfo closed_record = closed;
-  closed_record.clear_contributions();
-  std::string version;
-  keys::PutU64(&version, good_base);
   rocksdb::WriteBatch batch;
-  batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()), closed_record.SerializeAsString());
+  batch.Put(impl_->cfs[kRounds], keys::Round(closed.number()),
+            ToRecord(closed).SerializeAsString());
   for (uint64_t v : bad) {
-    batch.Put(impl_->cfs[kMeta], absl::StrCat("bad_base/", v),
-              rocksdb::Slice(reason.data(), reason.size()));
+    batch.Put(impl_->cfs[kMeta], keys::BadBase(v), rocksdb::Slice(reason.data(), reason.size()));
   }
-  batch.Put(impl_->cfs[kMeta], keys::kCurrentBase, version);
+  batch.Put(impl_->cfs[kMeta], keys::CurrentBase(), keys::EncodeU64(good_base));
   batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
-            next_round.SerializeAsString());
+            ToRecord(next_round).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit rollback");
 }
 
 absl::Status Store::FlushContributions() { return impl_->FlushFamily(kContribs); }
 
-absl::Status Store::PutUpload(const std::string& upload_id,
-                              const v1::UploadSessionRecord& rec) {
+absl::Status Store::PutUpload(const StoredUpload& upload) {
   return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
-                                  UploadKey(upload_id), rec.SerializeAsString()),
+                                  keys::UploadSession(upload.header.upload_id()),
+                                  ToRecord(upload).SerializeAsString()),
                    "write upload session");
 }
 
 absl::Status Store::PutUploadProgress(const std::string& upload_id,
-                                      const v1::UploadSessionRecord& progress) {
-  v1::UploadSessionRecord p;
-  p.set_next_tensor(progress.next_tensor());
-  p.set_next_offset(progress.next_offset());
-  p.set_bytes_stored(progress.bytes_stored());
-  p.set_sum_sq(progress.sum_sq());
+                                      const StoredUpload::Progress& progress) {
   return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
-                                  ProgressKey(upload_id), p.SerializeAsString()),
+                                  keys::UploadProgress(upload_id),
+                                  ToRecord(progress).SerializeAsString()),
                    "write upload progress");
 }
 
 absl::Status Store::DeleteUpload(const std::string& upload_id) {
   rocksdb::WriteBatch batch;
-  batch.Delete(impl_->cfs[kContribs], UploadKey(upload_id));
-  batch.Delete(impl_->cfs[kContribs], ProgressKey(upload_id));
+  batch.Delete(impl_->cfs[kContribs], keys::UploadSession(upload_id));
+  batch.Delete(impl_->cfs[kContribs], keys::UploadProgress(upload_id));
   return FromRocks(impl_->db->Write(impl_->commit_opts, &batch), "delete upload session");
 }
 
 absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {
   rocksdb::WriteBatch batch;
-  batch.Put(impl_->cfs[kMeta], absl::StrCat("token/", token.info.name()),
-            token.secret_sha256 + token.info.SerializeAsString());
+  batch.Put(impl_->cfs[kMeta], keys::Token(token.info.name()),
+            ToRecord(token).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "store token");
 }
 
 absl::StatusOr<std::vector<StoredToken>> Store::LoadTokens() {
   std::vector<StoredToken> out;
-  std::unique_ptr<rocksdb::Iterator> it(
-      impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kMeta]));
-  for (it->Seek("token/"); it->Valid() && it->key().starts_with("token/"); it->Next()) {
-    std::string v = it->value().ToString();
-    StoredToken t;
-    if (v.size() < 32 || !t.info.ParseFromString(v.substr(32))) {
+  RETURN_IF_ERROR(impl_->Scan(kMeta, keys::TokenPrefix(), "scan tokens",
+                              [&](absl::string_view, absl::string_view v) -> absl::Status {
+    TokenRecord r;
+    RETURN_IF_ERROR(ParseRecord(v, &r, "token"));
+    if (r.secret_sha256().size() != 32) {
       return absl::DataLossError("storage: corrupt token record");
     }
-    t.secret_sha256 = v.substr(0, 32);
-    out.push_back(std::move(t));
-  }
-  RETURN_IF_ERROR(FromRocks(it->status(), "scan tokens"));
+    out.push_back(FromRecord(r));
+    return absl::OkStatus();
+  }));
   return out;
 }
 
@@ -442,12 +407,15 @@ absl::Status Store::AppendAudit(const AuditBatch& audit) {
 
 absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq, size_t limit) {
   std::vector<v1::AuditRecord> out;
+  if (after_seq == UINT64_MAX) return out;  // nothing comes after the last number
   std::unique_ptr<rocksdb::Iterator> it(
       impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kAudit]));
-  for (it->Seek(keys::Round(after_seq + 1)); it->Valid() && out.size() < limit; it->Next()) {
-    v1::AuditRecord rec;
-    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &rec, "audit"));
-    out.push_back(std::move(rec));
+  for (it->Seek(keys::Audit(after_seq + 1)); it->Valid() && out.size() < limit; it->Next()) {
+    auto seq = keys::ParseAudit(View(it->key()));
+    if (!seq.has_value()) return absl::DataLossError("storage: bad audit key");
+    AuditEntry r;
+    RETURN_IF_ERROR(ParseRecord(View(it->value()), &r, "audit"));
+    out.push_back(FromRecord(r, *seq));
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "scan audit"));
   return out;

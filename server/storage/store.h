@@ -1,27 +1,18 @@
 // The server's persistent state in one RocksDB folder. The only code that includes
 // RocksDB. Thread-safe.
 //
-// Column families:
-//   meta     - "model" (v1::ModelInfo), "current_base" (u64), "base_sha/<v>" (32 bytes)
-//   bases    - base tensor data: version | tensor | chunk -> bytes (kChunkBytes chunks)
-//   contribs - 'h' | round | id -> v1::ContributionInfo (a committed contribution)
-//              'd' | round | id | tensor | chunk -> bytes
-//   rounds   - round -> v1::RoundInfo (without its contributions)
-//   audit    - seq -> v1::AuditRecord (append-only; written in the same atomic batch as
-//              the change it records)
-// contribs also holds 'u' | upload id -> v1::UploadSessionRecord (an interrupted
-// resumable upload; its chunks are kept for it).
+// Column families meta, bases, contribs, rounds and audit; keys.h owns the key layout
+// and records.proto the records (storage format 2, checked at Open; an older format is
+// migrated there, a newer one refused).
 //
-// Tensor chunks and upload sessions are written without the write-ahead log, so each
-// byte reaches the disk once (as a blob file when blob_files is on); every commit first
-// flushes the family the chunks are in, then writes its record with a synced WAL write.
-// A session record lives in the same unlogged family as its chunks, so after a crash a
-// surviving record never points at lost chunks.
-// meta also holds "token/<name>" (SHA-256 of the secret, then v1::TokenInfo) and
-// "bad_base/<v>" (the reason a base was rolled back).
-// Data chunks are written unsynced as they arrive; they become visible only through a
-// record committed by a synced write (a contribution header, or the current-base pointer),
-// and Open() deletes chunks that no record points to (left by a crash).
+// Tensor chunks, upload sessions and their progress are written without the
+// write-ahead log, so each byte reaches the disk once (as a blob file when blob_files is
+// on); every commit first flushes the family the chunks are in, then writes its record
+// with a synced WAL write. A session lives in the same unlogged family as its chunks, so
+// after a crash a surviving session never points at lost chunks.
+// Data chunks become visible only through a record committed by a synced write (a
+// contribution record, or the current-base pointer), and Load() deletes chunks that no
+// record points to (left by a crash).
 #ifndef COLDFUSE_SERVER_STORAGE_STORE_H_
 #define COLDFUSE_SERVER_STORAGE_STORE_H_
 
@@ -47,6 +38,21 @@ struct StoreOptions {
   bool blob_files = true;
 };
 
+// An interrupted resumable upload: its header and contribution id (stored once), and
+// how far its stored data goes (stored after each chunk).
+struct StoredUpload {
+  v1::ContributionHeader header;  // header.upload_id() names it
+  uint64_t contribution_id = 0;
+  struct Progress {
+    // Everything before (next_tensor, next_offset) is stored.
+    uint32_t next_tensor = 0;
+    uint64_t next_offset = 0;
+    uint64_t bytes_stored = 0;
+    // Running sum of squares of the update (for delta_norm).
+    double sum_sq = 0;
+  } progress;
+};
+
 // Everything the server needs at start-up.
 struct LoadedState {
   std::optional<v1::ModelInfo> model;  // unset before init
@@ -57,8 +63,8 @@ struct LoadedState {
   std::vector<uint64_t> bad_base_versions;
   // Highest base version stored (bad ones included); the next fusion writes this + 1.
   uint64_t max_base_version = 0;
-  // Interrupted resumable uploads (their chunks are kept), progress filled in.
-  std::vector<v1::UploadSessionRecord> uploads;
+  // Interrupted resumable uploads (their chunks are kept).
+  std::vector<StoredUpload> uploads;
   // Sequence number of the last audit record (0 if none).
   uint64_t last_audit_seq = 0;
 };
@@ -107,13 +113,12 @@ class Store {
                                   const std::string& upload_id = "");
 
   // Resumable upload sessions: PutUpload stores the session (header and contribution
-  // id) once, PutUploadProgress its progress (next_tensor, next_offset, bytes_stored,
-  // sum_sq of `progress`; its header is not stored) after each chunk. Both are unsynced
-  // and unlogged, like the chunks: progress is a hint that the chunks before it are
-  // stored, lost or kept with them by a crash, and checked again on resume.
-  absl::Status PutUpload(const std::string& upload_id, const v1::UploadSessionRecord& rec);
+  // id; not its progress) once, PutUploadProgress its progress after each chunk. Both
+  // are unsynced and unlogged, like the chunks: progress is a hint that the chunks before
+  // it are stored, lost or kept with them by a crash, and checked again on resume.
+  absl::Status PutUpload(const StoredUpload& upload);
   absl::Status PutUploadProgress(const std::string& upload_id,
-                                 const v1::UploadSessionRecord& progress);
+                                 const StoredUpload::Progress& progress);
   // Removes a session and its progress (synced).
   absl::Status DeleteUpload(const std::string& upload_id);
 

@@ -1,15 +1,21 @@
 #include "server/storage/store.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/db.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/rounds/test_util.h"
+#include "server/storage/keys.h"
+#include "server/storage/records.pb.h"
+#include "server/storage/rocks_util.h"
 
 namespace coldfuse::storage {
 namespace {
@@ -373,6 +379,10 @@ TEST_F(StoreTest, AuditRecordsAreNumberedInOrderAndContinueAfterReopen) {
   auto none = store_->ReadAudit(3, 100);
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
+  // after_seq + 1 must not wrap around to the start of the log.
+  auto past_the_end = store_->ReadAudit(UINT64_MAX, 100);
+  ASSERT_TRUE(past_the_end.ok());
+  EXPECT_TRUE(past_the_end->empty());
 
   Reopen();
   MustLoad();
@@ -425,6 +435,91 @@ TEST_F(StoreTest, TokensRoundTripAndReplaceByName) {
   EXPECT_EQ((*tokens)[1].info.role(), v1::VIEWER);
   // Tokens are not mistaken for other meta records.
   EXPECT_FALSE(MustLoad().model.has_value());
+}
+
+// ------------------------------------------------------------------ storage format
+
+// Writes `puts` ((family, key, value)) into a RocksDB folder with the store's families,
+// as another release would have, bypassing Store.
+void WriteRaw(const std::string& dir,
+              const std::vector<std::tuple<Cf, std::string, std::string>>& puts) {
+  rocksdb::DBOptions opts;
+  opts.create_if_missing = true;
+  opts.create_missing_column_families = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (int i = 0; i < kNumCfs; ++i) descs.emplace_back(kCfNames[i], rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(opts, dir, descs, &handles, &db).ok());
+  for (const auto& [cf, k, v] : puts) {
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), handles[1 + cf], k, v).ok());
+  }
+  for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+  delete db;
+}
+
+TEST_F(StoreTest, AFormatNewerThanThisBuildIsRefusedAndLeftAlone) {
+  Init();
+  store_.reset();
+  WriteRaw(dir_.path(), {{kMeta, keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion + 1)}});
+  auto s = Store::Open(dir_.path(), StoreOptions());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
+  EXPECT_TRUE(absl::StrContains(s.status().message(), "newer coldfused")) << s.status();
+  // Nothing was changed: this build opens it again once the version is its own.
+  WriteRaw(dir_.path(), {{kMeta, keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion)}});
+  Reopen();
+  EXPECT_EQ(MustLoad().current_base_sha256, kSha0);
+}
+
+// Format 1 kept an interrupted upload as one record (the API's UploadSessionRecord,
+// header and progress together); it is still resumable after the migration.
+TEST_F(StoreTest, AFormat1UploadSessionIsMigratedWithItsProgress) {
+  store_.reset();
+  testing_util::TempDir old_dir;
+  v1::ContributionHeader h;
+  h.set_round(1);
+  h.set_contributor("alice");
+  h.set_num_examples(7);
+  h.set_upload_id("upload-0001");
+  (*h.mutable_metrics())["accuracy_after"] = 0.5;
+  *h.mutable_manifest() = TestModel().manifest();
+  LegacyUploadSession legacy;  // the same fields and numbers as format 1's record
+  legacy.set_header(h.SerializeAsString());
+  legacy.set_contribution_id(3);
+  legacy.set_next_tensor(1);
+  legacy.set_next_offset(0);
+  legacy.set_bytes_stored(16);
+  legacy.set_sum_sq(2.25);
+  v1::RoundInfo round = OpenRound(1, 0, 1000);
+  WriteRaw(old_dir.path(),
+           {{kMeta, keys::format1::kModel, TestModel().SerializeAsString()},
+            {kMeta, keys::format1::kCurrentBase, keys::EncodeU64(0)},
+            {kMeta, "base_sha/0", kSha0},
+            {kBases, keys::BaseChunk(0, 0, 0), "weight-bytes-v0"},
+            {kBases, keys::BaseChunk(0, 1, 0), "bias-bytes-v0"},
+            {kRounds, keys::Round(1), round.SerializeAsString()},
+            {kContribs, keys::UploadSession("upload-0001"), legacy.SerializeAsString()},
+            {kContribs, keys::ContributionChunk(1, 3, 0, 0), std::string(16, 'x')}});
+  auto s = Store::Open(old_dir.path(), StoreOptions());
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto state = (*s)->Load();
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_TRUE(state->model.has_value());
+  EXPECT_EQ(state->model->model_spec(), "mlp:2,2");
+  EXPECT_EQ(state->current_base_sha256, kSha0);
+  ASSERT_EQ(state->uploads.size(), 1u);
+  const StoredUpload& u = state->uploads[0];
+  EXPECT_EQ(u.header.upload_id(), "upload-0001");
+  EXPECT_EQ(u.header.contributor(), "alice");
+  EXPECT_EQ(u.header.metrics().at("accuracy_after"), 0.5);
+  EXPECT_EQ(u.contribution_id, 3u);
+  EXPECT_EQ(u.progress.next_tensor, 1u);
+  EXPECT_EQ(u.progress.bytes_stored, 16u);
+  EXPECT_EQ(u.progress.sum_sq, 2.25);
+  // Its chunks were kept (the session points at them), and ids continue past it.
+  EXPECT_TRUE((*s)->GetContributionChunk(1, 3, 0, 0).ok());
+  EXPECT_EQ(state->next_contribution_id, 4u);
 }
 
 }  // namespace

@@ -1,0 +1,203 @@
+#include "server/storage/records.h"
+
+namespace coldfuse::storage {
+namespace {
+
+void ToEntries(const v1::Manifest& m, google::protobuf::RepeatedPtrField<TensorEntry>* out) {
+  for (const auto& t : m.tensors()) {
+    TensorEntry* e = out->Add();
+    e->set_name(t.name());
+    e->set_dtype(static_cast<uint32_t>(t.dtype()));
+    *e->mutable_shape() = t.shape();
+  }
+}
+
+v1::Manifest FromEntries(const google::protobuf::RepeatedPtrField<TensorEntry>& entries) {
+  v1::Manifest m;
+  for (const auto& e : entries) {
+    v1::TensorSpec* t = m.add_tensors();
+    t->set_name(e.name());
+    t->set_dtype(static_cast<v1::DType>(e.dtype()));
+    *t->mutable_shape() = e.shape();
+  }
+  return m;
+}
+
+}  // namespace
+
+ModelRecord ToRecord(const v1::ModelInfo& model) {
+  ModelRecord r;
+  r.set_model_spec(model.model_spec());
+  ToEntries(model.manifest(), r.mutable_tensors());
+  r.set_fusion_method(static_cast<uint32_t>(model.fusion_method()));
+  r.set_total_bytes(model.total_bytes());
+  r.set_trim_fraction(model.fusion_options().trim_fraction());
+  r.set_clip_factor(model.fusion_options().clip_factor());
+  r.set_accumulate_f64(model.fusion_options().accumulate_f64());
+  return r;
+}
+
+v1::ModelInfo FromRecord(const ModelRecord& r) {
+  v1::ModelInfo m;
+  m.set_model_spec(r.model_spec());
+  *m.mutable_manifest() = FromEntries(r.tensors());
+  m.set_fusion_method(static_cast<v1::FusionMethod>(r.fusion_method()));
+  m.set_total_bytes(r.total_bytes());
+  m.mutable_fusion_options()->set_trim_fraction(r.trim_fraction());
+  m.mutable_fusion_options()->set_clip_factor(r.clip_factor());
+  m.mutable_fusion_options()->set_accumulate_f64(r.accumulate_f64());
+  return m;
+}
+
+ContributionRecord ToRecord(const v1::ContributionInfo& info) {
+  ContributionRecord r;
+  r.set_id(info.id());
+  r.set_contributor(info.contributor());
+  r.set_task(info.task());
+  r.set_num_examples(info.num_examples());
+  r.mutable_metrics()->insert(info.metrics().begin(), info.metrics().end());
+  r.set_sha256(info.sha256());
+  r.set_bytes(info.bytes());
+  r.set_received_unix_ms(info.received_unix_ms());
+  r.set_delta_norm(info.delta_norm());
+  r.set_state(static_cast<uint32_t>(info.state()));
+  r.set_quarantine_reason(info.quarantine_reason());
+  r.set_encoding(static_cast<uint32_t>(info.encoding()));
+  ToEntries(info.manifest(), r.mutable_tensors());
+  return r;
+}
+
+v1::ContributionInfo FromRecord(const ContributionRecord& r) {
+  v1::ContributionInfo info;
+  info.set_id(r.id());
+  info.set_contributor(r.contributor());
+  info.set_task(r.task());
+  info.set_num_examples(r.num_examples());
+  info.mutable_metrics()->insert(r.metrics().begin(), r.metrics().end());
+  info.set_sha256(r.sha256());
+  info.set_bytes(r.bytes());
+  info.set_received_unix_ms(r.received_unix_ms());
+  info.set_delta_norm(r.delta_norm());
+  info.set_state(static_cast<v1::ContributionState>(r.state()));
+  info.set_quarantine_reason(r.quarantine_reason());
+  info.set_encoding(static_cast<v1::Encoding>(r.encoding()));
+  *info.mutable_manifest() = FromEntries(r.tensors());
+  return info;
+}
+
+RoundRecord ToRecord(const v1::RoundInfo& round) {
+  RoundRecord r;
+  r.set_number(round.number());
+  r.set_base_version(round.base_version());
+  r.set_state(static_cast<uint32_t>(round.state()));
+  r.set_opened_unix_ms(round.opened_unix_ms());
+  r.set_closed_unix_ms(round.closed_unix_ms());
+  r.set_result_base_version(round.result_base_version());
+  r.set_close_reason(round.close_reason());
+  return r;
+}
+
+v1::RoundInfo FromRecord(const RoundRecord& r) {
+  v1::RoundInfo round;
+  round.set_number(r.number());
+  round.set_base_version(r.base_version());
+  round.set_state(static_cast<v1::RoundState>(r.state()));
+  round.set_opened_unix_ms(r.opened_unix_ms());
+  round.set_closed_unix_ms(r.closed_unix_ms());
+  round.set_result_base_version(r.result_base_version());
+  round.set_close_reason(r.close_reason());
+  return round;
+}
+
+TokenRecord ToRecord(const StoredToken& token) {
+  TokenRecord r;
+  r.set_name(token.info.name());
+  r.set_secret_sha256(token.secret_sha256);
+  r.set_role(static_cast<uint32_t>(token.info.role()));
+  r.set_created_unix_ms(token.info.created_unix_ms());
+  r.set_expires_unix_ms(token.info.expires_unix_ms());
+  r.set_revoked(token.info.revoked());
+  return r;
+}
+
+StoredToken FromRecord(const TokenRecord& r) {
+  StoredToken t;
+  t.secret_sha256 = r.secret_sha256();
+  t.info.set_name(r.name());
+  t.info.set_role(static_cast<v1::Role>(r.role()));
+  t.info.set_created_unix_ms(r.created_unix_ms());
+  t.info.set_expires_unix_ms(r.expires_unix_ms());
+  t.info.set_revoked(r.revoked());
+  return t;
+}
+
+AuditEntry ToRecord(const v1::AuditRecord& rec) {
+  AuditEntry r;
+  r.set_unix_ms(rec.unix_ms());
+  r.set_actor(rec.actor());
+  r.set_action(rec.action());
+  r.set_detail(rec.detail());
+  return r;
+}
+
+v1::AuditRecord FromRecord(const AuditEntry& r, uint64_t seq) {
+  v1::AuditRecord rec;
+  rec.set_seq(seq);
+  rec.set_unix_ms(r.unix_ms());
+  rec.set_actor(r.actor());
+  rec.set_action(r.action());
+  rec.set_detail(r.detail());
+  return rec;
+}
+
+UploadSession ToRecord(const StoredUpload& upload) {
+  const v1::ContributionHeader& h = upload.header;
+  UploadSession r;
+  r.set_contribution_id(upload.contribution_id);
+  r.set_round(h.round());
+  r.set_base_version(h.base_version());
+  r.set_contributor(h.contributor());
+  r.set_task(h.task());
+  r.set_num_examples(h.num_examples());
+  r.mutable_metrics()->insert(h.metrics().begin(), h.metrics().end());
+  ToEntries(h.manifest(), r.mutable_tensors());
+  r.set_upload_id(h.upload_id());
+  r.set_encoding(static_cast<uint32_t>(h.encoding()));
+  return r;
+}
+
+StoredUpload FromRecord(const UploadSession& r) {
+  StoredUpload u;
+  u.contribution_id = r.contribution_id();
+  v1::ContributionHeader& h = u.header;
+  h.set_round(r.round());
+  h.set_base_version(r.base_version());
+  h.set_contributor(r.contributor());
+  h.set_task(r.task());
+  h.set_num_examples(r.num_examples());
+  h.mutable_metrics()->insert(r.metrics().begin(), r.metrics().end());
+  *h.mutable_manifest() = FromEntries(r.tensors());
+  h.set_upload_id(r.upload_id());
+  h.set_encoding(static_cast<v1::Encoding>(r.encoding()));
+  return u;
+}
+
+UploadProgress ToRecord(const StoredUpload::Progress& progress) {
+  UploadProgress r;
+  r.set_next_tensor(progress.next_tensor);
+  r.set_next_offset(progress.next_offset);
+  r.set_bytes_stored(progress.bytes_stored);
+  r.set_sum_sq(progress.sum_sq);
+  return r;
+}
+
+StoredUpload::Progress FromRecord(const UploadProgress& r) {
+  StoredUpload::Progress p;
+  p.next_tensor = r.next_tensor();
+  p.next_offset = r.next_offset();
+  p.bytes_stored = r.bytes_stored();
+  p.sum_sq = r.sum_sq();
+  return p;
+}
+
+}  // namespace coldfuse::storage
