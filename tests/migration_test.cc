@@ -62,7 +62,10 @@ class MigrationTest : public ::testing::Test {
   }
 
   std::shared_ptr<grpc::Channel> Channel(const ServerProcess& s, const std::string& token) {
-    auto c = rpc::Connect(s.address(), {.tls = {.ca_file = certs_ + "/ca.crt"}, .token = token});
+    rpc::ConnectOptions options;
+    options.tls.ca_file = certs_ + "/ca.crt";
+    options.token = token;
+    auto c = rpc::Connect(s.address(), options);
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? *c : nullptr;
   }

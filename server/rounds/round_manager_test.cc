@@ -756,7 +756,9 @@ TEST_F(RoundManagerTest, AuditLogRecordsChangesInOrderAndContinuesAfterARestart)
   const std::vector<std::string> actors = {"op", "op", "alice", "bob", "op", "op"};
   for (size_t i = 0; i < audit.size(); ++i) {
     EXPECT_EQ(audit[i].actor(), actors[i]) << i;
-    if (i > 0) EXPECT_GT(audit[i].seq(), audit[i - 1].seq()) << i;
+    if (i > 0) {
+      EXPECT_GT(audit[i].seq(), audit[i - 1].seq()) << i;
+    }
   }
   EXPECT_TRUE(absl::StrContains(audit[5].detail(), "v1 from v0")) << audit[5].detail();
 

@@ -150,9 +150,7 @@ class RoundsTest : public ::testing::Test {
   }
 
   void OpenStore() {
-    storage::StoreOptions so;
-    so.sync_commits = false;  // nothing here crashes; keeps the suite fast
-    auto s = storage::Store::Open(dir_.path(), so);
+    auto s = storage::Store::Open(dir_.path(), store_options_);
     ASSERT_TRUE(s.ok()) << s.status();
     store_ = std::move(*s);
   }
@@ -316,7 +314,16 @@ class RoundsTest : public ::testing::Test {
     return a.ok() ? *std::move(a) : std::vector<v1::AuditRecord>();
   }
 
+  // Nothing crashes in most tests: no syncs keeps the suite fast. Tests of durability
+  // turn them on (and may add faults), then Restart().
+  static storage::StoreOptions UnsyncedStore() {
+    storage::StoreOptions so;
+    so.sync_commits = false;
+    return so;
+  }
+
   testing_util::TempDir dir_;
+  storage::StoreOptions store_options_ = UnsyncedStore();
   FakeClock clock_{kStartMs};
   RoundOptions options_;
   IntakeOptions intake_options_;

@@ -1,8 +1,8 @@
 // The server side of a client-streamed tensor upload (PushContribution, InitModel):
-// header, chunks, trailer. Chunks are checked and stored as they arrive; the header
-// (which may re-hash a resumed upload) and the final check and synced commit run on the
-// executor. Deletes itself in OnDone; an upload it
-// did not commit is removed from storage then.
+// header, chunks, trailer. The header (which may re-hash a resumed upload), each chunk
+// (checked and stored as it arrives) and the final check and synced commit run on the
+// executor, one step at a time: a gRPC callback thread never touches the store. Deletes
+// itself in OnDone; an upload it did not commit is removed from storage then.
 #ifndef COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 #define COLDFUSE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 
@@ -64,9 +64,22 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         return;
       }
       case Request::kChunk:
-        st = upload_ == nullptr ? absl::InvalidArgumentError("chunk before the header")
-                                : upload_->Accept(request_.chunk());
-        break;
+        if (upload_ == nullptr) {
+          st = absl::InvalidArgumentError("chunk before the header");
+          break;
+        }
+        // Storing a chunk is a RocksDB write, and RocksDB queues every write behind the
+        // one in progress, a synced commit's too: never on a callback thread. No read is
+        // outstanding until this continues, so chunks stay in order.
+        executor_->Run([this] {
+          absl::Status accepted = upload_->Accept(request_.chunk());
+          if (!accepted.ok()) {
+            Fail(rounds::TensorUpload::EndKind::kRejected, accepted);
+            return;
+          }
+          this->StartRead(&request_);
+        });
+        return;
       case Request::kTrailer:
         if (upload_ == nullptr) {
           st = absl::InvalidArgumentError("trailer before the header");

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/storage/fault_fs.h"
 #include "server/storage/keys.h"
 #include "server/storage/migrate.h"
 #include "server/storage/records.h"
@@ -21,6 +22,7 @@
 
 namespace coldfuse::storage {
 struct Store::Impl {
+  std::unique_ptr<rocksdb::Env> env;  // only with faults; outlives db
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
   rocksdb::WriteOptions commit_opts;
@@ -139,7 +141,12 @@ Store::~Store() = default;
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
                                                    const StoreOptions& options) {
+  auto impl = std::make_unique<Impl>();
   rocksdb::DBOptions db_opts;
+  if (options.faults != nullptr) {
+    impl->env = NewFaultInjectionEnv(options.faults);
+    db_opts.env = impl->env.get();
+  }
   db_opts.create_if_missing = true;
   db_opts.create_missing_column_families = true;
   db_opts.paranoid_checks = true;
@@ -158,7 +165,6 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
     descs.emplace_back(kCfNames[i], (i == kBases || i == kContribs) ? data_opts : cf_opts);
   }
 
-  auto impl = std::make_unique<Impl>();
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db_opts, dir, descs, &handles, &raw);

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "coldfuse/v1/coldfuse.pb.h"
+#include "server/storage/fault_injection.h"
 
 namespace coldfuse::storage {
 
@@ -36,6 +37,8 @@ struct StoreOptions {
   // Keep tensor chunks in RocksDB's integrated blob files (values >= 64 KiB), so
   // compaction never rewrites them. Default: true (see docs/benchmarks.md).
   bool blob_files = true;
+  // Tests only: faults injected below RocksDB (fault_injection.h). Default: none.
+  std::shared_ptr<FaultInjection> faults;
 };
 
 // An interrupted resumable upload: its header and contribution id (stored once), and
