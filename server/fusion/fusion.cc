@@ -1,7 +1,6 @@
 #include "server/fusion/fusion.h"
 
 #include <algorithm>
-#include <future>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +9,7 @@
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
+#include "server/fusion/worker_pool.h"
 
 namespace coldfuse::fusion {
 
@@ -93,20 +93,18 @@ absl::StatusOr<std::string> FuseWeighted(const v1::Manifest& manifest,
     }
     return FuseChunk<float>(spec, it.tensor, it.chunk, it.len, weights, read, out);
   };
-  // Two chunks at a time: one on a helper thread, one here; then hash and write in order.
-  // Memory stays at 2 x (K reads + accumulator) chunks.
+  // A window of chunks at a time on the worker pool (one per worker, twice over), then
+  // hash and write them in order. Memory stays at window x (accumulator + one read).
+  WorkerPool* pool = WorkerPool::Default();
+  const size_t window = 2 * static_cast<size_t>(pool->size());
   Sha256 sha;
-  std::string out[2];
-  for (size_t i = 0; i < items.size(); i += 2) {
-    std::future<absl::Status> second;
-    if (i + 1 < items.size()) {
-      second = std::async(std::launch::async, compute, items[i + 1], &out[1]);
-    }
-    absl::Status first = compute(items[i], &out[0]);
-    absl::Status other = second.valid() ? second.get() : absl::OkStatus();
-    RETURN_IF_ERROR(first);
-    RETURN_IF_ERROR(other);
-    for (size_t j = 0; j < 2 && i + j < items.size(); ++j) {
+  std::vector<std::string> out(window);
+  std::vector<absl::Status> status(window);
+  for (size_t i = 0; i < items.size(); i += window) {
+    const size_t n = std::min(window, items.size() - i);
+    pool->ParallelFor(n, [&](size_t j) { status[j] = compute(items[i + j], &out[j]); });
+    for (size_t j = 0; j < n; ++j) RETURN_IF_ERROR(status[j]);
+    for (size_t j = 0; j < n; ++j) {
       sha.Update(out[j]);
       RETURN_IF_ERROR(write(items[i + j].tensor, items[i + j].chunk, out[j]));
     }

@@ -48,6 +48,7 @@ class FusionHarness {
         },
         [this](uint32_t t, uint64_t c, absl::string_view data) {
           written_[{t, c}] = std::string(data);
+          order_.push_back({t, c});
           return absl::OkStatus();
         });
   }
@@ -62,11 +63,14 @@ class FusionHarness {
   const std::map<std::pair<uint32_t, uint64_t>, std::string>& written() const {
     return written_;
   }
+  // (tensor, chunk) in the order the writer was called.
+  const std::vector<std::pair<uint32_t, uint64_t>>& order() const { return order_; }
 
  private:
   v1::Manifest manifest_;
   std::vector<std::vector<std::string>> contributions_;
   std::map<std::pair<uint32_t, uint64_t>, std::string> written_;
+  std::vector<std::pair<uint32_t, uint64_t>> order_;
 };
 
 TEST(FusionWeightsTest, MeanIsEqualWhateverTheExampleCounts) {
@@ -206,6 +210,39 @@ TEST(FuseWeightedTest, TensorLargerThanOneChunkIsFusedAcrossTheBoundary) {
   EXPECT_EQ(got[kN - 1], want[kN - 1]);
   EXPECT_EQ(got, want);
   EXPECT_EQ(ValuesOf<float>(h.Output(1)), std::vector<float>({20, 30}));
+}
+
+// Chunks are computed on the worker pool, a window at a time: far more chunks than any
+// window must still come out exact and be written (and hashed) in storage order.
+TEST(FuseWeightedTest, ManyChunksAreExactAndWrittenInOrder) {
+  v1::Manifest m;
+  std::vector<std::string> a, b;
+  std::string all_want;
+  for (int t = 0; t < 40; ++t) {
+    const int64_t n = (t % 3 == 0) ? 2 * kChunkBytes / 4 + 7 : 5 + t;  // some multi-chunk
+    *m.add_tensors() = Spec("t" + std::to_string(t), v1::F32, {n});
+    std::vector<float> x(n), y(n), want(n);
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = static_cast<float>((i + t) % 97);
+      y[i] = static_cast<float>((3 * i + t) % 89);
+      want[i] = 0.5f * x[i] + 0.5f * y[i];
+    }
+    a.push_back(BytesOf(x));
+    b.push_back(BytesOf(y));
+    all_want += BytesOf(want);
+  }
+  FusionHarness h(m);
+  h.AddContribution(a);
+  h.AddContribution(b);
+  auto sha = h.Fuse(*FusionWeights(v1::MEAN, {1, 1}));
+  ASSERT_TRUE(sha.ok()) << sha.status();
+  std::string got;
+  for (size_t i = 1; i < h.order().size(); ++i) {
+    EXPECT_LT(h.order()[i - 1], h.order()[i]) << "write " << i << " out of order";
+  }
+  for (uint32_t t = 0; t < 40; ++t) got += h.Output(t);
+  EXPECT_EQ(got, all_want);
+  EXPECT_EQ(*sha, Sha256::Of(all_want));
 }
 
 TEST(FuseWeightedTest, ReturnsSha256OfTheResultInManifestOrder) {

@@ -1,0 +1,58 @@
+#include "server/fusion/worker_pool.h"
+
+#include <algorithm>
+
+#include "absl/synchronization/blocking_counter.h"
+
+namespace coldfuse::fusion {
+
+WorkerPool::WorkerPool(int threads) {
+  for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { Loop(); });
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    absl::MutexLock l(&mu_);
+    stop_ = true;
+  }
+  for (auto& t : threads_) t.join();
+}
+
+WorkerPool* WorkerPool::Default() {
+  static WorkerPool* pool =
+      new WorkerPool(std::max(2, static_cast<int>(std::thread::hardware_concurrency())));
+  return pool;
+}
+
+void WorkerPool::Run(std::function<void()> task) {
+  absl::MutexLock l(&mu_);
+  queue_.push_back(std::move(task));
+}
+
+void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
+  absl::BlockingCounter done(static_cast<int>(n));
+  for (size_t i = 0; i < n; ++i) {
+    Run([&fn, &done, i] {
+      fn(i);
+      done.DecrementCount();
+    });
+  }
+  done.Wait();
+}
+
+void WorkerPool::Loop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      absl::MutexLock l(&mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); };
+      mu_.Await(absl::Condition(&ready));
+      if (queue_.empty()) return;  // stopping, nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace coldfuse::fusion
