@@ -322,6 +322,8 @@ bool IsIntegerLiteral(const std::string& text) {
 
 }  // namespace
 
+JsonValue::JsonValue() = default;
+
 absl::string_view JsonValue::TypeName() const {
   switch (type) {
     case Type::kNull:

@@ -23,6 +23,10 @@ namespace coldfuse {
 struct JsonValue {
   enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
 
+  // Defined in json.cc: in C++20, clang 14 with libstdc++ 12 rejects the implicit one, which
+  // needs `object`'s element type complete while JsonValue is not yet.
+  JsonValue();
+
   Type type = Type::kNull;
   bool boolean = false;  // kBool
   // kNumber: the literal as written (e.g. "-1.5e3"); kString: the decoded UTF-8 contents.

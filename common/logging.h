@@ -20,6 +20,14 @@ class LogMessage {
   std::ostringstream stream_;
 };
 
+namespace log_internal {
+// Makes `stream << ...` a void expression for CF_LOG's `?:`. `&` binds looser than `<<`
+// and tighter than `?:`, so the whole message chain is its operand.
+struct Voidify {
+  void operator&(std::ostream&) {}
+};
+}  // namespace log_internal
+
 // Messages below this level are dropped. Default: kInfo.
 void SetMinLogLevel(LogLevel level);
 LogLevel MinLogLevel();
@@ -29,9 +37,12 @@ LogLevel MinLogLevel();
 #define CF_LOG_LEVEL_INFO ::coldfuse::LogLevel::kInfo
 #define CF_LOG_LEVEL_WARNING ::coldfuse::LogLevel::kWarning
 #define CF_LOG_LEVEL_ERROR ::coldfuse::LogLevel::kError
-#define CF_LOG(level)                                         \
-  if (CF_LOG_LEVEL_##level < ::coldfuse::MinLogLevel()) {     \
-  } else                                                      \
-    ::coldfuse::LogMessage(CF_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
+// An expression, not an `if`: it cannot capture the `else` of an enclosing unbraced `if`
+// (the glog/Abseil shape). The message is formatted only when it is logged.
+#define CF_LOG(level)                                       \
+  (CF_LOG_LEVEL_##level < ::coldfuse::MinLogLevel())        \
+      ? (void)0                                             \
+      : ::coldfuse::log_internal::Voidify() &               \
+            ::coldfuse::LogMessage(CF_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
 
 #endif  // COLDFUSE_COMMON_LOGGING_H_

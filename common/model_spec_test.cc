@@ -64,7 +64,9 @@ TEST(ModelSpecTest, RejectsBadSpecsWithAnExample) {
 
 TEST(ModelSpecTest, AcceptedSpecsHaveValidManifests) {
   auto s = ParseModelSpec("mlp:1048576,1048576");
-  if (s.ok()) EXPECT_TRUE(ValidateManifest(MlpManifest(*s)).ok());
+  if (s.ok()) {
+    EXPECT_TRUE(ValidateManifest(MlpManifest(*s)).ok());
+  }
 }
 
 TEST(ModelSpecTest, MlpManifestNamesAndShapes) {

@@ -43,7 +43,7 @@ constexpr DTypeInfo kDTypes[] = {{"BOOL", 1}, {"U8", 1},      {"I8", 1},     {"I
 
 
 void FsyncParent(const std::string& path) {
-  std::string dir = fs::path(path).parent_path().string();
+  fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {

@@ -39,7 +39,7 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
     ::unlink(tmp.c_str());
     return st;
   }
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
   if (dir.empty()) dir = ".";
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {

@@ -62,7 +62,9 @@ class TensorFileTest : public ::testing::Test {
     ASSERT_TRUE(WriteFileAtomic(path_, contents).ok());
     auto r = ReadTensorFile(path_);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << what << ": " << r.status();
-    if (!r.ok()) EXPECT_THAT(r.status().message(), HasSubstr(path_)) << what;
+    if (!r.ok()) {
+      EXPECT_THAT(r.status().message(), HasSubstr(path_)) << what;
+    }
   }
 
   std::string dir_;

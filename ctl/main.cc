@@ -220,8 +220,11 @@ absl::Status Rounds(const std::shared_ptr<grpc::Channel>& channel, Format format
   v1::ListRoundsResponse r;
   RETURN_IF_ERROR(rpc::FromGrpc(stub->ListRounds(&ctx, {}, &r), "ListRounds"));
   if (format == Format::kJson) return PrintJson(r);
-  const char* row = format == Format::kTsv ? "%d\t%d\t%s\t%d\t%s\t%s\n"
-                                           : "%-6d v%-5d %-7s %-14d %-7s %s\n";
+  // ParsedFormat, not a const char*: clang checks StrFormat's format strings at compile time.
+  using RowFormat = absl::ParsedFormat<'d', 'd', 's', 'd', 's', 's'>;
+  static const RowFormat kTsvRow("%d\t%d\t%s\t%d\t%s\t%s\n");
+  static const RowFormat kTableRow("%-6d v%-5d %-7s %-14d %-7s %s\n");
+  const RowFormat& row = format == Format::kTsv ? kTsvRow : kTableRow;
   if (format == Format::kTsv) {
     std::cout << "round\tbase\tstate\tcontributions\tresult\treason\n";
   } else {

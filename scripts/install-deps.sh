@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package coldfuse needs to build, test and run its demo.
-# Idempotent: installs only what is missing. Needs root (or sudo).
+# Installs the Debian 12 packages coldfuse needs. Idempotent: installs only what is missing.
+# Needs root (or sudo).
+#   install-deps.sh [GROUP...]   GROUP: build (the default: build, test, run the demo),
+#                                sanitizers (clang for `make test-asan` / `make test-tsan`),
+#                                format (clang-format for `make format` / `make format-check`)
 set -euo pipefail
 
-PKGS=(
-  build-essential cmake pkg-config ninja-build
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  librocksdb-dev libabsl-dev libssl-dev openssl
-  libtorch-dev libopenblas0-pthread
-  libgtest-dev libgmock-dev
-  python3 python3-venv python3-sklearn python3-numpy python3-torch
-)
+GROUPS_WANTED=("$@")
+[ ${#GROUPS_WANTED[@]} -eq 0 ] && GROUPS_WANTED=(build)
+
+PKGS=()
+for g in "${GROUPS_WANTED[@]}"; do
+  case "$g" in
+    build) PKGS+=(
+      build-essential cmake pkg-config ninja-build
+      libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+      librocksdb-dev libabsl-dev libssl-dev openssl
+      libtorch-dev libopenblas0-pthread
+      libgtest-dev libgmock-dev
+      python3 python3-venv python3-sklearn python3-numpy python3-torch) ;;
+    # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
+    # llvm-symbolizer for readable stacks in the reports.
+    sanitizers) PKGS+=(clang-14 libclang-rt-14-dev llvm-14) ;;
+    format) PKGS+=(clang-format-14) ;;
+    *) echo "install-deps: unknown group '$g' (build, sanitizers, format)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -20,7 +35,7 @@ for p in "${PKGS[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all packages present"
+  echo "install-deps: all packages present (${GROUPS_WANTED[*]})"
 else
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -33,9 +48,11 @@ fi
 # Python tools for tests and benchmarks, never for the product: a venv over Debian's
 # python3 (so Debian's numpy and torch are visible) with safetensors from PyPI, used to
 # check that exported bases load in the reference implementation.
-VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
-if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
-  echo "install-deps: creating $VENV (safetensors for tests)"
-  /usr/bin/python3 -m venv --system-site-packages "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "safetensors==0.8.0"
+if [[ " ${GROUPS_WANTED[*]} " == *" build "* ]]; then
+  VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+  if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
+    echo "install-deps: creating $VENV (safetensors for tests)"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "safetensors==0.8.0"
+  fi
 fi

@@ -212,7 +212,9 @@ SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t r
   SavedContribution c;
   auto header = ReadFileToString(absl::StrCat(state_dir, "/contrib-r", round, ".header"));
   EXPECT_TRUE(header.ok()) << header.status();
-  if (header.ok()) EXPECT_TRUE(c.header.ParseFromString(*header));
+  if (header.ok()) {
+    EXPECT_TRUE(c.header.ParseFromString(*header));
+  }
   auto tensors = ReadTensorFile(absl::StrCat(state_dir, "/contrib-r", round, ".ctf"));
   EXPECT_TRUE(tensors.ok()) << tensors.status();
   if (tensors.ok()) c.tensors = std::move(*tensors);

@@ -122,7 +122,9 @@ TEST_F(CrashTest, ContributorsRideOutAServerRestartAndFinishTheirRounds) {
   for (auto& c : clients) EXPECT_EQ(c->Wait(seconds(180)).value_or(-1), 0);
   EXPECT_EQ(server->Status().base_version(), 3u);
   for (const auto& round : server->Rounds()) {
-    if (round.state() == v1::CLOSED) EXPECT_EQ(round.contributions_size(), 3);
+    if (round.state() == v1::CLOSED) {
+      EXPECT_EQ(round.contributions_size(), 3);
+    }
   }
 }
 

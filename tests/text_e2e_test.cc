@@ -127,7 +127,9 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
   }
   // The classifier learned its task in round 1 (chance is 0.5).
   for (const auto& c : rounds[0].contributions()) {
-    if (c.contributor() == "alice") EXPECT_GE(c.metrics().at("accuracy_after"), 0.75);
+    if (c.contributor() == "alice") {
+      EXPECT_GE(c.metrics().at("accuracy_after"), 0.75);
+    }
   }
 
   // Each base is the mean of what the two uploaded, tensor by tensor; uploads carry the

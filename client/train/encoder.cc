@@ -1,6 +1,5 @@
 #include "client/train/encoder.h"
 
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -20,7 +19,9 @@
 namespace coldfuse::train {
 namespace {
 
-static_assert(std::endian::native == std::endian::little,
+// The compiler's macro, not C++20's std::endian: this file is C++17 under clang (see
+// coldfuse_libtorch_cxx17 in CMakeLists.txt).
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "HostTensor bytes are little-endian and copied as-is");
 
 absl::Status FieldError(absl::string_view key, absl::string_view why) {

@@ -1,6 +1,5 @@
 #include "client/train/mlp.h"
 
-#include <bit>
 #include <cstring>
 #include <string>
 
@@ -8,7 +7,9 @@
 
 namespace coldfuse::train {
 
-static_assert(std::endian::native == std::endian::little,
+// The compiler's macro, not C++20's std::endian: this file is C++17 under clang (see
+// coldfuse_libtorch_cxx17 in CMakeLists.txt).
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "HostTensor bytes are little-endian and copied as-is");
 
 MlpImpl::MlpImpl(const MlpSpec& spec, int64_t num_classes) {
