@@ -20,7 +20,6 @@
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
-#include "common/tensor_file.h"
 
 namespace coldfuse {
 namespace {
@@ -41,16 +40,6 @@ constexpr DTypeInfo kDTypes[] = {{"BOOL", 1}, {"U8", 1},      {"I8", 1},     {"I
                                  {"U64", 8},  {"F16", 2},     {"BF16", 2},   {"F32", 4},
                                  {"F64", 8},  {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
-
-void FsyncParent(const std::string& path) {
-  std::string dir = fs::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -545,7 +534,7 @@ absl::Status SafetensorsWriter::Finish() {
     ::unlink(tmp_path_.c_str());
     return st;
   }
-  FsyncParent(path_);
+  SyncParentFolder(path_);
   return absl::OkStatus();
 }
 

@@ -11,7 +11,7 @@
 
 #include "common/model_spec.h"
 #include "common/tensor.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "gmock/gmock.h"
 #include "common/test_tensors.h"
 #include "gtest/gtest.h"

@@ -24,51 +24,6 @@ constexpr uint64_t kMaxManifestBytes = uint64_t{64} << 20;
 
 }  // namespace
 
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode) {
-  static std::atomic<uint64_t> counter{0};
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return ErrnoError("cannot create", tmp);
-  absl::Status st = WriteAll(fd, contents, tmp);
-  if (st.ok() && ::fsync(fd) != 0) st = ErrnoError("cannot fsync", tmp);
-  ::close(fd);
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    st = ErrnoError("cannot rename into", path);
-  }
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("cannot open", path);
-  std::string out;
-  char buf[1 << 16];
-  while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      absl::Status st = ErrnoError("cannot read", path);
-      ::close(fd);
-      return st;
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return out;
-}
-
 absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTensor>& tensors) {
   // Write only what ReadTensorFile accepts, so saved state is never unreadable.
   RETURN_IF_ERROR(ValidateManifest(ManifestOf(tensors)));

@@ -20,13 +20,6 @@ absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTens
 // NOT_FOUND if missing; DATA_LOSS if truncated, corrupted or not a tensor file.
 absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path);
 
-// Writes `contents` to `path` atomically (temp file in the same folder, fsync, rename,
-// fsync of the folder), created with permission bits `mode`.
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents,
-                             int mode = 0644);
-// NOT_FOUND if missing.
-absl::StatusOr<std::string> ReadFileToString(const std::string& path);
-
 }  // namespace coldfuse
 
 #endif  // COLDFUSE_COMMON_TENSOR_FILE_H_

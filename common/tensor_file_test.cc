@@ -10,6 +10,7 @@
 
 #include "common/dtype.h"
 #include "common/model_spec.h"
+#include "common/posix_file.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "common/test_tensors.h"
@@ -198,26 +199,6 @@ TEST_F(TensorFileTest, ManifestClaimingHugeTensorsIsDataLoss) {
   ExpectDataLoss(Layout(m.SerializeAsString(), std::string(16, '\0')), "1 TiB manifest");
   t->set_shape(0, int64_t{1} << 39);  // over the limit
   ExpectDataLoss(Layout(m.SerializeAsString(), std::string(16, '\0')), "2 TiB manifest");
-}
-
-TEST_F(TensorFileTest, WriteFileAtomicRoundTripsBinaryContents) {
-  std::string contents("a\0b\xff\n", 5);
-  ASSERT_TRUE(WriteFileAtomic(path_, contents).ok());
-  EXPECT_EQ(*ReadFileToString(path_), contents);
-  ASSERT_TRUE(WriteFileAtomic(path_, "").ok());
-  EXPECT_EQ(*ReadFileToString(path_), "");
-  std::string big(3 << 16, 'q');  // more than one read buffer
-  big[70000] = 'r';
-  ASSERT_TRUE(WriteFileAtomic(path_, big).ok());
-  EXPECT_TRUE(*ReadFileToString(path_) == big);
-  EXPECT_EQ(DirEntries(), std::vector<std::string>{"state.ctf"});
-}
-
-TEST_F(TensorFileTest, WriteFileAtomicIntoMissingFolderFailsCleanly) {
-  std::string p = (fs::path(dir_) / "no_such_dir" / "x.ctf").string();
-  absl::Status s = WriteFileAtomic(p, "data");
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
-  EXPECT_TRUE(DirEntries().empty());
 }
 
 }  // namespace

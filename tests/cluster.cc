@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/model_spec.h"
+#include "common/posix_file.h"
 #include "common/tensor_file.h"
 #include "gtest/gtest.h"
 

@@ -19,7 +19,6 @@
 #include "common/rpc/client.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
-#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"

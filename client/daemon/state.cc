@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/posix_file.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/tensor_file.h"

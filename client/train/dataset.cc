@@ -10,8 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/posix_file.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
 
 namespace coldfuse::train {
 namespace {

@@ -15,7 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "common/json.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 
 namespace coldfuse::train {
 namespace {

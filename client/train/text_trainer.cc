@@ -26,7 +26,7 @@
 #include "common/json.h"
 #include "common/model_spec.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 
 namespace coldfuse::train {
 

@@ -11,7 +11,7 @@
 
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "common/tensor_stream.h"
 
 namespace coldfuse::rpc {
