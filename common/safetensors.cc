@@ -240,10 +240,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
 
   auto& entries = f->entries_;
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+  // Stable: zero-size tensors at one offset keep their header order (the writer's).
+  std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
     if (a.begin != b.begin) return a.begin < b.begin;
-    if (a.end != b.end) return a.end < b.end;
-    return a.name < b.name;
+    return a.end < b.end;
   });
   uint64_t expected = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -536,6 +536,41 @@ absl::Status SafetensorsWriter::Finish() {
   }
   SyncParentFolder(path_);
   return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole files
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<HostTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
+                   SafetensorsWriter::Create(path, ManifestOf(tensors), metadata));
+  for (const HostTensor& t : tensors) RETURN_IF_ERROR(w->Append(t.data));
+  return w->Finish();
+}
+
+absl::StatusOr<std::vector<HostTensor>> ReadSafetensors(
+    const std::string& path, std::map<std::string, std::string>* metadata) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+  std::vector<HostTensor> out;
+  out.reserve(f->entries().size());
+  for (const SafetensorsEntry& e : f->entries()) {
+    if (e.dtype == v1::DTYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", JsonQuote(e.name), " is ", e.dtype_name,
+                       "; only F32, F16, BF16 and F64 tensors can be read here"));
+    }
+    HostTensor t;
+    t.spec.set_name(e.name);
+    t.spec.set_dtype(e.dtype);
+    for (int64_t d : e.shape) t.spec.add_shape(d);
+    absl::string_view data = f->Data(e);
+    t.data.assign(data.data(), data.size());
+    out.push_back(std::move(t));
+  }
+  if (metadata != nullptr) *metadata = f->metadata();
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------

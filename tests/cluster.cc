@@ -20,7 +20,7 @@
 #include "absl/strings/strip.h"
 #include "common/model_spec.h"
 #include "common/posix_file.h"
-#include "common/tensor_file.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse::testing {
@@ -214,7 +214,7 @@ SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t r
   auto header = ReadFileToString(absl::StrCat(state_dir, "/contrib-r", round, ".header"));
   EXPECT_TRUE(header.ok()) << header.status();
   if (header.ok()) EXPECT_TRUE(c.header.ParseFromString(*header));
-  auto tensors = ReadTensorFile(absl::StrCat(state_dir, "/contrib-r", round, ".ctf"));
+  auto tensors = ReadSafetensors(absl::StrCat(state_dir, "/contrib-r", round, ".safetensors"));
   EXPECT_TRUE(tensors.ok()) << tensors.status();
   if (tensors.ok()) c.tensors = std::move(*tensors);
   return c;

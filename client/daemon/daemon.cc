@@ -111,10 +111,10 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     const std::vector<std::string> labels = task_->HeadLabels();
     if (kept.has_value() && *kept != labels) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the head in ", state_.dir(), "/head.ctf was trained for the labels [",
+          "the head in ", state_.HeadPath(), " was trained for the labels [",
           absl::StrJoin(*kept, ", "), "] but this data has [", absl::StrJoin(labels, ", "),
-          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete head.ctf "
-          "and head.labels to start a new head"));
+          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete "
+          "head.safetensors and head.labels to start a new head"));
     }
   }
   CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
@@ -126,8 +126,8 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     if (!head.empty() && absl::IsInvalidArgument(result.status()) &&
         absl::StrContains(result.status().message(), "head")) {
       return absl::InvalidArgumentError(absl::StrCat(
-          result.status().message(), " (the head in ", state_.dir(),
-          "/head.ctf does not fit this model or data; delete it to start a new head)"));
+          result.status().message(), " (the head in ", state_.HeadPath(),
+          " does not fit this model or data; delete it to start a new head)"));
     }
     return result.status();
   }

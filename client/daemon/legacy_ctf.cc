@@ -1,48 +1,25 @@
-#include "common/tensor_file.h"
+#include "client/daemon/legacy_ctf.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <cerrno>
+#include <cstdint>
 #include <cstring>
-#include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/sha256.h"
+#include "absl/strings/string_view.h"
 #include "common/posix_file.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
-namespace coldfuse {
+namespace coldfuse::daemon {
 namespace {
 
 constexpr char kMagic[] = "CFTENSR1";
 constexpr size_t kMagicLen = 8;
 constexpr uint64_t kMaxManifestBytes = uint64_t{64} << 20;
 
-
 }  // namespace
 
-absl::Status WriteTensorFile(const std::string& path, const std::vector<HostTensor>& tensors) {
-  // Write only what ReadTensorFile accepts, so saved state is never unreadable.
-  RETURN_IF_ERROR(ValidateManifest(ManifestOf(tensors)));
-  RETURN_IF_ERROR(CheckTensorSizes(tensors));
-  std::string manifest = ManifestOf(tensors).SerializeAsString();
-  std::string out(kMagic, kMagicLen);
-  uint64_t len = manifest.size();
-  out.append(reinterpret_cast<const char*>(&len), sizeof(len));
-  out.append(manifest);
-  Sha256 sha;
-  for (const auto& t : tensors) {
-    out.append(t.data);
-    sha.Update(t.data);
-  }
-  out.append(sha.Finish());
-  return WriteFileAtomic(path, out);
-}
-
-absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path) {
+absl::StatusOr<std::vector<HostTensor>> ReadLegacyTensorFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string file, ReadFileToString(path));
   auto corrupt = [&](absl::string_view why) {
     return absl::DataLossError(absl::StrCat(path, " is not a valid tensor file: ", why,
@@ -53,7 +30,7 @@ absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path) 
   }
   uint64_t mlen;
   std::memcpy(&mlen, file.data() + kMagicLen, 8);
-  uint64_t body = file.size() - kMagicLen - 8 - 32;
+  const uint64_t body = file.size() - kMagicLen - 8 - 32;
   if (mlen > kMaxManifestBytes || mlen > body) return corrupt("manifest length out of range");
   v1::Manifest manifest;
   if (!manifest.ParseFromArray(file.data() + kMagicLen + 8, static_cast<int>(mlen))) {
@@ -81,4 +58,4 @@ absl::StatusOr<std::vector<HostTensor>> ReadTensorFile(const std::string& path) 
   return out;
 }
 
-}  // namespace coldfuse
+}  // namespace coldfuse::daemon
