@@ -274,6 +274,16 @@ TEST_F(BadInputTest, NonFiniteValuesAreRejectedAndUploadAttemptsAreLimited) {
   }
   ExpectRejected(RawPush(Stream(h2, good)), grpc::StatusCode::RESOURCE_EXHAUSTED,
                  "limit is 3 per round");
+  // A quota is not resent at once (rpc::Retryability: kLater): even a resumable push
+  // gives up after one attempt and says why.
+  h2.set_upload_id(rpc::NewUploadId());
+  rpc::HostTensorSource source(good);
+  rpc::TransferStats stats;
+  auto receipt = rpc::PushContribution(server_->channel(), h2, &source, {}, {}, &stats);
+  EXPECT_TRUE(absl::IsResourceExhausted(receipt.status())) << receipt.status();
+  EXPECT_NE(receipt.status().message().find("limit is 3 per round"), std::string::npos)
+      << receipt.status();
+  EXPECT_EQ(stats.attempts, 1);
 }
 
 TEST_F(BadInputTest, InitTwiceIsRefusedAndKeepsTheFirstBase) {

@@ -12,11 +12,6 @@
 
 namespace coldfuse::daemon {
 
-bool IsRetryable(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsAborted(s) ||
-         absl::IsFailedPrecondition(s) || absl::IsCancelled(s) || absl::IsResourceExhausted(s);
-}
-
 Daemon::Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
                std::unique_ptr<LocalTask> task)
     : options_(std::move(options)),
@@ -58,7 +53,8 @@ absl::Status Daemon::Run() {
     }
     if (!st.ok()) {
       if (stop_) break;  // e.g. training cancelled by Stop(): state stays resumable
-      if (!IsRetryable(st)) return st;
+      // Now or later alike: the next pass asks GetRound again, after the backoff.
+      if (rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
       std::string problem(st.message());
       if (problem != last_problem) {  // say it once, not every retry
         CF_LOG(WARNING) << problem << " (retrying every <= "
