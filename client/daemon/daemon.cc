@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <thread>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/train/head_mismatch.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -117,10 +117,9 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
                << round.model_spec() << ")";
   auto result = task_->Train(round.model_spec(), base.tensors, head, 0, &stop_);
   if (!result.ok()) {
-    // Only a head that does not fit is the head's fault (both trainers' messages say
-    // "head"); other problems keep their own message.
-    if (!head.empty() && absl::IsInvalidArgument(result.status()) &&
-        absl::StrContains(result.status().message(), "head")) {
+    // Only a head that does not fit is the head's fault (the trainers mark it); other
+    // problems keep their own message.
+    if (!head.empty() && train::IsHeadMismatch(result.status())) {
       return absl::InvalidArgumentError(absl::StrCat(
           result.status().message(), " (the head in ", state_.HeadPath(),
           " does not fit this model or data; delete it to start a new head)"));
