@@ -1,11 +1,12 @@
-// Small POSIX file helpers shared by the tensor-file and safetensors code: errno as an
-// absl::Status naming the path, and a write loop. Stateless; thread-safe.
+// Small POSIX file helpers: errno as an absl::Status naming the path, a write loop, and
+// whole files written atomically or read into memory. Stateless; thread-safe.
 #ifndef COLDFUSE_COMMON_POSIX_FILE_H_
 #define COLDFUSE_COMMON_POSIX_FILE_H_
 
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace coldfuse {
@@ -16,6 +17,16 @@ absl::Status ErrnoError(absl::string_view what, const std::string& path);
 
 // Writes all of `data` to `fd` (retrying short writes and EINTR).
 absl::Status WriteAll(int fd, absl::string_view data, const std::string& path);
+
+// Writes `contents` to `path` atomically (temp file in the same folder, fsync, rename,
+// fsync of the folder), created with permission bits `mode`.
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents,
+                             int mode = 0644);
+// NOT_FOUND if missing.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Best effort: fsyncs the folder holding `path`, so a rename into it survives a crash.
+void SyncParentFolder(const std::string& path);
 
 }  // namespace coldfuse
 

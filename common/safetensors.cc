@@ -20,7 +20,6 @@
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
-#include "common/tensor_file.h"
 
 namespace coldfuse {
 namespace {
@@ -41,16 +40,6 @@ constexpr DTypeInfo kDTypes[] = {{"BOOL", 1}, {"U8", 1},      {"I8", 1},     {"I
                                  {"U64", 8},  {"F16", 2},     {"BF16", 2},   {"F32", 4},
                                  {"F64", 8},  {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
-
-void FsyncParent(const std::string& path) {
-  fs::path dir = fs::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -251,10 +240,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
 
   auto& entries = f->entries_;
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+  // Stable: zero-size tensors at one offset keep their header order (the writer's).
+  std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
     if (a.begin != b.begin) return a.begin < b.begin;
-    if (a.end != b.end) return a.end < b.end;
-    return a.name < b.name;
+    return a.end < b.end;
   });
   uint64_t expected = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -545,8 +534,43 @@ absl::Status SafetensorsWriter::Finish() {
     ::unlink(tmp_path_.c_str());
     return st;
   }
-  FsyncParent(path_);
+  SyncParentFolder(path_);
   return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole files
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<HostTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  RETURN_IF_ERROR(CheckTensorSizes(tensors));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> w,
+                   SafetensorsWriter::Create(path, ManifestOf(tensors), metadata));
+  for (const HostTensor& t : tensors) RETURN_IF_ERROR(w->Append(t.data));
+  return w->Finish();
+}
+
+absl::StatusOr<std::vector<HostTensor>> ReadSafetensors(
+    const std::string& path, std::map<std::string, std::string>* metadata) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+  std::vector<HostTensor> out;
+  out.reserve(f->entries().size());
+  for (const SafetensorsEntry& e : f->entries()) {
+    if (e.dtype == v1::DTYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", JsonQuote(e.name), " is ", e.dtype_name,
+                       "; only F32, F16, BF16 and F64 tensors can be read here"));
+    }
+    HostTensor t;
+    t.spec.set_name(e.name);
+    t.spec.set_dtype(e.dtype);
+    for (int64_t d : e.shape) t.spec.add_shape(d);
+    absl::string_view data = f->Data(e);
+    t.data.assign(data.data(), data.size());
+    out.push_back(std::move(t));
+  }
+  if (metadata != nullptr) *metadata = f->metadata();
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@
 #include "absl/strings/string_view.h"
 #include "coldfuse/v1/tensor.pb.h"
 #include "common/dtype.h"
+#include "common/tensor.h"
 
 namespace coldfuse {
 
@@ -57,7 +58,8 @@ class SafetensorsFile {
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
-  // In file order (by data offset; ties by name).
+  // In file order: by data offset, then (zero-size tensors at one offset) in header order,
+  // which for SafetensorsWriter's files is the order it was given.
   const std::vector<SafetensorsEntry>& entries() const { return entries_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // REQUIRES: `e` is one of entries(). A view into the mapping, valid while *this lives.
@@ -142,6 +144,20 @@ class SafetensorsWriter {
 // (manifest index) starting at `offset`. Called in manifest order with length <= 1 MiB.
 using TensorReader = std::function<absl::Status(uint32_t tensor, uint64_t offset, uint64_t length,
                                                 std::string* out)>;
+
+// Writes `tensors` to the single file `path`, in order, with `metadata`, atomically as
+// SafetensorsWriter does: for small files kept whole in memory (a contributor's state).
+// INVALID_ARGUMENT as SafetensorsWriter::Create, or naming a tensor whose data is not the
+// size its spec says.
+absl::Status WriteSafetensors(const std::string& path, const std::vector<HostTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+// Reads every tensor of the single file `path` into memory, in file order (for files
+// WriteSafetensors wrote, the order it was given), and its metadata into `*metadata` if
+// not null. Errors as SafetensorsFile::Open, and INVALID_ARGUMENT naming a tensor whose
+// dtype is not one of F32, F16, BF16 and F64.
+absl::StatusOr<std::vector<HostTensor>> ReadSafetensors(
+    const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
 
 // Writes `manifest`'s tensors into `out_dir` (created if missing) as model.safetensors,
 // or, when their total exceeds `shard_bytes`, as model-00001-of-0000N.safetensors ... in

@@ -11,7 +11,7 @@
 
 #include "common/model_spec.h"
 #include "common/tensor.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "gmock/gmock.h"
 #include "common/test_tensors.h"
 #include "gtest/gtest.h"
@@ -125,6 +125,54 @@ TEST_F(SafetensorsTest, WriterRoundTripsWithMetadataAndEmptyTensor) {
   EXPECT_EQ(n % 8, 0u);  // header padded with spaces, as the reference does
   EXPECT_EQ(raw[8 + n - 1] == ' ' || raw[8 + n - 1] == '}', true);
   EXPECT_EQ(raw.substr(8, 16), "{\"__metadata__\":");
+}
+
+// Whole files in memory, as the contributor's state folder keeps them: read back exactly
+// as given, order included, even for zero-size tensors sharing an offset.
+TEST_F(SafetensorsTest, WholeFilesRoundTripInTheOrderGiven) {
+  std::vector<HostTensor> tensors = Sample();
+  tensors.insert(tensors.begin() + 3, MakeTensor("z.empty", v1::F32, {0}, 6));
+  tensors.insert(tensors.begin() + 4, MakeTensor("b.empty", v1::F16, {2, 0}, 7));
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"k", "v"}};
+  const std::string path = Path("state.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());
+  ASSERT_TRUE(WriteSafetensors(path, tensors, meta).ok());  // over an existing file
+  EXPECT_EQ(std::vector<fs::path>(fs::directory_iterator(dir_), {}),
+            std::vector<fs::path>{path});  // no temp files left
+
+  std::map<std::string, std::string> got_meta;
+  auto got = ReadSafetensors(path, &got_meta);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got_meta, meta);
+  ASSERT_EQ(got->size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_EQ((*got)[i].spec.SerializeAsString(), tensors[i].spec.SerializeAsString()) << i;
+    EXPECT_TRUE((*got)[i].data == tensors[i].data) << i;
+  }
+}
+
+TEST_F(SafetensorsTest, WholeFileWriteChecksSizesAndKeepsTheOldFile) {
+  const std::string path = Path("state.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, Sample()).ok());
+  std::vector<HostTensor> bad = Sample();
+  bad[1].data.pop_back();
+  absl::Status st = WriteSafetensors(path, bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("body.0.bias"));
+  auto got = ReadSafetensors(path);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->size(), Sample().size());
+  EXPECT_EQ(ReadSafetensors(Path("missing.safetensors")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(SafetensorsTest, WholeFileReadNamesATensorOfAnotherDtype) {
+  std::string p = Put("ids.safetensors", Craft("{" + Entry("position_ids", "I64", "[1]", 0, 8) +
+                                                   "}",
+                                               std::string(8, '\0')));
+  absl::Status st = ReadSafetensors(p).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("\"position_ids\" is I64"));
 }
 
 TEST_F(SafetensorsTest, WriterChecksByteCounts) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dtype.h"
 #include "common/model_spec.h"
 #include "common/tensor.h"
 

@@ -25,7 +25,7 @@
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)");
 ABSL_FLAG(std::string, format, "table", "Output of status/rounds/round: table, json or tsv");

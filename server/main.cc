@@ -9,7 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/logging.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, data_dir, "", "Folder of the server's RocksDB store (created if missing)");

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "server/auth/token_registry.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"

@@ -13,7 +13,7 @@
 #include "client/train/dataset.h"
 #include "client/train/trainer.h"
 #include "common/model_spec.h"
-#include "common/tensor_file.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
 
@@ -113,7 +113,7 @@ TEST_F(AdversarialTest, RobustFusionKeepsAccuracyWhilePlainMeanDegrades) {
   std::vector<SavedContribution> honest;
   for (const auto& t : kTasks) {
     honest.push_back(ReadSavedContribution(dir_.path() + "/state-" + t, 1));
-    auto head = ReadTensorFile(dir_.path() + "/state-" + t + "/head.ctf");
+    auto head = ReadSafetensors(dir_.path() + "/state-" + t + "/head.safetensors");
     ASSERT_TRUE(head.ok()) << head.status();
     heads_.push_back(std::move(*head));
   }

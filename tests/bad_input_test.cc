@@ -2,6 +2,7 @@
 // was stored: checked against the real coldfused over gRPC, and across a restart.
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "common/model_spec.h"
@@ -274,6 +275,16 @@ TEST_F(BadInputTest, NonFiniteValuesAreRejectedAndUploadAttemptsAreLimited) {
   }
   ExpectRejected(RawPush(Stream(h2, good)), grpc::StatusCode::RESOURCE_EXHAUSTED,
                  "limit is 3 per round");
+  // A quota is not resent at once (rpc::Retryability: kLater): even a resumable push
+  // gives up after one attempt and says why.
+  h2.set_upload_id(rpc::NewUploadId());
+  rpc::HostTensorSource source(good);
+  rpc::TransferStats stats;
+  auto receipt = rpc::PushContribution(server_->channel(), h2, &source, {}, {}, &stats);
+  EXPECT_TRUE(absl::IsResourceExhausted(receipt.status())) << receipt.status();
+  EXPECT_NE(receipt.status().message().find("limit is 3 per round"), std::string::npos)
+      << receipt.status();
+  EXPECT_EQ(stats.attempts, 1);
 }
 
 TEST_F(BadInputTest, InitTwiceIsRefusedAndKeepsTheFirstBase) {
@@ -305,6 +316,40 @@ TEST_F(BadInputTest, MalformedTrainingDataIsReportedWithFileAndLineAndNothingIsU
   EXPECT_NE(r.output.find("train.csv"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("line 3"), std::string::npos) << r.output;
   EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+}
+
+// The daemon keeps its head across rounds; when the data changes so that the kept head no
+// longer fits, it stops and says which file to delete, and deleting it is enough.
+TEST_F(BadInputTest, AKeptHeadThatNoLongerFitsIsNamedAndDeletingItStartsANewOne) {
+  Init();
+  const std::string state = dir_.path() + "/state";
+  auto run = [&](int classes) {
+    const std::string csv = absl::StrCat(dir_.path(), "/classes", classes, ".csv");
+    WriteBlobsCsv(csv, 4, classes, 60, static_cast<uint64_t>(classes));
+    return RunCommand({ClientBinary(), "--server=" + server_->address(), "--name=erin",
+                       "--state_dir=" + state, "--train=" + csv, "--test=" + csv,
+                       "--max_rounds=1", "--epochs=1", "--threads=1", "--poll_s=0.1"});
+  };
+  auto first = run(2);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto closed = RunCommand({CtlBinary(), "--server=" + server_->address(), "close-round"});
+  ASSERT_EQ(closed.exit_code, 0) << closed.output;
+  ASSERT_TRUE(server_->WaitForBase(1, seconds(30)));
+
+  // Round 2 with three classes: the kept two-class head does not fit.
+  auto second = run(3);
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.output.find("head does not fit"), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find(state + "/head.safetensors does not fit this model or data; "
+                                       "delete it to start a new head"),
+            std::string::npos)
+      << second.output;
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
+
+  ASSERT_TRUE(std::filesystem::remove(state + "/head.safetensors"));
+  auto third = run(3);
+  EXPECT_EQ(third.exit_code, 0) << third.output;
+  EXPECT_EQ(server_->Status().open_round().contributions_size(), 1);
 }
 
 }  // namespace

@@ -19,7 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/model_spec.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse::testing {
@@ -215,7 +216,7 @@ SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t r
   if (header.ok()) {
     EXPECT_TRUE(c.header.ParseFromString(*header));
   }
-  auto tensors = ReadTensorFile(absl::StrCat(state_dir, "/contrib-r", round, ".ctf"));
+  auto tensors = ReadSafetensors(absl::StrCat(state_dir, "/contrib-r", round, ".safetensors"));
   EXPECT_TRUE(tensors.ok()) << tensors.status();
   if (tensors.ok()) c.tensors = std::move(*tensors);
   return c;

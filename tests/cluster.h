@@ -92,7 +92,7 @@ std::string CtlBinary();
 // `features` columns, `classes` classes, `rows` rows.
 void WriteBlobsCsv(const std::string& path, int features, int classes, int rows, uint64_t seed);
 
-// Reads a contributor's archived contribution (state_dir/contrib-rN.{ctf,header}).
+// Reads a contributor's archived contribution (state_dir/contrib-rN.{safetensors,header}).
 struct SavedContribution {
   v1::ContributionHeader header;
   std::vector<HostTensor> tensors;

@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/model_spec.h"
-#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"

@@ -7,8 +7,8 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
 #include "common/sha256.h"
-#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -137,7 +137,7 @@ TEST_F(EndToEndTest, TwoRoundsFuseTheMeanAndARestartedServerServesTheSameBase) {
 
   // Heads stay local, sized for each contributor's own classes.
   for (const auto& c : who) {
-    auto head = ReadTensorFile(c.state_dir + "/head.ctf");
+    auto head = ReadSafetensors(c.state_dir + "/head.safetensors");
     ASSERT_TRUE(head.ok()) << head.status();
     ASSERT_EQ((*head)[0].spec.name(), "head.weight");
     EXPECT_EQ((*head)[0].spec.shape(0), c.classes);

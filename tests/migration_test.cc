@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/model_spec.h"
 #include "common/rpc/client.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"

@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/train/testing/tiny_text.h"
-#include "common/tensor_file.h"
+#include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -82,7 +82,7 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
                              "--max_rounds=1"});
     EXPECT_EQ(wrong.exit_code, 1);
     EXPECT_THAT(wrong.output, HasSubstr("--model=DIR"));
-    EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-mlp/base.ctf"))
+    EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-mlp/base.safetensors"))
         << "nothing should be pulled for a model the client cannot train";
     auto probe = RunCommand({ClientBinary(), "--probe", "--server=" + server->address(),
                              "--train=" + data + "/train.csv", "--test=" + data + "/train.csv"});
@@ -163,8 +163,8 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
   }
 
   // Heads stay local, sized for each task.
-  auto alice_head = ReadTensorFile(dir_.path() + "/state-alice/head.ctf");
-  auto bob_head = ReadTensorFile(dir_.path() + "/state-bob/head.ctf");
+  auto alice_head = ReadSafetensors(dir_.path() + "/state-alice/head.safetensors");
+  auto bob_head = ReadSafetensors(dir_.path() + "/state-bob/head.safetensors");
   ASSERT_TRUE(alice_head.ok() && bob_head.ok());
   EXPECT_EQ((*alice_head)[0].spec.name(), "classifier.weight");
   EXPECT_EQ((*alice_head)[0].spec.shape(0), 2);

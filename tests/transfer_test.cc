@@ -19,7 +19,6 @@
 #include "common/rpc/client.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
-#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -56,13 +55,6 @@ std::vector<HostTensor> Model(uint64_t seed, const std::vector<HostTensor>* near
     out.push_back(std::move(h));
   }
   return out;
-}
-
-void WriteSafetensors(const std::string& path, const std::vector<HostTensor>& tensors) {
-  auto w = SafetensorsWriter::Create(path, ManifestOf(tensors));
-  ASSERT_TRUE(w.ok()) << w.status();
-  for (const auto& t : tensors) ASSERT_TRUE((*w)->Append(t.data).ok());
-  ASSERT_TRUE((*w)->Finish().ok());
 }
 
 uint64_t Bytes(const std::vector<HostTensor>& t) {
@@ -107,7 +99,7 @@ class TransferTest : public ::testing::Test {
  protected:
   void SetUp() override {
     base_ = Model(1);
-    WriteSafetensors(dir_.path() + "/base.safetensors", base_);
+    ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", base_).ok());
   }
 
   std::unique_ptr<ServerProcess> Start(int port = 0) {
@@ -302,7 +294,7 @@ TEST_F(TransferTest, CheckpointsInAnyDtypeOrAsDeltasFuseCorrectlyAndExportLoadsI
   head.spec.add_shape(2);
   head.data.assign(8, '\0');
   with_head.push_back(head);
-  WriteSafetensors(dir_.path() + "/base_head.safetensors", with_head);
+  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base_head.safetensors", with_head).ok());
   auto init = Ctl(*server, {"init", "--from=" + dir_.path() + "/base_head.safetensors",
                             "--shared_prefix=model."});
   ASSERT_EQ(init.exit_code, 0) << init.output;
@@ -314,7 +306,7 @@ TEST_F(TransferTest, CheckpointsInAnyDtypeOrAsDeltasFuseCorrectlyAndExportLoadsI
       {}, {"--encoding=delta", "--send_dtype=bf16"}, {"--send_dtype=f16"}};
   for (int k = 0; k < 3; ++k) {
     std::string path = absl::StrCat(dir_.path(), "/c", k, ".safetensors");
-    WriteSafetensors(path, contribs[k]);
+    ASSERT_TRUE(WriteSafetensors(path, contribs[k]).ok());
     std::vector<std::string> args = {"push", "--checkpoint=" + path,
                                      absl::StrCat("--name=c", k), "--num_examples=10"};
     args.insert(args.end(), how[k].begin(), how[k].end());

@@ -3,19 +3,14 @@
 #include <algorithm>
 #include <thread>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/train/head_mismatch.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace coldfuse::daemon {
-
-bool IsRetryable(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsAborted(s) ||
-         absl::IsFailedPrecondition(s) || absl::IsCancelled(s) || absl::IsResourceExhausted(s);
-}
 
 Daemon::Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
                std::unique_ptr<LocalTask> task)
@@ -58,7 +53,8 @@ absl::Status Daemon::Run() {
     }
     if (!st.ok()) {
       if (stop_) break;  // e.g. training cancelled by Stop(): state stays resumable
-      if (!IsRetryable(st)) return st;
+      // Now or later alike: the next pass asks GetRound again, after the backoff.
+      if (rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
       std::string problem(st.message());
       if (problem != last_problem) {  // say it once, not every retry
         CF_LOG(WARNING) << problem << " (retrying every <= "
@@ -111,23 +107,22 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     const std::vector<std::string> labels = task_->HeadLabels();
     if (kept.has_value() && *kept != labels) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the head in ", state_.dir(), "/head.ctf was trained for the labels [",
+          "the head in ", state_.HeadPath(), " was trained for the labels [",
           absl::StrJoin(*kept, ", "), "] but this data has [", absl::StrJoin(labels, ", "),
-          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete head.ctf "
-          "and head.labels to start a new head"));
+          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete "
+          "head.safetensors and head.labels to start a new head"));
     }
   }
   CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
                << round.model_spec() << ")";
   auto result = task_->Train(round.model_spec(), base.tensors, head, 0, &stop_);
   if (!result.ok()) {
-    // Only a head that does not fit is the head's fault (both trainers' messages say
-    // "head"); other problems keep their own message.
-    if (!head.empty() && absl::IsInvalidArgument(result.status()) &&
-        absl::StrContains(result.status().message(), "head")) {
+    // Only a head that does not fit is the head's fault (the trainers mark it); other
+    // problems keep their own message.
+    if (!head.empty() && train::IsHeadMismatch(result.status())) {
       return absl::InvalidArgumentError(absl::StrCat(
-          result.status().message(), " (the head in ", state_.dir(),
-          "/head.ctf does not fit this model or data; delete it to start a new head)"));
+          result.status().message(), " (the head in ", state_.HeadPath(),
+          " does not fit this model or data; delete it to start a new head)"));
     }
     return result.status();
   }

@@ -41,7 +41,9 @@ class Daemon {
          std::unique_ptr<LocalTask> task);
 
   // Runs until max_rounds contributions are acknowledged, Stop() is called, or an error
-  // that retrying cannot fix (bad data, a rejected contribution, a corrupt state folder).
+  // that retrying cannot fix (rpc::Retryability kNever: bad data, a rejected contribution,
+  // a corrupt state folder). kNow and kLater errors are retried with backoff, asking
+  // GetRound again each time.
   absl::Status Run();
   void Stop() { stop_ = true; }
 
@@ -59,10 +61,6 @@ class Daemon {
   std::shared_ptr<grpc::Channel> channel_;
   std::atomic<bool> stop_{false};
 };
-
-// Whether retrying later can fix an error from the server (it is down, restarting,
-// not initialised yet, or the round moved on).
-bool IsRetryable(const absl::Status& s);
 
 }  // namespace coldfuse::daemon
 

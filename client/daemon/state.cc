@@ -1,19 +1,23 @@
 #include "client/daemon/state.h"
 
-#include <cstdio>
 #include <filesystem>
+#include <map>
 #include <set>
+#include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/daemon/legacy_ctf.h"
+#include "common/logging.h"
+#include "common/posix_file.h"
+#include "common/safetensors.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
 #include "common/tensor_stream.h"
 
 namespace coldfuse::daemon {
@@ -21,10 +25,75 @@ namespace fs = std::filesystem;
 
 namespace {
 
+constexpr char kTensors[] = ".safetensors";
+constexpr char kLegacyTensors[] = ".ctf";
+// Metadata key of the SHA-256 (hex) of a tensor file's data, in tensor order.
+constexpr char kShaKey[] = "coldfuse.sha256";
+
 absl::Status Remove(const std::string& path) {
   std::error_code ec;
   fs::remove(path, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status SaveTensors(const std::string& path, const std::vector<HostTensor>& tensors) {
+  return WriteSafetensors(path, tensors,
+                          {{"format", "pt"}, {kShaKey, ToHex(TensorsSha256(tensors))}});
+}
+
+// NOT_FOUND if missing; DATA_LOSS naming the file if it is damaged.
+absl::StatusOr<std::vector<HostTensor>> LoadTensors(const std::string& path) {
+  auto damaged = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat(path, " is damaged (", why,
+                                            "); delete it to start that state afresh"));
+  };
+  std::map<std::string, std::string> metadata;
+  absl::StatusOr<std::vector<HostTensor>> tensors = ReadSafetensors(path, &metadata);
+  if (absl::IsInvalidArgument(tensors.status())) return damaged(tensors.status().message());
+  RETURN_IF_ERROR(tensors.status());
+  auto sha = metadata.find(kShaKey);
+  if (sha == metadata.end()) return damaged(absl::StrCat("no ", kShaKey, " in its metadata"));
+  if (sha->second != ToHex(TensorsSha256(*tensors))) return damaged("checksum mismatch");
+  return tensors;
+}
+
+// Whether `name` is a tensor file of the state folder with extension `ext` (base, head,
+// pending, contrib-rN); sets *stem to the name without it.
+bool IsStateTensorFile(absl::string_view name, absl::string_view ext, std::string* stem) {
+  if (!absl::ConsumeSuffix(&name, ext)) return false;
+  uint64_t round;
+  absl::string_view r = name;
+  if (name != "base" && name != "head" && name != "pending" &&
+      !(absl::ConsumePrefix(&r, "contrib-r") && absl::SimpleAtoi(r, &round))) {
+    return false;
+  }
+  *stem = std::string(name);
+  return true;
+}
+
+// Converts the .ctf files of an older release to safetensors (see StateDir::Open).
+absl::Status ConvertLegacyFiles(const std::string& dir) {
+  std::vector<std::string> stems;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string stem;
+    if (IsStateTensorFile(entry.path().filename().string(), kLegacyTensors, &stem)) {
+      stems.push_back(std::move(stem));
+    }
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  for (const std::string& stem : stems) {
+    const std::string legacy = (fs::path(dir) / (stem + kLegacyTensors)).string();
+    const std::string target = (fs::path(dir) / (stem + kTensors)).string();
+    // Both present: a conversion cut short after its atomic write; the new file is whole.
+    if (!fs::exists(target, ec)) {
+      ASSIGN_OR_RETURN(std::vector<HostTensor> tensors, ReadLegacyTensorFile(legacy));
+      RETURN_IF_ERROR(SaveTensors(target, tensors));
+      CF_LOG(INFO) << "converted " << legacy << " to " << target;
+    }
+    RETURN_IF_ERROR(Remove(legacy));
+  }
   return absl::OkStatus();
 }
 
@@ -37,12 +106,15 @@ absl::StatusOr<StateDir> StateDir::Open(const std::string& dir) {
     return absl::PermissionDeniedError(
         absl::StrCat("cannot create state folder ", dir, ": ", ec.message()));
   }
+  RETURN_IF_ERROR(ConvertLegacyFiles(dir));
   return StateDir(dir);
 }
 
 std::string StateDir::Path(absl::string_view name) const {
   return (fs::path(dir_) / std::string(name)).string();
 }
+
+std::string StateDir::HeadPath() const { return Path(absl::StrCat("head", kTensors)); }
 
 absl::StatusOr<std::optional<CachedBase>> StateDir::LoadBase() const {
   auto version = ReadFileToString(Path("base.version"));
@@ -55,7 +127,7 @@ absl::StatusOr<std::optional<CachedBase>> StateDir::LoadBase() const {
                                             " is corrupt; delete it to pull the base again"));
   }
   base.sha256 = absl::HexStringToBytes(parts[1]);
-  auto tensors = ReadTensorFile(Path("base.ctf"));
+  auto tensors = LoadTensors(Path(absl::StrCat("base", kTensors)));
   if (absl::IsNotFound(tensors.status())) return std::nullopt;
   RETURN_IF_ERROR(tensors.status());
   if (TensorsSha256(*tensors) != base.sha256) return std::nullopt;  // stale pair: pull again
@@ -64,13 +136,13 @@ absl::StatusOr<std::optional<CachedBase>> StateDir::LoadBase() const {
 }
 
 absl::Status StateDir::SaveBase(const CachedBase& base) const {
-  RETURN_IF_ERROR(WriteTensorFile(Path("base.ctf"), base.tensors));
+  RETURN_IF_ERROR(SaveTensors(Path(absl::StrCat("base", kTensors)), base.tensors));
   return WriteFileAtomic(Path("base.version"),
                          absl::StrCat(base.version, " ", ToHex(base.sha256), "\n"));
 }
 
 absl::StatusOr<std::vector<HostTensor>> StateDir::LoadHead() const {
-  auto head = ReadTensorFile(Path("head.ctf"));
+  auto head = LoadTensors(HeadPath());
   if (absl::IsNotFound(head.status())) return std::vector<HostTensor>();
   return head;
 }
@@ -78,9 +150,10 @@ absl::StatusOr<std::vector<HostTensor>> StateDir::LoadHead() const {
 absl::Status StateDir::SaveHead(const std::vector<HostTensor>& head,
                                const std::vector<std::string>& labels) const {
   if (!labels.empty()) {
-    RETURN_IF_ERROR(WriteFileAtomic(Path("head.labels"), absl::StrCat(absl::StrJoin(labels, "\n"), "\n")));
+    RETURN_IF_ERROR(
+        WriteFileAtomic(Path("head.labels"), absl::StrCat(absl::StrJoin(labels, "\n"), "\n")));
   }
-  return WriteTensorFile(Path("head.ctf"), head);
+  return SaveTensors(HeadPath(), head);
 }
 
 absl::StatusOr<std::optional<std::vector<std::string>>> StateDir::LoadHeadLabels() const {
@@ -100,7 +173,7 @@ absl::StatusOr<std::optional<Contribution>> StateDir::LoadPending() const {
     return absl::DataLossError(
         absl::StrCat(Path("pending.header"), " is corrupt; delete it to train again"));
   }
-  auto tensors = ReadTensorFile(Path("pending.ctf"));
+  auto tensors = LoadTensors(Path(absl::StrCat("pending", kTensors)));
   if (absl::IsNotFound(tensors.status())) return std::nullopt;
   RETURN_IF_ERROR(tensors.status());
   c.tensors = std::move(*tensors);
@@ -109,18 +182,19 @@ absl::StatusOr<std::optional<Contribution>> StateDir::LoadPending() const {
 
 absl::Status StateDir::SavePending(const Contribution& c) const {
   // Tensors first: a header without its tensors is never read as pending.
-  RETURN_IF_ERROR(WriteTensorFile(Path("pending.ctf"), c.tensors));
+  RETURN_IF_ERROR(SaveTensors(Path(absl::StrCat("pending", kTensors)), c.tensors));
   return WriteFileAtomic(Path("pending.header"), c.header.SerializeAsString());
 }
 
 absl::Status StateDir::DropPending() const {
   RETURN_IF_ERROR(Remove(Path("pending.header")));
-  return Remove(Path("pending.ctf"));
+  return Remove(Path(absl::StrCat("pending", kTensors)));
 }
 
 absl::Status StateDir::ArchivePending(uint64_t round, int keep) const {
   std::error_code ec;
-  fs::rename(Path("pending.ctf"), Path(absl::StrCat("contrib-r", round, ".ctf")), ec);
+  fs::rename(Path(absl::StrCat("pending", kTensors)),
+             Path(absl::StrCat("contrib-r", round, kTensors)), ec);
   if (!ec) {
     fs::rename(Path("pending.header"), Path(absl::StrCat("contrib-r", round, ".header")), ec);
   }
@@ -130,7 +204,7 @@ absl::Status StateDir::ArchivePending(uint64_t round, int keep) const {
     std::string name = entry.path().filename().string();
     absl::string_view v(name);
     uint64_t r;
-    if (absl::ConsumePrefix(&v, "contrib-r") && absl::ConsumeSuffix(&v, ".ctf") &&
+    if (absl::ConsumePrefix(&v, "contrib-r") && absl::ConsumeSuffix(&v, kTensors) &&
         absl::SimpleAtoi(v, &r)) {
       rounds.insert(r);
     }
@@ -138,7 +212,7 @@ absl::Status StateDir::ArchivePending(uint64_t round, int keep) const {
   while (static_cast<int>(rounds.size()) > keep) {
     uint64_t oldest = *rounds.begin();
     rounds.erase(rounds.begin());
-    RETURN_IF_ERROR(Remove(Path(absl::StrCat("contrib-r", oldest, ".ctf"))));
+    RETURN_IF_ERROR(Remove(Path(absl::StrCat("contrib-r", oldest, kTensors))));
     RETURN_IF_ERROR(Remove(Path(absl::StrCat("contrib-r", oldest, ".header"))));
   }
   return absl::OkStatus();

@@ -1,12 +1,16 @@
 // A contributor's state folder, so the daemon resumes after a crash without resending
 // or retraining what it need not:
-//   base.ctf, base.version    the last base pulled (tensors; "version sha256hex")
-//   head.ctf                  the local task head (never uploaded)
-//   head.labels               what its outputs mean (text tasks), one label per line
-//   pending.header/.ctf       a trained contribution not yet acknowledged by the server
-//   last_round                the last round the server acknowledged from us
-//   contrib-rN.header/.ctf    acknowledged contributions (the newest few are kept)
-// Every write is atomic. Not thread-safe: one daemon per folder.
+//   base.safetensors, base.version    the last base pulled ("version sha256hex")
+//   head.safetensors                  the local task head (never uploaded)
+//   head.labels                       what its outputs mean (text tasks), one per line
+//   pending.header/.safetensors       a trained contribution not yet acknowledged
+//   last_round                        the last round the server acknowledged from us
+//   contrib-rN.header/.safetensors    acknowledged contributions (the newest few are kept)
+// Tensor files are plain safetensors (any safetensors reader opens them) whose metadata
+// holds the SHA-256 of their data ("coldfuse.sha256"), checked on every load: a damaged
+// file is DATA_LOSS naming it, never trained on. Folders written by releases that kept
+// these as .ctf files are converted once by Open. Every write is atomic. Not thread-safe:
+// one daemon per folder.
 #ifndef COLDFUSE_CLIENT_DAEMON_STATE_H_
 #define COLDFUSE_CLIENT_DAEMON_STATE_H_
 
@@ -34,7 +38,10 @@ struct Contribution {
 
 class StateDir {
  public:
-  // Creates the folder if needed.
+  // Creates the folder if needed. Converts each tensor file an older release left as .ctf
+  // (base, head, pending, contrib-rN) to .safetensors: written atomically, then the .ctf
+  // is removed, so a crash midway leaves a folder the next Open finishes converting.
+  // DATA_LOSS naming a .ctf file that is damaged.
   static absl::StatusOr<StateDir> Open(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
@@ -45,11 +52,14 @@ class StateDir {
   // Empty when the contributor has no head yet.
   absl::StatusOr<std::vector<HostTensor>> LoadHead() const;
   // `labels`: what the head's outputs mean, in order (head.labels, one per line); empty
-  // for tasks whose labels are plain class numbers. Written before head.ctf.
+  // for tasks whose labels are plain class numbers. Written before head.safetensors.
   absl::Status SaveHead(const std::vector<HostTensor>& head,
                         const std::vector<std::string>& labels = {}) const;
   // The labels saved with the head; nullopt when none were (an older state folder).
   absl::StatusOr<std::optional<std::vector<std::string>>> LoadHeadLabels() const;
+
+  // Where the head is kept, for messages that tell the user what to delete.
+  std::string HeadPath() const;
 
   absl::StatusOr<std::optional<Contribution>> LoadPending() const;
   absl::Status SavePending(const Contribution& c) const;

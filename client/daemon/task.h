@@ -52,7 +52,8 @@ class LocalTask {
   // test split before and after. `max_train_examples` > 0 limits the training rows
   // (few-shot probes). `stop`, if given, is polled between steps (text tasks; an MLP round
   // takes seconds): CANCELLED once it is set. Errors as the trainers': INVALID_ARGUMENT
-  // for a head that does not fit (the message names the head), bad data or options.
+  // for bad data or options, and for a head that does not fit, marked so that
+  // train::IsHeadMismatch (head_mismatch.h) tells it apart.
   virtual absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                            const std::vector<HostTensor>& base,
                                            const std::vector<HostTensor>& head,

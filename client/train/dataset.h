@@ -26,12 +26,14 @@ struct Dataset {
   int64_t rows() const { return static_cast<int64_t>(labels.size()); }
 };
 
-// Loads a CSV with a header row: feature columns (any names) and one integer column named
-// `label_column` holding class indices 0..N-1. Fields are comma-separated without quoting;
-// blank lines may only end the file, so row i is on line i + 2. Every malformed thing gets INVALID_ARGUMENT naming the
-// file, line and column: a non-numeric or non-finite value, a wrong number of fields, a
-// negative or non-integer label, a missing label column, an empty file or a file with a
-// header but no rows. A missing file gets NOT_FOUND naming the path.
+// Loads a CSV (RFC 4180, read by csv.h as the text datasets are) with a header row:
+// feature columns (any names) and one integer column named `label_column` holding class
+// indices 0..N-1. Fields may be quoted; surrounding whitespace is ignored. Blank lines may
+// only end the file and no field may span lines, so row i is on line i + 2. Every
+// malformed thing gets INVALID_ARGUMENT naming the file, line and column: a non-numeric or
+// non-finite value, a wrong number of fields, a negative or non-integer label, a missing
+// or repeated label column, a quoting error, an empty file or a file with a header but no
+// rows. A missing file gets NOT_FOUND naming the path.
 absl::StatusOr<Dataset> LoadCsvDataset(const std::string& path,
                                        const std::string& label_column = "label");
 

@@ -96,6 +96,21 @@ TEST_F(DatasetTest, IntegralFloatLabelIsAccepted) {
   EXPECT_EQ(ds->labels[0], 2);
 }
 
+// The plain comma split before csv.h misread these: quoted numbers were "not a number"
+// and a quoted header name holding a comma was two columns.
+TEST_F(DatasetTest, QuotedFieldsAreReadAsRfc4180) {
+  absl::StatusOr<Dataset> ds =
+      LoadCsvDataset(Write("quoted.csv", "\"a\",\"label\",\"b, c\"\n\"0.5\", 1 ,\"2\"\n"));
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  EXPECT_EQ(ds->feature_names, (std::vector<std::string>{"a", "b, c"}));
+  EXPECT_EQ(ds->features, (std::vector<float>{0.5f, 2.f}));
+  EXPECT_EQ(ds->labels, (std::vector<int64_t>{1}));
+  // Row i stays on line i + 2: a value may not span lines.
+  ExpectInvalid("split.csv", "a,label\n\"1\n\",0\n", {"line 2", "column 1", "spans lines"});
+  ExpectInvalid("stray.csv", "a,label\n1\"5,0\n", {"line 2", "column 1", "unquoted"});
+  ExpectInvalid("open.csv", "a,label\n1,0\n\"2,1\n", {"line 3", "column 1", "never closed"});
+}
+
 TEST_F(DatasetTest, MissingLabelColumnNamesHeaderLine) {
   ExpectInvalid("nolabel.csv", "a,b,target\n1,2,0\n", {"line 1", "'label'"});
 }

@@ -13,17 +13,17 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "client/train/csv.h"
 #include "common/json.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 
 namespace coldfuse::train {
 namespace {
 
 absl::Status Bad(const std::string &path, int64_t line, absl::string_view where,
                  absl::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(path, ": line ", line, where.empty() ? "" : ", ", where, ": ", what));
+  return CsvError(path, line, where, what);
 }
 
 bool IsBlank(absl::string_view line) { return absl::StripAsciiWhitespace(line).empty(); }
@@ -40,108 +40,6 @@ struct Places {
   std::string text, pair, label;
 };
 
-// A CSV/TSV record: its first line and its fields.
-struct Record {
-  int64_t line = 0;
-  std::vector<std::string> fields;
-};
-
-// Splits RFC 4180 CSV into records, skipping blank lines.
-absl::StatusOr<std::vector<Record>> ParseCsv(const std::string &path, absl::string_view text) {
-  std::vector<Record> records;
-  const size_t n = text.size();
-  size_t pos = 0;
-  int64_t line = 1;
-  while (pos < n) {
-    size_t eol = text.find('\n', pos);
-    if (eol == absl::string_view::npos) eol = n;
-    if (IsBlank(text.substr(pos, eol - pos))) {
-      pos = eol + 1;
-      ++line;
-      continue;
-    }
-    Record rec;
-    rec.line = line;
-    while (true) {
-      const int column = static_cast<int>(rec.fields.size()) + 1;
-      std::string field;
-      if (pos < n && text[pos] == '"') {
-        const int64_t open_line = line;
-        ++pos;
-        while (true) {
-          if (pos >= n) {
-            return Bad(path, open_line, absl::StrCat("column ", column),
-                       "a quoted field is never closed; end it with '\"' and "
-                       "write a '\"' "
-                       "inside a field as '\"\"'");
-          }
-          char c = text[pos];
-          if (c == '"') {
-            if (pos + 1 < n && text[pos + 1] == '"') {
-              field.push_back('"');
-              pos += 2;
-              continue;
-            }
-            ++pos;
-            break;
-          }
-          if (c == '\n') ++line;
-          field.push_back(c);
-          ++pos;
-        }
-        if (pos < n && text[pos] == '\r' && (pos + 1 == n || text[pos + 1] == '\n')) ++pos;
-        if (pos < n && text[pos] != ',' && text[pos] != '\n') {
-          return Bad(path, line, absl::StrCat("column ", column),
-                     "text after a closing quote; quote the whole field and "
-                     "write a '\"' "
-                     "inside it as '\"\"'");
-        }
-      } else {
-        size_t end = pos;
-        while (end < n && text[end] != ',' && text[end] != '\n') {
-          if (text[end] == '"') {
-            return Bad(path, line, absl::StrCat("column ", column),
-                       "a '\"' inside an unquoted field; quote the whole field "
-                       "and write the "
-                       "'\"' as '\"\"'");
-          }
-          ++end;
-        }
-        absl::string_view f = text.substr(pos, end - pos);
-        if (!f.empty() && f.back() == '\r') f.remove_suffix(1);
-        field.assign(f.data(), f.size());
-        pos = end;
-      }
-      rec.fields.push_back(std::move(field));
-      if (pos < n && text[pos] == ',') {
-        ++pos;
-        continue;
-      }
-      if (pos < n) ++pos;  // the '\n'
-      ++line;
-      break;
-    }
-    records.push_back(std::move(rec));
-  }
-  return records;
-}
-
-// Splits TSV into records, skipping blank lines.
-std::vector<Record> ParseTsv(absl::string_view text) {
-  std::vector<Record> records;
-  int64_t line = 0;
-  for (absl::string_view l : absl::StrSplit(text, '\n')) {
-    ++line;
-    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-    if (IsBlank(l)) continue;
-    Record rec;
-    rec.line = line;
-    for (absl::string_view f : absl::StrSplit(l, '\t')) rec.fields.emplace_back(f);
-    records.push_back(std::move(rec));
-  }
-  return records;
-}
-
 // Names for a message: the first few of `names`, quoted, and how many more.
 std::string ListNames(const std::vector<std::string> &names) {
   constexpr size_t kShown = 20;
@@ -151,68 +49,21 @@ std::string ListNames(const std::vector<std::string> &names) {
   return out;
 }
 
-// Finds the header index of `name`; one column by that name is required.
-absl::StatusOr<int> FindColumn(const std::string &path, int64_t line,
-                               const std::vector<std::string> &header, const std::string &name,
-                               absl::string_view role) {
-  int found = -1;
-  for (int c = 0; c < static_cast<int>(header.size()); ++c) {
-    if (header[c] != name) continue;
-    if (found >= 0) {
-      return Bad(
-          path, line, absl::StrCat("column ", c + 1),
-          absl::StrCat("a second column named '", name, "'; keep exactly one ", role, " column"));
-    }
-    found = c;
-  }
-  if (found < 0) {
-    return Bad(
-        path, line, "header",
-        absl::StrCat("no ", role, " column '", name, "' among the columns ", ListNames(header),
-                     "; add it or set the option naming the ", role, " column"));
-  }
-  return found;
-}
-
-std::string ColumnPlace(int c, const std::string &name) {
-  return absl::StrCat("column ", c + 1, " ('", name, "')");
-}
-
-absl::StatusOr<std::vector<RawRow>> RowsFromRecords(const std::string &path,
-                                                    std::vector<Record> records,
-                                                    const TextDatasetOptions &o, Places *places) {
-  if (records.empty()) {
-    return Bad(path, 1, "", "the file is empty; expected a header row, then one row per example");
-  }
-  const int64_t header_line = records[0].line;
-  std::vector<std::string> header;
-  for (const std::string &name : records[0].fields) {
-    header.emplace_back(absl::StripAsciiWhitespace(name));
-  }
-  ASSIGN_OR_RETURN(int text_c, FindColumn(path, header_line, header, o.text_column, "text"));
+// The rows of a CSV/TSV table, with the used columns picked out.
+absl::StatusOr<std::vector<RawRow>> RowsFromTable(CsvTable table, const TextDatasetOptions &o,
+                                                  Places *places) {
+  ASSIGN_OR_RETURN(int text_c, table.Column(o.text_column, "text"));
   int pair_c = -1;
   if (!o.text_pair_column.empty()) {
-    ASSIGN_OR_RETURN(pair_c,
-                     FindColumn(path, header_line, header, o.text_pair_column, "text pair"));
+    ASSIGN_OR_RETURN(pair_c, table.Column(o.text_pair_column, "text pair"));
   }
-  ASSIGN_OR_RETURN(int label_c, FindColumn(path, header_line, header, o.label_column, "label"));
-  places->text = ColumnPlace(text_c, header[text_c]);
-  if (pair_c >= 0) places->pair = ColumnPlace(pair_c, header[pair_c]);
-  places->label = ColumnPlace(label_c, header[label_c]);
-  if (records.size() < 2) {
-    return Bad(path, header_line + 1, "",
-               "the file has a header but no rows; add at least one example");
-  }
+  ASSIGN_OR_RETURN(int label_c, table.Column(o.label_column, "label"));
+  places->text = table.Place(text_c);
+  if (pair_c >= 0) places->pair = table.Place(pair_c);
+  places->label = table.Place(label_c);
   std::vector<RawRow> rows;
-  rows.reserve(records.size() - 1);
-  for (size_t i = 1; i < records.size(); ++i) {
-    Record &rec = records[i];
-    if (rec.fields.size() != header.size()) {
-      return Bad(path, rec.line, "",
-                 absl::StrCat("found ", rec.fields.size(), " fields but the header has ",
-                              header.size(), "; every row needs one value per column",
-                              " (quote CSV fields that hold commas)"));
-    }
+  rows.reserve(table.rows.size());
+  for (CsvRow &rec : table.rows) {
     RawRow row;
     row.line = rec.line;
     row.text = std::move(rec.fields[text_c]);
@@ -372,13 +223,13 @@ absl::StatusOr<TextDataset> Load(const std::string &path, const TextDatasetOptio
   if (*format == TextFormat::kJsonl) {
     ASSIGN_OR_RETURN(rows, ParseJsonl(path, text, o, &places));
   } else {
-    std::vector<Record> records;
-    if (*format == TextFormat::kCsv) {
-      ASSIGN_OR_RETURN(records, ParseCsv(path, text));
-    } else {
-      records = ParseTsv(text);
+    CsvOptions csv;  // RFC 4180
+    if (*format == TextFormat::kTsv) {
+      csv.delimiter = '\t';
+      csv.quoting = false;
     }
-    ASSIGN_OR_RETURN(rows, RowsFromRecords(path, std::move(records), o, &places));
+    ASSIGN_OR_RETURN(CsvTable table, ParseCsv(path, text, csv));
+    ASSIGN_OR_RETURN(rows, RowsFromTable(std::move(table), o, &places));
   }
 
   TextDataset ds;

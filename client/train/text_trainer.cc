@@ -21,12 +21,13 @@
 #include "absl/strings/match.h"
 #include "client/train/adamw.h"
 #include "client/train/encoder.h"
+#include "client/train/head_mismatch.h"
 #include "client/train/metrics.h"
 #include "common/dtype.h"
 #include "common/json.h"
 #include "common/model_spec.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 
 namespace coldfuse::train {
 
@@ -365,7 +366,7 @@ TextScores Score(Model& model, const Encoded& data, int64_t num_labels, int64_t 
   return s;
 }
 
-// Loads `head` into model.head; INVALID_ARGUMENT when it does not fit.
+// Loads `head` into model.head; HeadMismatchError when it does not fit.
 absl::Status LoadHead(EncoderClassifier& head, const std::vector<HostTensor>& tensors,
                       int64_t hidden, int64_t labels) {
   std::map<std::string, const HostTensor*> by_name;
@@ -373,17 +374,17 @@ absl::Status LoadHead(EncoderClassifier& head, const std::vector<HostTensor>& te
   auto fits = [&](const char* name, std::vector<int64_t> shape) -> absl::Status {
     auto it = by_name.find(name);
     if (it == by_name.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("the head has no tensor '", name, "'"));
+      return HeadMismatchError(absl::StrCat("the head has no tensor '", name, "'"));
     }
     const v1::TensorSpec& s = it->second->spec;
     if (s.dtype() != v1::F32 || !std::equal(s.shape().begin(), s.shape().end(), shape.begin(),
                                             shape.end())) {
-      return absl::InvalidArgumentError(absl::StrCat(
+      return HeadMismatchError(absl::StrCat(
           "the head's '", name, "' is ", DTypeName(s.dtype()), " ", ShapeString(s),
           " but this model and data need F32 [", absl::StrJoin(shape, ", "), "]"));
     }
     if (it->second->data.size() != static_cast<size_t>(NumElements(s).value_or(0)) * 4) {
-      return absl::InvalidArgumentError(absl::StrCat("the head's '", name, "' is truncated"));
+      return HeadMismatchError(absl::StrCat("the head's '", name, "' is truncated"));
     }
     return absl::OkStatus();
   };

@@ -141,14 +141,15 @@ struct TextFineTuneResult {
 
 // Loads the encoder from `base` (Hugging Face names, with or without "bert."/"roberta.";
 // F32/F16/BF16; INVALID_ARGUMENT naming the tensor when it does not fit the model's
-// config), the head from `head` when it fits (else INVALID_ARGUMENT: the caller decides,
-// e.g. starts a fresh head), or a fresh seeded head when `head` is empty; scores `test`,
-// fine-tunes on `train` (choosing the best weights on `dev` when it has rows), scores
-// `test` again. `dev` and `test` must use `train`'s labels (LoadTextDatasetLike).
-// INVALID_ARGUMENT for bad options (ValidateTextOptions), data, token ids outside the
-// model's vocabulary (a tokenizer of another model), a config.json the base does not fit,
-// or a head of other labels (the message then starts with "the head"); CANCELLED when
-// options.should_stop said so; INTERNAL for a LibTorch failure.
+// config), the head from `head` when it fits (else HeadMismatchError, head_mismatch.h:
+// the caller decides, e.g. starts a fresh head), or a fresh seeded head when `head` is
+// empty; scores `test`, fine-tunes on `train` (choosing the best weights on `dev` when it
+// has rows), scores `test` again. `dev` and `test` must use `train`'s labels
+// (LoadTextDatasetLike). INVALID_ARGUMENT for bad options (ValidateTextOptions), data,
+// token ids outside the model's vocabulary (a tokenizer of another model), a config.json
+// the base does not fit, or a head of other labels (HeadMismatchError; the message starts
+// with "the head"); CANCELLED when options.should_stop said so; INTERNAL for a LibTorch
+// failure.
 absl::StatusOr<TextFineTuneResult> FineTuneText(const TextModel& model,
                                                 const std::vector<HostTensor>& base,
                                                 const std::vector<HostTensor>& head,

@@ -9,9 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "client/train/encoder.h"
+#include "client/train/head_mismatch.h"
 #include "client/train/testing/tiny_text.h"
 #include "common/dtype.h"
 #include "gmock/gmock.h"
@@ -362,6 +364,7 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   });
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("missing"));
+  EXPECT_FALSE(IsHeadMismatch(s)) << s;  // the base's fault, not the head's
   // A kept head for a different label set.
   s = run([](TextTrainOptions&, auto&, std::vector<HostTensor>& head) {
     HostTensor w;
@@ -374,6 +377,21 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   });
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("classifier.weight"));
+  EXPECT_TRUE(IsHeadMismatch(s)) << s;  // the daemon tells it apart without the message
+  // A head of the right shapes that lost bytes does not fit either.
+  s = run([](TextTrainOptions&, auto&, std::vector<HostTensor>& head) {
+    for (auto [name, rows] : {std::pair{"classifier.weight", 32}, std::pair{"classifier.bias", 1}}) {
+      HostTensor t;
+      t.spec.set_name(name);
+      t.spec.set_dtype(v1::F32);
+      t.spec.add_shape(2);
+      if (rows > 1) t.spec.add_shape(rows);
+      t.data.resize(2 * rows * 4 - 4);
+      head.push_back(t);
+    }
+  });
+  EXPECT_TRUE(IsHeadMismatch(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("truncated"));
   if (!torch::cuda::is_available()) {  // asking for CUDA where there is none
     s = run([](TextTrainOptions& o, auto&, auto&) { o.device = "cuda"; });
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/train/head_mismatch.h"
 #include "client/train/mlp.h"
 #include "common/model_spec.h"
 #include "common/status_macros.h"
@@ -66,9 +67,9 @@ absl::Status CheckBase(const MlpSpec& spec, const std::vector<HostTensor>& base)
 absl::Status CheckHead(const std::vector<HostTensor>& head, int64_t width, int64_t num_classes) {
   v1::Manifest want = HeadManifest(width, num_classes);
   auto unfit = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("head does not fit: ", why, " (body width ",
-                                                   width, ", ", num_classes,
-                                                   " classes); start a fresh head for this task"));
+    return HeadMismatchError(absl::StrCat("head does not fit: ", why, " (body width ", width,
+                                          ", ", num_classes,
+                                          " classes); start a fresh head for this task"));
   };
   if (head.size() != static_cast<size_t>(want.tensors_size())) {
     return unfit(
@@ -87,7 +88,9 @@ absl::Status CheckHead(const std::vector<HostTensor>& head, int64_t width, int64
                                 ", expected ", ShapeString(w)));
     }
   }
-  return CheckTensorSizes(head);
+  absl::Status sizes = CheckTensorSizes(head);
+  if (!sizes.ok()) return unfit(sizes.message());
+  return absl::OkStatus();
 }
 
 torch::Device ChooseDevice() {
@@ -284,14 +287,13 @@ absl::StatusOr<EvalResult> Evaluate(absl::string_view model_spec,
   auto bias = std::find_if(head.begin(), head.end(),
                            [](const HostTensor& t) { return t.spec.name() == "head.bias"; });
   if (bias == head.end() || bias->spec.shape_size() != 1) {
-    return absl::InvalidArgumentError("head needs a 1-D tensor 'head.bias'");
+    return HeadMismatchError("head needs a 1-D tensor 'head.bias'");
   }
   const int64_t num_classes = bias->spec.shape(0);
   RETURN_IF_ERROR(CheckHead(head, spec.dims.back(), num_classes));
   if (data.num_classes > num_classes) {
-    return absl::InvalidArgumentError(absl::StrCat("the data has labels up to ",
-                                                   data.num_classes - 1, " but the head has only ",
-                                                   num_classes, " classes"));
+    return HeadMismatchError(absl::StrCat("the data has labels up to ", data.num_classes - 1,
+                                          " but the head has only ", num_classes, " classes"));
   }
   return CatchTorch([&]() -> absl::StatusOr<EvalResult> {
     const torch::Device device = ChooseDevice();

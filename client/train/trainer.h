@@ -62,8 +62,9 @@ std::vector<HostTensor> InitHead(int64_t width, int64_t num_classes, uint64_t se
 
 // Builds the model of `model_spec` (only "mlp:..." for now, via ParseModelSpec), loads the
 // body from `base` (must match MlpManifest exactly, else INVALID_ARGUMENT naming the tensor),
-// loads the head from `head` if non-empty (INVALID_ARGUMENT if its shapes do not fit the
-// body width and train.num_classes: the caller then decides, e.g. starts a fresh head),
+// loads the head from `head` if non-empty (if its tensors do not fit the body width and
+// train.num_classes: HeadMismatchError, see head_mismatch.h; the caller then decides,
+// e.g. starts a fresh head),
 // else a fresh InitHead(..., options.seed); evaluates on `test`, fine-tunes on `train` with
 // AdamW and cross-entropy, evaluates again, and returns the result. Deterministic for a
 // given seed and thread count. INVALID_ARGUMENT for bad options or data that does not fit
@@ -75,7 +76,8 @@ absl::StatusOr<FineTuneResult> FineTune(absl::string_view model_spec,
                                         const Dataset& test, const TrainOptions& options);
 
 // Accuracy and macro-F1 of body `base` + `head` on `data`, without training. The head's
-// class count must exceed every label in `data`. Errors as FineTune.
+// class count must exceed every label in `data` (else HeadMismatchError). Errors as
+// FineTune.
 absl::StatusOr<EvalResult> Evaluate(absl::string_view model_spec,
                                     const std::vector<HostTensor>& base,
                                     const std::vector<HostTensor>& head, const Dataset& data);

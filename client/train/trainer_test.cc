@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "client/train/head_mismatch.h"
 #include "common/model_spec.h"
 #include "common/tensor.h"
 #include "gmock/gmock.h"
@@ -129,6 +130,35 @@ TEST_F(TrainerTest, HeadForOtherClassCountIsInvalid) {
   absl::StatusOr<FineTuneResult> r = Run(base_, head);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("head.weight"));
+}
+
+// The daemon tells "replace the kept head" from other bad input by IsHeadMismatch, not by
+// reading messages: every way a head can fail to fit is marked, and nothing else is.
+TEST_F(TrainerTest, AHeadThatDoesNotFitIsMarkedAndNothingElseIs) {
+  std::vector<HostTensor> other_classes = InitHead(8, 3, 1);
+  std::vector<HostTensor> truncated = InitHead(8, 2, 1);
+  truncated[0].data.resize(truncated[0].data.size() - 4);
+  std::vector<HostTensor> renamed = InitHead(8, 2, 1);
+  renamed[1].spec.set_name("classifier.bias");
+  std::vector<HostTensor> wide = InitHead(9, 2, 1);
+  for (const auto& head : {other_classes, truncated, renamed, wide}) {
+    absl::Status st = Run(base_, head).status();
+    EXPECT_TRUE(IsHeadMismatch(st)) << st;
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("head does not fit"));
+  }
+  // Evaluating data with more classes than the head has.
+  absl::Status eval = Evaluate(kSpec, base_, InitHead(8, 1, 1), test_).status();
+  EXPECT_TRUE(IsHeadMismatch(eval)) << eval;
+
+  // Not the head's fault: a base of another model, bad options, a fresh head.
+  std::vector<HostTensor> missing(base_.begin(), base_.end() - 1);
+  EXPECT_FALSE(IsHeadMismatch(Run(missing).status()));
+  options_.batch_size = 0;
+  absl::Status bad_options = Run(base_, InitHead(8, 2, 1)).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(bad_options)) << bad_options;
+  EXPECT_FALSE(IsHeadMismatch(bad_options));
+  EXPECT_FALSE(IsHeadMismatch(absl::InvalidArgumentError("head does not fit")));
 }
 
 TEST_F(TrainerTest, FeatureCountOtherThanSpecInputIsInvalid) {

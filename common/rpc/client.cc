@@ -11,7 +11,7 @@
 
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/tensor_file.h"
+#include "common/posix_file.h"
 #include "common/tensor_stream.h"
 
 namespace coldfuse::rpc {
@@ -21,11 +21,8 @@ void SetDeadline(grpc::ClientContext* ctx, const CallOptions& options) {
   ctx->set_deadline(std::chrono::system_clock::now() + options.deadline);
 }
 
-// Whether a failed transfer is worth resuming (the connection or server went away).
-bool Retryable(const absl::Status& s) {
-  return absl::IsUnavailable(s) || absl::IsCancelled(s) || absl::IsDeadlineExceeded(s) ||
-         absl::IsAborted(s) || absl::IsUnknown(s) || absl::IsInternal(s);
-}
+// Whether a failed transfer is worth resuming at once (the connection or server went away).
+bool Retryable(const absl::Status& s) { return Retryability(s) == RetryWhen::kNow; }
 
 std::vector<uint64_t> Lengths(const v1::Manifest& m) {
   std::vector<uint64_t> out;
@@ -109,6 +106,21 @@ class MemorySink final : public TensorSink {
 };
 
 }  // namespace
+
+RetryWhen Retryability(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+      return RetryWhen::kNow;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+      return RetryWhen::kLater;
+    default:
+      return RetryWhen::kNever;
+  }
+}
 
 absl::Status HostTensorSource::Read(uint32_t tensor, uint64_t offset, uint64_t length,
                                     std::string* out) {

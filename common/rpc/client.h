@@ -84,6 +84,28 @@ class TensorSink {
   virtual absl::Status Write(uint32_t tensor, uint64_t offset, absl::string_view data) = 0;
 };
 
+// The one retry rule for every client here: the transfers below (PullBaseTo,
+// PushContribution) and the contributor daemon's loop. From what coldfused returns
+// (docs/protocol.md, "Error codes") and what gRPC reports when a connection breaks:
+//   kNow   UNAVAILABLE (server down or restarting, connection lost, storage busy),
+//          DEADLINE_EXCEEDED (slow link or busy server; a resumable transfer continues),
+//          ABORTED (an upload still attached to its broken stream, a resume position
+//          that moved on, two inits at once: the server says "retry"), CANCELLED (the
+//          server cancelled the call while shutting down). Transient: the same call again
+//          after a short backoff.
+//   kLater FAILED_PRECONDITION (no model yet, the round or base moved on, a round being
+//          fused) and RESOURCE_EXHAUSTED (a per-round or per-day quota, a full disk).
+//          Resending at once gets the same answer: only a change of state helps (an
+//          operator's init, the next round, the next day, freed space), so the transfer
+//          gives up at once and the daemon asks GetRound again after its backoff.
+//   kNever everything else: INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+//          UNAUTHENTICATED, DATA_LOSS, OUT_OF_RANGE, UNIMPLEMENTED, and INTERNAL and UNKNOWN
+//          (a failure inside the server or this process, e.g. LibTorch or a state folder it
+//          cannot write, which repeating does not fix): the request, the data or the set-up
+//          must change first.
+enum class RetryWhen { kNever, kNow, kLater };
+RetryWhen Retryability(const absl::Status& s);
+
 struct RetryOptions {
   // Attempts in all (1 = no retry). Default: 8.
   int max_attempts = 8;
@@ -116,8 +138,8 @@ struct PullResult {
 };
 
 // Pulls a base (the current one when `version` is unset) into `sink`, verifying its
-// checksum. A broken stream is resumed where it stopped (same version), up to
-// retry.max_attempts.
+// checksum. A stream broken by a kNow error is resumed where it stopped (same version),
+// up to retry.max_attempts.
 absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& channel,
                                       std::optional<uint64_t> version, TensorSink* sink,
                                       const CallOptions& options = {},
@@ -130,8 +152,9 @@ absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channe
                                     const CallOptions& options = {});
 
 // Streams a contribution whose bytes come from `source` (in header.manifest()'s order
-// and dtypes). With header.upload_id set, a broken stream is resumed from what the
-// server stored (GetUpload), up to retry.max_attempts; without, it is sent once.
+// and dtypes). With header.upload_id set, a stream broken by a kNow error is resumed
+// from what the server stored (GetUpload), up to retry.max_attempts; without, it is sent
+// once.
 absl::StatusOr<v1::ContributionReceipt> PushContribution(
     const std::shared_ptr<grpc::Channel>& channel, const v1::ContributionHeader& header,
     TensorSource* source, const CallOptions& options = {}, const RetryOptions& retry = {},
