@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
@@ -220,7 +221,7 @@ TEST(FuseWeightedTest, ManyChunksAreExactAndWrittenInOrder) {
   std::string all_want;
   for (int t = 0; t < 40; ++t) {
     const int64_t n = (t % 3 == 0) ? 2 * kChunkBytes / 4 + 7 : 5 + t;  // some multi-chunk
-    *m.add_tensors() = Spec("t" + std::to_string(t), v1::F32, {n});
+    *m.add_tensors() = Spec(absl::StrCat("t", t), v1::F32, {n});
     std::vector<float> x(n), y(n), want(n);
     for (int64_t i = 0; i < n; ++i) {
       x[i] = static_cast<float>((i + t) % 97);
