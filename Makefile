@@ -32,7 +32,7 @@ test: build
 # The whole project built with clang and instrumented, then the whole suite: ASan+UBSan in
 # build-asan/, TSan in build-tsan/. The processes the tests start are instrumented too; every
 # report lands in build-*/sanitizer-logs/ and fails the run. CTEST_ARGS passes more to ctest
-# (e.g. CTEST_ARGS="-R E2eTest"). See docs/development.md.
+# (e.g. CTEST_ARGS="-R E2eTest"). See README.md, "Tests".
 SAN_CXX ?= clang++-14
 CTEST_ARGS ?=
 SAN_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=$(SAN_CXX)

@@ -1,5 +1,5 @@
 # COLDFUSE_SANITIZE=address,undefined or thread instruments the whole build (`make test-asan`,
-# `make test-tsan`; docs/development.md). Every test, and every coldfused / coldfuse-client /
+# `make test-tsan`; README.md, "Tests"). Every test, and every coldfused / coldfuse-client /
 # coldfusectl process a test starts (they inherit its environment), then runs with the
 # options below and the suppressions in tests/sanitizers/ for the third-party libraries,
 # which are not instrumented. Reports go to files in <build>/sanitizer-logs/, so that those
