@@ -627,18 +627,43 @@ absl::StatusOr<v1::RoundInfo> RoundManager::GetRoundInfo(uint64_t number) const 
 int RoundManager::AddListener(std::function<void()> fn) {
   absl::MutexLock l(&listeners_mu_);
   int id = next_listener_++;
-  listeners_[id] = std::move(fn);
+  auto listener = std::make_shared<Listener>();
+  listener->fn = std::move(fn);
+  listeners_[id] = std::move(listener);
   return id;
 }
 
 void RoundManager::RemoveListener(int id) {
   absl::MutexLock l(&listeners_mu_);
-  listeners_.erase(id);
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return;
+  std::shared_ptr<Listener> listener = std::move(it->second);
+  listeners_.erase(it);
+  listener->removed = true;
+  // Listeners do their own I/O (the intake deletes stale sessions with synced writes);
+  // only a call of this listener is waited for, never the others.
+  listeners_mu_.Await(absl::Condition(
+      +[](Listener* x) { return !x->running; }, listener.get()));
 }
 
 void RoundManager::NotifyChanged() {
-  absl::MutexLock l(&listeners_mu_);
-  for (auto& [id, fn] : listeners_) fn();
+  absl::MutexLock serial(&notify_mu_);
+  std::vector<std::shared_ptr<Listener>> now;
+  {
+    absl::MutexLock l(&listeners_mu_);
+    now.reserve(listeners_.size());
+    for (auto& [id, x] : listeners_) now.push_back(x);
+  }
+  for (auto& x : now) {
+    {
+      absl::MutexLock l(&listeners_mu_);
+      if (x->removed) continue;  // its owner may be gone
+      x->running = true;
+    }
+    x->fn();
+    absl::MutexLock l(&listeners_mu_);
+    x->running = false;
+  }
 }
 
 }  // namespace coldfuse::rounds

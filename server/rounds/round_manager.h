@@ -118,10 +118,12 @@ class RoundManager {
   v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<v1::RoundInfo> ListRounds() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const ABSL_LOCKS_EXCLUDED(mu_);
-  // `fn` runs after every change of state (on the thread that made it, with no state
-  // lock held; listeners are called one at a time).
+  // `fn` runs after every change of state (on the thread that made it, with no lock of
+  // the manager held; notifications are delivered one at a time, so `fn` never runs
+  // concurrently with itself).
   int AddListener(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(listeners_mu_);
-  // Waits for a call of the listener that is in progress.
+  // Waits for a call of this listener that is in progress (only this one: a slow
+  // listener does not hold up the removal of another).
   void RemoveListener(int id) ABSL_LOCKS_EXCLUDED(listeners_mu_);
 
  private:
@@ -138,7 +140,7 @@ class RoundManager {
                                                      const std::string& reason,
                                                      const std::string& actor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) ABSL_LOCKS_EXCLUDED(mu_);
-  void NotifyChanged() ABSL_LOCKS_EXCLUDED(mu_, listeners_mu_);
+  void NotifyChanged() ABSL_LOCKS_EXCLUDED(mu_, notify_mu_, listeners_mu_);
   void PolicyLoop() ABSL_LOCKS_EXCLUDED(policy_mu_);
 
   storage::Store* const store_;
@@ -167,8 +169,15 @@ class RoundManager {
   std::vector<uint64_t> bad_base_versions_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> retry_close_after_ms_{0};  // policy closes wait after a failure
 
-  absl::Mutex listeners_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  std::map<int, std::function<void()>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
+  struct Listener {
+    std::function<void()> fn;
+    // Both guarded by listeners_mu_.
+    bool running = false;
+    bool removed = false;
+  };
+  absl::Mutex notify_mu_ ABSL_ACQUIRED_AFTER(mu_);  // one notification at a time
+  absl::Mutex listeners_mu_ ABSL_ACQUIRED_AFTER(notify_mu_);
+  std::map<int, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   int next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;
 
   absl::Mutex policy_mu_;

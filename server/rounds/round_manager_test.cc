@@ -387,6 +387,46 @@ TEST_F(RoundManagerTest, ListenersSeeEveryContributionAndClose) {
   EXPECT_EQ(seen.size(), 2u);
 }
 
+// A listener that blocks (the intake deletes stale sessions with synced writes) does not
+// hold up the removal of another one, such as a dashboard's watch going away; removing
+// the blocked listener itself waits until its call returns.
+TEST_F(RoundManagerTest, ASlowListenerDoesNotHoldUpRemovingAnother) {
+  Init();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, release = false, returned = false;
+  int slow = manager_->AddListener([&] {
+    std::unique_lock<std::mutex> l(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(l, [&] { return release; });
+    returned = true;
+  });
+  int quick_calls = 0;
+  int quick = manager_->AddListener([&] { ++quick_calls; });
+
+  std::thread contributor([&] { MustContribute("alice", 2); });
+  {
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(20), [&] { return entered; }));
+  }
+  manager_->RemoveListener(quick);  // returns while the slow listener is still inside
+  std::thread remover([&] { manager_->RemoveListener(slow); });
+  {
+    std::lock_guard<std::mutex> l(mu);
+    EXPECT_FALSE(returned);
+    release = true;
+    cv.notify_all();
+  }
+  remover.join();  // returned only after the slow call did
+  {
+    std::lock_guard<std::mutex> l(mu);
+    EXPECT_TRUE(returned);
+  }
+  contributor.join();
+  EXPECT_EQ(quick_calls, 0);  // removed before the notification reached it
+}
+
 TEST_F(RoundManagerTest, ListRoundsAndGetRoundInfoDescribeHistory) {
   Init();
   MustContribute("alice", 2, 5);
