@@ -2,6 +2,7 @@
 // MakeClientCredentials reject bad files by name, and a real mutual-TLS handshake on
 // loopback lets in exactly the clients that the server's CA signed.
 #include "common/rpc/tls.h"
+#include "common/tsan_handoff.h"
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -89,17 +90,31 @@ class WhoAmIService final : public grpc::CallbackGenericService {
 
   class Reactor final : public grpc::ServerGenericBidiReactor {
    public:
-    explicit Reactor(grpc::GenericCallbackServerContext* ctx) : ctx_(ctx) { StartRead(&request_); }
+    explicit Reactor(grpc::GenericCallbackServerContext* ctx) : ctx_(ctx) {
+      TsanHandOff(this);
+      StartRead(&request_);
+    }
     void OnReadDone(bool ok) override {
-      if (!ok) return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request"));
-      if (ctx_->method() != kWhoAmI)
-        return Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, ctx_->method()));
+      TsanTakeOver(this);
+      if (!ok) {
+        TsanHandOff(this);
+        return Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no request"));
+      }
+      if (ctx_->method() != kWhoAmI) {
+        grpc::Status unimplemented(grpc::StatusCode::UNIMPLEMENTED, ctx_->method());
+        TsanHandOff(this);
+        return Finish(unimplemented);
+      }
       std::string name = service::PeerCommonName(*ctx_);
       grpc::Slice slice(name);
       response_ = grpc::ByteBuffer(&slice, 1);
+      TsanHandOff(this);
       StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
     }
-    void OnDone() override { delete this; }
+    void OnDone() override {
+      TsanTakeOver(this);
+      delete this;
+    }
 
    private:
     grpc::GenericCallbackServerContext* ctx_;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "absl/synchronization/blocking_counter.h"
 
 namespace coldfuse::fusion {
 
@@ -30,14 +29,28 @@ void WorkerPool::Run(std::function<void()> task) {
 }
 
 void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
-  absl::BlockingCounter done(static_cast<int>(n));
+  // A count under a mutex rather than absl::BlockingCounter, whose lock-free decrements a
+  // ThreadSanitizer build cannot see order the tasks' writes before the wait's return.
+  struct Pending {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu);
+  } pending;
+  {
+    absl::MutexLock l(&pending.mu);
+    pending.left = n;
+  }
   for (size_t i = 0; i < n; ++i) {
-    Run([&fn, &done, i] {
+    Run([&fn, &pending, i] {
       fn(i);
-      done.DecrementCount();
+      absl::MutexLock l(&pending.mu);
+      --pending.left;
     });
   }
-  done.Wait();
+  absl::MutexLock l(&pending.mu);
+  auto all_done = [&pending]() ABSL_SHARED_LOCKS_REQUIRED(pending.mu) {
+    return pending.left == 0;
+  };
+  pending.mu.Await(absl::Condition(&all_done));
 }
 
 void WorkerPool::Loop() {

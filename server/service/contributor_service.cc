@@ -1,3 +1,4 @@
+#include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
 #include "server/service/upload_reactor.h"
@@ -11,6 +12,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> 
  public:
   explicit PullReactor(absl::StatusOr<std::unique_ptr<rounds::BaseReader>> reader) {
     if (!reader.ok()) {
+      TsanHandOff(this);
       Finish(ToGrpcStatus(reader.status()));
       return;
     }
@@ -19,21 +21,26 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> 
     header->set_base_version(reader_->version());
     header->set_model_spec(reader_->model_spec());
     *header->mutable_manifest() = reader_->manifest();
+    TsanHandOff(this);
     StartWrite(&message_);
   }
 
   void OnWriteDone(bool ok) override {
+    TsanTakeOver(this);
     if (!ok) {
+      TsanHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
     if (trailer_sent_) {
+      TsanHandOff(this);
       Finish(grpc::Status::OK);
       return;
     }
     message_.Clear();
     auto more = reader_->Next(message_.mutable_chunk());
     if (!more.ok()) {
+      TsanHandOff(this);
       Finish(ToGrpcStatus(more.status()));
       return;
     }
@@ -41,10 +48,14 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> 
       *message_.mutable_trailer() = reader_->Trailer();
       trailer_sent_ = true;
     }
+    TsanHandOff(this);
     StartWrite(&message_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanTakeOver(this);
+    delete this;
+  }
 
  private:
   std::unique_ptr<rounds::BaseReader> reader_;

@@ -1,5 +1,6 @@
 #include <mutex>
 
+#include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
 
@@ -18,6 +19,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
   }
 
   void OnWriteDone(bool ok) override {
+    TsanTakeOver(this);
     std::lock_guard<std::recursive_mutex> l(mu_);
     writing_ = false;
     if (!ok) {
@@ -28,11 +30,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
   }
 
   void OnCancel() override {
+    TsanTakeOver(this);
     std::lock_guard<std::recursive_mutex> l(mu_);
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
   }
 
   void OnDone() override {
+    TsanTakeOver(this);
     manager_->RemoveListener(listener_);  // waits for a listener call in progress
     delete this;
   }
@@ -55,12 +59,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
     if (message_.change_seq() == last_sent_) return;
     last_sent_ = message_.change_seq();
     writing_ = true;
+    TsanHandOff(this);
     StartWrite(&message_);
   }
 
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
+    TsanHandOff(this);
     Finish(status);
   }
 

@@ -13,6 +13,7 @@
 
 #include "server/rounds/tensor_upload.h"
 #include "server/service/executor.h"
+#include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 
 namespace coldfuse::service {
@@ -29,10 +30,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
                 BeginFn begin, ReplyFn reply)
       : ctx_(ctx), executor_(executor), response_(response), begin_(std::move(begin)),
         reply_(std::move(reply)) {
+    TsanHandOff(this);
     this->StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
+    TsanTakeOver(this);
     if (!ok) {
       if (ctx_->IsCancelled()) {  // the connection broke: a resumable upload is kept
         Fail(rounds::TensorUpload::EndKind::kBroken,
@@ -55,10 +58,12 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         executor_->Run([this] {
           auto upload = begin_(request_);
           if (!upload.ok()) {
+            TsanHandOff(this);
             this->Finish(ToGrpcStatus(upload.status()));
             return;
           }
           upload_ = std::move(*upload);
+          TsanHandOff(this);
           this->StartRead(&request_);
         });
         return;
@@ -77,6 +82,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
             Fail(rounds::TensorUpload::EndKind::kRejected, accepted);
             return;
           }
+          TsanHandOff(this);
           this->StartRead(&request_);
         });
         return;
@@ -94,16 +100,21 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       Fail(rounds::TensorUpload::EndKind::kRejected, st);
       return;
     }
+    TsanHandOff(this);
     this->StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanTakeOver(this);
+    delete this;
+  }
 
  private:
   void Commit() {
     auto result = upload_->Finish(request_.trailer());
     if (result.ok()) reply_(*result, response_);
     upload_.reset();  // removes the stored data unless it was committed
+    TsanHandOff(this);
     this->Finish(ToGrpcStatus(result.status()));
   }
 
@@ -113,6 +124,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     executor_->Run([this, kind, why] {
       absl::Status st = upload_ == nullptr ? why : upload_->Abandon(kind, why);
       upload_.reset();
+      TsanHandOff(this);
       this->Finish(ToGrpcStatus(st));
     });
   }

@@ -11,8 +11,11 @@
 // function in libabsl_synchronization.
 //
 // The ...WithTimeout functions are not here: in this Abseil they call their ...WithDeadline
-// twin through the PLT, which lands here. Not modelled: a Condition that LockWhen/Await evaluate runs before TSan sees the lock, and
-// a CondVar wait is taken to hold the mutex exclusively.
+// twin through the PLT, which lands here. A Condition that LockWhen/Await evaluate runs
+// inside Abseil's lock code, with the mutex held, but on whichever thread is locking or
+// unlocking and outside the span where TSan sees that thread hold it: its reads are reads
+// under the lock, so they are hidden from TSan (IgnoredWhileEvaluated). Not modelled: a
+// CondVar wait is taken to hold the mutex exclusively.
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
 
@@ -46,6 +49,21 @@ Fn Real(const char* name) {
     std::abort();
   }
   return reinterpret_cast<Fn>(f);
+}
+
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+
+bool EvalIgnoringReads(void* cond) {
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+  const bool met = static_cast<const absl::Condition*>(cond)->Eval();
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  return met;
+}
+
+// `cond`, evaluated with its reads hidden from TSan. `cond` must outlive the result.
+absl::Condition IgnoredWhileEvaluated(const absl::Condition& cond) {
+  return absl::Condition(&EvalIgnoringReads, const_cast<absl::Condition*>(&cond));
 }
 
 constexpr unsigned kRead = __tsan_mutex_read_lock;
@@ -115,7 +133,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS void Mutex::LockWhen(const Condition& cond) {
   static const auto real =
       Real<void (*)(Mutex*, const Condition&)>("5Mutex8LockWhenERKNS0_9ConditionE");
   __tsan_mutex_pre_lock(this, 0);
-  real(this, cond);
+  real(this, IgnoredWhileEvaluated(cond));
   __tsan_mutex_post_lock(this, 0, 0);
 }
 
@@ -123,7 +141,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS void Mutex::ReaderLockWhen(const Condition& cond)
   static const auto real =
       Real<void (*)(Mutex*, const Condition&)>("5Mutex14ReaderLockWhenERKNS0_9ConditionE");
   __tsan_mutex_pre_lock(this, kRead);
-  real(this, cond);
+  real(this, IgnoredWhileEvaluated(cond));
   __tsan_mutex_post_lock(this, kRead, 0);
 }
 
@@ -132,7 +150,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS bool Mutex::LockWhenWithDeadline(const Condition&
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   __tsan_mutex_pre_lock(this, 0);
-  bool met = real(this, cond, deadline);
+  bool met = real(this, IgnoredWhileEvaluated(cond), deadline);
   __tsan_mutex_post_lock(this, 0, 0);
   return met;
 }
@@ -144,7 +162,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS void Mutex::Await(const Condition& cond) {
       Real<void (*)(Mutex*, const Condition&)>("5Mutex5AwaitERKNS0_9ConditionE");
   __tsan_mutex_pre_unlock(this, 0);
   __tsan_mutex_post_unlock(this, 0);
-  real(this, cond);
+  real(this, IgnoredWhileEvaluated(cond));
   __tsan_mutex_pre_lock(this, 0);
   __tsan_mutex_post_lock(this, 0, 0);
 }
@@ -155,7 +173,7 @@ ABSL_NO_THREAD_SAFETY_ANALYSIS bool Mutex::AwaitWithDeadline(const Condition& co
       "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   __tsan_mutex_pre_unlock(this, 0);
   __tsan_mutex_post_unlock(this, 0);
-  bool met = real(this, cond, deadline);
+  bool met = real(this, IgnoredWhileEvaluated(cond), deadline);
   __tsan_mutex_pre_lock(this, 0);
   __tsan_mutex_post_lock(this, 0, 0);
   return met;
