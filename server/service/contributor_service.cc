@@ -1,3 +1,6 @@
+#include <optional>
+
+#include "absl/synchronization/mutex.h"
 #include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
@@ -6,61 +9,141 @@
 namespace coldfuse::service {
 namespace {
 
-// Streams one base: header, chunks, trailer. Each chunk is read from storage when the
-// previous write completes, so one chunk per stream is in memory.
+// Streams one base: header, chunks, trailer. The next message is read from storage on the
+// executor while the previous one is on the wire, so a gRPC callback thread never waits on
+// a read and reads overlap sends; at most two chunks per stream are in memory.
+//
+// Lifetime: gRPC calls OnDone once Finish has completed, but a read may still be running
+// on the executor then; whichever of the two ends last deletes the reactor.
 class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> {
  public:
-  explicit PullReactor(absl::StatusOr<std::unique_ptr<rounds::BaseReader>> reader) {
+  PullReactor(absl::StatusOr<std::unique_ptr<rounds::BaseReader>> reader, Executor* executor)
+      : executor_(executor) {
     if (!reader.ok()) {
+      {
+        absl::MutexLock l(&mu_);
+        finished_ = true;
+      }
       TsanHandOff(this);
       Finish(ToGrpcStatus(reader.status()));
       return;
     }
     reader_ = std::move(*reader);
-    auto* header = message_.mutable_header();
-    header->set_base_version(reader_->version());
-    header->set_model_spec(reader_->model_spec());
-    *header->mutable_manifest() = reader_->manifest();
-    TsanHandOff(this);
-    StartWrite(&message_);
+    v1::PullBaseResponse header;
+    header.mutable_header()->set_base_version(reader_->version());
+    header.mutable_header()->set_model_spec(reader_->model_spec());
+    *header.mutable_header()->mutable_manifest() = reader_->manifest();
+    {
+      absl::MutexLock l(&mu_);
+      next_ = std::move(header);
+    }
+    Pump();
   }
 
   void OnWriteDone(bool ok) override {
     TsanTakeOver(this);
-    if (!ok) {
+    bool finish = false;
+    {
+      absl::MutexLock l(&mu_);
+      writing_ = false;
+      if (!ok || sent_trailer_) finish = finished_ = true;
+    }
+    if (finish) {
       TsanHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      Finish(ok ? grpc::Status::OK
+                : grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    if (trailer_sent_) {
-      TsanHandOff(this);
-      Finish(grpc::Status::OK);
-      return;
-    }
-    message_.Clear();
-    auto more = reader_->Next(message_.mutable_chunk());
-    if (!more.ok()) {
-      TsanHandOff(this);
-      Finish(ToGrpcStatus(more.status()));
-      return;
-    }
-    if (!*more) {
-      *message_.mutable_trailer() = reader_->Trailer();
-      trailer_sent_ = true;
-    }
-    TsanHandOff(this);
-    StartWrite(&message_);
+    Pump();
   }
 
   void OnDone() override {
     TsanTakeOver(this);
-    delete this;
+    bool last;
+    {
+      absl::MutexLock l(&mu_);
+      done_ = true;
+      last = tasks_ == 0;
+    }
+    if (last) delete this;
   }
 
  private:
-  std::unique_ptr<rounds::BaseReader> reader_;
-  v1::PullBaseResponse message_;
-  bool trailer_sent_ = false;
+  // Writes the next message once it is read and the previous write is done, and starts
+  // reading the one after. Any thread; decisions under mu_, gRPC calls outside it.
+  void Pump() ABSL_LOCKS_EXCLUDED(mu_) {
+    enum { kNothing, kWrite, kFinish } act = kNothing;
+    grpc::Status failed;
+    bool read = false;
+    {
+      absl::MutexLock l(&mu_);
+      if (finished_) return;
+      if (!writing_ && next_.has_value()) {
+        if (!next_->ok()) {
+          finished_ = true;
+          failed = ToGrpcStatus(next_->status());
+          act = kFinish;
+        } else {
+          message_ = std::move(**next_);
+          sent_trailer_ = message_.has_trailer();
+          writing_ = true;
+          act = kWrite;
+        }
+        next_.reset();
+      }
+      if (!finished_ && !reading_ && !next_.has_value() && !read_all_) {
+        reading_ = true;
+        ++tasks_;
+        read = true;
+      }
+    }
+    if (read) executor_->Run([this] { ReadNext(); });
+    if (act == kWrite) {
+      TsanHandOff(this);
+      StartWrite(&message_);
+    } else if (act == kFinish) {
+      TsanHandOff(this);
+      Finish(failed);
+    }
+  }
+
+  // On the executor: reads the message after the one being written.
+  void ReadNext() ABSL_LOCKS_EXCLUDED(mu_) {
+    v1::PullBaseResponse m;
+    absl::StatusOr<bool> more = reader_->Next(m.mutable_chunk());
+    if (more.ok() && !*more) *m.mutable_trailer() = reader_->Trailer();
+    {
+      absl::MutexLock l(&mu_);
+      if (more.ok()) {
+        next_ = std::move(m);
+      } else {
+        next_ = more.status();
+      }
+      read_all_ = !more.ok() || !*more;
+      reading_ = false;
+    }
+    Pump();
+    bool last;
+    {
+      absl::MutexLock l(&mu_);
+      last = --tasks_ == 0 && done_;
+    }
+    if (last) delete this;
+  }
+
+  Executor* const executor_;
+  std::unique_ptr<rounds::BaseReader> reader_;  // used by one ReadNext at a time
+  v1::PullBaseResponse message_;                // gRPC's while writing_
+
+  absl::Mutex mu_;
+  std::optional<absl::StatusOr<v1::PullBaseResponse>> next_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;       // StartWrite(&message_) outstanding
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;       // a ReadNext is filling next_
+  bool read_all_ ABSL_GUARDED_BY(mu_) = false;      // the trailer (or an error) was read
+  bool sent_trailer_ ABSL_GUARDED_BY(mu_) = false;  // message_ is the trailer
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;      // Finish called (or being called)
+  bool done_ ABSL_GUARDED_BY(mu_) = false;          // OnDone ran
+  int tasks_ ABSL_GUARDED_BY(mu_) = 0;              // ReadNext tasks not yet returned
 };
 
 }  // namespace
@@ -91,7 +174,7 @@ grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
     absl::Status st = (*reader)->Seek(request->start_tensor(), request->start_offset());
     if (!st.ok()) reader = st;
   }
-  return new PullReactor(std::move(reader));
+  return new PullReactor(std::move(reader), executor_);
 }
 
 grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(
