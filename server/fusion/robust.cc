@@ -15,9 +15,8 @@
 namespace coldfuse::fusion {
 namespace {
 
-// Elements decoded to double at a time per contribution: order statistics need all K
-// values of a coordinate, and decoding a block keeps that at K * 32 KiB, not K chunks
-// of doubles.
+// Elements decoded to double at a time per contribution (fewer when k is large, see
+// FuseCoordinatewise).
 constexpr size_t kBlock = 4096;
 
 // A strict weak order on doubles with NaN above +Inf (NaNs equivalent to each other), so
@@ -78,36 +77,55 @@ absl::StatusOr<std::string> ReadChecked(const ChunkReader& read, size_t k,
 std::string ContributionName(size_t k) { return absl::StrCat("contribution #", k); }
 
 // Writes reduce(values of the k contributions at each coordinate) for every tensor.
-// `reduce(double* column, size_t k)` may reorder the column.
+// `reduce(double* column, size_t k)` may reorder the column. Holds about `memory_bytes`
+// (see kCoordinatewiseMemoryBytes): a quarter for the decoded block of k columns, the
+// rest for the k contributions' raw bytes of one slice of a chunk.
 template <typename Reduce>
 absl::StatusOr<std::string> FuseCoordinatewise(const v1::Manifest& manifest, size_t k,
                                                const ChunkReader& read,
-                                               const ChunkWriter& write, Reduce reduce) {
+                                               const ChunkWriter& write, size_t memory_bytes,
+                                               Reduce reduce) {
+  const size_t block_elems =
+      std::clamp<size_t>(memory_bytes / 4 / (k * sizeof(double)), 64, kBlock);
+  const size_t slice_budget = std::max<size_t>(memory_bytes - memory_bytes / 4, 1);
   Sha256 sha;
-  std::vector<std::string> chunks(k);
-  std::vector<double> block(k * kBlock);
+  std::vector<std::string> slices(k);
+  std::vector<double> block(k * block_elems);
   std::vector<double> column(k);
-  std::vector<double> result(kBlock);
+  std::vector<double> result(block_elems);
   std::string out;
   RETURN_IF_ERROR(ForEachChunk(
       manifest,
       [&](const v1::TensorSpec& spec, uint32_t t, uint64_t c, size_t len) -> absl::Status {
         const size_t esize = DTypeSize(spec.dtype());
         const size_t n = len / esize;
-        for (size_t j = 0; j < k; ++j) {
-          ASSIGN_OR_RETURN(chunks[j], ReadChecked(read, j, ContributionName(j), spec, t, c, len));
-        }
+        // Elements per slice: as many whole blocks as k raw slices fit in the budget.
+        const size_t per_slice = std::max<size_t>(
+            block_elems, slice_budget / (k * esize) / block_elems * block_elems);
         out.resize(len);
-        for (size_t b = 0; b < n; b += kBlock) {
-          const size_t m = std::min(kBlock, n - b);
+        for (size_t s0 = 0; s0 < n; s0 += per_slice) {
+          const size_t s_n = std::min(per_slice, n - s0);
           for (size_t j = 0; j < k; ++j) {
-            DecodeToDouble(spec.dtype(), chunks[j].data() + b * esize, m, &block[j * kBlock]);
+            ASSIGN_OR_RETURN(std::string chunk,
+                             ReadChecked(read, j, ContributionName(j), spec, t, c, len));
+            if (s_n == n) {
+              slices[j] = std::move(chunk);
+            } else {
+              slices[j].assign(chunk, s0 * esize, s_n * esize);
+            }
           }
-          for (size_t i = 0; i < m; ++i) {
-            for (size_t j = 0; j < k; ++j) column[j] = block[j * kBlock + i];
-            result[i] = reduce(column.data(), k);
+          for (size_t b = 0; b < s_n; b += block_elems) {
+            const size_t m = std::min(block_elems, s_n - b);
+            for (size_t j = 0; j < k; ++j) {
+              DecodeToDouble(spec.dtype(), slices[j].data() + b * esize, m,
+                             &block[j * block_elems]);
+            }
+            for (size_t i = 0; i < m; ++i) {
+              for (size_t j = 0; j < k; ++j) column[j] = block[j * block_elems + i];
+              result[i] = reduce(column.data(), k);
+            }
+            EncodeFromDouble(spec.dtype(), result.data(), m, out.data() + (s0 + b) * esize);
           }
-          EncodeFromDouble(spec.dtype(), result.data(), m, out.data() + b * esize);
         }
         sha.Update(out);
         return write(t, c, out);
@@ -134,14 +152,15 @@ uint64_t CountExponentAllOnes(absl::string_view chunk, Bits exponent_mask,
 }  // namespace
 
 absl::StatusOr<std::string> FuseMedian(const v1::Manifest& manifest, size_t k,
-                                       const ChunkReader& read, const ChunkWriter& write) {
+                                       const ChunkReader& read, const ChunkWriter& write,
+                                       size_t memory_bytes) {
   if (k == 0) return absl::InvalidArgumentError("median of no contributions");
-  return FuseCoordinatewise(manifest, k, read, write, MedianInPlace);
+  return FuseCoordinatewise(manifest, k, read, write, memory_bytes, MedianInPlace);
 }
 
 absl::StatusOr<std::string> FuseTrimmedMean(const v1::Manifest& manifest, size_t k,
                                             double trim_fraction, const ChunkReader& read,
-                                            const ChunkWriter& write) {
+                                            const ChunkWriter& write, size_t memory_bytes) {
   if (k == 0) return absl::InvalidArgumentError("trimmed mean of no contributions");
   if (!(trim_fraction >= 0 && trim_fraction < 0.5)) {
     return absl::InvalidArgumentError(
@@ -152,7 +171,8 @@ absl::StatusOr<std::string> FuseTrimmedMean(const v1::Manifest& manifest, size_t
     return absl::InvalidArgumentError(absl::StrCat("trimming ", trim, " values from each end of ",
                                                    k, " contributions leaves none"));
   }
-  return FuseCoordinatewise(manifest, k, read, write, [trim](double* v, size_t n) {
+  return FuseCoordinatewise(manifest, k, read, write, memory_bytes,
+                            [trim](double* v, size_t n) {
     return TrimmedMeanInPlace(v, n, trim);
   });
 }

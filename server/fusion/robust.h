@@ -22,12 +22,20 @@
 
 namespace coldfuse::fusion {
 
+// The median and the trimmed mean need all k values of a coordinate at once. They hold at
+// most about this many bytes of contributions (raw and decoded) whatever k is: when k
+// chunks do not fit, each chunk is processed in slices, and every contribution's chunk is
+// read once per slice (more reads, bounded memory). The norm-clipped mean reads one
+// contribution at a time and needs no bound.
+inline constexpr size_t kCoordinatewiseMemoryBytes = size_t{256} << 20;
+
 // Writes the coordinate-wise median of contributions 0..k-1 (for even k, the mean of the
 // two middle values) for every tensor of `manifest`, computed in double and stored in
 // each tensor's dtype. Returns the SHA-256 of the result's bytes in manifest order.
 // INVALID_ARGUMENT if k == 0; DATA_LOSS if a stored chunk has the wrong size.
 absl::StatusOr<std::string> FuseMedian(const v1::Manifest& manifest, size_t k,
-                                       const ChunkReader& read, const ChunkWriter& write);
+                                       const ChunkReader& read, const ChunkWriter& write,
+                                       size_t memory_bytes = kCoordinatewiseMemoryBytes);
 
 // Writes the coordinate-wise trimmed mean: at each coordinate, drops the
 // floor(trim_fraction * k) lowest and as many highest values and averages the rest
@@ -36,7 +44,8 @@ absl::StatusOr<std::string> FuseMedian(const v1::Manifest& manifest, size_t k,
 // DATA_LOSS if a stored chunk has the wrong size.
 absl::StatusOr<std::string> FuseTrimmedMean(const v1::Manifest& manifest, size_t k,
                                             double trim_fraction, const ChunkReader& read,
-                                            const ChunkWriter& write);
+                                            const ChunkWriter& write,
+                                            size_t memory_bytes = kCoordinatewiseMemoryBytes);
 
 // Writes base + sum_k weights[k] * s_k * (x_k - base), where
 // s_k = min(1, clip_norm / delta_norms[k]) (1 when delta_norms[k] is 0), so no single

@@ -64,13 +64,17 @@ class RobustHarness {
   void Add(Model contribution) { contributions_.push_back(std::move(contribution)); }
   size_t k() const { return contributions_.size(); }
 
-  absl::StatusOr<std::string> Median() {
-    return FuseMedian(manifest_, k(), ReaderOf(&contributions_), Writer());
+  absl::StatusOr<std::string> Median(size_t memory_bytes = kCoordinatewiseMemoryBytes) {
+    return FuseMedian(manifest_, k(), Counted(ReaderOf(&contributions_)), Writer(),
+                      memory_bytes);
   }
-  absl::StatusOr<std::string> TrimmedMean(double trim_fraction) {
-    return FuseTrimmedMean(manifest_, k(), trim_fraction, ReaderOf(&contributions_),
-                           Writer());
+  absl::StatusOr<std::string> TrimmedMean(
+      double trim_fraction, size_t memory_bytes = kCoordinatewiseMemoryBytes) {
+    return FuseTrimmedMean(manifest_, k(), trim_fraction, Counted(ReaderOf(&contributions_)),
+                           Writer(), memory_bytes);
   }
+  // Chunk reads made by the last Median or TrimmedMean.
+  int reads() const { return reads_; }
   absl::StatusOr<std::string> Mean() {
     return FuseWeighted(manifest_, std::vector<double>(k(), 1.0 / k()),
                         ReaderOf(&contributions_), Writer());
@@ -99,6 +103,13 @@ class RobustHarness {
   }
 
  private:
+  ChunkReader Counted(ChunkReader read) {
+    reads_ = 0;
+    return [this, read](size_t k, uint32_t t, uint64_t c) {
+      ++reads_;
+      return read(k, t, c);
+    };
+  }
   ChunkWriter Writer() {
     written_.clear();
     return [this](uint32_t t, uint64_t c, absl::string_view data) {
@@ -111,6 +122,7 @@ class RobustHarness {
   std::vector<Model> base_;
   std::vector<Model> contributions_;
   std::map<std::pair<uint32_t, uint64_t>, std::string> written_;
+  int reads_ = 0;
 };
 
 Model F32Model(const std::vector<float>& values) { return {BytesOf(values)}; }
@@ -363,6 +375,43 @@ TEST(RobustChunkBoundaryTest, EveryMethodFusesATwoChunkTensor) {
     EXPECT_EQ(got, want);
     EXPECT_EQ(h.F32(1), std::vector<float>({2, 1}));
     EXPECT_EQ(*sha, Sha256::Of(h.Output(0) + h.Output(1)));
+  }
+}
+
+// With a memory bound too small for k chunks, the median and the trimmed mean work through
+// each chunk in slices, reading every contribution's chunk once per slice, and give the
+// same bytes as with all k chunks in memory.
+TEST(RobustMemoryBoundTest, SlicedChunksGiveTheSameResult) {
+  constexpr int64_t kN = 300000;  // F32: chunk 0 full (262144 elements), chunk 1 partial
+  const v1::Manifest m = Tensors({{"big", kN}, {"small", 3}});
+  RobustHarness h(m);
+  for (int j = 0; j < 7; ++j) {
+    std::vector<float> x(kN);
+    for (int64_t i = 0; i < kN; ++i) {
+      x[i] = static_cast<float>((i * 7919 + j * 104729) % 2003) / 7.0f - 100.0f;
+    }
+    h.Add({BytesOf(x), BytesOf<float>({static_cast<float>(j), -1, 0.5f})});
+  }
+  const int whole_reads = 7 * 3;  // k contributions x 3 chunks
+  for (bool median : {true, false}) {
+    SCOPED_TRACE(median ? "median" : "trimmed mean");
+    auto fuse = [&](size_t memory) {
+      return median ? h.Median(memory) : h.TrimmedMean(0.2, memory);
+    };
+    auto whole = fuse(kCoordinatewiseMemoryBytes);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    EXPECT_EQ(h.reads(), whole_reads);
+    const std::string want = h.Output(0) + h.Output(1);
+    // 1 MiB: slices of 24576 elements in blocks of 4096 (chunk 0 in 11, chunk 1 in 2);
+    // 256 KiB: slices of 5850 in blocks of 1170, which divide nothing evenly.
+    for (size_t memory : {size_t{1} << 20, size_t{256} << 10}) {
+      SCOPED_TRACE(memory);
+      auto sliced = fuse(memory);
+      ASSERT_TRUE(sliced.ok()) << sliced.status();
+      EXPECT_GT(h.reads(), whole_reads);
+      EXPECT_EQ(*sliced, *whole);
+      EXPECT_EQ(h.Output(0) + h.Output(1), want);
+    }
   }
 }
 
