@@ -225,6 +225,14 @@ def measure_limits(build, work, a):
                      timeout=1800, what="bench_limits")
     lim = json.loads(out)
     lim["seconds"] = dt
+    floor = os.path.join(build, "bench", "bench_grpc_floor")
+    if os.path.exists(floor):  # gRPC's own streaming rate and SHA-256: transfer floors
+        out, _, _ = run([floor, f"--mib={a.limits_tcp_mib}"], timeout=1800,
+                        what="bench_grpc_floor")
+        lim.update(json.loads(out))
+        log(f"floors: gRPC 1 MiB messages, nothing stored: download "
+            f"{lim['grpc_download_gbps']:.2f} GB/s, upload {lim['grpc_upload_gbps']:.2f} GB/s; "
+            f"SHA-256 {lim['sha256_gbps']:.2f} GB/s")
     log(f"limits: memcpy {lim['memcpy_gbps']:.2f} GB/s, TCP {lim['tcp_loopback_gbps']:.2f} GB/s, "
         f"disk write {lim['disk_write_fsync_gbps']:.2f} GB/s, read {lim['disk_read_gbps']:.2f} GB/s")
     return lim
@@ -604,6 +612,8 @@ def summarise(results):
     dw, dr = lim.get("disk_write_fsync_gbps"), lim.get("disk_read_gbps")
     up_ceiling = min(tcp, dw) * GB / MB if tcp and dw else None             # MB/s
     fusion_ceiling = min(mem, dr) if mem and dr else None                   # GB/s
+    g_down, g_up = lim.get("grpc_download_gbps"), lim.get("grpc_upload_gbps")
+    shared = (results.get("model") or {}).get("shared_bytes")
     runs = {r["k"]: r for r in results.get("coldfuse", {}).get("runs", []) if not r["tls"]}
     base = {(b["k"], b["method"]): b for b in results.get("baselines", [])}
     rows = []
@@ -613,7 +623,9 @@ def summarise(results):
         row = {"k": k}
         if "upload_mbps_mean" in r:
             row.update(upload_mbps=r["upload_mbps_mean"],
-                       upload_pct=pct(r["upload_mbps_mean"], up_ceiling))
+                       upload_pct=pct(r["upload_mbps_mean"], up_ceiling),
+                       upload_pct_of_grpc=pct(r["upload_mbps_mean"],
+                                              g_up * GB / MB if g_up else None))
         if "fusion_s" in r:
             row.update(fusion_s=r["fusion_s"], fusion_mparams=r["fusion_params_per_s"] / 1e6,
                        fusion_input_gbps=r["fusion_input_gbps"],
@@ -621,7 +633,12 @@ def summarise(results):
                        server_peak_rss_bytes=r["server_vmhwm_after_fusion_bytes"])
         if "download_mbps" in r:
             row.update(download_mbps=r["download_mbps"],
-                       download_pct=pct(r["download_mbps"], tcp * GB / MB if tcp else None))
+                       download_pct=pct(r["download_mbps"], tcp * GB / MB if tcp else None),
+                       download_pct_of_grpc=pct(r["download_mbps"],
+                                                g_down * GB / MB if g_down else None))
+        if shared and dw:
+            # Fusion writes and fsyncs the new base: no faster than the disk allows.
+            row["fusion_floor_write_s"] = shared / (dw * GB)
         if "export_s" in r:
             row["export_s"] = r["export_s"]
         for name, b in (("numpy", np_b), ("torch", th_b)):
@@ -744,6 +761,18 @@ def print_report(results):
         print("  ".join(c.rjust(w) for c, w in zip(t, widths)))
     print("(upload % of min(loopback TCP, disk write); input = K x shared bytes read by fusion, "
           "% of min(memcpy, disk read); download % of loopback TCP)")
+    if lim.get("grpc_download_gbps"):
+        print(f"floors: gRPC alone (1 MiB messages, nothing stored or hashed) streams "
+              f"{lim['grpc_download_gbps'] * 1000:.0f} MB/s down, "
+              f"{lim['grpc_upload_gbps'] * 1000:.0f} MB/s up; SHA-256 "
+              f"{lim['sha256_gbps'] * 1000:.0f} MB/s; writing + fsyncing the new base "
+              f"takes at least "
+              + (f"{rows[0]['fusion_floor_write_s']:.2f} s" if rows and
+                 "fusion_floor_write_s" in rows[0] else "-"))
+        for r in rows:
+            if "download_pct_of_grpc" in r or "upload_pct_of_grpc" in r:
+                print(f"  K={r['k']}: upload {fmt(r.get('upload_pct_of_grpc'), '.0f')}% and "
+                      f"download {fmt(r.get('download_pct_of_grpc'), '.0f')}% of gRPC alone")
     for r in results.get("coldfuse", {}).get("runs", []):
         if r.get("tls") and "fusion_s" in r:
             print(f"TLS K={r['k']}: upload {r['upload_mbps_mean']:.0f} MB/s, fusion "
