@@ -271,7 +271,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     if (!delta && spec.dtype() == bspec.dtype()) {
       // Sent as the base is stored: the same chunk grid, one pass over both buffers.
       ASSIGN_OR_RETURN(std::string base,
-                       store_->GetBaseChunk(stream->open.base_version, t, c));
+                       store_->GetBaseChunk(stream->open.base_version, t, c,
+                                            /*verify=*/false));
       if (base.size() != data.size()) {
         return absl::DataLossError(
             absl::StrCat("base chunk ", c, " of '", spec.name(), "' has the wrong size"));
@@ -289,7 +290,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
           reader = std::make_unique<fusion::ElementReader>(
               bspec.dtype(), elements,
               [store = store_, v = stream->open.base_version, t](uint64_t chunk) {
-                return store->GetBaseChunk(v, t, chunk);
+                return store->GetBaseChunk(v, t, chunk, /*verify=*/false);
               });
         }
         RETURN_IF_ERROR(reader->Read(c * (kChunkBytes / esize), n, base.data()));

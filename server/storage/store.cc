@@ -100,9 +100,12 @@ struct Store::Impl {
     if (db != nullptr) db->Close();
   }
 
-  absl::StatusOr<std::string> Get(Cf cf, const std::string& key, absl::string_view what) {
+  absl::StatusOr<std::string> Get(Cf cf, const std::string& key, absl::string_view what,
+                                  bool verify = true) {
     std::string value;
-    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), cfs[cf], key, &value);
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = verify;
+    rocksdb::Status s = db->Get(ro, cfs[cf], key, &value);
     RETURN_IF_ERROR(FromRocks(s, what));
     return value;
   }
@@ -312,9 +315,10 @@ absl::Status Store::PutBaseChunk(uint64_t version, uint32_t tensor, uint64_t chu
 }
 
 absl::StatusOr<std::string> Store::GetBaseChunk(uint64_t version, uint32_t tensor,
-                                                uint64_t chunk) {
+                                                uint64_t chunk, bool verify) {
   return impl_->Get(kBases, keys::BaseChunk(version, tensor, chunk),
-                    absl::StrCat("base v", version, " tensor #", tensor, " chunk ", chunk));
+                    absl::StrCat("base v", version, " tensor #", tensor, " chunk ", chunk),
+                    verify);
 }
 
 absl::StatusOr<std::string> Store::GetBaseSha256(uint64_t version) {
