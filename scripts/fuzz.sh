@@ -61,10 +61,10 @@ for t in "${targets[@]}"; do
   rc=$?
   set -e
   elapsed=$((SECONDS - start))
-  stat() { grep -o "stat::$1: *[0-9]*" "$out" | tail -1 | grep -o '[0-9]*$' || echo 0; }
-  execs=$(stat number_of_executed_units)
-  eps=$(stat average_exec_per_sec)
-  new=$(stat new_units_added)
+  final_stat() { grep -o "stat::$1: *[0-9]*" "$out" | tail -1 | grep -o '[0-9]*$' || echo 0; }
+  execs=$(final_stat number_of_executed_units)
+  eps=$(final_stat average_exec_per_sec)
+  new=$(final_stat new_units_added)
   last=$(grep -E '^#[0-9]+' "$out" | tail -1 || true)
   field() { echo "$last" | grep -o "$1: *[0-9]*" | grep -o '[0-9]*$' || echo 0; }
   cov=$(field cov)
