@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ROUNDS ?= 6
 
-.PHONY: all deps deps-sanitizers build demo demo-text test test-asan test-tsan format \
+.PHONY: all deps deps-sanitizers build demo demo-text test test-asan test-tsan fuzz format \
 	format-check bench bench-text build-pypi-torch test-pypi-torch clean
 
 all: build
@@ -49,6 +49,21 @@ test-tsan: deps-sanitizers
 	$(SAN_CONFIGURE) -B build-tsan -DCOLDFUSE_SANITIZE=thread
 	cmake --build build-tsan -j$(JOBS)
 	ctest --test-dir build-tsan --output-on-failure -j$(JOBS) $(CTEST_ARGS)
+
+# libFuzzer (clang 14, ASan+UBSan) on the targets in fuzz/, built in build-fuzz/: each runs
+# FUZZ_SECONDS from its seeds in fuzz/corpus/<name>/, keeping new inputs in
+# build-fuzz/corpus/<name>/ and crashes in build-fuzz/crashes/<name>/ (which fail the run);
+# build-fuzz/fuzz-hours.tsv gets a line per target and run. FUZZ_TARGET=name runs one.
+# See docs/development.md, "Fuzzing".
+FUZZ_SECONDS ?= 60
+FUZZ_TARGET ?=
+FUZZ_CXX ?= clang++-14
+
+fuzz: deps-sanitizers
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_COMPILER=$(FUZZ_CXX) -DCOLDFUSE_FUZZ=ON
+	cmake --build build-fuzz -j$(JOBS) --target $(if $(FUZZ_TARGET),$(FUZZ_TARGET)_fuzz,fuzz_targets)
+	bash scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGET)
 
 # clang-format 14 with .clang-format (Google style, 100 columns) over every tracked .cc/.h:
 # `format` rewrites the files; `format-check` lists each difference and fails if there is one.

@@ -1,6 +1,10 @@
 #include "client/train/tokenizer/byte_level_bpe.h"
 
+#include <functional>
 #include <limits>
+#include <queue>
+#include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -119,30 +123,64 @@ std::vector<int64_t> ByteLevelBpeTokenizer::Tokenize(absl::string_view text) con
   return ids;
 }
 
-// Repeatedly merges the adjacent pair of lowest rank (leftmost on ties), as HF's BPE does.
+// Repeatedly merges the adjacent pair of lowest rank (leftmost on ties), as HF's BPE does,
+// and as HF does it (Word::merge_all): a heap of candidate merges ordered by (rank,
+// position), an entry skipped when popped if its pair has changed since. Rescanning all
+// pairs after each merge instead was quadratic in the piece's length, so one long run of
+// mergeable text (say a base64 blob in a dataset row) took minutes to hours.
 void ByteLevelBpeTokenizer::TokenizePiece(absl::string_view piece,
                                           std::vector<int64_t>* ids) const {
-  std::vector<std::string> symbols;
+  constexpr size_t kNone = std::numeric_limits<size_t>::max();
+  // The piece's byte-level text; each symbol is a range of it, linked to its neighbours.
+  // Merging joins a symbol with the next one, which dies; ranges stay contiguous.
+  struct Symbol {
+    size_t begin, end, prev, next;
+    bool alive;
+  };
+  std::string text;
+  std::vector<Symbol> symbols;
   symbols.reserve(piece.size());
-  for (unsigned char byte : piece) symbols.push_back(byte_to_unicode_[byte]);
-  std::string key;
-  while (symbols.size() > 1) {
-    int best_rank = std::numeric_limits<int>::max();
-    size_t best = 0;
-    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
-      key.assign(symbols[k]).append(" ").append(symbols[k + 1]);
-      auto it = merge_rank_.find(key);
-      if (it != merge_rank_.end() && it->second < best_rank) {
-        best_rank = it->second;
-        best = k;
-      }
-    }
-    if (best_rank == std::numeric_limits<int>::max()) break;
-    symbols[best] += symbols[best + 1];
-    symbols.erase(symbols.begin() + best + 1);
+  for (unsigned char byte : piece) {
+    const std::string& s = byte_to_unicode_[byte];
+    const size_t i = symbols.size();
+    symbols.push_back({text.size(), text.size() + s.size(), i == 0 ? kNone : i - 1, i + 1, true});
+    text += s;
   }
-  for (const std::string& s : symbols) {
-    auto it = vocab_.find(s);
+  if (!symbols.empty()) symbols.back().next = kNone;
+
+  std::string key;
+  // The rank of the pair (symbol `left`, its next), or -1 if it is no merge.
+  auto rank_of = [&](size_t left) -> int {
+    const Symbol& l = symbols[left];
+    if (l.next == kNone) return -1;
+    const Symbol& r = symbols[l.next];
+    key.assign(text, l.begin, l.end - l.begin).append(" ").append(text, r.begin, r.end - r.begin);
+    auto it = merge_rank_.find(key);
+    return it == merge_rank_.end() ? -1 : it->second;
+  };
+  using Candidate = std::pair<int, size_t>;  // (rank, left symbol): smallest first
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  auto push = [&](size_t left) {
+    const int rank = rank_of(left);
+    if (rank >= 0) heap.emplace(rank, left);
+  };
+  for (size_t i = 0; i + 1 < symbols.size(); ++i) push(i);
+  while (!heap.empty()) {
+    const auto [rank, left] = heap.top();
+    heap.pop();
+    // Stale if the symbol was merged away or its pair changed (a pair's rank names it).
+    if (!symbols[left].alive || rank_of(left) != rank) continue;
+    Symbol& l = symbols[left];
+    Symbol& r = symbols[l.next];
+    l.end = r.end;
+    r.alive = false;
+    l.next = r.next;
+    if (r.next != kNone) symbols[r.next].prev = left;
+    if (l.prev != kNone) push(l.prev);
+    push(left);
+  }
+  for (size_t i = symbols.empty() ? kNone : 0; i != kNone; i = symbols[i].next) {
+    auto it = vocab_.find(text.substr(symbols[i].begin, symbols[i].end - symbols[i].begin));
     if (it != vocab_.end()) {
       ids->push_back(it->second);
     } else if (unk_id_ >= 0) {

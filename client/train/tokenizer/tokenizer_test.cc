@@ -2,15 +2,19 @@
 // and edge cases of the WordPiece and byte-level BPE tokenizers.
 #include "client/train/tokenizer/tokenizer.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "client/train/tokenizer/byte_level_bpe.h"
 #include "client/train/tokenizer/unicode.h"
 #include "common/json.h"
+#include "common/model_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -202,6 +206,79 @@ TEST(ByteLevelBpeTest, SpecialsPairLayoutAndTruncation) {
       (*tok)->Encode("x x x x x x", std::nullopt, {.max_length = 4, .truncation = false});
   EXPECT_GT(untruncated.input_ids.size(), 4u);  // longer than max_length: no padding either
   EXPECT_THAT(untruncated.attention_mask, ::testing::Each(1));
+}
+
+// A byte-level BPE over ASCII letters (which stand for themselves) with the given merges;
+// the vocabulary is the specials, the letters and every merge's result.
+std::unique_ptr<ByteLevelBpeTokenizer> LetterBpe(
+    const std::vector<std::pair<std::string, std::string>>& merges,
+    std::unordered_map<std::string, int64_t>* vocab) {
+  for (const char* t : {"<s>", "</s>", "<pad>", "a", "b", "c", "e", "h", "l"}) {
+    vocab->emplace(t, vocab->size());
+  }
+  for (const auto& [l, r] : merges) vocab->emplace(l + r, vocab->size());
+  auto t = ByteLevelBpeTokenizer::Create(*vocab, merges, ByteLevelBpeOptions());
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+// The definition: merge the adjacent pair of lowest rank, leftmost on ties, until none is
+// left; rescanning every pair after each merge.
+std::vector<std::string> ReferenceBpe(
+    const std::string& word, const std::vector<std::pair<std::string, std::string>>& merges) {
+  std::vector<std::string> symbols;
+  for (char c : word) symbols.emplace_back(1, c);
+  while (true) {
+    size_t best = 0, best_rank = merges.size();
+    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
+      for (size_t r = 0; r < best_rank; ++r) {
+        if (merges[r].first == symbols[k] && merges[r].second == symbols[k + 1]) {
+          best_rank = r;
+          best = k;
+          break;
+        }
+      }
+    }
+    if (best_rank == merges.size()) return symbols;
+    symbols[best] += symbols[best + 1];
+    symbols.erase(symbols.begin() + best + 1);
+  }
+}
+
+TEST(ByteLevelBpeTest, MergesLowestRankFirstLeftmostOnTies) {
+  // Overlapping pairs, one pair whose merge enables a lower-ranked one, repeated ranks.
+  const std::vector<std::pair<std::string, std::string>> merges = {
+      {"a", "a"}, {"b", "a"}, {"aa", "a"}, {"a", "b"}, {"ab", "a"}, {"b", "b"},
+      {"c", "a"}, {"aa", "aa"}, {"ba", "ab"}, {"c", "c"}, {"cc", "c"}, {"bb", "aa"}};
+  std::unordered_map<std::string, int64_t> vocab;
+  auto tok = LetterBpe(merges, &vocab);
+  ASSERT_NE(tok, nullptr);
+  SplitMix64 rng(7);
+  for (int i = 0; i < 3000; ++i) {
+    std::string word;
+    const size_t n = rng.Next() % 24;
+    for (size_t k = 0; k < n; ++k) word.push_back("abc"[rng.Next() % 3]);
+    std::vector<int64_t> want;
+    for (const std::string& s : ReferenceBpe(word, merges)) want.push_back(vocab.at(s));
+    ASSERT_EQ(tok->Tokenize(word), want) << word;
+  }
+}
+
+// Found by fuzz/tokenizer_load: rescanning every pair after each merge made one 8 KB piece
+// a 10 s fuzzer timeout, and a 256 KB one would have taken about half an hour.
+TEST(ByteLevelBpeTest, LongPieceMergesInLinearithmicTime) {
+  std::unordered_map<std::string, int64_t> vocab;
+  auto tok = LetterBpe({{"h", "e"}, {"l", "l"}, {"he", "ll"}}, &vocab);
+  ASSERT_NE(tok, nullptr);
+  std::string text;
+  for (int i = 0; i < 65536; ++i) text += "hell";
+  auto start = std::chrono::steady_clock::now();
+  std::vector<int64_t> ids = tok->Tokenize(text);
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(ids.size(), 65536u);
+  EXPECT_THAT(ids, ::testing::Each(vocab.at("hell")));
+  EXPECT_LT(seconds, 20.0);  // well under 1 s in Release; the sanitizers are slower
 }
 
 TEST(ByteLevelBpeTest, Gpt2SplitMatchesRegex) {
