@@ -31,8 +31,7 @@ namespace {
 constexpr size_t kMiB = size_t{1} << 20;
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 class Floor final : public coldfuse::v1::Contributor::CallbackService {

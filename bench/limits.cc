@@ -53,8 +53,7 @@ struct Options {
 }
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // An anonymous mapping with every page touched (so page faults are not timed).
@@ -325,7 +324,8 @@ int main(int argc, char** argv) {
   if (!Skipped(o, "tcp")) Tcp(o);
   if (!Skipped(o, "disk")) Disk(o);
   std::printf("{");
-  for (size_t i = 0; i < fields.size(); ++i) std::printf("%s\n  %s", i ? "," : "", fields[i].c_str());
+  for (size_t i = 0; i < fields.size(); ++i)
+    std::printf("%s\n  %s", i ? "," : "", fields[i].c_str());
   std::printf("\n}\n");
   return 0;
 }

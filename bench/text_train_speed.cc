@@ -103,7 +103,8 @@ int main(int argc, char** argv) {
     std::ifstream vocab(dir + "/vocab.txt");
     std::string w;
     while (std::getline(vocab, w)) {
-      if (w.size() >= 3 && w[0] != '[' && w[0] != '#' && std::isalpha(static_cast<unsigned char>(w[0]))) {
+      if (w.size() >= 3 && w[0] != '[' && w[0] != '#' &&
+          std::isalpha(static_cast<unsigned char>(w[0]))) {
         words.push_back(w);
       }
     }
@@ -187,10 +188,10 @@ int main(int argc, char** argv) {
       "\"loss_last\": %.4f, \"data\": \"%s\", \"test_accuracy_before\": %.4f, "
       "\"test_accuracy_after\": %.4f, \"loss_first_10pct\": %.4f, \"loss_last_10pct\": %.4f, "
       "\"loadavg_after\": [%.2f, %.2f, %.2f]}\n",
-      TORCH_VERSION, r->device, random_weights ? "random" : "checkpoint", threads, batch, seq, warmup, steps, steps / timed,
-      timed / steps, per_step[per_step.size() / 2], per_step.front(), batch * steps / timed,
-      losses.front(), losses.back(), train_file.empty() ? "random" : train_file,
-      r->before.accuracy, r->after.accuracy, r->loss_first, r->loss_last, load[0], load[1],
-      load[2]);
+      TORCH_VERSION, r->device, random_weights ? "random" : "checkpoint", threads, batch, seq,
+      warmup, steps, steps / timed, timed / steps, per_step[per_step.size() / 2], per_step.front(),
+      batch * steps / timed, losses.front(), losses.back(),
+      train_file.empty() ? "random" : train_file, r->before.accuracy, r->after.accuracy,
+      r->loss_first, r->loss_last, load[0], load[1], load[2]);
   return 0;
 }

@@ -16,21 +16,31 @@ static_assert(std::endian::native == std::endian::little,
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
-    case v1::F32: return 4;
-    case v1::F16: return 2;
-    case v1::BF16: return 2;
-    case v1::F64: return 8;
-    default: return 0;
+    case v1::F32:
+      return 4;
+    case v1::F16:
+      return 2;
+    case v1::BF16:
+      return 2;
+    case v1::F64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
 absl::string_view DTypeName(DType dtype) {
   switch (dtype) {
-    case v1::F32: return "F32";
-    case v1::F16: return "F16";
-    case v1::BF16: return "BF16";
-    case v1::F64: return "F64";
-    default: return "UNSPECIFIED";
+    case v1::F32:
+      return "F32";
+    case v1::F16:
+      return "F16";
+    case v1::BF16:
+      return "BF16";
+    case v1::F64:
+      return "F64";
+    default:
+      return "UNSPECIFIED";
   }
 }
 
@@ -50,17 +60,15 @@ uint16_t FloatToBf16Bits(float f) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
-float Bf16BitsToFloat(uint16_t b) {
-  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
-}
+float Bf16BitsToFloat(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
 
 uint16_t FloatToHalfBits(float f) {
   uint32_t x = std::bit_cast<uint32_t>(f);
   uint32_t sign = (x >> 16) & 0x8000;
   uint32_t abs = x & 0x7fffffff;
-  if (abs > 0x7f800000) return static_cast<uint16_t>(sign | 0x7e00);  // NaN
+  if (abs > 0x7f800000) return static_cast<uint16_t>(sign | 0x7e00);   // NaN
   if (abs >= 0x477ff000) return static_cast<uint16_t>(sign | 0x7c00);  // overflow: inf
-  if (abs < 0x38800000) {  // subnormal half (or zero)
+  if (abs < 0x38800000) {                                              // subnormal half (or zero)
     // Value = abs_float; half subnormal unit is 2^-24.
     float a = std::bit_cast<float>(abs);
     float scaled = a * 16777216.0f;  // 2^24

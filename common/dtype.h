@@ -5,9 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "coldfuse/v1/tensor.pb.h"
 
 namespace coldfuse {

@@ -4,6 +4,7 @@
 #define COLDFUSE_COMMON_LOGGING_H_
 
 #include <sstream>
+
 #include "absl/strings/string_view.h"
 
 namespace coldfuse {
@@ -39,10 +40,10 @@ LogLevel MinLogLevel();
 #define CF_LOG_LEVEL_ERROR ::coldfuse::LogLevel::kError
 // An expression, not an `if`: it cannot capture the `else` of an enclosing unbraced `if`
 // (the glog/Abseil shape). The message is formatted only when it is logged.
-#define CF_LOG(level)                                       \
-  (CF_LOG_LEVEL_##level < ::coldfuse::MinLogLevel())        \
-      ? (void)0                                             \
-      : ::coldfuse::log_internal::Voidify() &               \
+#define CF_LOG(level)                                \
+  (CF_LOG_LEVEL_##level < ::coldfuse::MinLogLevel()) \
+      ? (void)0                                      \
+      : ::coldfuse::log_internal::Voidify() &        \
             ::coldfuse::LogMessage(CF_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
 
 #endif  // COLDFUSE_COMMON_LOGGING_H_

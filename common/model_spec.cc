@@ -20,9 +20,9 @@ uint64_t SplitMix64::Next() {
 
 absl::StatusOr<MlpSpec> ParseModelSpec(absl::string_view spec) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bad model spec '", spec, "': ", why,
-        "; expected e.g. 'mlp:64,128,64' (input width, then each layer's width)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad model spec '", spec, "': ", why,
+                     "; expected e.g. 'mlp:64,128,64' (input width, then each layer's width)"));
   };
   absl::string_view rest = spec;
   if (!absl::ConsumePrefix(&rest, "mlp:")) return bad("unknown architecture");

@@ -15,8 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "common/status_macros.h"
 #include "common/posix_file.h"
+#include "common/status_macros.h"
 
 namespace coldfuse {
 namespace {

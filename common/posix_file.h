@@ -20,8 +20,7 @@ absl::Status WriteAll(int fd, absl::string_view data, const std::string& path);
 
 // Writes `contents` to `path` atomically (temp file in the same folder, fsync, rename,
 // fsync of the folder), created with permission bits `mode`.
-absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents,
-                             int mode = 0644);
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents, int mode = 0644);
 // NOT_FOUND if missing.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 

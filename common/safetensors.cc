@@ -40,7 +40,6 @@ constexpr DTypeInfo kDTypes[] = {{"BOOL", 1}, {"U8", 1},      {"I8", 1},     {"I
                                  {"U64", 8},  {"F16", 2},     {"BF16", 2},   {"F32", 4},
                                  {"F64", 8},  {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
-
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -179,8 +178,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   };
   // A local file given as input: a bad argument, not corrupted stored data (DATA_LOSS).
   auto truncated = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, " is truncated: ", why, "; copy or export the checkpoint again"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is truncated: ", why, "; copy or export the checkpoint again"));
   };
 
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "common/model_spec.h"
-#include "common/tensor.h"
 #include "common/posix_file.h"
-#include "gmock/gmock.h"
+#include "common/tensor.h"
 #include "common/test_tensors.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse {
@@ -167,9 +167,9 @@ TEST_F(SafetensorsTest, WholeFileWriteChecksSizesAndKeepsTheOldFile) {
 }
 
 TEST_F(SafetensorsTest, WholeFileReadNamesATensorOfAnotherDtype) {
-  std::string p = Put("ids.safetensors", Craft("{" + Entry("position_ids", "I64", "[1]", 0, 8) +
-                                                   "}",
-                                               std::string(8, '\0')));
+  std::string p =
+      Put("ids.safetensors",
+          Craft("{" + Entry("position_ids", "I64", "[1]", 0, 8) + "}", std::string(8, '\0')));
   absl::Status st = ReadSafetensors(p).status();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("\"position_ids\" is I64"));
@@ -341,8 +341,7 @@ TEST_F(SafetensorsTest, RejectsBadDataLayouts) {
   ExpectInvalid(Craft("{" + Entry("a", "U8", "[4]", 0, 4) + "}", std::string(6, 'x')),
                 "2 trailing bytes after the last tensor");
   ExpectOpenFails(Craft("{" + Entry("a", "U8", "[8]", 0, 8) + "}", std::string(4, 'x')),
-                  absl::StatusCode::kInvalidArgument,
-                  "its tensors need 8 data bytes but only 4");
+                  absl::StatusCode::kInvalidArgument, "its tensors need 8 data bytes but only 4");
 }
 
 TEST_F(SafetensorsTest, RejectsInconsistentShardIndex) {

@@ -10,10 +10,10 @@
 #define CF_CONCAT_(a, b) CF_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::absl::Status cf_status_ = (expr);            \
-    if (!cf_status_.ok()) return cf_status_;       \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::absl::Status cf_status_ = (expr);      \
+    if (!cf_status_.ok()) return cf_status_; \
   } while (0)
 
 // `lhs` = value of the StatusOr `rexpr`, or return its status.

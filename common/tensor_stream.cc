@@ -34,9 +34,9 @@ absl::Status StreamReceiver::Flush() {
 absl::Status StreamReceiver::Accept(const v1::TensorChunk& chunk) {
   if (finished_) return absl::InvalidArgumentError("chunk after the stream's trailer");
   if (tensor_ >= lengths_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk for tensor #", chunk.tensor_index(),
-        " after every tensor of the manifest was complete: send the trailer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk for tensor #", chunk.tensor_index(),
+                     " after every tensor of the manifest was complete: send the trailer"));
   }
   const std::string& name = manifest_.tensors(tensor_).name();
   if (chunk.tensor_index() != tensor_ || chunk.offset() != offset_) {
@@ -45,14 +45,14 @@ absl::Status StreamReceiver::Accept(const v1::TensorChunk& chunk) {
         "); expected tensor #", tensor_, " '", name, "' at offset ", offset_));
   }
   if (chunk.data().empty() || chunk.data().size() > kMaxChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk of ", chunk.data().size(), " bytes for tensor '", name,
-        "': chunks carry 1 to ", kMaxChunkBytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk of ", chunk.data().size(), " bytes for tensor '", name,
+                     "': chunks carry 1 to ", kMaxChunkBytes, " bytes"));
   }
   if (chunk.data().size() > lengths_[tensor_] - offset_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", name, "' would exceed its ", lengths_[tensor_],
-        " bytes (manifest shape ", ShapeString(manifest_.tensors(tensor_)), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' would exceed its ",
+                                                   lengths_[tensor_], " bytes (manifest shape ",
+                                                   ShapeString(manifest_.tensors(tensor_)), ")"));
   }
   sha_.Update(chunk.data());
   total_ += chunk.data().size();
@@ -84,9 +84,9 @@ absl::Status StreamReceiver::ResumeAt(uint32_t tensor, uint64_t offset,
   if (total_ != 0 || tensor > lengths_.size() ||
       (tensor < lengths_.size() && offset > lengths_[tensor]) ||
       (tensor < lengths_.size() && offset % kChunkBytes != 0 && offset != lengths_[tensor])) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot resume at tensor #", tensor, " offset ", offset,
-        ": ask GetUpload for the position to resume from"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot resume at tensor #", tensor, " offset ", offset,
+                     ": ask GetUpload for the position to resume from"));
   }
   for (uint32_t t = 0; t <= tensor && t < lengths_.size(); ++t) {
     const uint64_t upto = t < tensor ? lengths_[t] : offset;
@@ -94,8 +94,8 @@ absl::Status StreamReceiver::ResumeAt(uint32_t tensor, uint64_t offset,
       ASSIGN_OR_RETURN(std::string data, read(t, c));
       const uint64_t want = std::min<uint64_t>(kChunkBytes, lengths_[t] - c * kChunkBytes);
       if (data.size() != want) {
-        return absl::DataLossError(absl::StrCat("stored chunk ", c, " of tensor #", t,
-                                                " has ", data.size(), " bytes, expected ", want));
+        return absl::DataLossError(absl::StrCat("stored chunk ", c, " of tensor #", t, " has ",
+                                                data.size(), " bytes, expected ", want));
       }
       sha_.Update(data);
       total_ += data.size();
@@ -110,15 +110,14 @@ absl::Status StreamReceiver::ResumeAt(uint32_t tensor, uint64_t offset,
 absl::StatusOr<std::string> StreamReceiver::Finish(const v1::StreamTrailer& trailer) {
   if (finished_) return absl::InvalidArgumentError("second trailer in one stream");
   if (tensor_ < lengths_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stream ended early: tensor '", manifest_.tensors(tensor_).name(), "' has ",
-        offset_, " of ", lengths_[tensor_], " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("stream ended early: tensor '",
+                                                   manifest_.tensors(tensor_).name(), "' has ",
+                                                   offset_, " of ", lengths_[tensor_], " bytes"));
   }
   finished_ = true;
   if (trailer.total_bytes() != total_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "trailer says ", trailer.total_bytes(), " bytes were sent but ", total_,
-        " arrived"));
+    return absl::InvalidArgumentError(absl::StrCat("trailer says ", trailer.total_bytes(),
+                                                   " bytes were sent but ", total_, " arrived"));
   }
   std::string digest = sha_.Finish();
   if (trailer.sha256() != digest) {

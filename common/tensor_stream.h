@@ -11,11 +11,11 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "coldfuse/v1/tensor.pb.h"
 #include "common/sha256.h"
 #include "common/tensor.h"
@@ -26,9 +26,7 @@ inline constexpr size_t kMaxChunkBytes = size_t{1} << 20;
 inline constexpr size_t kChunkBytes = kMaxChunkBytes;
 
 // Number of storage chunks of a tensor of `bytes` bytes.
-inline uint64_t ChunkCount(uint64_t bytes) {
-  return (bytes + kChunkBytes - 1) / kChunkBytes;
-}
+inline uint64_t ChunkCount(uint64_t bytes) { return (bytes + kChunkBytes - 1) / kChunkBytes; }
 
 // Receives one chunked stream against a manifest. Not thread-safe.
 class StreamReceiver {
@@ -64,10 +62,10 @@ class StreamReceiver {
   v1::Manifest manifest_;
   ChunkSink sink_;
   std::vector<uint64_t> lengths_;
-  uint32_t tensor_ = 0;       // tensor now being received
-  uint64_t offset_ = 0;       // bytes of it received
-  uint64_t total_ = 0;        // all bytes received
-  std::string pending_;       // bytes of the current storage chunk
+  uint32_t tensor_ = 0;  // tensor now being received
+  uint64_t offset_ = 0;  // bytes of it received
+  uint64_t total_ = 0;   // all bytes received
+  std::string pending_;  // bytes of the current storage chunk
   Sha256 sha_;
   bool finished_ = false;
 };

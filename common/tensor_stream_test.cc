@@ -9,8 +9,8 @@
 #include "common/dtype.h"
 #include "common/model_spec.h"
 #include "common/sha256.h"
-#include "gmock/gmock.h"
 #include "common/test_tensors.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace coldfuse {

@@ -132,8 +132,8 @@ absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitF
     entries.push_back(e);
   }
   if (entries.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no float tensor of ", o.path, " matches --shared_prefix; nothing to share"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no float tensor of ", o.path, " matches --shared_prefix; nothing to share"));
   }
   header.set_model_spec(
       absl::StrCat("checkpoint:", std::filesystem::path(o.path).filename().string()));
@@ -153,8 +153,8 @@ absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitF
   return absl::OkStatus();
 }
 
-absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
-                            const PushOptions& o, std::chrono::milliseconds deadline) {
+absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const PushOptions& o,
+                            std::chrono::milliseconds deadline) {
   if (o.num_examples == 0) {
     return absl::InvalidArgumentError("--num_examples is required: how many examples trained it");
   }
@@ -177,9 +177,9 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
   for (const auto& spec : round.manifest().tensors()) {
     const SafetensorsEntry* e = ckpt->Find(spec.name());
     if (e == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          o.checkpoint, " has no tensor '", spec.name(), "' of the base: was it fine-tuned "
-          "from this model?"));
+      return absl::InvalidArgumentError(absl::StrCat(o.checkpoint, " has no tensor '", spec.name(),
+                                                     "' of the base: was it fine-tuned "
+                                                     "from this model?"));
     }
     v1::TensorSpec mine = SpecOf(*e, forced != v1::DTYPE_UNSPECIFIED ? forced : e->dtype);
     if (DTypeSize(e->dtype) == 0) {
@@ -213,16 +213,16 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
   ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
   rpc::TransferStats stats;
   auto start = std::chrono::steady_clock::now();
-  auto receipt = rpc::PushContribution(channel, header, &source, {.deadline = deadline}, {},
-                                       &stats);
+  auto receipt =
+      rpc::PushContribution(channel, header, &source, {.deadline = deadline}, {}, &stats);
   const double secs = Seconds(start);
   if (!base_path.empty()) std::filesystem::remove(base_path);
   RETURN_IF_ERROR(receipt.status());
   std::cout << absl::StrFormat(
       "contribution %d to round %d accepted: %d bytes%s in %.2f s (%.1f MB/s), %d attempt(s), "
       "%d bytes on the wire\n",
-      receipt->contribution_id(), receipt->round(), bytes,
-      o.delta ? " (delta)" : "", secs, bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire);
+      receipt->contribution_id(), receipt->round(), bytes, o.delta ? " (delta)" : "", secs,
+      bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire);
   return absl::OkStatus();
 }
 
@@ -354,8 +354,7 @@ absl::Status Export(const std::shared_ptr<grpc::Channel>& channel, int64_t versi
   const double secs = Seconds(start);
   std::cout << absl::StrFormat(
       "exported base v%d to %s: %d bytes in %.2f s (%.1f MB/s), sha256 %s verified\n",
-      pulled.version, out_dir, pulled.bytes, secs, pulled.bytes / secs / 1e6,
-      ToHex(pulled.sha256));
+      pulled.version, out_dir, pulled.bytes, secs, pulled.bytes / secs / 1e6, ToHex(pulled.sha256));
   return absl::OkStatus();
 }
 

@@ -30,11 +30,11 @@ struct PushOptions {
   std::string contributor;  // with tokens, the server uses the token's name instead
   std::string task;
   uint64_t num_examples = 0;
-  bool delta = false;       // send checkpoint minus the base
-  std::string send_dtype;   // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
+  bool delta = false;      // send checkpoint minus the base
+  std::string send_dtype;  // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
 };
-absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel,
-                            const PushOptions& o, std::chrono::milliseconds deadline);
+absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const PushOptions& o,
+                            std::chrono::milliseconds deadline);
 
 // Downloads base `version` (-1: current), verifies it and discards it; prints throughput.
 absl::Status Pull(const std::shared_ptr<grpc::Channel>& channel, int64_t version,

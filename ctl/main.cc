@@ -2,9 +2,9 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
-#include <map>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,11 +21,11 @@
 #include "absl/time/time.h"
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "common/model_spec.h"
-#include "ctl/checkpoint_commands.h"
+#include "common/posix_file.h"
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/posix_file.h"
+#include "ctl/checkpoint_commands.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)");
 ABSL_FLAG(std::string, format, "table", "Output of status/rounds/round: table, json or tsv");
@@ -36,7 +36,8 @@ ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (b
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
 ABSL_FLAG(int64_t, base, -1, "wait: wait until the current base version is at least this");
 ABSL_FLAG(double, timeout_s, 30, "Deadline of each call (wait: of the whole wait), seconds");
-ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server certificate (empty: plaintext, "
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that signed the server certificate (empty: plaintext, "
           "for a server run --insecure)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server with mutual TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
@@ -50,7 +51,8 @@ ABSL_FLAG(std::string, name, "",
           "use the token's name)");
 ABSL_FLAG(std::string, role, "contributor", "token create: contributor, viewer or operator");
 ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: never)");
-ABSL_FLAG(std::string, out, "", "token create: write the secret to this file (mode 0600) "
+ABSL_FLAG(std::string, out, "",
+          "token create: write the secret to this file (mode 0600) "
           "instead of printing it; export: the output folder");
 ABSL_FLAG(std::string, reason, "", "rollback: why, for the audit log");
 ABSL_FLAG(uint64_t, after, 0, "audit: records after this sequence number");
@@ -148,12 +150,11 @@ std::string StateName(v1::RoundState s) { return s == v1::OPEN ? "open" : "close
 absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   v1::InitHeader header;
   std::string fusion = absl::GetFlag(FLAGS_fusion);
-  const std::map<std::string, v1::FusionMethod> methods = {
-      {"mean", v1::MEAN},
-      {"weighted", v1::EXAMPLE_WEIGHTED_MEAN},
-      {"median", v1::COORDINATE_MEDIAN},
-      {"trimmed", v1::TRIMMED_MEAN},
-      {"clipped", v1::NORM_CLIPPED_MEAN}};
+  const std::map<std::string, v1::FusionMethod> methods = {{"mean", v1::MEAN},
+                                                           {"weighted", v1::EXAMPLE_WEIGHTED_MEAN},
+                                                           {"median", v1::COORDINATE_MEDIAN},
+                                                           {"trimmed", v1::TRIMMED_MEAN},
+                                                           {"clipped", v1::NORM_CLIPPED_MEAN}};
   auto method = methods.find(fusion);
   if (method == methods.end()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -166,8 +167,8 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   if (!absl::GetFlag(FLAGS_from).empty()) {
     InitFromOptions o;
     o.path = absl::GetFlag(FLAGS_from);
-    for (absl::string_view p : absl::StrSplit(absl::GetFlag(FLAGS_shared_prefix), ',',
-                                              absl::SkipEmpty())) {
+    for (absl::string_view p :
+         absl::StrSplit(absl::GetFlag(FLAGS_shared_prefix), ',', absl::SkipEmpty())) {
       o.shared_prefixes.emplace_back(p);
     }
     o.fusion_method = header.fusion_method();
@@ -280,7 +281,8 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
       auto it = c.metrics().find(m);
       cells.push_back(it == c.metrics().end() ? "-" : absl::StrFormat("%.4f", it->second));
     }
-    if (!tsv && c.state() == v1::QUARANTINED) cells.push_back("QUARANTINED: " + c.quarantine_reason());
+    if (!tsv && c.state() == v1::QUARANTINED)
+      cells.push_back("QUARANTINED: " + c.quarantine_reason());
     std::cout << absl::StrJoin(cells, sep) << "\n";
   }
   return absl::OkStatus();
@@ -318,8 +320,8 @@ absl::Status Wait(const std::shared_ptr<grpc::Channel>& channel) {
   }
   grpc::Status st = reader->Finish();
   if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "base v", want, " did not appear within ", absl::GetFlag(FLAGS_timeout_s), " s"));
+    return absl::DeadlineExceededError(absl::StrCat("base v", want, " did not appear within ",
+                                                    absl::GetFlag(FLAGS_timeout_s), " s"));
   }
   return rpc::FromGrpc(st, "WatchStatus");
 }
@@ -404,8 +406,8 @@ absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format)
   RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &r), "ListAudit"));
   if (format == Format::kJson) return PrintJson(r);
   for (const auto& rec : r.records()) {
-    const std::string when = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ",
-                                              absl::FromUnixMillis(rec.unix_ms()), absl::UTCTimeZone());
+    const std::string when = absl::FormatTime(
+        "%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(rec.unix_ms()), absl::UTCTimeZone());
     std::cout << absl::StrFormat("%6d %s %-10s %-24s %s\n", rec.seq(), when, rec.actor(),
                                  rec.action(), rec.detail());
   }

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
-#include "common/status_macros.h"
 #include "common/posix_file.h"
+#include "common/status_macros.h"
 #include "server/auth/token_registry.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
@@ -87,10 +87,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->authorizer = std::make_unique<service::Authorizer>(impl->tokens.get());
   ASSIGN_OR_RETURN(storage::LoadedState state, impl->store->Load());
   ASSIGN_OR_RETURN(impl->manager, rounds::RoundManager::Create(impl->store.get(), state,
-                                                              options.rounds, SystemClock()));
+                                                               options.rounds, SystemClock()));
   ASSIGN_OR_RETURN(impl->intake,
-                   rounds::ContributionIntake::Create(impl->store.get(), impl->manager.get(),
-                                                      state, options.intake, SystemClock()));
+                   rounds::ContributionIntake::Create(impl->store.get(), impl->manager.get(), state,
+                                                      options.intake, SystemClock()));
   impl->executor = std::make_unique<service::Executor>(options.worker_threads);
   impl->contributor = std::make_unique<service::ContributorService>(
       impl->manager.get(), impl->intake.get(), impl->executor.get(), impl->authorizer.get());
@@ -117,15 +117,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->manager->Start();
   auto status = impl->manager->GetStatus();
   CF_LOG(INFO) << "coldfused listening on port " << impl->port
-               << (options.insecure ? " (INSECURE)" : options.tls.client_ca_file.empty()
-                                                          ? " (TLS, tokens)"
-                                                          : " (mutual TLS, tokens)")
-               << ", data in "
-               << options.data_dir << ", "
-               << (status.initialized()
-                       ? absl::StrCat("base v", status.base_version(), ", round ",
-                                      status.open_round().number(), " open")
-                       : std::string("not initialised (run `coldfusectl init`)"));
+               << (options.insecure                     ? " (INSECURE)"
+                   : options.tls.client_ca_file.empty() ? " (TLS, tokens)"
+                                                        : " (mutual TLS, tokens)")
+               << ", data in " << options.data_dir << ", "
+               << (status.initialized() ? absl::StrCat("base v", status.base_version(), ", round ",
+                                                       status.open_round().number(), " open")
+                                        : std::string("not initialised (run `coldfusectl init`)"));
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

@@ -145,10 +145,10 @@ TEST_F(AdversarialTest, RobustFusionKeepsAccuracyWhilePlainMeanDegrades) {
     Outcome out;
     std::string db = absl::StrCat(dir_.path(), "/s", n++);
     const size_t total = honest.size() + (attacked ? attacks.size() : 0);
-    auto server = ServerProcess::Start(
-        db, db + ".log",
-        {"--min_contributions=" + std::to_string(total), "--outlier_factor=" + outlier_factor,
-         "--max_uploads_per_round=10"});
+    auto server =
+        ServerProcess::Start(db, db + ".log",
+                             {"--min_contributions=" + std::to_string(total),
+                              "--outlier_factor=" + outlier_factor, "--max_uploads_per_round=10"});
     EXPECT_NE(server, nullptr);
     if (server == nullptr) return out;
     auto init = RunCommand({CtlBinary(), "--server=" + server->address(), "init",
@@ -209,8 +209,8 @@ TEST_F(AdversarialTest, RobustFusionKeepsAccuracyWhilePlainMeanDegrades) {
   };
   double plain_mean_attacked = 0;
   std::cout << absl::StrFormat("\nclean round fused by plain mean: %.4f\n", clean_score);
-  std::cout << absl::StrFormat("%-24s %10s %10s %8s  %s\n", "fusion", "clean", "attacked",
-                               "delta", "quarantined");
+  std::cout << absl::StrFormat("%-24s %10s %10s %8s  %s\n", "fusion", "clean", "attacked", "delta",
+                               "quarantined");
   for (const auto& sc : scenarios) {
     SCOPED_TRACE(sc.name);
     Outcome clean_run = replay(sc.fusion, sc.outlier_factor, /*attacked=*/false);

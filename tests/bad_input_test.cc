@@ -21,15 +21,15 @@ class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
     // Many rejected uploads from one contributor below: lift the per-round limit.
-    server_ = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
-                                   {"--min_contributions=2", "--round_timeout_s=0",
-                                    "--max_uploads_per_round=100"});
+    server_ = ServerProcess::Start(
+        dir_.path() + "/db", dir_.path() + "/server.log",
+        {"--min_contributions=2", "--round_timeout_s=0", "--max_uploads_per_round=100"});
     ASSERT_NE(server_, nullptr);
   }
 
   void Init() {
-    auto r = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
-                         std::string("--spec=") + kSpec});
+    auto r = RunCommand(
+        {CtlBinary(), "--server=" + server_->address(), "init", std::string("--spec=") + kSpec});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
@@ -135,8 +135,7 @@ TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
   {  // a dtype that is not a float (F16/BF16/F64 for an F32 base are converted)
     auto bad = h;
     bad.mutable_manifest()->mutable_tensors(0)->set_dtype(v1::DTYPE_UNSPECIFIED);
-    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::INVALID_ARGUMENT,
-                   "no float dtype");
+    ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::INVALID_ARGUMENT, "no float dtype");
   }
   {  // a head sneaked in: an extra tensor
     auto bad_t = t;
@@ -148,8 +147,7 @@ TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
     bad_t.push_back(head);
     auto bad = h;
     *bad.mutable_manifest() = ManifestOf(bad_t);
-    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT,
-                   "head.weight");
+    ExpectRejected(RawPush(Stream(bad, bad_t)), grpc::StatusCode::INVALID_ARGUMENT, "head.weight");
   }
   {  // corrupted in transit: checksum mismatch after every chunk was stored
     auto stream = Stream(h, t);
@@ -232,8 +230,7 @@ TEST_F(BadInputTest, AStreamEndedBeforeItsTrailerIsToldTrulyWhatWasKept) {
     stream.pop_back();
     ExpectRejected(RawPush(stream), grpc::StatusCode::INVALID_ARGUMENT, "nothing was stored");
     // A follow-up with only header and trailer has no data behind it and is refused.
-    ExpectRejected(finish_only(h, v1::UploadProgress()), grpc::StatusCode::INVALID_ARGUMENT,
-                   "");
+    ExpectRejected(finish_only(h, v1::UploadProgress()), grpc::StatusCode::INVALID_ARGUMENT, "");
     EXPECT_EQ(server_->Status().open_round().contributions_size(), 0);
   }
   {  // A resumable upload keeps its bytes, says so, and GetUpload agrees.
@@ -293,13 +290,13 @@ TEST_F(BadInputTest, NonFiniteValuesAreRejectedAndUploadAttemptsAreLimited) {
 TEST_F(BadInputTest, InitTwiceIsRefusedAndKeepsTheFirstBase) {
   Init();
   const std::string sha = server_->Status().base_sha256();
-  auto again = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
-                           "--spec=mlp:4,3,2", "--seed=5"});
+  auto again = RunCommand(
+      {CtlBinary(), "--server=" + server_->address(), "init", "--spec=mlp:4,3,2", "--seed=5"});
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.output.find("ALREADY_EXISTS"), std::string::npos) << again.output;
   EXPECT_EQ(server_->Status().base_sha256(), sha);
-  auto bad_spec = RunCommand({CtlBinary(), "--server=" + server_->address(), "init",
-                              "--spec=mlp:4"});
+  auto bad_spec =
+      RunCommand({CtlBinary(), "--server=" + server_->address(), "init", "--spec=mlp:4"});
   EXPECT_EQ(bad_spec.exit_code, 1);
   EXPECT_NE(bad_spec.output.find("mlp:64,128,64"), std::string::npos) << bad_spec.output;
 }
@@ -313,8 +310,8 @@ TEST_F(BadInputTest, MalformedTrainingDataIsReportedWithFileAndLineAndNothingIsU
     std::fclose(f);
   }
   auto r = RunCommand({ClientBinary(), "--server=" + server_->address(), "--name=dave",
-                       "--state_dir=" + dir_.path() + "/state", "--train=" + csv,
-                       "--test=" + csv, "--max_rounds=1"});
+                       "--state_dir=" + dir_.path() + "/state", "--train=" + csv, "--test=" + csv,
+                       "--max_rounds=1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("train.csv"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("line 3"), std::string::npos) << r.output;
@@ -330,8 +327,8 @@ TEST_F(BadInputTest, AKeptHeadThatNoLongerFitsIsNamedAndDeletingItStartsANewOne)
     const std::string csv = absl::StrCat(dir_.path(), "/classes", classes, ".csv");
     WriteBlobsCsv(csv, 4, classes, 60, static_cast<uint64_t>(classes));
     return RunCommand({ClientBinary(), "--server=" + server_->address(), "--name=erin",
-                       "--state_dir=" + state, "--train=" + csv, "--test=" + csv,
-                       "--max_rounds=1", "--epochs=1", "--threads=1", "--poll_s=0.1"});
+                       "--state_dir=" + state, "--train=" + csv, "--test=" + csv, "--max_rounds=1",
+                       "--epochs=1", "--threads=1", "--poll_s=0.1"});
   };
   auto first = run(2);
   ASSERT_EQ(first.exit_code, 0) << first.output;

@@ -75,8 +75,7 @@ std::optional<int> Process::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
-CommandResult RunCommand(const std::vector<std::string>& argv,
-                         std::chrono::milliseconds timeout) {
+CommandResult RunCommand(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   TempDir dir;
   std::string log = dir.path() + "/out";
   auto p = Process::Start(argv, log);
@@ -118,9 +117,8 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
                                    "--port_file=" + port_file};
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   // Plaintext and tokenless unless the test configures TLS itself.
-  const bool secure = std::any_of(extra_flags.begin(), extra_flags.end(), [](const auto& f) {
-    return absl::StartsWith(f, "--tls_cert");
-  });
+  const bool secure = std::any_of(extra_flags.begin(), extra_flags.end(),
+                                  [](const auto& f) { return absl::StartsWith(f, "--tls_cert"); });
   if (!secure) argv.push_back("--insecure");
   s->process_ = Process::Start(argv, log_path);
   for (int i = 0; i < 300; ++i) {  // up to 30 s
@@ -185,8 +183,7 @@ std::string ServerBinary() { return COLDFUSED_BIN; }
 std::string ClientBinary() { return COLDFUSE_CLIENT_BIN; }
 std::string CtlBinary() { return COLDFUSECTL_BIN; }
 
-void WriteBlobsCsv(const std::string& path, int features, int classes, int rows,
-                   uint64_t seed) {
+void WriteBlobsCsv(const std::string& path, int features, int classes, int rows, uint64_t seed) {
   SplitMix64 rng(seed);
   // Fixed class centres (the same for every seed) so tasks share structure.
   SplitMix64 centres_rng(12345);

@@ -41,8 +41,7 @@ class CrashTest : public ::testing::Test {
 TEST_F(CrashTest, SigkillBetweenRoundsKeepsBaseRoundAndDropsHalfUploads) {
   auto server = ServerProcess::Start(Db(), Log(), {"--min_contributions=2"});
   ASSERT_NE(server, nullptr);
-  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + server->address(), "init",
-                        "--spec=mlp:8,16,8"})
+  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:8,16,8"})
                 .exit_code,
             0);
   auto a = StartContributor(*server, "a", 2, 1, 1);
@@ -103,8 +102,7 @@ TEST_F(CrashTest, ContributorsRideOutAServerRestartAndFinishTheirRounds) {
   auto server = ServerProcess::Start(Db(), Log(), {"--min_contributions=3"});
   ASSERT_NE(server, nullptr);
   const int port = server->port();
-  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + server->address(), "init",
-                        "--spec=mlp:8,16,8"})
+  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:8,16,8"})
                 .exit_code,
             0);
   std::vector<std::unique_ptr<Process>> clients;

@@ -43,8 +43,7 @@ class EndToEndTest : public ::testing::Test {
           {ClientBinary(), "--server=" + server.address(), "--name=" + c.name,
            "--task=blobs" + std::to_string(c.classes), "--state_dir=" + c.state_dir,
            "--train=" + data + "/train.csv", "--test=" + data + "/test.csv",
-           absl::StrCat("--max_rounds=", rounds), "--epochs=2", "--threads=1",
-           "--poll_s=0.1"},
+           absl::StrCat("--max_rounds=", rounds), "--epochs=2", "--threads=1", "--poll_s=0.1"},
           absl::StrCat(dir_.path(), "/client-", c.name, ".log")));
     }
     return procs;
@@ -176,7 +175,8 @@ TEST_F(EndToEndTest, ExampleWeightedFusionWeighsByNumExamples) {
   ASSERT_NE(server, nullptr);
   auto init = Ctl(*server, {"init", "--spec=mlp:8,16,8", "--fusion=weighted"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
-  std::vector<Contributor> who = {{"small", "", 2, 40}, {"medium", "", 2, 120}, {"large", "", 2, 360}};
+  std::vector<Contributor> who = {
+      {"small", "", 2, 40}, {"medium", "", 2, 120}, {"large", "", 2, 360}};
   auto procs = StartContributors(*server, who, 1);
   WaitAll(procs);
   ASSERT_EQ(server->Status().base_version(), 1u);

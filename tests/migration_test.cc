@@ -53,10 +53,10 @@ class MigrationTest : public ::testing::Test {
 
   std::unique_ptr<ServerProcess> Start() {
     // No --bootstrap_token_file: the migrated operator token must be there.
-    auto s = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
-                                  {"--tls_cert=" + certs_ + "/server.crt",
-                                   "--tls_key=" + certs_ + "/server.key",
-                                   "--min_contributions=2", "--round_timeout_s=0"});
+    auto s = ServerProcess::Start(
+        dir_.path() + "/db", dir_.path() + "/server.log",
+        {"--tls_cert=" + certs_ + "/server.crt", "--tls_key=" + certs_ + "/server.key",
+         "--min_contributions=2", "--round_timeout_s=0"});
     if (s != nullptr) s->set_channel(Channel(*s, Secret("operator")));
     return s;
   }
@@ -121,9 +121,9 @@ class MigrationTest : public ::testing::Test {
     EXPECT_EQ(bases, 3);
 
     // Tokens: the list is the same, and the secrets still authenticate (or not).
-    auto list = RunCommand({CtlBinary(), "--server=" + s.address(),
-                            "--tls_ca=" + certs_ + "/ca.crt",
-                            "--token_file=" + dir_.path() + "/operator.token", "token", "list"});
+    auto list =
+        RunCommand({CtlBinary(), "--server=" + s.address(), "--tls_ca=" + certs_ + "/ca.crt",
+                    "--token_file=" + dir_.path() + "/operator.token", "token", "list"});
     auto want_list = ReadFileToString(kFixture + "/tokens.txt");
     ASSERT_TRUE(want_list.ok());
     EXPECT_EQ(list.output, *want_list);
@@ -137,8 +137,8 @@ class MigrationTest : public ::testing::Test {
 };
 
 TEST_F(MigrationTest, AFormat1StoreServesTheSameStateAndKeepsWorking) {
-  ASSERT_TRUE(WriteFileAtomic(dir_.path() + "/operator.token", Secret("operator") + "\n", 0600)
-                  .ok());
+  ASSERT_TRUE(
+      WriteFileAtomic(dir_.path() + "/operator.token", Secret("operator") + "\n", 0600).ok());
   auto server = Start();
   ASSERT_NE(server, nullptr);
   ExpectTheFixturesState(*server);

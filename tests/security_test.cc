@@ -10,8 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/model_spec.h"
-#include "common/rpc/client.h"
 #include "common/posix_file.h"
+#include "common/rpc/client.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -47,10 +47,9 @@ class SecurityTest : public ::testing::Test {
   }
 
   std::unique_ptr<ServerProcess> StartSecure(std::vector<std::string> extra = {}) {
-    std::vector<std::string> flags = {"--tls_cert=" + certs_ + "/server.crt",
-                                      "--tls_key=" + certs_ + "/server.key",
-                                      "--bootstrap_token_file=" + dir_.path() + "/operator.token",
-                                      "--min_contributions=50"};
+    std::vector<std::string> flags = {
+        "--tls_cert=" + certs_ + "/server.crt", "--tls_key=" + certs_ + "/server.key",
+        "--bootstrap_token_file=" + dir_.path() + "/operator.token", "--min_contributions=50"};
     flags.insert(flags.end(), extra.begin(), extra.end());
     return ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log", flags);
   }
@@ -87,101 +86,112 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
   auto contributor = [](const auto& ch) { return v1::Contributor::NewStub(ch); };
   auto status = [](const auto& ch) { return v1::Status::NewStub(ch); };
   auto admin = [](const auto& ch) { return v1::Admin::NewStub(ch); };
-  rpcs["Contributor.GetRound"] = {v1::CONTRIBUTOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::GetRoundResponse r;
-    return contributor(ch)->GetRound(WithDeadline(&ctx), {}, &r).error_code();
-  }};
+  rpcs["Contributor.GetRound"] = {
+      v1::CONTRIBUTOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::GetRoundResponse r;
+        return contributor(ch)->GetRound(WithDeadline(&ctx), {}, &r).error_code();
+      }};
   rpcs["Contributor.PullBase"] = {v1::CONTRIBUTOR, [](const auto& ch) {
-    auto r = rpc::PullBase(ch, std::nullopt, {.deadline = std::chrono::seconds(10)});
-    return static_cast<grpc::StatusCode>(r.status().code());
-  }};
-  rpcs["Contributor.PushContribution"] = {v1::CONTRIBUTOR, [=](const auto& ch) {
-    auto tensors = InitMlpBody(*ParseModelSpec(kSpec), 5);
-    v1::ContributionHeader h;
-    h.set_round(1);
-    h.set_base_version(0);
-    h.set_contributor("someone-else");
-    h.set_num_examples(3);
-    *h.mutable_manifest() = manifest;
-    auto r = rpc::PushContribution(ch, h, tensors, {.deadline = std::chrono::seconds(10)});
-    return static_cast<grpc::StatusCode>(r.status().code());
-  }};
-  rpcs["Status.GetStatus"] = {v1::VIEWER, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::ServerStatus r;
-    return status(ch)->GetStatus(WithDeadline(&ctx), {}, &r).error_code();
-  }};
-  rpcs["Status.ListRounds"] = {v1::VIEWER, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::ListRoundsResponse r;
-    return status(ch)->ListRounds(WithDeadline(&ctx), {}, &r).error_code();
-  }};
+                                    auto r = rpc::PullBase(ch, std::nullopt,
+                                                           {.deadline = std::chrono::seconds(10)});
+                                    return static_cast<grpc::StatusCode>(r.status().code());
+                                  }};
+  rpcs["Contributor.PushContribution"] = {
+      v1::CONTRIBUTOR, [=](const auto& ch) {
+        auto tensors = InitMlpBody(*ParseModelSpec(kSpec), 5);
+        v1::ContributionHeader h;
+        h.set_round(1);
+        h.set_base_version(0);
+        h.set_contributor("someone-else");
+        h.set_num_examples(3);
+        *h.mutable_manifest() = manifest;
+        auto r = rpc::PushContribution(ch, h, tensors, {.deadline = std::chrono::seconds(10)});
+        return static_cast<grpc::StatusCode>(r.status().code());
+      }};
+  rpcs["Status.GetStatus"] = {
+      v1::VIEWER, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::ServerStatus r;
+        return status(ch)->GetStatus(WithDeadline(&ctx), {}, &r).error_code();
+      }};
+  rpcs["Status.ListRounds"] = {
+      v1::VIEWER, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::ListRoundsResponse r;
+        return status(ch)->ListRounds(WithDeadline(&ctx), {}, &r).error_code();
+      }};
   rpcs["Status.GetRound"] = {v1::VIEWER, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::GetRoundInfoRequest q;
-    q.set_number(1);
-    v1::RoundInfo r;
-    return status(ch)->GetRound(WithDeadline(&ctx), q, &r).error_code();
-  }};
+                               grpc::ClientContext ctx;
+                               v1::GetRoundInfoRequest q;
+                               q.set_number(1);
+                               v1::RoundInfo r;
+                               return status(ch)->GetRound(WithDeadline(&ctx), q, &r).error_code();
+                             }};
   rpcs["Status.WatchStatus"] = {v1::VIEWER, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    auto reader = status(ch)->WatchStatus(WithDeadline(&ctx), {});
-    v1::ServerStatus s;
-    if (reader->Read(&s)) {
-      ctx.TryCancel();
-      reader->Finish();
-      return grpc::StatusCode::OK;
-    }
-    return reader->Finish().error_code();
-  }};
-  rpcs["Admin.InitModel"] = {v1::OPERATOR, [=](const auto& ch) {
-    v1::InitHeader h;
-    h.set_model_spec(kSpec);
-    *h.mutable_manifest() = manifest;
-    auto r = rpc::InitModel(ch, h, InitMlpBody(*ParseModelSpec(kSpec), 9),
-                            {.deadline = std::chrono::seconds(10)});
-    return static_cast<grpc::StatusCode>(r.status().code());  // ALREADY_EXISTS when allowed
-  }};
-  rpcs["Admin.CloseRound"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::CloseRoundRequest q;
-    q.set_round(99);  // never the open round: allowed callers get FAILED_PRECONDITION
-    v1::CloseRoundResponse r;
-    return admin(ch)->CloseRound(WithDeadline(&ctx), q, &r).error_code();
-  }};
-  rpcs["Admin.CreateToken"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::CreateTokenRequest q;
-    q.set_name("bad name!");  // allowed callers get INVALID_ARGUMENT, nothing is created
-    q.set_role(v1::VIEWER);
-    v1::CreateTokenResponse r;
-    return admin(ch)->CreateToken(WithDeadline(&ctx), q, &r).error_code();
-  }};
-  rpcs["Admin.RevokeToken"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::RevokeTokenRequest q;
-    q.set_name("nobody");  // allowed callers get NOT_FOUND
-    v1::TokenInfo r;
-    return admin(ch)->RevokeToken(WithDeadline(&ctx), q, &r).error_code();
-  }};
-  rpcs["Admin.ListTokens"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::ListTokensResponse r;
-    return admin(ch)->ListTokens(WithDeadline(&ctx), {}, &r).error_code();
-  }};
-  rpcs["Admin.RollbackBase"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::RollbackBaseRequest q;
-    q.set_base_version(7);  // allowed callers get FAILED_PRECONDITION
-    v1::RollbackBaseResponse r;
-    return admin(ch)->RollbackBase(WithDeadline(&ctx), q, &r).error_code();
-  }};
+                                  grpc::ClientContext ctx;
+                                  auto reader = status(ch)->WatchStatus(WithDeadline(&ctx), {});
+                                  v1::ServerStatus s;
+                                  if (reader->Read(&s)) {
+                                    ctx.TryCancel();
+                                    reader->Finish();
+                                    return grpc::StatusCode::OK;
+                                  }
+                                  return reader->Finish().error_code();
+                                }};
+  rpcs["Admin.InitModel"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        v1::InitHeader h;
+        h.set_model_spec(kSpec);
+        *h.mutable_manifest() = manifest;
+        auto r = rpc::InitModel(ch, h, InitMlpBody(*ParseModelSpec(kSpec), 9),
+                                {.deadline = std::chrono::seconds(10)});
+        return static_cast<grpc::StatusCode>(r.status().code());  // ALREADY_EXISTS when allowed
+      }};
+  rpcs["Admin.CloseRound"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::CloseRoundRequest q;
+        q.set_round(99);  // never the open round: allowed callers get FAILED_PRECONDITION
+        v1::CloseRoundResponse r;
+        return admin(ch)->CloseRound(WithDeadline(&ctx), q, &r).error_code();
+      }};
+  rpcs["Admin.CreateToken"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::CreateTokenRequest q;
+        q.set_name("bad name!");  // allowed callers get INVALID_ARGUMENT, nothing is created
+        q.set_role(v1::VIEWER);
+        v1::CreateTokenResponse r;
+        return admin(ch)->CreateToken(WithDeadline(&ctx), q, &r).error_code();
+      }};
+  rpcs["Admin.RevokeToken"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::RevokeTokenRequest q;
+        q.set_name("nobody");  // allowed callers get NOT_FOUND
+        v1::TokenInfo r;
+        return admin(ch)->RevokeToken(WithDeadline(&ctx), q, &r).error_code();
+      }};
+  rpcs["Admin.ListTokens"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::ListTokensResponse r;
+        return admin(ch)->ListTokens(WithDeadline(&ctx), {}, &r).error_code();
+      }};
+  rpcs["Admin.RollbackBase"] = {
+      v1::OPERATOR, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::RollbackBaseRequest q;
+        q.set_base_version(7);  // allowed callers get FAILED_PRECONDITION
+        v1::RollbackBaseResponse r;
+        return admin(ch)->RollbackBase(WithDeadline(&ctx), q, &r).error_code();
+      }};
   rpcs["Admin.ListAudit"] = {v1::OPERATOR, [=](const auto& ch) {
-    grpc::ClientContext ctx;
-    v1::ListAuditResponse r;
-    return admin(ch)->ListAudit(WithDeadline(&ctx), {}, &r).error_code();
-  }};
+                               grpc::ClientContext ctx;
+                               v1::ListAuditResponse r;
+                               return admin(ch)->ListAudit(WithDeadline(&ctx), {}, &r).error_code();
+                             }};
   return rpcs;
 }
 
@@ -197,8 +207,8 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
   for (const auto& [name, role] : std::vector<std::pair<std::string, std::string>>{
            {"vera", "viewer"}, {"carl", "contributor"}, {"rita", "contributor"}}) {
     std::string out = dir_.path() + "/" + name + ".token";
-    auto r = Ctl(*server, op_file, {"token", "create", "--name=" + name, "--role=" + role,
-                                    "--out=" + out});
+    auto r = Ctl(*server, op_file,
+                 {"token", "create", "--name=" + name, "--role=" + role, "--out=" + out});
     ASSERT_EQ(r.exit_code, 0) << r.output;
     token[name] = ReadToken(out);
   }
@@ -243,9 +253,8 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
   auto rounds = [&] {
     grpc::ClientContext ctx;
     v1::ListRoundsResponse r;
-    EXPECT_TRUE(v1::Status::NewStub(Channel(*server, op))
-                    ->ListRounds(WithDeadline(&ctx), {}, &r)
-                    .ok());
+    EXPECT_TRUE(
+        v1::Status::NewStub(Channel(*server, op))->ListRounds(WithDeadline(&ctx), {}, &r).ok());
     return r;
   }();
   std::vector<std::string> names;
@@ -304,15 +313,15 @@ TEST_F(SecurityTest, MutualTlsRefusesCertificatesFromAnotherCa) {
 TEST_F(SecurityTest, ServerRefusesToStartWithABrokenKeyAndNamesTheFile) {
   std::string bad_key = dir_.path() + "/broken.key";
   ASSERT_TRUE(WriteFileAtomic(bad_key, "not a key\n").ok());
-  auto r = RunCommand({ServerBinary(), "--data_dir=" + dir_.path() + "/db2",
-                       "--listen=127.0.0.1:0", "--tls_cert=" + certs_ + "/server.crt",
-                       "--tls_key=" + bad_key, "--bootstrap_token_file=" + dir_.path() + "/t"});
+  auto r = RunCommand({ServerBinary(), "--data_dir=" + dir_.path() + "/db2", "--listen=127.0.0.1:0",
+                       "--tls_cert=" + certs_ + "/server.crt", "--tls_key=" + bad_key,
+                       "--bootstrap_token_file=" + dir_.path() + "/t"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find(bad_key), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/db2")) << "nothing should be created";
 
-  auto missing = RunCommand({ServerBinary(), "--data_dir=" + dir_.path() + "/db3",
-                             "--listen=127.0.0.1:0"});
+  auto missing =
+      RunCommand({ServerBinary(), "--data_dir=" + dir_.path() + "/db3", "--listen=127.0.0.1:0"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find("--tls_cert"), std::string::npos) << missing.output;
 

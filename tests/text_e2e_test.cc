@@ -2,11 +2,12 @@
 // checkpoint folder (the tiny random BERT fixture), real coldfuse-client processes
 // fine-tune it on labelled text files with LibTorch, keep their heads, and push only the
 // encoder; the server fuses, and the next round starts from the fused encoder.
+#include <signal.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <signal.h>
 #include <sstream>
 #include <thread>
 
@@ -45,13 +46,22 @@ class TextEndToEndTest : public ::testing::Test {
     train::testing::WriteTinyTextCsv(data + "/train.csv", 160, seed, regression);
     train::testing::WriteTinyTextCsv(data + "/dev.csv", 48, seed + 100, regression);
     train::testing::WriteTinyTextCsv(data + "/test.csv", 64, seed + 200, regression);
-    std::vector<std::string> args = {
-        ClientBinary(), "--server=" + server.address(), "--name=" + name,
-        "--task=" + std::string(regression ? "mood-share" : "mood"),
-        "--state_dir=" + dir_.path() + "/state-" + name, "--model=" + model_dir_,
-        "--train=" + data + "/train.csv", "--test=" + data + "/test.csv",
-        "--dev=" + data + "/dev.csv", "--epochs=6", "--lr=3e-3", "--batch_size=16",
-        "--max_seq_length=32", "--warmup_ratio=0.1", "--threads=1", "--poll_s=0.1"};
+    std::vector<std::string> args = {ClientBinary(),
+                                     "--server=" + server.address(),
+                                     "--name=" + name,
+                                     "--task=" + std::string(regression ? "mood-share" : "mood"),
+                                     "--state_dir=" + dir_.path() + "/state-" + name,
+                                     "--model=" + model_dir_,
+                                     "--train=" + data + "/train.csv",
+                                     "--test=" + data + "/test.csv",
+                                     "--dev=" + data + "/dev.csv",
+                                     "--epochs=6",
+                                     "--lr=3e-3",
+                                     "--batch_size=16",
+                                     "--max_seq_length=32",
+                                     "--warmup_ratio=0.1",
+                                     "--threads=1",
+                                     "--poll_s=0.1"};
     if (regression) args.push_back("--regression");
     return args;
   }
@@ -65,7 +75,8 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
                                      {"--min_contributions=2", "--round_timeout_s=0"});
   ASSERT_NE(server, nullptr);
   // Share the encoder only: the checkpoint's pooler stays out of the base.
-  auto init = Ctl(*server, {"init", "--from=" + model_dir_, "--shared_prefix=embeddings.,encoder."});
+  auto init =
+      Ctl(*server, {"init", "--from=" + model_dir_, "--shared_prefix=embeddings.,encoder."});
   ASSERT_EQ(init.exit_code, 0) << init.output;
   auto v0 = rpc::PullBase(server->channel(), 0);
   ASSERT_TRUE(v0.ok()) << v0.status();
@@ -76,10 +87,10 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
     const std::string data = dir_.path() + "/data-mlp";
     std::filesystem::create_directories(data);
     WriteBlobsCsv(data + "/train.csv", 4, 2, 20, 1);
-    auto wrong = RunCommand({ClientBinary(), "--server=" + server->address(), "--name=mlp",
-                             "--state_dir=" + dir_.path() + "/state-mlp",
-                             "--train=" + data + "/train.csv", "--test=" + data + "/train.csv",
-                             "--max_rounds=1"});
+    auto wrong =
+        RunCommand({ClientBinary(), "--server=" + server->address(), "--name=mlp",
+                    "--state_dir=" + dir_.path() + "/state-mlp", "--train=" + data + "/train.csv",
+                    "--test=" + data + "/train.csv", "--max_rounds=1"});
     EXPECT_EQ(wrong.exit_code, 1);
     EXPECT_THAT(wrong.output, HasSubstr("--model=DIR"));
     EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-mlp/base.safetensors"))
@@ -205,7 +216,8 @@ TEST_F(TextEndToEndTest, EncodersAreFusedAndTheNextRoundStartsFromTheFusedEncode
   again_args.push_back("--max_rounds=1");
   auto again = RunCommand(again_args, seconds(120));
   EXPECT_EQ(again.exit_code, 1);
-  EXPECT_THAT(again.output, HasSubstr("was trained for the labels [neg, pos] but this data has [bad, good]"));
+  EXPECT_THAT(again.output,
+              HasSubstr("was trained for the labels [neg, pos] but this data has [bad, good]"));
   EXPECT_EQ(server->Rounds().at(2).contributions_size(), 0);
 }
 
@@ -217,8 +229,7 @@ TEST_F(TextEndToEndTest, BadTextDataIsNamedBeforeAnythingIsSent) {
   auto args = ClientArgs(*server, "carol", false, 4);
   args.push_back("--max_rounds=1");
   // A test file with a label the train file does not have, on its third line.
-  std::ofstream(dir_.path() + "/data-carol/test.csv")
-      << "text,label\ngood day,pos\nthe film,meh\n";
+  std::ofstream(dir_.path() + "/data-carol/test.csv") << "text,label\ngood day,pos\nthe film,meh\n";
   auto run = RunCommand(args, seconds(60));
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_THAT(run.output, HasSubstr("data-carol/test.csv"));

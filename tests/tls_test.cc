@@ -2,7 +2,6 @@
 // MakeClientCredentials reject bad files by name, and a real mutual-TLS handshake on
 // loopback lets in exactly the clients that the server's CA signed.
 #include "common/rpc/tls.h"
-#include "common/tsan_handoff.h"
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -24,6 +23,7 @@
 #include <mutex>
 #include <string>
 
+#include "common/tsan_handoff.h"
 #include "server/service/tls.h"
 
 namespace coldfuse {
@@ -66,8 +66,8 @@ void MakeExpiredCertificate(const std::string& cert_path, const std::string& key
   X509_gmtime_adj(X509_getm_notAfter(x), -1 * 24 * 3600);
   X509_set_pubkey(x, key);
   X509_NAME* name = X509_get_subject_name(x);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("expired"), -1,
-                             -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("expired"), -1, -1, 0);
   X509_set_issuer_name(x, name);
   ASSERT_GT(X509_sign(x, key, EVP_sha256()), 0);
   FILE* f = std::fopen(cert_path.c_str(), "w");
@@ -130,8 +130,8 @@ class TlsTest : public ::testing::Test {
     dir_ = new std::string(MakeTempDir());
     other_ = new std::string(MakeTempDir());
     for (const auto& [dir, client] : {std::pair{*dir_, "alice"}, std::pair{*other_, "mallory"}}) {
-      std::string cmd =
-          std::string(MAKE_CERTS) + " " + dir + " --client " + client + " > " + dir + "/make-certs.log 2>&1";
+      std::string cmd = std::string(MAKE_CERTS) + " " + dir + " --client " + client + " > " + dir +
+                        "/make-certs.log 2>&1";
       ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     }
   }
@@ -193,7 +193,8 @@ TEST_F(TlsTest, MissingKeyFileIsNotFound) {
 TEST_F(TlsTest, UnreadableFileIsPermissionDenied) {
   if (::geteuid() == 0) GTEST_SKIP() << "root reads any file";
   std::string path = F("unreadable.key");
-  std::filesystem::copy_file(F("server.key"), path, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(F("server.key"), path,
+                             std::filesystem::copy_options::overwrite_existing);
   std::filesystem::permissions(path, std::filesystem::perms::none);
   absl::Status s = MakeServerCredentials({F("server.crt"), path, ""}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
@@ -204,7 +205,8 @@ TEST_F(TlsTest, GarbageIsInvalidArgument) {
   std::string garbage = F("garbage.pem");
   WriteFile(garbage, "this is not a certificate\n");
   std::string bad_base64 = F("bad-base64.pem");
-  WriteFile(bad_base64, "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n");
+  WriteFile(bad_base64,
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n");
   for (const std::string& path : {garbage, bad_base64}) {
     absl::Status s = MakeServerCredentials({path, F("server.key"), ""}).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
@@ -256,7 +258,8 @@ TEST_F(TlsTest, WrongRoleOrMissingOption) {
   s = MakeClientCredentials({F("ca.crt"), F("server.crt"), F("server.key")}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_TRUE(Mentions(s, "clientAuth"));
-  EXPECT_EQ(MakeClientCredentials({"", "", ""}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeClientCredentials({"", "", ""}).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeClientCredentials({F("ca.crt"), F("alice.crt"), ""}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeServerCredentials({F("server.crt"), "", ""}).status().code(),
@@ -285,8 +288,10 @@ class TlsHandshakeTest : public TlsTest {
   // One unary call of `method` with an empty request; the reply's bytes go to `reply`.
   grpc::Status Call(const ClientTlsOptions& options, const std::string& method,
                     std::string* reply = nullptr) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds = MakeClientCredentials(options);
-    if (!creds.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, std::string(creds.status().message()));
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+        MakeClientCredentials(options);
+    if (!creds.ok())
+      return grpc::Status(grpc::StatusCode::INTERNAL, std::string(creds.status().message()));
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // no connection reuse across cases
     std::shared_ptr<grpc::Channel> channel =
@@ -313,7 +318,8 @@ class TlsHandshakeTest : public TlsTest {
       std::vector<grpc::Slice> slices;
       response.Dump(&slices);
       reply->clear();
-      for (const grpc::Slice& s : slices) reply->append(reinterpret_cast<const char*>(s.begin()), s.size());
+      for (const grpc::Slice& s : slices)
+        reply->append(reinterpret_cast<const char*>(s.begin()), s.size());
     }
     return result;
   }

@@ -4,21 +4,21 @@
 #include <signal.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/status_macros.h"
 #include "common/dtype.h"
 #include "common/model_spec.h"
 #include "common/rpc/client.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
+#include "common/status_macros.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -32,7 +32,8 @@ using std::chrono::seconds;
 // A model of a few MiB: one tensor spans several 1 MiB chunks.
 std::vector<HostTensor> Model(uint64_t seed, const std::vector<HostTensor>* near = nullptr) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
-      {"model.embed.weight", {900, 1000}}, {"model.layer.bias", {1000}},
+      {"model.embed.weight", {900, 1000}},
+      {"model.layer.bias", {1000}},
       {"model.layer.weight", {64, 333}}};
   SplitMix64 rng(seed);
   std::vector<HostTensor> out;
@@ -131,15 +132,15 @@ class TransferTest : public ::testing::Test {
   }
 
   absl::StatusOr<v1::UploadProgress> GetUpload(const ServerProcess& s,
-                                              const v1::ContributionHeader& h) {
+                                               const v1::ContributionHeader& h) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
     v1::GetUploadRequest req;
     req.set_upload_id(h.upload_id());
     req.set_contributor(h.contributor());
     v1::UploadProgress p;
-    RETURN_IF_ERROR(rpc::FromGrpc(
-        v1::Contributor::NewStub(s.channel())->GetUpload(&ctx, req, &p), "GetUpload"));
+    RETURN_IF_ERROR(rpc::FromGrpc(v1::Contributor::NewStub(s.channel())->GetUpload(&ctx, req, &p),
+                                  "GetUpload"));
     return p;
   }
 
@@ -151,9 +152,8 @@ class TransferTest : public ::testing::Test {
     GatedSource gated(tensors, stored);
     absl::Status first;
     std::thread pusher([&] {
-      first = rpc::PushContribution(
-                  rpc::ConnectInsecure(absl::StrCat("127.0.0.1:", proxy.port())), header, &gated,
-                  {}, {.max_attempts = 1})
+      first = rpc::PushContribution(rpc::ConnectInsecure(absl::StrCat("127.0.0.1:", proxy.port())),
+                                    header, &gated, {}, {.max_attempts = 1})
                   .status();
     });
     gated.WaitUntilReached();
@@ -307,8 +307,8 @@ TEST_F(TransferTest, CheckpointsInAnyDtypeOrAsDeltasFuseCorrectlyAndExportLoadsI
   for (int k = 0; k < 3; ++k) {
     std::string path = absl::StrCat(dir_.path(), "/c", k, ".safetensors");
     ASSERT_TRUE(WriteSafetensors(path, contribs[k]).ok());
-    std::vector<std::string> args = {"push", "--checkpoint=" + path,
-                                     absl::StrCat("--name=c", k), "--num_examples=10"};
+    std::vector<std::string> args = {"push", "--checkpoint=" + path, absl::StrCat("--name=c", k),
+                                     "--num_examples=10"};
     args.insert(args.end(), how[k].begin(), how[k].end());
     auto r = Ctl(*server, args);
     ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -57,8 +57,8 @@ absl::Status Daemon::Run() {
       if (rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
       std::string problem(st.message());
       if (problem != last_problem) {  // say it once, not every retry
-        CF_LOG(WARNING) << problem << " (retrying every <= "
-                        << options_.max_backoff.count() / 1000 << " s)";
+        CF_LOG(WARNING) << problem << " (retrying every <= " << options_.max_backoff.count() / 1000
+                        << " s)";
         last_problem = problem;
       }
       Sleep(backoff);
@@ -106,11 +106,12 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     ASSIGN_OR_RETURN(std::optional<std::vector<std::string>> kept, state_.LoadHeadLabels());
     const std::vector<std::string> labels = task_->HeadLabels();
     if (kept.has_value() && *kept != labels) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the head in ", state_.HeadPath(), " was trained for the labels [",
-          absl::StrJoin(*kept, ", "), "] but this data has [", absl::StrJoin(labels, ", "),
-          "]: pass --labels=", absl::StrJoin(*kept, ","), " to keep it, or delete "
-          "head.safetensors and head.labels to start a new head"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the head in ", state_.HeadPath(), " was trained for the labels [",
+                       absl::StrJoin(*kept, ", "), "] but this data has [",
+                       absl::StrJoin(labels, ", "), "]: pass --labels=", absl::StrJoin(*kept, ","),
+                       " to keep it, or delete "
+                       "head.safetensors and head.labels to start a new head"));
     }
   }
   CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
@@ -120,9 +121,9 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     // Only a head that does not fit is the head's fault (the trainers mark it); other
     // problems keep their own message.
     if (!head.empty() && train::IsHeadMismatch(result.status())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          result.status().message(), " (the head in ", state_.HeadPath(),
-          " does not fit this model or data; delete it to start a new head)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(result.status().message(), " (the head in ", state_.HeadPath(),
+                       " does not fit this model or data; delete it to start a new head)"));
     }
     return result.status();
   }

@@ -11,8 +11,8 @@
 
 #include "absl/status/status.h"
 #include "client/daemon/state.h"
-#include "common/rpc/client.h"
 #include "client/daemon/task.h"
+#include "common/rpc/client.h"
 
 namespace coldfuse::daemon {
 

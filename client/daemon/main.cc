@@ -52,7 +52,8 @@ ABSL_FLAG(int, max_seq_length, 128, "--model: tokens per text (pair), truncating
 ABSL_FLAG(double, warmup_ratio, 0, "--model: fraction of steps warming the learning rate up");
 ABSL_FLAG(int, grad_accumulation, 1, "--model: batches summed per optimizer step");
 ABSL_FLAG(double, max_grad_norm, 1.0, "--model: clip the gradient norm (0: off)");
-ABSL_FLAG(int64_t, eval_every, 0, "--model with --dev: steps between dev evaluations (0: per epoch)");
+ABSL_FLAG(int64_t, eval_every, 0,
+          "--model with --dev: steps between dev evaluations (0: per epoch)");
 ABSL_FLAG(int, early_stopping_patience, 0,
           "--model with --dev: stop after this many dev evaluations without gain (0: never)");
 ABSL_FLAG(std::string, device, "auto", "--model: auto (CUDA when present), cpu or cuda");
@@ -83,7 +84,8 @@ ABSL_FLAG(std::string, token_file, "",
 namespace coldfuse {
 namespace {
 
-constexpr char kUsage[] = R"(coldfuse-client --name=NAME --state_dir=DIR --train=FILE --test=FILE [--server=HOST:PORT]
+constexpr char kUsage[] =
+    R"(coldfuse-client --name=NAME --state_dir=DIR --train=FILE --test=FILE [--server=HOST:PORT]
     runs the contributor daemon: pull base, fine-tune locally, push, repeat.
     MLP bases: numeric CSV files. Checkpoint bases (transformer encoders): add
     --model=HF_MODEL_DIR and give CSV/TSV/JSONL files of labelled texts
@@ -150,8 +152,8 @@ absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTextTask() {
   if (!absl::GetFlag(FLAGS_dev).empty()) {
     ASSIGN_OR_RETURN(dev, train::LoadTextDatasetLike(absl::GetFlag(FLAGS_dev), train, o));
   }
-  return daemon::NewTextTask(std::move(model), std::move(train), std::move(dev),
-                             std::move(test), TextTrainOptionsFromFlags());
+  return daemon::NewTextTask(std::move(model), std::move(train), std::move(dev), std::move(test),
+                             TextTrainOptionsFromFlags());
 }
 
 absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTask() {
@@ -193,8 +195,8 @@ absl::Status Probe() {
   ASSIGN_OR_RETURN(rpc::PulledBase base, rpc::PullBase(channel, version));
   ASSIGN_OR_RETURN(daemon::TaskResult r, task->Train(base.model_spec, base.tensors, {},
                                                      absl::GetFlag(FLAGS_probe_examples)));
-  std::string json = absl::StrFormat("{\"base_version\": %d, \"train_examples\": %d",
-                                     base.version, r.num_examples);
+  std::string json = absl::StrFormat("{\"base_version\": %d, \"train_examples\": %d", base.version,
+                                     r.num_examples);
   for (const auto& [name, value] : r.metrics) {
     if (absl::EndsWith(name, "_after")) {
       absl::StrAppendFormat(&json, ", \"%s\": %.6f", name.substr(0, name.size() - 6), value);
@@ -235,14 +237,15 @@ absl::Status RunDaemon() {
   ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(daemon::StateDir state, daemon::StateDir::Open(options.state_dir));
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, Channel());
-  CF_LOG(INFO) << "contributor " << options.contributor << ": " << task->Describe()
-               << "; server " << absl::GetFlag(FLAGS_server)
+  CF_LOG(INFO) << "contributor " << options.contributor << ": " << task->Describe() << "; server "
+               << absl::GetFlag(FLAGS_server)
                << (absl::GetFlag(FLAGS_tls_ca).empty() ? " (plaintext)" : " (TLS)");
   daemon::Daemon d(std::move(options), std::move(channel), std::move(state), std::move(task));
   g_daemon = &d;
   absl::Status st = d.Run();
   g_daemon = nullptr;
-  if (g_signal != 0) CF_LOG(INFO) << "signal " << g_signal << ": stopped; the state folder is resumable";
+  if (g_signal != 0)
+    CF_LOG(INFO) << "signal " << g_signal << ": stopped; the state folder is resumable";
   return st;
 }
 

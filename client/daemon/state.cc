@@ -45,8 +45,8 @@ absl::Status SaveTensors(const std::string& path, const std::vector<HostTensor>&
 // NOT_FOUND if missing; DATA_LOSS naming the file if it is damaged.
 absl::StatusOr<std::vector<HostTensor>> LoadTensors(const std::string& path) {
   auto damaged = [&](absl::string_view why) {
-    return absl::DataLossError(absl::StrCat(path, " is damaged (", why,
-                                            "); delete it to start that state afresh"));
+    return absl::DataLossError(
+        absl::StrCat(path, " is damaged (", why, "); delete it to start that state afresh"));
   };
   std::map<std::string, std::string> metadata;
   absl::StatusOr<std::vector<HostTensor>> tensors = ReadSafetensors(path, &metadata);
@@ -123,8 +123,8 @@ absl::StatusOr<std::optional<CachedBase>> StateDir::LoadBase() const {
   std::vector<std::string> parts = absl::StrSplit(absl::StripAsciiWhitespace(*version), ' ');
   CachedBase base;
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &base.version)) {
-    return absl::DataLossError(absl::StrCat(Path("base.version"),
-                                            " is corrupt; delete it to pull the base again"));
+    return absl::DataLossError(
+        absl::StrCat(Path("base.version"), " is corrupt; delete it to pull the base again"));
   }
   base.sha256 = absl::HexStringToBytes(parts[1]);
   auto tensors = LoadTensors(Path(absl::StrCat("base", kTensors)));
@@ -148,7 +148,7 @@ absl::StatusOr<std::vector<HostTensor>> StateDir::LoadHead() const {
 }
 
 absl::Status StateDir::SaveHead(const std::vector<HostTensor>& head,
-                               const std::vector<std::string>& labels) const {
+                                const std::vector<std::string>& labels) const {
   if (!labels.empty()) {
     RETURN_IF_ERROR(
         WriteFileAtomic(Path("head.labels"), absl::StrCat(absl::StrJoin(labels, "\n"), "\n")));

@@ -124,9 +124,9 @@ TEST_F(StateDirTest, WhatIsSavedReadsBackAsPlainSafetensors) {
   ExpectSameTensors((*pending)->tensors, Body(5));
 
   ASSERT_TRUE(state.ArchivePending(5, 2).ok());
-  EXPECT_EQ(Files(), (std::set<std::string>{"base.safetensors", "base.version",
-                                            "head.safetensors", "head.labels",
-                                            "contrib-r5.safetensors", "contrib-r5.header"}));
+  EXPECT_EQ(Files(),
+            (std::set<std::string>{"base.safetensors", "base.version", "head.safetensors",
+                                   "head.labels", "contrib-r5.safetensors", "contrib-r5.header"}));
   EXPECT_EQ(state.HeadPath(), Path("head.safetensors"));
   // Any safetensors reader opens them: the format is the standard one.
   std::map<std::string, std::string> metadata;
@@ -177,10 +177,10 @@ TEST_F(StateDirTest, AFolderOfTheOldReleaseIsConvertedOnceOnOpen) {
   ASSERT_NO_FATAL_FAILURE(Open());
   StateDir& state = *state_;
   const std::set<std::string> converted = {
-      "base.safetensors",    "base.version",           "head.safetensors",
-      "head.labels",         "pending.safetensors",    "pending.header",
-      "last_round",          "contrib-r6.safetensors", "contrib-r6.header",
-      "notes.ctf",           "contrib-r7.safetensors", "contrib-r7.header"};
+      "base.safetensors", "base.version",           "head.safetensors",
+      "head.labels",      "pending.safetensors",    "pending.header",
+      "last_round",       "contrib-r6.safetensors", "contrib-r6.header",
+      "notes.ctf",        "contrib-r7.safetensors", "contrib-r7.header"};
   EXPECT_EQ(Files(), converted);
   auto loaded = state.LoadBase();
   ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();

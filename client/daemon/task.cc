@@ -27,7 +27,8 @@ class MlpTask : public LocalTask {
   absl::Status CheckModel(absl::string_view model_spec) const override {
     if (absl::StartsWith(model_spec, kCheckpointPrefix)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the server's model is ", model_spec, ", a transformer checkpoint: start "
+          "the server's model is ", model_spec,
+          ", a transformer checkpoint: start "
           "coldfuse-client with --model=DIR (that checkpoint's folder, for config.json and "
           "the tokenizer) and labelled text files"));
     }
@@ -36,8 +37,7 @@ class MlpTask : public LocalTask {
 
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
-                                   const std::vector<HostTensor>& head,
-                                   int64_t max_train_examples,
+                                   const std::vector<HostTensor>& head, int64_t max_train_examples,
                                    const std::atomic<bool>* /*stop*/) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TrainOptions options = options_;
@@ -48,15 +48,12 @@ class MlpTask : public LocalTask {
     out.body = std::move(r.body);
     out.head = std::move(r.head);
     out.num_examples = static_cast<uint64_t>(r.num_train_examples);
-    out.metrics = {{"accuracy_before", r.accuracy_before},
-                   {"accuracy_after", r.accuracy_after},
-                   {"macro_f1_before", r.macro_f1_before},
-                   {"macro_f1_after", r.macro_f1_after},
-                   {"train_loss_first", r.loss_first},
-                   {"train_loss_last", r.loss_last}};
-    out.summary = absl::StrFormat("%d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f",
-                                  r.steps, r.loss_first, r.loss_last, r.accuracy_before,
-                                  r.accuracy_after);
+    out.metrics = {{"accuracy_before", r.accuracy_before}, {"accuracy_after", r.accuracy_after},
+                   {"macro_f1_before", r.macro_f1_before}, {"macro_f1_after", r.macro_f1_after},
+                   {"train_loss_first", r.loss_first},     {"train_loss_last", r.loss_last}};
+    out.summary =
+        absl::StrFormat("%d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f", r.steps,
+                        r.loss_first, r.loss_last, r.accuracy_before, r.accuracy_after);
     return out;
   }
 
@@ -80,8 +77,8 @@ class TextTask : public LocalTask {
                            ? std::string("regression")
                            : absl::StrCat(train_.label_names.size(), " classes");
     return absl::StrCat(train_.rows(), " training, ", dev_.rows(), " dev and ", test_.rows(),
-                        " test texts", train_.text_pairs.empty() ? "" : " (pairs)", ", ",
-                        what, "; model ", model_.Describe());
+                        " test texts", train_.text_pairs.empty() ? "" : " (pairs)", ", ", what,
+                        "; model ", model_.Describe());
   }
 
   std::vector<std::string> HeadLabels() const override {
@@ -92,7 +89,8 @@ class TextTask : public LocalTask {
   absl::Status CheckModel(absl::string_view model_spec) const override {
     if (!absl::StartsWith(model_spec, kCheckpointPrefix)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "the server's model is ", model_spec, ", not a transformer checkpoint: --model "
+          "the server's model is ", model_spec,
+          ", not a transformer checkpoint: --model "
           "and text data are for servers initialised with `coldfusectl init --from=CHECKPOINT`"));
     }
     return absl::OkStatus();
@@ -100,8 +98,7 @@ class TextTask : public LocalTask {
 
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
-                                   const std::vector<HostTensor>& head,
-                                   int64_t max_train_examples,
+                                   const std::vector<HostTensor>& head, int64_t max_train_examples,
                                    const std::atomic<bool>* stop) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TextTrainOptions options = options_;
@@ -114,8 +111,7 @@ class TextTask : public LocalTask {
       const auto now = std::chrono::steady_clock::now();
       const int64_t tenth = std::max<int64_t>(1, p.total / 10);
       if (p.dev_evaluated) {
-        CF_LOG(INFO) << absl::StrFormat("step %d/%d: dev score %.4f", p.step, p.total,
-                                        p.dev_score);
+        CF_LOG(INFO) << absl::StrFormat("step %d/%d: dev score %.4f", p.step, p.total, p.dev_score);
       } else if (p.step % tenth == 0 || now - last_log > std::chrono::seconds(30)) {
         CF_LOG(INFO) << absl::StrFormat("step %d/%d: loss %.4f, learning rate %.3g", p.step,
                                         p.total, p.loss, p.learning_rate);
@@ -148,8 +144,9 @@ class TextTask : public LocalTask {
         r.loss_last, regression ? "Pearson" : "accuracy",
         regression ? r.before.pearson : r.before.accuracy,
         regression ? r.after.pearson : r.after.accuracy,
-        regression ? "" : absl::StrFormat(", macro-F1 %.4f -> %.4f", r.before.macro_f1,
-                                          r.after.macro_f1));
+        regression
+            ? ""
+            : absl::StrFormat(", macro-F1 %.4f -> %.4f", r.before.macro_f1, r.after.macro_f1));
     return out;
   }
 

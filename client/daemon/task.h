@@ -67,9 +67,11 @@ std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,
 // `dev` may have no rows (no early stopping or best-weights selection). INVALID_ARGUMENT
 // for options the model cannot train with (ValidateTextOptions), so a daemon finds out at
 // start-up, not each round.
-absl::StatusOr<std::unique_ptr<LocalTask>> NewTextTask(train::TextModel model, train::TextDataset train,
-                                       train::TextDataset dev, train::TextDataset test,
-                                       train::TextTrainOptions options);
+absl::StatusOr<std::unique_ptr<LocalTask>> NewTextTask(train::TextModel model,
+                                                       train::TextDataset train,
+                                                       train::TextDataset dev,
+                                                       train::TextDataset test,
+                                                       train::TextTrainOptions options);
 
 }  // namespace coldfuse::daemon
 

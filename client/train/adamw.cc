@@ -18,7 +18,10 @@ bool ForeachAdamW::FusedAvailable() { return COLDFUSE_FUSED_ADAMW != 0; }
 
 ForeachAdamW::ForeachAdamW(std::vector<Group> groups, double beta1, double beta2, double eps,
                            bool fused)
-    : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps),
+    : groups_(std::move(groups)),
+      beta1_(beta1),
+      beta2_(beta2),
+      eps_(eps),
       fused_(fused && FusedAvailable()) {
   for (const Group& g : groups_) state_.emplace_back(g.params.size());
 }
@@ -59,8 +62,8 @@ void ForeachAdamW::Step(double lr) {
 #if COLDFUSE_FUSED_ADAMW
     if (fused_) {
       at::_foreach_add_(step_tensors, 1);  // the kernel reads the step count, as Python's
-      at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{},
-                        step_tensors, lr, beta1_, beta2_, group.weight_decay, eps_,
+      at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, step_tensors,
+                        lr, beta1_, beta2_, group.weight_decay, eps_,
                         /*amsgrad=*/false, /*maximize=*/false);
       continue;
     }

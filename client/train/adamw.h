@@ -1,8 +1,9 @@
 // AdamW and gradient-norm clipping over lists of tensors with LibTorch's fused AdamW
-// kernel (LibTorch >= 2.4, CPU and CUDA) or its multi-tensor ("foreach") kernels: the same arithmetic as torch::optim::AdamW and
-// torch::nn::utils::clip_grad_norm_, but a few kernel launches per parameter group instead
-// of several per parameter, and no device-to-host copy (what PyTorch's Python optimizers
-// do by default on CUDA). PRIVATE to client/train (it pulls in LibTorch). Not thread-safe.
+// kernel (LibTorch >= 2.4, CPU and CUDA) or its multi-tensor ("foreach") kernels: the same
+// arithmetic as torch::optim::AdamW and torch::nn::utils::clip_grad_norm_, but a few kernel
+// launches per parameter group instead of several per parameter, and no device-to-host copy (what
+// PyTorch's Python optimizers do by default on CUDA). PRIVATE to client/train (it pulls in
+// LibTorch). Not thread-safe.
 #ifndef COLDFUSE_CLIENT_TRAIN_ADAMW_H_
 #define COLDFUSE_CLIENT_TRAIN_ADAMW_H_
 

@@ -8,8 +8,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/status_macros.h"
 #include "common/posix_file.h"
+#include "common/status_macros.h"
 
 namespace coldfuse::train {
 namespace {
@@ -154,12 +154,11 @@ absl::StatusOr<CsvTable> ParseCsv(const std::string& path, absl::string_view tex
     if (row.fields.size() == columns) continue;
     return CsvError(
         path, row.line, absl::StrCat("column ", std::min(row.fields.size(), columns) + 1),
-        absl::StrCat("found ", row.fields.size(), " fields but the header has ", columns,
-                     "; every row needs one value per column",
-                     o.quoting ? absl::StrCat(" (quote fields that hold ",
-                                              DelimiterName(o.delimiter), ")")
-                               : absl::StrCat(" (a field cannot hold ",
-                                              DelimiterName(o.delimiter), ")")));
+        absl::StrCat(
+            "found ", row.fields.size(), " fields but the header has ", columns,
+            "; every row needs one value per column",
+            o.quoting ? absl::StrCat(" (quote fields that hold ", DelimiterName(o.delimiter), ")")
+                      : absl::StrCat(" (a field cannot hold ", DelimiterName(o.delimiter), ")")));
   }
   records.erase(records.begin());
   table.rows = std::move(records);
@@ -176,17 +175,17 @@ absl::StatusOr<int> CsvTable::Column(absl::string_view name, absl::string_view r
   for (int c = 0; c < static_cast<int>(header.size()); ++c) {
     if (header[c] != name) continue;
     if (found >= 0) {
-      return CsvError(path, header_line, absl::StrCat("column ", c + 1),
-                      absl::StrCat("a second column named '", name, "'; keep exactly one ", role,
-                                   " column"));
+      return CsvError(
+          path, header_line, absl::StrCat("column ", c + 1),
+          absl::StrCat("a second column named '", name, "'; keep exactly one ", role, " column"));
     }
     found = c;
   }
   if (found < 0) {
-    return CsvError(path, header_line, "header",
-                    absl::StrCat("no ", role, " column '", name, "' among the columns ",
-                                 ListNames(header), "; add it or set the option naming the ",
-                                 role, " column"));
+    return CsvError(
+        path, header_line, "header",
+        absl::StrCat("no ", role, " column '", name, "' among the columns ", ListNames(header),
+                     "; add it or set the option naming the ", role, " column"));
   }
   return found;
 }

@@ -30,7 +30,7 @@ struct CsvOptions {
 };
 
 struct CsvRow {
-  int64_t line = 0;  // the line the record starts on (1-based)
+  int64_t line = 0;                 // the line the record starts on (1-based)
   std::vector<std::string> fields;  // as many as the header has; "\r\n" and "\n" removed
 };
 

@@ -70,8 +70,7 @@ TEST(CsvTest, BlankLinesAreSkippedOrMayOnlyEndTheFile) {
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_THAT(Lines(*t), ElementsAre(2, 3));
   // Inside the data, a blank line is a row of one field.
-  ExpectInvalid("inside.csv", "a,b\n1,2\n\n3,4\n", {"line 3, column 2", "found 1 fields"},
-                strict);
+  ExpectInvalid("inside.csv", "a,b\n1,2\n\n3,4\n", {"line 3, column 2", "found 1 fields"}, strict);
 }
 
 TEST(CsvTest, TsvHasNoQuoting) {
@@ -81,9 +80,8 @@ TEST(CsvTest, TsvHasNoQuoting) {
   absl::StatusOr<CsvTable> t = ParseCsv("t.tsv", "text\tlabel\n\"quoted\" \"twice\"\t1,2\r\n", tsv);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_THAT(t->rows[0].fields, ElementsAre("\"quoted\" \"twice\"", "1,2"));
-  ExpectInvalid("t.tsv", "text\tlabel\na\n", {"line 2", "found 1 fields but the header has 2",
-                                               "a field cannot hold tabs"},
-                tsv);
+  ExpectInvalid("t.tsv", "text\tlabel\na\n",
+                {"line 2", "found 1 fields but the header has 2", "a field cannot hold tabs"}, tsv);
 }
 
 TEST(CsvTest, QuotingMistakesNameLineAndColumn) {
@@ -93,9 +91,9 @@ TEST(CsvTest, QuotingMistakesNameLineAndColumn) {
 }
 
 TEST(CsvTest, FieldCountEmptyFileAndHeaderOnly) {
-  ExpectInvalid("short.csv", "a,b,c\n1,2,3\n1,2\n",
-                {"line 3, column 3", "found 2 fields but the header has 3",
-                 "quote fields that hold commas"});
+  ExpectInvalid(
+      "short.csv", "a,b,c\n1,2,3\n1,2\n",
+      {"line 3, column 3", "found 2 fields but the header has 3", "quote fields that hold commas"});
   ExpectInvalid("long.csv", "a,b\n1,\"2,3\",4\n", {"line 2, column 3", "found 3 fields"});
   ExpectInvalid("empty.csv", "", {"line 1", "the file is empty"});
   ExpectInvalid("blank.csv", " \n\n", {"line 1", "the file is empty"});

@@ -163,7 +163,8 @@ struct EncoderImpl : torch::nn::Module {
   // other positions' outputs feed nothing, so their query, attention output and
   // feed-forward work (about 5/6 of a layer) is skipped, in the forward and the backward
   // pass. Equal to Pooled(forward(...)) up to float rounding (tested).
-  torch::Tensor ForwardPooled(const torch::Tensor &input_ids, const torch::Tensor &token_type_ids = {},
+  torch::Tensor ForwardPooled(const torch::Tensor &input_ids,
+                              const torch::Tensor &token_type_ids = {},
                               const torch::Tensor &attention_mask = {});
 
   EncoderConfig config;

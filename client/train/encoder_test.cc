@@ -133,8 +133,8 @@ TEST(EncoderTest, ForwardPooledEqualsThePooledFullPass) {
       torch::Tensor mask = ToTensor(*b.Find("attention_mask"), torch::kLong);
       torch::Tensor full = EncoderImpl::Pooled(l.encoder->forward(ids, types, mask));
       torch::Tensor pooled = l.encoder->ForwardPooled(ids, types, mask);
-      torch::Tensor want = EncoderImpl::Pooled(ToTensor(
-          *expected.Find("batches")->array[i].Find("last_hidden_state"), torch::kFloat32));
+      torch::Tensor want = EncoderImpl::Pooled(
+          ToTensor(*expected.Find("batches")->array[i].Find("last_hidden_state"), torch::kFloat32));
       ASSERT_EQ(pooled.sizes(), full.sizes());
       EXPECT_LT((pooled - full).abs().max().item<double>(), 1e-5) << model << " batch " << i;
       EXPECT_LT((pooled - want).abs().max().item<double>(), 1e-4) << model << " batch " << i;

@@ -15,8 +15,8 @@
 #include "absl/strings/string_view.h"
 #include "client/train/csv.h"
 #include "common/json.h"
-#include "common/status_macros.h"
 #include "common/posix_file.h"
+#include "common/status_macros.h"
 
 namespace coldfuse::train {
 namespace {

@@ -15,10 +15,10 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "client/train/adamw.h"
 #include "client/train/encoder.h"
 #include "client/train/head_mismatch.h"
@@ -26,8 +26,8 @@
 #include "common/dtype.h"
 #include "common/json.h"
 #include "common/model_spec.h"
-#include "common/status_macros.h"
 #include "common/posix_file.h"
+#include "common/status_macros.h"
 
 namespace coldfuse::train {
 
@@ -141,8 +141,9 @@ absl::Status CheckOptions(const TextTrainOptions& o, const EncoderConfig& config
     return bad("device must be auto, cpu or cuda, not '", o.device, "'");
   }
   if (o.device == "cuda" && !torch::cuda::is_available()) {
-    return bad("device cuda was asked for but LibTorch sees no CUDA device (is this LibTorch "
-               "built with CUDA, and is the driver loaded?); use --device=cpu or auto");
+    return bad(
+        "device cuda was asked for but LibTorch sees no CUDA device (is this LibTorch "
+        "built with CUDA, and is the driver loaded?); use --device=cpu or auto");
   }
   return absl::OkStatus();
 }
@@ -152,8 +153,8 @@ absl::Status CheckOptions(const TextTrainOptions& o, const EncoderConfig& config
 // error instead of a huge allocation.
 int64_t EncoderParameterCount(const EncoderConfig& c) {
   const double h = static_cast<double>(c.hidden_size), i = static_cast<double>(c.intermediate_size);
-  const double embeddings = (static_cast<double>(c.vocab_size) + c.max_position_embeddings +
-                             c.type_vocab_size + 2) * h;
+  const double embeddings =
+      (static_cast<double>(c.vocab_size) + c.max_position_embeddings + c.type_vocab_size + 2) * h;
   const double layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
   const double total = embeddings + static_cast<double>(c.num_hidden_layers) * layer;
   return total < 9e18 ? static_cast<int64_t>(total) : -1;
@@ -168,8 +169,9 @@ absl::Status CheckConfigFitsBase(const TextModel::Impl& m, const std::vector<Hos
   const int64_t needed = EncoderParameterCount(m.config);
   if (needed < 0 || static_cast<uint64_t>(needed) > elements) {
     return absl::InvalidArgumentError(absl::StrCat(
-        m.dir, "/config.json describes an encoder of ", needed < 0 ? "overflowing" :
-        absl::StrCat(needed), " parameters but the base holds ", elements,
+        m.dir, "/config.json describes an encoder of ",
+        needed < 0 ? "overflowing" : absl::StrCat(needed), " parameters but the base holds ",
+        elements,
         " values: is --model the folder of the checkpoint the server was initialised from?"));
   }
   return absl::OkStatus();
@@ -190,8 +192,10 @@ absl::Status CheckIds(const TextModel::Impl& m, const std::vector<std::vector<in
     for (int64_t t : types[r]) {
       if (t < 0 || t >= m.config.type_vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat(
-            m.tokenizer_source, " gives token type ", t, " (text pairs) but config.json's "
-            "type_vocab_size is ", m.config.type_vocab_size,
+            m.tokenizer_source, " gives token type ", t,
+            " (text pairs) but config.json's "
+            "type_vocab_size is ",
+            m.config.type_vocab_size,
             ": this model takes single texts; drop --text_pair_column or join the texts"));
       }
     }
@@ -234,8 +238,7 @@ struct Encoded {
   int64_t rows() const { return static_cast<int64_t>(ids.size()); }
 };
 
-Encoded Encode(const Tokenizer& tokenizer, const TextDataset& data, int max_length,
-               int64_t limit) {
+Encoded Encode(const Tokenizer& tokenizer, const TextDataset& data, int max_length, int64_t limit) {
   Encoded out;
   const int64_t n = limit > 0 ? std::min(limit, data.rows()) : data.rows();
   TokenizeOptions options;
@@ -377,11 +380,11 @@ absl::Status LoadHead(EncoderClassifier& head, const std::vector<HostTensor>& te
       return HeadMismatchError(absl::StrCat("the head has no tensor '", name, "'"));
     }
     const v1::TensorSpec& s = it->second->spec;
-    if (s.dtype() != v1::F32 || !std::equal(s.shape().begin(), s.shape().end(), shape.begin(),
-                                            shape.end())) {
-      return HeadMismatchError(absl::StrCat(
-          "the head's '", name, "' is ", DTypeName(s.dtype()), " ", ShapeString(s),
-          " but this model and data need F32 [", absl::StrJoin(shape, ", "), "]"));
+    if (s.dtype() != v1::F32 ||
+        !std::equal(s.shape().begin(), s.shape().end(), shape.begin(), shape.end())) {
+      return HeadMismatchError(
+          absl::StrCat("the head's '", name, "' is ", DTypeName(s.dtype()), " ", ShapeString(s),
+                       " but this model and data need F32 [", absl::StrJoin(shape, ", "), "]"));
     }
     if (it->second->data.size() != static_cast<size_t>(NumElements(s).value_or(0)) * 4) {
       return HeadMismatchError(absl::StrCat("the head's '", name, "' is truncated"));
@@ -433,13 +436,10 @@ double MeanOf(const std::vector<double>& v, size_t begin, size_t end) {
          static_cast<double>(end - begin);
 }
 
-absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
-                                                const std::vector<HostTensor>& base,
-                                                const std::vector<HostTensor>& head_tensors,
-                                                const TextDataset& train_set,
-                                                const TextDataset& dev_set,
-                                                const TextDataset& test_set,
-                                                const TextTrainOptions& o) {
+absl::StatusOr<TextFineTuneResult> FineTuneImpl(
+    const TextModel::Impl& m, const std::vector<HostTensor>& base,
+    const std::vector<HostTensor>& head_tensors, const TextDataset& train_set,
+    const TextDataset& dev_set, const TextDataset& test_set, const TextTrainOptions& o) {
   RETURN_IF_ERROR(CheckOptions(o, m.config));
   RETURN_IF_ERROR(CheckSplit(train_set, train_set, "train", false));
   RETURN_IF_ERROR(CheckSplit(dev_set, train_set, "dev", true));
@@ -447,9 +447,10 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   const bool regression = train_set.label_ids.empty();
   const int64_t num_labels = regression ? 1 : static_cast<int64_t>(train_set.label_names.size());
   if (!regression && num_labels < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the train split has only one label ('", train_set.label_names.empty() ? "" :
-        train_set.label_names[0], "'): a classifier needs at least two"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the train split has only one label ('",
+                     train_set.label_names.empty() ? "" : train_set.label_names[0],
+                     "'): a classifier needs at least two"));
   }
   if (o.threads > 0) torch::set_num_threads(o.threads);
 
@@ -493,7 +494,8 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
     const bool exempt = absl::EndsWith(name, "bias") || name.find("LayerNorm") != std::string::npos;
     (exempt ? no_decay : decay).params.push_back(p);
   };
-  for (const auto& item : model.encoder->named_parameters(true)) sort_param(item.key(), item.value());
+  for (const auto& item : model.encoder->named_parameters(true))
+    sort_param(item.key(), item.value());
   for (const auto& item : model.head->named_parameters(true)) sort_param(item.key(), item.value());
   ForeachAdamW optimizer({decay, no_decay});
   std::vector<torch::Tensor> params = model.Parameters();
@@ -502,7 +504,8 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
   const int64_t micro_per_epoch = (n + o.batch_size - 1) / o.batch_size;
   const int64_t steps_per_epoch = (micro_per_epoch + o.grad_accumulation - 1) / o.grad_accumulation;
   const int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
-  const int64_t warmup = static_cast<int64_t>(std::floor(o.warmup_ratio * static_cast<double>(total)));
+  const int64_t warmup =
+      static_cast<int64_t>(std::floor(o.warmup_ratio * static_cast<double>(total)));
   auto lr_at = [&](int64_t step) {  // step: 0-based index of the optimizer step
     double f = step < warmup ? static_cast<double>(step + 1) / static_cast<double>(warmup)
                              : static_cast<double>(total - step) /
@@ -527,8 +530,11 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
       ++evals_without_gain;
     }
     if (o.on_step) {
-      o.on_step({.step = step, .total = total, .loss = step_losses.empty() ? 0 : step_losses.back(),
-                 .learning_rate = lr_at(std::max<int64_t>(0, step - 1)), .dev_evaluated = true,
+      o.on_step({.step = step,
+                 .total = total,
+                 .loss = step_losses.empty() ? 0 : step_losses.back(),
+                 .learning_rate = lr_at(std::max<int64_t>(0, step - 1)),
+                 .dev_evaluated = true,
                  .dev_score = score});
     }
     return o.early_stopping_patience > 0 && evals_without_gain >= o.early_stopping_patience;
@@ -567,16 +573,17 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(const TextModel::Impl& m,
       const double loss_sum = loss_total.item<double>();
       if (!std::isfinite(loss_sum)) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "the training loss became %f at step %d: lower the learning rate (now %g)",
-            loss_sum, step + 1, o.learning_rate));
+            "the training loss became %f at step %d: lower the learning rate (now %g)", loss_sum,
+            step + 1, o.learning_rate));
       }
       step_losses.push_back(loss_sum);
       ++step;
-      train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      train_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const bool epoch_end = micro >= micro_per_epoch;
       if (o.on_step) {
-        o.on_step({.step = step, .total = total, .loss = loss_sum,
-                   .learning_rate = lr_at(step - 1)});
+        o.on_step(
+            {.step = step, .total = total, .loss = loss_sum, .learning_rate = lr_at(step - 1)});
       }
       if (result.has_dev && ((o.eval_every > 0 && step % o.eval_every == 0) ||
                              (o.eval_every == 0 && epoch_end) || step == total)) {
@@ -626,16 +633,17 @@ absl::StatusOr<TextModel> TextModel::Open(const std::string& dir) {
     tok = LoadByteLevelBpe(dir + "/vocab.json", dir + "/merges.txt");
   } else {
     return absl::NotFoundError(absl::StrCat(
-        dir, " has no tokenizer: it needs tokenizer.json, vocab.txt (WordPiece) or vocab.json "
-             "and merges.txt (byte-level BPE), as saved by transformers"));
+        dir,
+        " has no tokenizer: it needs tokenizer.json, vocab.txt (WordPiece) or vocab.json "
+        "and merges.txt (byte-level BPE), as saved by transformers"));
   }
   if (!tok.ok()) return tok.status();
   impl->tokenizer = std::move(*tok);
   if (impl->tokenizer->pad_id() < 0 || impl->tokenizer->pad_id() >= impl->config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        impl->tokenizer_source, ": the padding token's id ", impl->tokenizer->pad_id(),
-        " is outside the model's vocabulary of ", impl->config.vocab_size,
-        " (config.json): is this the model's own tokenizer?"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(impl->tokenizer_source, ": the padding token's id ", impl->tokenizer->pad_id(),
+                     " is outside the model's vocabulary of ", impl->config.vocab_size,
+                     " (config.json): is this the model's own tokenizer?"));
   }
   if (impl->config.kind == EncoderKind::kRoberta &&
       impl->tokenizer->pad_id() != impl->config.pad_token_id) {

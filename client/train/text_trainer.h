@@ -49,10 +49,10 @@ class TextModel {
 
 // Reported after every optimizer step and every dev evaluation.
 struct TextProgress {
-  int64_t step = 0;   // optimizer steps done
-  int64_t total = 0;  // optimizer steps planned
-  double loss = 0;    // training loss of the last step
-  double learning_rate = 0;  // of the last step
+  int64_t step = 0;            // optimizer steps done
+  int64_t total = 0;           // optimizer steps planned
+  double loss = 0;             // training loss of the last step
+  double learning_rate = 0;    // of the last step
   bool dev_evaluated = false;  // this report is for a dev evaluation
   double dev_score = 0;        // its accuracy (Pearson for regression)
 };
@@ -127,14 +127,14 @@ struct TextFineTuneResult {
   TextScores before;  // test split, before training (given head, or a fresh one)
   TextScores after;   // test split, after training (best dev weights when a dev split)
   bool has_dev = false;
-  double best_dev = 0;        // best dev accuracy (or Pearson) seen
-  int64_t best_step = 0;      // optimizer step of the returned weights
+  double best_dev = 0;    // best dev accuracy (or Pearson) seen
+  int64_t best_step = 0;  // optimizer step of the returned weights
   bool stopped_early = false;
   double loss_first = 0;  // mean training loss of the first 10% of steps (at least one)
   double loss_last = 0;   // ... of the last 10%
   int64_t num_train_examples = 0;
-  int64_t steps = 0;              // optimizer steps taken
-  double train_seconds = 0;       // wall time of the training loop (no evaluation)
+  int64_t steps = 0;         // optimizer steps taken
+  double train_seconds = 0;  // wall time of the training loop (no evaluation)
   double steps_per_second = 0;
   std::string device;  // "cpu" or "cuda:0 (bf16 autocast)"
 };

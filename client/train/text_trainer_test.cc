@@ -334,7 +334,7 @@ TEST_F(TextTrainerTest, HalfPrecisionBaseComesBackInItsDtype) {
   }
   std::cout << "bf16 base: mean change " << moved / n << ", mean distance to the F32 run "
             << off / n << "\n";
-  EXPECT_GT(moved / n, 1e-4);       // trained
+  EXPECT_GT(moved / n, 1e-4);           // trained
   EXPECT_LT(off / n, 0.2 * moved / n);  // and like the F32 run
 }
 
@@ -380,7 +380,8 @@ TEST_F(TextTrainerTest, ErrorsSayWhatToFix) {
   EXPECT_TRUE(IsHeadMismatch(s)) << s;  // the daemon tells it apart without the message
   // A head of the right shapes that lost bytes does not fit either.
   s = run([](TextTrainOptions&, auto&, std::vector<HostTensor>& head) {
-    for (auto [name, rows] : {std::pair{"classifier.weight", 32}, std::pair{"classifier.bias", 1}}) {
+    for (auto [name, rows] :
+         {std::pair{"classifier.weight", 32}, std::pair{"classifier.bias", 1}}) {
       HostTensor t;
       t.spec.set_name(name);
       t.spec.set_dtype(v1::F32);
@@ -507,8 +508,8 @@ TEST_F(TextTrainerTest, CudaWithBf16AutocastLearnsTheTask) {
   absl::StatusOr<TextFineTuneResult> r = FineTuneText(model, base_, {}, train, dev, test, o);
   ASSERT_TRUE(r.ok()) << r.status();
   std::cout << r->device << ": accuracy " << r->before.accuracy << " -> " << r->after.accuracy
-            << ", loss " << r->loss_first << " -> " << r->loss_last << ", "
-            << r->steps_per_second << " steps/s\n";
+            << ", loss " << r->loss_first << " -> " << r->loss_last << ", " << r->steps_per_second
+            << " steps/s\n";
   EXPECT_EQ(r->device, "cuda:0 (bf16 autocast)");
   EXPECT_GE(r->after.accuracy, 0.85);
   EXPECT_LT(r->loss_last, 0.5 * r->loss_first);

@@ -67,8 +67,8 @@ absl::Status CheckBase(const MlpSpec& spec, const std::vector<HostTensor>& base)
 absl::Status CheckHead(const std::vector<HostTensor>& head, int64_t width, int64_t num_classes) {
   v1::Manifest want = HeadManifest(width, num_classes);
   auto unfit = [&](absl::string_view why) {
-    return HeadMismatchError(absl::StrCat("head does not fit: ", why, " (body width ", width,
-                                          ", ", num_classes,
+    return HeadMismatchError(absl::StrCat("head does not fit: ", why, " (body width ", width, ", ",
+                                          num_classes,
                                           " classes); start a fresh head for this task"));
   };
   if (head.size() != static_cast<size_t>(want.tensors_size())) {

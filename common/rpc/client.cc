@@ -1,17 +1,16 @@
 #include "common/rpc/client.h"
 
-#include <cstdlib>
-
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/posix_file.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
-#include "common/posix_file.h"
 #include "common/tensor_stream.h"
 
 namespace coldfuse::rpc {
@@ -36,8 +35,7 @@ std::vector<uint64_t> Lengths(const v1::Manifest& m) {
 template <typename Request>
 absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request first,
                                const v1::Manifest& manifest, TensorSource* source,
-                               uint32_t start_tensor, uint64_t start_offset,
-                               TransferStats* stats) {
+                               uint32_t start_tensor, uint64_t start_offset, TransferStats* stats) {
   const std::vector<uint64_t> lengths = Lengths(manifest);
   Sha256 sha;
   uint64_t total = 0;
@@ -258,9 +256,9 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
           }
           if (!have_header || c.tensor_index() != tensor || c.offset() != offset ||
               c.data().empty() || c.data().size() > lengths[tensor] - offset) {
-            problem = absl::DataLossError(absl::StrCat(
-                "PullBase: unexpected chunk (tensor #", c.tensor_index(), " offset ",
-                c.offset(), "); expected tensor #", tensor, " offset ", offset));
+            problem = absl::DataLossError(
+                absl::StrCat("PullBase: unexpected chunk (tensor #", c.tensor_index(), " offset ",
+                             c.offset(), "); expected tensor #", tensor, " offset ", offset));
             break;
           }
           problem = sink->Write(tensor, offset, c.data());
@@ -307,8 +305,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
 }
 
 absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel,
-                                    std::optional<uint64_t> version,
-                                    const CallOptions& options) {
+                                    std::optional<uint64_t> version, const CallOptions& options) {
   MemorySink sink;
   ASSIGN_OR_RETURN(PullResult r, PullBaseTo(channel, version, &sink, options));
   PulledBase out;
@@ -374,8 +371,7 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
 }
 
 absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
-                                                const v1::InitHeader& header,
-                                                TensorSource* source,
+                                                const v1::InitHeader& header, TensorSource* source,
                                                 const CallOptions& options) {
   auto stub = v1::Admin::NewStub(channel);
   grpc::ClientContext ctx;
@@ -384,8 +380,8 @@ absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Chan
   auto writer = stub->InitModel(&ctx, &response);
   v1::InitModelRequest first;
   *first.mutable_header() = header;
-  RETURN_IF_ERROR(WriteTensorStream(writer.get(), std::move(first), header.manifest(), source,
-                                    0, 0, nullptr));
+  RETURN_IF_ERROR(
+      WriteTensorStream(writer.get(), std::move(first), header.manifest(), source, 0, 0, nullptr));
   RETURN_IF_ERROR(FromGrpc(writer->Finish(), "InitModel"));
   return response;
 }

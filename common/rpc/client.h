@@ -68,8 +68,7 @@ class TensorSource {
 class HostTensorSource final : public TensorSource {
  public:
   explicit HostTensorSource(const std::vector<HostTensor>& tensors) : tensors_(tensors) {}
-  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length,
-                    std::string* out) override;
+  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length, std::string* out) override;
 
  private:
   const std::vector<HostTensor>& tensors_;
@@ -167,8 +166,7 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
 
 // Stores base v0.
 absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
-                                                const v1::InitHeader& header,
-                                                TensorSource* source,
+                                                const v1::InitHeader& header, TensorSource* source,
                                                 const CallOptions& options = {});
 absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Channel>& channel,
                                                 const v1::InitHeader& header,

@@ -42,9 +42,9 @@ TEST(RetryabilityTest, OneRuleForEveryCode) {
 // A quota answer from the server, converted as every call here converts it, is not
 // resent at once.
 TEST(RetryabilityTest, AQuotaFromTheServerWaitsForLater) {
-  absl::Status quota = FromGrpc(
-      grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the limit is 3 per round"),
-      "PushContribution");
+  absl::Status quota =
+      FromGrpc(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the limit is 3 per round"),
+               "PushContribution");
   EXPECT_EQ(quota.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(Retryability(quota), RetryWhen::kLater);
   EXPECT_EQ(Retryability(FromGrpc(grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"), "GetRound")),

@@ -28,7 +28,7 @@ bool Allows(v1::Role role, v1::Role required) {
 }
 
 absl::StatusOr<std::unique_ptr<TokenRegistry>> TokenRegistry::Create(storage::Store* store,
-                                                                    Clock* clock) {
+                                                                     Clock* clock) {
   std::unique_ptr<TokenRegistry> r(new TokenRegistry(store, clock));
   ASSIGN_OR_RETURN(std::vector<storage::StoredToken> tokens, store->LoadTokens());
   for (auto& t : tokens) {
@@ -59,19 +59,21 @@ absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, 
   out.info.set_name(std::string(name));
   out.info.set_role(role);
   out.info.set_created_unix_ms(clock_->NowUnixMs());
-  if (ttl_seconds > 0) out.info.set_expires_unix_ms(out.info.created_unix_ms() + ttl_seconds * 1000);
+  if (ttl_seconds > 0)
+    out.info.set_expires_unix_ms(out.info.created_unix_ms() + ttl_seconds * 1000);
   storage::StoredToken stored{Sha256::Of(out.secret), out.info};
 
   std::lock_guard<std::mutex> l(mu_);
   auto it = by_name_.find(std::string(name));
   if (it != by_name_.end() && !it->second.info.revoked()) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "a token named '", name, "' exists; revoke it first or choose another name"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("a token named '", name, "' exists; revoke it first or choose another name"));
   }
   RETURN_IF_ERROR(store_->PutToken(
-      stored, {Audit(actor, "token_created",
-                     absl::StrCat(name, " role=", v1::Role_Name(role),
-                                  ttl_seconds > 0 ? absl::StrCat(" ttl=", ttl_seconds, "s") : ""))}));
+      stored,
+      {Audit(actor, "token_created",
+             absl::StrCat(name, " role=", v1::Role_Name(role),
+                          ttl_seconds > 0 ? absl::StrCat(" ttl=", ttl_seconds, "s") : ""))}));
   if (it != by_name_.end()) name_by_hash_.erase(it->second.secret_sha256);
   name_by_hash_[stored.secret_sha256] = std::string(name);
   by_name_[std::string(name)] = std::move(stored);

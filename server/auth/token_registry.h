@@ -36,8 +36,7 @@ struct CreatedToken {
 class TokenRegistry {
  public:
   // Loads the stored tokens. The store and clock must outlive the registry.
-  static absl::StatusOr<std::unique_ptr<TokenRegistry>> Create(storage::Store* store,
-                                                              Clock* clock);
+  static absl::StatusOr<std::unique_ptr<TokenRegistry>> Create(storage::Store* store, Clock* clock);
 
   // ALREADY_EXISTS if an unrevoked token has this name; INVALID_ARGUMENT for a bad name,
   // role or ttl. A revoked name may be reused.

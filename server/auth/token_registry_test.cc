@@ -180,8 +180,7 @@ TEST_F(TokenRegistryTest, RevokedTokenNoLongerAuthenticates) {
 
   EXPECT_EQ(registry_->Revoke("carol", "op").status().code(), absl::StatusCode::kNotFound);
   Reopen();
-  EXPECT_EQ(registry_->Authenticate(t.secret).status().code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(registry_->Authenticate(t.secret).status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_TRUE(registry_->Authenticate(other.secret).ok());
 }
 
@@ -229,8 +228,8 @@ TEST_F(TokenRegistryTest, TokenExpiresAfterItsTtl) {
 }
 
 TEST_F(TokenRegistryTest, HugeTtlIsRefusedOrNeverExpires) {
-  auto t = registry_->CreateToken("alice", v1::CONTRIBUTOR,
-                                  std::numeric_limits<int64_t>::max(), "op");
+  auto t =
+      registry_->CreateToken("alice", v1::CONTRIBUTOR, std::numeric_limits<int64_t>::max(), "op");
   if (!t.ok()) {
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << t.status();
     return;

@@ -17,8 +17,8 @@ ElementReader::ElementReader(DType dtype, uint64_t num_elements, ChunkFn read)
 
 absl::Status ElementReader::Read(uint64_t begin, uint64_t n, double* out) {
   if (begin > num_elements_ || n > num_elements_ - begin) {
-    return absl::OutOfRangeError(absl::StrCat("elements [", begin, ", ", begin + n,
-                                              ") past the end (", num_elements_, ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("elements [", begin, ", ", begin + n, ") past the end (", num_elements_, ")"));
   }
   while (n > 0) {
     const uint64_t chunk = begin / per_chunk_;
@@ -27,8 +27,8 @@ absl::Status ElementReader::Read(uint64_t begin, uint64_t n, double* out) {
       const uint64_t want = std::min(per_chunk_, num_elements_ - chunk * per_chunk_) * esize_;
       if (cached_.size() != want) {
         cached_index_ = -1;
-        return absl::DataLossError(absl::StrCat("stored chunk ", chunk, " has ",
-                                                cached_.size(), " bytes, expected ", want));
+        return absl::DataLossError(absl::StrCat("stored chunk ", chunk, " has ", cached_.size(),
+                                                " bytes, expected ", want));
       }
       cached_index_ = static_cast<int64_t>(chunk);
     }

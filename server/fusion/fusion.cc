@@ -80,8 +80,9 @@ absl::StatusOr<std::string> FuseWeighted(const v1::Manifest& manifest,
   for (int t = 0; t < manifest.tensors_size(); ++t) {
     ASSIGN_OR_RETURN(uint64_t bytes, ByteLength(manifest.tensors(t)));
     for (uint64_t c = 0; c < ChunkCount(bytes); ++c) {
-      items.push_back({static_cast<uint32_t>(t), c,
-                       static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes))});
+      items.push_back(
+          {static_cast<uint32_t>(t), c,
+           static_cast<size_t>(std::min<uint64_t>(kChunkBytes, bytes - c * kChunkBytes))});
     }
   }
   auto compute = [&](const Item& it, std::string* out) -> absl::Status {

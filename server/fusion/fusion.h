@@ -30,8 +30,8 @@ absl::StatusOr<std::vector<double>> FusionWeights(v1::FusionMethod method,
                                                   const std::vector<uint64_t>& num_examples);
 
 // Writes sum_k weights[k] * contribution_k for every tensor of `manifest`, accumulating
-// in F32 (F64 for F64 tensors, or when asked) and storing in each tensor's dtype. Returns the SHA-256 of the result's bytes
-// in manifest order. DATA_LOSS if a stored chunk has the wrong size.
+// in F32 (F64 for F64 tensors, or when asked) and storing in each tensor's dtype. Returns the
+// SHA-256 of the result's bytes in manifest order. DATA_LOSS if a stored chunk has the wrong size.
 absl::StatusOr<std::string> FuseWeighted(const v1::Manifest& manifest,
                                          const std::vector<double>& weights,
                                          const ChunkReader& read, const ChunkWriter& write,

@@ -61,9 +61,7 @@ class FusionHarness {
     return out;
   }
 
-  const std::map<std::pair<uint32_t, uint64_t>, std::string>& written() const {
-    return written_;
-  }
+  const std::map<std::pair<uint32_t, uint64_t>, std::string>& written() const { return written_; }
   // (tensor, chunk) in the order the writer was called.
   const std::vector<std::pair<uint32_t, uint64_t>>& order() const { return order_; }
 

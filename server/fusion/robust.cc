@@ -62,14 +62,13 @@ absl::Status ForEachChunk(const v1::Manifest& manifest, Fn fn) {
 
 // Reads chunk `c` of tensor `t` through read(k, ...) and checks it holds `len` bytes;
 // `who` names the source in the DATA_LOSS message ("contribution #2", "base").
-absl::StatusOr<std::string> ReadChecked(const ChunkReader& read, size_t k,
-                                        absl::string_view who, const v1::TensorSpec& spec,
-                                        uint32_t t, uint64_t c, size_t len) {
+absl::StatusOr<std::string> ReadChecked(const ChunkReader& read, size_t k, absl::string_view who,
+                                        const v1::TensorSpec& spec, uint32_t t, uint64_t c,
+                                        size_t len) {
   ASSIGN_OR_RETURN(std::string data, read(k, t, c));
   if (data.size() != len) {
-    return absl::DataLossError(absl::StrCat(who, " tensor '", spec.name(), "' chunk ", c,
-                                            " holds ", data.size(), " bytes; expected ",
-                                            len));
+    return absl::DataLossError(absl::StrCat(who, " tensor '", spec.name(), "' chunk ", c, " holds ",
+                                            data.size(), " bytes; expected ", len));
   }
   return data;
 }
@@ -82,9 +81,8 @@ std::string ContributionName(size_t k) { return absl::StrCat("contribution #", k
 // rest for the k contributions' raw bytes of one slice of a chunk.
 template <typename Reduce>
 absl::StatusOr<std::string> FuseCoordinatewise(const v1::Manifest& manifest, size_t k,
-                                               const ChunkReader& read,
-                                               const ChunkWriter& write, size_t memory_bytes,
-                                               Reduce reduce) {
+                                               const ChunkReader& read, const ChunkWriter& write,
+                                               size_t memory_bytes, Reduce reduce) {
   const size_t block_elems =
       std::clamp<size_t>(memory_bytes / 4 / (k * sizeof(double)), 64, kBlock);
   const size_t slice_budget = std::max<size_t>(memory_bytes - memory_bytes / 4, 1);
@@ -100,8 +98,8 @@ absl::StatusOr<std::string> FuseCoordinatewise(const v1::Manifest& manifest, siz
         const size_t esize = DTypeSize(spec.dtype());
         const size_t n = len / esize;
         // Elements per slice: as many whole blocks as k raw slices fit in the budget.
-        const size_t per_slice = std::max<size_t>(
-            block_elems, slice_budget / (k * esize) / block_elems * block_elems);
+        const size_t per_slice =
+            std::max<size_t>(block_elems, slice_budget / (k * esize) / block_elems * block_elems);
         out.resize(len);
         for (size_t s0 = 0; s0 < n; s0 += per_slice) {
           const size_t s_n = std::min(per_slice, n - s0);
@@ -134,8 +132,7 @@ absl::StatusOr<std::string> FuseCoordinatewise(const v1::Manifest& manifest, siz
 }
 
 template <typename Bits>
-uint64_t CountExponentAllOnes(absl::string_view chunk, Bits exponent_mask,
-                              uint64_t* first_index) {
+uint64_t CountExponentAllOnes(absl::string_view chunk, Bits exponent_mask, uint64_t* first_index) {
   const size_t n = chunk.size() / sizeof(Bits);
   // Branch-free, so the compiler vectorises it: every upload's chunk passes here.
   uint64_t count = 0;
@@ -180,22 +177,19 @@ absl::StatusOr<std::string> FuseTrimmedMean(const v1::Manifest& manifest, size_t
                                                    k, " contributions leaves none"));
   }
   return FuseCoordinatewise(manifest, k, read, write, memory_bytes,
-                            [trim](double* v, size_t n) {
-    return TrimmedMeanInPlace(v, n, trim);
-  });
+                            [trim](double* v, size_t n) { return TrimmedMeanInPlace(v, n, trim); });
 }
 
 absl::StatusOr<std::string> FuseNormClippedMean(const v1::Manifest& manifest,
                                                 const std::vector<double>& weights,
                                                 const std::vector<double>& delta_norms,
                                                 double clip_norm, const ChunkReader& base,
-                                                const ChunkReader& read,
-                                                const ChunkWriter& write) {
+                                                const ChunkReader& read, const ChunkWriter& write) {
   const size_t k = weights.size();
   if (k == 0) return absl::InvalidArgumentError("norm-clipped mean of no contributions");
   if (delta_norms.size() != k) {
-    return absl::InvalidArgumentError(absl::StrCat(k, " weights but ", delta_norms.size(),
-                                                   " delta norms"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(k, " weights but ", delta_norms.size(), " delta norms"));
   }
   if (!(clip_norm > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("clip norm ", clip_norm, " is not > 0"));
@@ -301,8 +295,6 @@ uint64_t CountNonFinite(DType dtype, absl::string_view chunk, uint64_t* first_in
   }
 }
 
-double Median(std::vector<double> values) {
-  return MedianInPlace(values.data(), values.size());
-}
+double Median(std::vector<double> values) { return MedianInPlace(values.data(), values.size()); }
 
 }  // namespace coldfuse::fusion

@@ -61,8 +61,7 @@ absl::StatusOr<std::string> FuseNormClippedMean(const v1::Manifest& manifest,
                                                 const std::vector<double>& weights,
                                                 const std::vector<double>& delta_norms,
                                                 double clip_norm, const ChunkReader& base,
-                                                const ChunkReader& read,
-                                                const ChunkWriter& write);
+                                                const ChunkReader& read, const ChunkWriter& write);
 
 // L2 norm of (contribution - base) over all tensors of `manifest`, computed in double.
 // Streams; both readers are called with k = 0. DATA_LOSS if a stored chunk has the

@@ -39,9 +39,7 @@ v1::Manifest Tensors(const std::vector<std::pair<std::string, int64_t>>& tensors
   return m;
 }
 
-v1::Manifest OneTensor(int64_t n, v1::DType dtype = v1::F32) {
-  return Tensors({{"w", n}}, dtype);
-}
+v1::Manifest OneTensor(int64_t n, v1::DType dtype = v1::F32) { return Tensors({{"w", n}}, dtype); }
 
 // A model held in memory: per tensor, all its bytes.
 using Model = std::vector<std::string>;
@@ -65,19 +63,18 @@ class RobustHarness {
   size_t k() const { return contributions_.size(); }
 
   absl::StatusOr<std::string> Median(size_t memory_bytes = kCoordinatewiseMemoryBytes) {
-    return FuseMedian(manifest_, k(), Counted(ReaderOf(&contributions_)), Writer(),
-                      memory_bytes);
+    return FuseMedian(manifest_, k(), Counted(ReaderOf(&contributions_)), Writer(), memory_bytes);
   }
-  absl::StatusOr<std::string> TrimmedMean(
-      double trim_fraction, size_t memory_bytes = kCoordinatewiseMemoryBytes) {
+  absl::StatusOr<std::string> TrimmedMean(double trim_fraction,
+                                          size_t memory_bytes = kCoordinatewiseMemoryBytes) {
     return FuseTrimmedMean(manifest_, k(), trim_fraction, Counted(ReaderOf(&contributions_)),
                            Writer(), memory_bytes);
   }
   // Chunk reads made by the last Median or TrimmedMean.
   int reads() const { return reads_; }
   absl::StatusOr<std::string> Mean() {
-    return FuseWeighted(manifest_, std::vector<double>(k(), 1.0 / k()),
-                        ReaderOf(&contributions_), Writer());
+    return FuseWeighted(manifest_, std::vector<double>(k(), 1.0 / k()), ReaderOf(&contributions_),
+                        Writer());
   }
   absl::StatusOr<std::string> NormClipped(const std::vector<double>& weights,
                                           const std::vector<double>& norms, double clip) {
@@ -98,9 +95,7 @@ class RobustHarness {
     return out;
   }
   std::vector<float> F32(uint32_t t = 0) const { return ValuesOf<float>(Output(t)); }
-  const std::map<std::pair<uint32_t, uint64_t>, std::string>& written() const {
-    return written_;
-  }
+  const std::map<std::pair<uint32_t, uint64_t>, std::string>& written() const { return written_; }
 
  private:
   ChunkReader Counted(ChunkReader read) {
@@ -184,7 +179,7 @@ TEST(RobustTrimmedMeanTest, FiveContributionsTrimOneFromEachEnd) {
 
   ASSERT_TRUE(h.TrimmedMean(0.19).ok());  // floor(0.95) = 0: nothing trimmed
   EXPECT_EQ(h.F32(), std::vector<float>({22, 10}));
-  ASSERT_TRUE(h.TrimmedMean(0.4).ok());   // 2 per end: the median
+  ASSERT_TRUE(h.TrimmedMean(0.4).ok());  // 2 per end: the median
   EXPECT_EQ(h.F32(), std::vector<float>({3, 20}));
 }
 
@@ -323,10 +318,10 @@ TEST(RobustCountNonFiniteTest, FindsNaNAndInfInEveryDType) {
   EXPECT_EQ(CountNonFinite(v1::F64, BytesOf<double>({0, -kInf, kNaN}), &first), 2u);
   EXPECT_EQ(first, 1u);
   // F16: 1.0, max finite 65504, +Inf, NaN, -Inf, smallest subnormal.
-  EXPECT_EQ(CountNonFinite(v1::F16,
-                           BytesOf<uint16_t>({0x3c00, 0x7bff, 0x7c00, 0x7e00, 0xfc00, 0x0001}),
-                           &first),
-            3u);
+  EXPECT_EQ(
+      CountNonFinite(v1::F16, BytesOf<uint16_t>({0x3c00, 0x7bff, 0x7c00, 0x7e00, 0xfc00, 0x0001}),
+                     &first),
+      3u);
   EXPECT_EQ(first, 2u);
   EXPECT_EQ(CountNonFinite(v1::BF16,
                            BytesOf<uint16_t>({FloatToBf16Bits(1), FloatToBf16Bits(3e38f),
@@ -431,8 +426,8 @@ TEST(RobustChunkBoundaryTest, NormClippedMeanFusesATwoChunkTensor) {
     norms.push_back(*n);
   }
   // Clip at 2 sqrt(kN): the third delta is halved, so the shift is (1 - 1 + 2) / 3.
-  auto sha = h.NormClipped({1.0 / 3, 1.0 / 3, 1.0 / 3}, norms,
-                           2 * std::sqrt(static_cast<double>(kN)));
+  auto sha =
+      h.NormClipped({1.0 / 3, 1.0 / 3, 1.0 / 3}, norms, 2 * std::sqrt(static_cast<double>(kN)));
   ASSERT_TRUE(sha.ok()) << sha.status();
   ASSERT_EQ(h.written().size(), 2u);
   std::vector<float> got = h.F32();
@@ -493,9 +488,8 @@ TEST(RobustDataLossTest, WrongChunkSizeNamesContributionTensorAndChunk) {
   h.Add({BytesOf<float>({1}), BytesOf<float>({1, 2, 3})});
   h.Add({BytesOf<float>({1}), BytesOf<float>({1, 2})});  // truncated in storage
   h.Add({BytesOf<float>({1}), BytesOf<float>({1, 2, 3})});
-  for (const absl::Status& s :
-       {h.Median().status(), h.TrimmedMean(0).status(),
-        h.NormClipped({0.5, 0.25, 0.25}, {1, 1, 1}, 1).status()}) {
+  for (const absl::Status& s : {h.Median().status(), h.TrimmedMean(0).status(),
+                                h.NormClipped({0.5, 0.25, 0.25}, {1, 1, 1}, 1).status()}) {
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
     EXPECT_NE(s.message().find("contribution #1"), absl::string_view::npos) << s;
     EXPECT_NE(s.message().find("'layer.7' chunk 0"), absl::string_view::npos) << s;

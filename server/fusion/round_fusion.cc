@@ -31,8 +31,8 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
   };
   auto state = std::make_shared<State>();
   state->readers.resize(base_manifest.tensors_size());
-  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read,
-          read_base](size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
+  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base](
+             size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
     if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
       return absl::OutOfRangeError(absl::StrCat("no tensor #", t, " in the base"));
     }
@@ -42,8 +42,8 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
     const uint64_t per_chunk = kChunkBytes / bsize;
     const uint64_t begin = chunk * per_chunk;
     if (begin >= total && total > 0) {
-      return absl::OutOfRangeError(absl::StrCat("chunk ", chunk, " is past the end of '",
-                                                bspec.name(), "'"));
+      return absl::OutOfRangeError(
+          absl::StrCat("chunk ", chunk, " is past the end of '", bspec.name(), "'"));
     }
     const uint64_t n = std::min<uint64_t>(per_chunk, total - begin);
     std::vector<double> values(n);
@@ -99,11 +99,10 @@ absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
     case v1::TRIMMED_MEAN:
       return FuseTrimmedMean(manifest, readers.size(), options.trim_fraction(), read, write);
     case v1::NORM_CLIPPED_MEAN: {
-      ASSIGN_OR_RETURN(std::vector<double> w,
-                       FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples));
+      ASSIGN_OR_RETURN(std::vector<double> w, FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples));
       // A zero median update clips every update to (almost) nothing: the base stays.
-      const double clip = std::max(options.clip_factor() * Median(norms),
-                                   std::numeric_limits<double>::min());
+      const double clip =
+          std::max(options.clip_factor() * Median(norms), std::numeric_limits<double>::min());
       return FuseNormClippedMean(manifest, w, norms, clip, read_base, read, write);
     }
     case v1::FUSION_METHOD_UNSPECIFIED:

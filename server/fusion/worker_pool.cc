@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-
 namespace coldfuse::fusion {
 
 WorkerPool::WorkerPool(int threads) {
@@ -47,9 +46,7 @@ void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
     });
   }
   absl::MutexLock l(&pending.mu);
-  auto all_done = [&pending]() ABSL_SHARED_LOCKS_REQUIRED(pending.mu) {
-    return pending.left == 0;
-  };
+  auto all_done = [&pending]() ABSL_SHARED_LOCKS_REQUIRED(pending.mu) { return pending.left == 0; };
   pending.mu.Await(absl::Condition(&all_done));
 }
 

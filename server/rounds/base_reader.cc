@@ -32,9 +32,9 @@ absl::Status BaseReader::Seek(uint32_t tensor, uint64_t offset) {
   if (tensor > lengths_.size() || (tensor < lengths_.size() && offset > lengths_[tensor]) ||
       (tensor == lengths_.size() && offset != 0) ||
       (tensor < lengths_.size() && offset % kChunkBytes != 0 && offset != lengths_[tensor])) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot start base v", version_, " at tensor #", tensor, " offset ", offset,
-        ": start at a 1 MiB boundary of an existing tensor"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot start base v", version_, " at tensor #", tensor, " offset ", offset,
+                     ": start at a 1 MiB boundary of an existing tensor"));
   }
   tensor_ = tensor;
   chunk_ = ChunkCount(offset);
@@ -51,9 +51,8 @@ absl::StatusOr<bool> BaseReader::Next(v1::TensorChunk* chunk) {
   uint64_t want = std::min<uint64_t>(kChunkBytes, lengths_[tensor_] - chunk_ * kChunkBytes);
   if (data.size() != want) {
     return absl::DataLossError(absl::StrCat("stored base v", version_, " tensor '",
-                                            manifest_.tensors(tensor_).name(), "' chunk ",
-                                            chunk_, " has ", data.size(), " bytes, expected ",
-                                            want));
+                                            manifest_.tensors(tensor_).name(), "' chunk ", chunk_,
+                                            " has ", data.size(), " bytes, expected ", want));
   }
   chunk->set_tensor_index(tensor_);
   chunk->set_offset(chunk_ * kChunkBytes);

@@ -105,8 +105,7 @@ struct ContributionIntake::Stream {
 };
 
 ContributionIntake::ContributionIntake(storage::Store* store, RoundManager* rounds,
-                                       const IntakeOptions& options, Clock* clock,
-                                       uint64_t next_id)
+                                       const IntakeOptions& options, Clock* clock, uint64_t next_id)
     : store_(store), rounds_(rounds), options_(options), clock_(clock), next_id_(next_id) {}
 
 absl::StatusOr<std::unique_ptr<ContributionIntake>> ContributionIntake::Create(
@@ -141,9 +140,9 @@ ContributionIntake::~ContributionIntake() { rounds_->RemoveListener(listener_); 
 
 void ContributionIntake::AuditRejection(const std::string& actor, const absl::Status& why) {
   // Unsynced: a rejection changes no state, and must not cost the server an fsync.
-  absl::Status st = store_->AppendAudit({MakeAudit(
-      actor, "contribution_rejected",
-      absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message()))});
+  absl::Status st = store_->AppendAudit(
+      {MakeAudit(actor, "contribution_rejected",
+                 absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message()))});
   if (!st.ok()) CF_LOG(ERROR) << "cannot write audit record: " << st;
 }
 
@@ -151,18 +150,18 @@ absl::Status ContributionIntake::CheckQuotaLocked(const v1::ContributionHeader& 
                                                   uint64_t bytes) {
   const auto key = std::make_pair(header.round(), header.contributor());
   if (uploads_started_[key] >= options_.max_uploads_per_round) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "contributor '", header.contributor(), "' started ", uploads_started_[key],
-        " uploads in round ", header.round(), "; the limit is ", options_.max_uploads_per_round,
-        " per round"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("contributor '", header.contributor(), "' started ", uploads_started_[key],
+                     " uploads in round ", header.round(), "; the limit is ",
+                     options_.max_uploads_per_round, " per round"));
   }
   if (options_.max_bytes_per_day > 0) {
     const int64_t day = clock_->NowUnixMs() / kDayMs;
     const uint64_t used = bytes_by_day_[{day, header.contributor()}];
     if (bytes > options_.max_bytes_per_day || used > options_.max_bytes_per_day - bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "contributor '", header.contributor(), "' has ", used, " bytes accepted today; ",
-          bytes, " more would pass the daily limit of ", options_.max_bytes_per_day));
+          "contributor '", header.contributor(), "' has ", used, " bytes accepted today; ", bytes,
+          " more would pass the daily limit of ", options_.max_bytes_per_day));
     }
   }
   ++uploads_started_[key];
@@ -184,17 +183,16 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
           absl::StrCat("upload '", uid, "' is still streaming; retry in a moment"));
     }
     if (HeaderKey(s.upload.header) != HeaderKey(header)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the header differs from interrupted upload '", uid,
-          "'; resume with the same header, or start over with a new upload_id"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the header differs from interrupted upload '", uid,
+                       "'; resume with the same header, or start over with a new upload_id"));
     }
     if (header.resume_tensor() != s.upload.progress.next_tensor ||
         header.resume_offset() != s.upload.progress.next_offset) {
       // The server may have stored more since the client asked: ask again.
       return absl::AbortedError(absl::StrCat("upload '", uid, "' resumes at tensor #",
                                              s.upload.progress.next_tensor, " offset ",
-                                             s.upload.progress.next_offset,
-                                             " (ask GetUpload)"));
+                                             s.upload.progress.next_offset, " (ask GetUpload)"));
     }
     s.streaming = true;
     stream->id = s.id;
@@ -203,8 +201,8 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
     return absl::OkStatus();
   }
   if (header.resume_tensor() != 0 || header.resume_offset() != 0) {
-    return absl::NotFoundError(absl::StrCat(
-        "the server holds nothing of upload '", uid, "': start it from the beginning"));
+    return absl::NotFoundError(absl::StrCat("the server holds nothing of upload '", uid,
+                                            "': start it from the beginning"));
   }
   ASSIGN_OR_RETURN(uint64_t sent_bytes, TotalBytes(header.manifest()));
   RETURN_IF_ERROR(CheckQuotaLocked(header, sent_bytes));
@@ -265,14 +263,14 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
           "tensor '", spec.name(), "' holds a NaN or infinity at element ",
           c * (kChunkBytes / esize) + first, " (read as ", DTypeName(spec.dtype()),
           "): a diverged fine-tuning run cannot be fused; if training was fine, check that "
-          "the data really is ", DTypeName(spec.dtype()), " as the manifest says"));
+          "the data really is ",
+          DTypeName(spec.dtype()), " as the manifest says"));
     }
     double sum_sq = 0;
     if (!delta && spec.dtype() == bspec.dtype()) {
       // Sent as the base is stored: the same chunk grid, one pass over both buffers.
-      ASSIGN_OR_RETURN(std::string base,
-                       store_->GetBaseChunk(stream->open.base_version, t, c,
-                                            /*verify=*/false));
+      ASSIGN_OR_RETURN(std::string base, store_->GetBaseChunk(stream->open.base_version, t, c,
+                                                              /*verify=*/false));
       if (base.size() != data.size()) {
         return absl::DataLossError(
             absl::StrCat("base chunk ", c, " of '", spec.name(), "' has the wrong size"));
@@ -323,9 +321,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
   };
   auto upload = std::make_unique<TensorUpload>(
       header.manifest(), sink,
-      [this, stream](const std::string& sha, uint64_t bytes) {
-        return Commit(stream, sha, bytes);
-      },
+      [this, stream](const std::string& sha, uint64_t bytes) { return Commit(stream, sha, bytes); },
       [this, stream](TensorUpload::EndKind kind, const absl::Status& why) {
         return Abort(stream, kind, why);
       });
@@ -342,8 +338,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
 }
 
 absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<Stream>& stream,
-                                                        const std::string& sha256,
-                                                        uint64_t bytes) {
+                                                        const std::string& sha256, uint64_t bytes) {
   const v1::ContributionHeader& header = stream->header;
   v1::ContributionInfo info;
   info.set_id(stream->id);
@@ -382,8 +377,8 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
   const uint64_t id = stream->id;
   // A broken connection, a transient failure or a stream without its trailer keeps a
   // resumable upload; a rejected one is removed.
-  const bool keep = !uid.empty() &&
-                    (kind != TensorUpload::EndKind::kRejected || IsBrokenConnection(why));
+  const bool keep =
+      !uid.empty() && (kind != TensorUpload::EndKind::kRejected || IsBrokenConnection(why));
   if (keep) {
     storage::StoredUpload::Progress at;
     {
@@ -401,11 +396,11 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
                    << "); kept for resumption at tensor #" << at.next_tensor << " offset "
                    << at.next_offset;
       if (kind == TensorUpload::EndKind::kNoTrailer) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "stream ended before its trailer; the ", at.bytes_stored,
-            " bytes stored so far are kept: resume upload '", uid, "' at tensor #",
-            at.next_tensor, " offset ", at.next_offset,
-            " (GetUpload says where) and end the stream with its trailer"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("stream ended before its trailer; the ", at.bytes_stored,
+                         " bytes stored so far are kept: resume upload '", uid, "' at tensor #",
+                         at.next_tensor, " offset ", at.next_offset,
+                         " (GetUpload says where) and end the stream with its trailer"));
       }
       return why;
     }
@@ -463,8 +458,8 @@ absl::StatusOr<v1::UploadProgress> ContributionIntake::GetUpload(
   absl::MutexLock l(&mu_);
   auto it = sessions_.find(upload_id);
   if (it == sessions_.end() || it->second.contributor != contributor) {
-    return absl::NotFoundError(absl::StrCat(
-        "the server holds nothing of upload '", upload_id, "': start it from the beginning"));
+    return absl::NotFoundError(absl::StrCat("the server holds nothing of upload '", upload_id,
+                                            "': start it from the beginning"));
   }
   v1::UploadProgress p;
   p.set_upload_id(upload_id);

@@ -63,7 +63,7 @@ class ContributionIntake {
     uint64_t round = 0;
     uint64_t id = 0;
     std::string contributor;
-    bool streaming = false;  // a stream is attached now
+    bool streaming = false;        // a stream is attached now
     storage::StoredUpload upload;  // header, id and progress
   };
   struct Stream;  // one attached upload stream (contribution_intake.cc)

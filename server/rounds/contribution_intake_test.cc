@@ -64,11 +64,9 @@ TEST_F(ContributionIntakeTest, WrongRoundIsFailedPrecondition) {
   Init();
   v1::ContributionHeader h = Header("alice");
   h.set_round(2);
-  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(), absl::StatusCode::kFailedPrecondition);
   h.set_round(0);
-  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Contribute(h, Body(kSpec, 2)).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ContributionIntakeTest, HeaderManifestMismatchIsInvalidArgumentAndStoresNothing) {
@@ -95,9 +93,7 @@ TEST_F(ContributionIntakeTest, HeaderManifestMismatchIsInvalidArgumentAndStoresN
   for (const Case& c : cases) {
     v1::ContributionHeader h = Header("alice");
     c.edit(h.mutable_manifest());
-    EXPECT_EQ(intake_->Begin(h).status().code(),
-              absl::StatusCode::kInvalidArgument)
-        << c.what;
+    EXPECT_EQ(intake_->Begin(h).status().code(), absl::StatusCode::kInvalidArgument) << c.what;
   }
   EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
   Restart();
@@ -121,8 +117,7 @@ TEST_F(ContributionIntakeTest, DataNotMatchingTheManifestIsInvalidArgumentAndSto
               absl::StatusCode::kInvalidArgument);
   }
   // ...and gone once the rejected upload is dropped.
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(), absl::StatusCode::kNotFound);
   {
     auto up = intake_->Begin(Header("alice"));
     ASSERT_TRUE(up.ok()) << up.status();
@@ -136,8 +131,7 @@ TEST_F(ContributionIntakeTest, DataNotMatchingTheManifestIsInvalidArgumentAndSto
   EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
   Restart();
   EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(ContributionIntakeTest, BadChecksumIsInvalidArgumentAndStoresNothing) {
@@ -184,14 +178,12 @@ TEST_F(ContributionIntakeTest, SameContributorRacingTwoUploadsGetsOneAccepted) {
 TEST_F(ContributionIntakeTest, BadContributorNameOrZeroExamplesIsInvalidArgument) {
   Init();
   for (const char* name : {"", "bad name", "semi;colon", "slash/name"}) {
-    EXPECT_EQ(intake_->Begin(Header(name)).status().code(),
-              absl::StatusCode::kInvalidArgument)
+    EXPECT_EQ(intake_->Begin(Header(name)).status().code(), absl::StatusCode::kInvalidArgument)
         << "'" << name << "'";
   }
   EXPECT_EQ(intake_->Begin(Header(std::string(129, 'a'))).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(intake_->Begin(Header("alice", 0)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(intake_->Begin(Header("alice", 0)).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(intake_->Begin(Header("alice.o-k_1@lab")).ok());
 }
 
@@ -282,10 +274,8 @@ TEST_F(ContributionIntakeTest, NonFiniteValueInALaterStorageChunkNamesItsElement
   t[0].data = BytesOf(w);
   auto r = Contribute(Header("alice"), t);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-  EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("element ", bad)))
-      << r.status();
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("element ", bad))) << r.status();
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
 }
 
@@ -346,8 +336,7 @@ TEST_F(ContributionIntakeTest, UploadsPerRoundQuotaIsResourceExhausted) {
             absl::StatusCode::kResourceExhausted);
   // Others are unaffected.
   MustContribute("bob", 4);
-  EXPECT_EQ(intake_->Begin(Header("alice")).status().code(),
-            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(intake_->Begin(Header("alice")).status().code(), absl::StatusCode::kResourceExhausted);
   // The quota is per round.
   MustClose();
   MustContribute("alice", 5);

@@ -73,8 +73,7 @@ class DurabilityTest : public RoundsTest {
         (void)manager_->GetRound();
         (void)manager_->ListRounds();
       });
-      const bool answered =
-          readers.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+      const bool answered = readers.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
       faults_->ReleaseOneSync();
       EXPECT_TRUE(answered) << "a state reader waited on a commit's fsync";
       if (!answered) break;
@@ -83,8 +82,7 @@ class DurabilityTest : public RoundsTest {
     return done.get();
   }
 
-  std::shared_ptr<storage::FaultInjection> faults_ =
-      std::make_shared<storage::FaultInjection>();
+  std::shared_ptr<storage::FaultInjection> faults_ = std::make_shared<storage::FaultInjection>();
 };
 
 class DurabilityFaultTest : public DurabilityTest, public ::testing::WithParamInterface<Op> {};
@@ -109,9 +107,8 @@ TEST_F(DurabilityTest, ReadersAndAdmissionNeverWaitOnACommitsFsync) {
   EXPECT_GE(held, 1);  // at least the commit's own synced write was held
 
   faults_->HoldSyncs(/*wal_only=*/true);
-  auto commit = std::async(std::launch::async, [&] {
-    return (*bob_upload)->Finish(TrailerFor(bob));
-  });
+  auto commit =
+      std::async(std::launch::async, [&] { return (*bob_upload)->Finish(TrailerFor(bob)); });
   if (!faults_->WaitForHeldSync(absl::Seconds(30))) {
     faults_->ReleaseSyncs();
     auto r = commit.get();

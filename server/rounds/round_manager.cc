@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/model_spec.h"
@@ -27,8 +27,7 @@ constexpr size_t kMaxModelSpecBytes = 256;
 
 }  // namespace
 
-v1::AuditRecord MakeAudit(absl::string_view actor, absl::string_view action,
-                          std::string detail) {
+v1::AuditRecord MakeAudit(absl::string_view actor, absl::string_view action, std::string detail) {
   v1::AuditRecord r;
   r.set_actor(std::string(actor));
   r.set_action(std::string(action));
@@ -51,9 +50,8 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(
         "outlier_factor must be 0 (off) or a finite number of at least 1: below 1 it could "
         "quarantine everyone");
   }
-  if (state.model.has_value() &&
-      (state.rounds.empty() || state.rounds.back().state() != v1::OPEN ||
-       state.rounds.back().base_version() != state.current_base)) {
+  if (state.model.has_value() && (state.rounds.empty() || state.rounds.back().state() != v1::OPEN ||
+                                  state.rounds.back().base_version() != state.current_base)) {
     return absl::DataLossError("storage: the open round does not match the current base");
   }
   std::unique_ptr<RoundManager> m(new RoundManager(store, options, clock));
@@ -108,7 +106,7 @@ absl::Status RoundManager::CheckInitializedLocked() const {
 // ------------------------------------------------------------------ init
 
 absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::InitHeader& header,
-                                                                     const std::string& actor) {
+                                                                      const std::string& actor) {
   if (header.model_spec().empty()) {
     return absl::InvalidArgumentError("model_spec is empty: say which architecture this is");
   }
@@ -127,8 +125,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
   }
   const auto& fo = header.fusion_options();
   // Written so that NaN fails too: a NaN option would make every close fail.
-  if (!(fo.trim_fraction() >= 0 && fo.trim_fraction() < 0.5) ||
-      !(fo.clip_factor() >= 0) || !std::isfinite(fo.clip_factor())) {
+  if (!(fo.trim_fraction() >= 0 && fo.trim_fraction() < 0.5) || !(fo.clip_factor() >= 0) ||
+      !std::isfinite(fo.clip_factor())) {
     return absl::InvalidArgumentError(
         "fusion options out of range: trim_fraction in [0, 0.5), clip_factor a finite "
         "number >= 0 (0 picks the default)");
@@ -136,9 +134,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
   v1::ModelInfo model;
   model.set_model_spec(header.model_spec());
   *model.mutable_manifest() = header.manifest();
-  model.set_fusion_method(header.fusion_method() == v1::FUSION_METHOD_UNSPECIFIED
-                              ? v1::MEAN
-                              : header.fusion_method());
+  model.set_fusion_method(
+      header.fusion_method() == v1::FUSION_METHOD_UNSPECIFIED ? v1::MEAN : header.fusion_method());
   *model.mutable_fusion_options() = fo;
   if (fo.trim_fraction() == 0) model.mutable_fusion_options()->set_trim_fraction(0.2);
   if (fo.clip_factor() == 0) model.mutable_fusion_options()->set_clip_factor(1.0);
@@ -147,9 +144,9 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
   {
     absl::MutexLock l(&mu_);
     if (model_.has_value()) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "the server already holds a model (base v", current_base_,
-          "); init works once per data folder"));
+      return absl::AlreadyExistsError(absl::StrCat("the server already holds a model (base v",
+                                                   current_base_,
+                                                   "); init works once per data folder"));
     }
     if (init_in_progress_) {
       return absl::AbortedError("another init upload is in progress");
@@ -167,8 +164,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
         if (fusion::CountNonFinite(spec.dtype(), data, &first) > 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               "tensor '", spec.name(), "' holds a NaN or infinity at element ",
-              c * (kChunkBytes / DTypeSize(spec.dtype())) + first,
-              " (read as ", DTypeName(spec.dtype()),
+              c * (kChunkBytes / DTypeSize(spec.dtype())) + first, " (read as ",
+              DTypeName(spec.dtype()),
               "): a base must be finite, or every contribution trained from it is refused"));
         }
         return store->PutBaseChunk(0, t, c, data);
@@ -202,8 +199,8 @@ absl::StatusOr<UploadResult> RoundManager::CommitInit(const v1::ModelInfo& model
   RETURN_IF_ERROR(store_->CommitInit(
       model, sha256, first,
       {MakeAudit(actor, "init",
-                 absl::StrCat(model.model_spec(), " fusion=",
-                              v1::FusionMethod_Name(model.fusion_method()))),
+                 absl::StrCat(model.model_spec(),
+                              " fusion=", v1::FusionMethod_Name(model.fusion_method()))),
        MakeAudit(actor, "base_created", absl::StrCat("v0 sha256=", ToHex(sha256)))}));
   {
     absl::MutexLock l(&mu_);
@@ -238,31 +235,30 @@ absl::StatusOr<v1::GetRoundResponse> RoundManager::GetRound() const {
   return r;
 }
 
-absl::StatusOr<OpenRound> RoundManager::CheckAdmission(
-    const v1::ContributionHeader& header) const {
+absl::StatusOr<OpenRound> RoundManager::CheckAdmission(const v1::ContributionHeader& header) const {
   absl::MutexLock l(&mu_);
   RETURN_IF_ERROR(CheckInitializedLocked());
   const v1::RoundInfo& open = rounds_.back();
   if (header.base_version() != current_base_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "contribution was fine-tuned from base v", header.base_version(), " but round ",
-        open.number(), " takes base v", current_base_,
-        ": pull the current base and fine-tune again"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("contribution was fine-tuned from base v", header.base_version(),
+                     " but round ", open.number(), " takes base v", current_base_,
+                     ": pull the current base and fine-tune again"));
   }
   if (header.round() != open.number()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "round ", header.round(), " is not open; the open round is ", open.number()));
+    return absl::FailedPreconditionError(
+        absl::StrCat("round ", header.round(), " is not open; the open round is ", open.number()));
   }
   if (closing_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "round ", open.number(), " is being fused; contribute to round ", open.number() + 1,
-        " from the next base"));
+    return absl::FailedPreconditionError(absl::StrCat("round ", open.number(),
+                                                      " is being fused; contribute to round ",
+                                                      open.number() + 1, " from the next base"));
   }
   for (const auto& c : open.contributions()) {
     if (c.contributor() == header.contributor()) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "contributor '", header.contributor(), "' already contributed to round ",
-          open.number(), " (contribution ", c.id(), ")"));
+      return absl::AlreadyExistsError(absl::StrCat("contributor '", header.contributor(),
+                                                   "' already contributed to round ", open.number(),
+                                                   " (contribution ", c.id(), ")"));
     }
   }
   OpenRound r;
@@ -286,9 +282,10 @@ absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& in
     RETURN_IF_ERROR(CheckInitializedLocked());
     v1::RoundInfo& open = rounds_.back();
     if (open.number() != round || closing_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "round ", round, " closed while the contribution was uploading; "
-          "pull the new base and contribute again"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("round ", round,
+                       " closed while the contribution was uploading; "
+                       "pull the new base and contribute again"));
     }
     bool taken = committing_.count(who) > 0;
     for (const auto& c : open.contributions()) taken = taken || c.contributor() == who;
@@ -301,10 +298,10 @@ absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& in
   }
   absl::Status st = store_->CommitContribution(
       round, info,
-      {MakeAudit(who, "contribution_accepted",
-                 absl::StrCat("id=", info.id(), " round=", round, " bytes=", info.bytes(),
-                              " delta_norm=", Fmt(info.delta_norm()),
-                              " sha256=", ToHex(info.sha256())))},
+      {MakeAudit(
+          who, "contribution_accepted",
+          absl::StrCat("id=", info.id(), " round=", round, " bytes=", info.bytes(),
+                       " delta_norm=", Fmt(info.delta_norm()), " sha256=", ToHex(info.sha256())))},
       upload_id);
   bool quorum = false;
   {
@@ -318,9 +315,8 @@ absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& in
     }
   }
   RETURN_IF_ERROR(st);
-  CF_LOG(INFO) << "round " << round << ": accepted contribution " << info.id() << " from "
-               << who << " (" << info.bytes() << " bytes, delta norm "
-               << Fmt(info.delta_norm()) << ")";
+  CF_LOG(INFO) << "round " << round << ": accepted contribution " << info.id() << " from " << who
+               << " (" << info.bytes() << " bytes, delta norm " << Fmt(info.delta_norm()) << ")";
   NotifyChanged();
   if (quorum) {
     absl::MutexLock l(&policy_mu_);
@@ -411,10 +407,10 @@ void RoundManager::Screen(v1::RoundInfo* round, storage::AuditBatch* audit) cons
       c.set_quarantine_reason(absl::StrCat("delta norm ", Fmt(c.delta_norm()), " > ",
                                            Fmt(options_.outlier_factor), " x round median ",
                                            Fmt(median)));
-      audit->push_back(MakeAudit("server", "contribution_quarantined",
-                                 absl::StrCat("id=", c.id(), " contributor=", c.contributor(),
-                                              " round=", round->number(), ": ",
-                                              c.quarantine_reason())));
+      audit->push_back(
+          MakeAudit("server", "contribution_quarantined",
+                    absl::StrCat("id=", c.id(), " contributor=", c.contributor(),
+                                 " round=", round->number(), ": ", c.quarantine_reason())));
     }
   }
 }
@@ -430,8 +426,8 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     RETURN_IF_ERROR(CheckInitializedLocked());
     const v1::RoundInfo& open = rounds_.back();
     if (round.has_value() && *round != open.number()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "round ", *round, " is not open; the open round is ", open.number()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("round ", *round, " is not open; the open round is ", open.number()));
     }
     BeginClosingLocked();
     if (rounds_.back().contributions_size() == 0) {
@@ -487,13 +483,14 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
   next.set_state(v1::OPEN);
   next.set_opened_unix_ms(now);
   const size_t fused = sources.size();
-  audit.push_back(MakeAudit(actor, "round_closed",
-                            absl::StrCat("round=", number, " reason=", reason, " fused=", fused,
-                                         " quarantined=", closing.contributions_size() - fused,
-                                         " method=", v1::FusionMethod_Name(model.fusion_method()))));
-  audit.push_back(MakeAudit(actor, "base_created",
-                            absl::StrCat("v", new_version, " from v", base_version,
-                                         " sha256=", ToHex(*sha))));
+  audit.push_back(
+      MakeAudit(actor, "round_closed",
+                absl::StrCat("round=", number, " reason=", reason, " fused=", fused,
+                             " quarantined=", closing.contributions_size() - fused,
+                             " method=", v1::FusionMethod_Name(model.fusion_method()))));
+  audit.push_back(
+      MakeAudit(actor, "base_created",
+                absl::StrCat("v", new_version, " from v", base_version, " sha256=", ToHex(*sha))));
   absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next, audit);
   if (!st.ok()) return fail(st);
   {
@@ -530,9 +527,10 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
              bad_base_versions_.end();
     };
     if (good_version >= current_base_ || is_bad(good_version)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot roll back to base v", good_version, ": give a good base older than the "
-          "current v", current_base_));
+      return absl::FailedPreconditionError(absl::StrCat("cannot roll back to base v", good_version,
+                                                        ": give a good base older than the "
+                                                        "current v",
+                                                        current_base_));
     }
     for (uint64_t v = good_version + 1; v <= max_base_version_; ++v) {
       if (!is_bad(v)) bad.push_back(v);
@@ -558,11 +556,11 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
   const std::string why = reason.empty() ? std::string("operator rollback") : reason;
   absl::Status st = store_->CommitRollback(
       closed, bad, why, good_version, next,
-      {MakeAudit(actor, "rollback",
-                 absl::StrCat("to v", good_version, "; bad: v", absl::StrJoin(bad, ", v"),
-                              "; round ", closed.number(), " closed unfused with ",
-                              closed.contributions_size(), " stored contributions; reason: ",
-                              why))});
+      {MakeAudit(
+          actor, "rollback",
+          absl::StrCat("to v", good_version, "; bad: v", absl::StrJoin(bad, ", v"), "; round ",
+                       closed.number(), " closed unfused with ", closed.contributions_size(),
+                       " stored contributions; reason: ", why))});
   if (!st.ok()) return fail(st);
   v1::RollbackBaseResponse resp;
   {
@@ -577,8 +575,9 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
     ++change_seq_;
     for (uint64_t v : bad_base_versions_) resp.add_bad_base_versions(v);
   }
-  CF_LOG(WARNING) << "rolled back to base v" << good_version << " (bad: "
-                  << absl::StrJoin(bad, ", ") << "); round " << next.number() << " open";
+  CF_LOG(WARNING) << "rolled back to base v" << good_version
+                  << " (bad: " << absl::StrJoin(bad, ", ") << "); round " << next.number()
+                  << " open";
   NotifyChanged();
   *resp.mutable_opened_round() = next;
   return resp;
@@ -618,8 +617,8 @@ std::vector<v1::RoundInfo> RoundManager::ListRounds() const {
 absl::StatusOr<v1::RoundInfo> RoundManager::GetRoundInfo(uint64_t number) const {
   absl::MutexLock l(&mu_);
   if (number == 0 || number > rounds_.size()) {
-    return absl::NotFoundError(absl::StrCat("round ", number, " does not exist; rounds are 1..",
-                                            rounds_.size()));
+    return absl::NotFoundError(
+        absl::StrCat("round ", number, " does not exist; rounds are 1..", rounds_.size()));
   }
   return rounds_[number - 1];
 }

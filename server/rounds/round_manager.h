@@ -55,17 +55,16 @@ struct OpenRound {
 };
 
 // Builds an audit record (seq and time are filled in by the store).
-v1::AuditRecord MakeAudit(absl::string_view actor, absl::string_view action,
-                          std::string detail);
+v1::AuditRecord MakeAudit(absl::string_view actor, absl::string_view action, std::string detail);
 
 class RoundManager {
  public:
   // Takes the committed state `state` (from store->Load()); `store` must outlive the
   // manager. DATA_LOSS if the state is inconsistent.
   static absl::StatusOr<std::unique_ptr<RoundManager>> Create(storage::Store* store,
-                                                             const storage::LoadedState& state,
-                                                             const RoundOptions& options,
-                                                             Clock* clock);
+                                                              const storage::LoadedState& state,
+                                                              const RoundOptions& options,
+                                                              Clock* clock);
   ~RoundManager();
 
   // Starts the thread that closes rounds on quorum or timeout. Stopped by the destructor.
@@ -75,7 +74,7 @@ class RoundManager {
   // ALREADY_EXISTS once initialised; INVALID_ARGUMENT for a bad spec, manifest or
   // fusion options, or a base holding a NaN or infinity.
   absl::StatusOr<std::unique_ptr<TensorUpload>> BeginInit(const v1::InitHeader& header,
-                                                         const std::string& actor)
+                                                          const std::string& actor)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Fuses the open round now. FAILED_PRECONDITION if it has no contributions, or if
   // `round` is set and is not the open round.

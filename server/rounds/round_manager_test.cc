@@ -29,8 +29,7 @@ TEST_F(RoundManagerTest, NothingWorksBeforeInit) {
   h.set_round(1);
   h.set_contributor("alice");
   h.set_num_examples(1);
-  EXPECT_EQ(intake_->Begin(h).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(intake_->Begin(h).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->OpenBase(std::nullopt).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(manager_->CloseRound(std::nullopt, "operator", "op").status().code(),
@@ -95,9 +94,9 @@ TEST_F(RoundManagerTest, InitWithANonFiniteBaseIsInvalidArgumentAndStoresNothing
     t[2].data = BytesOf(w);
     auto r = Send(up->get(), t);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
-    EXPECT_TRUE(absl::StrContains(r.status().message(),
-                                  absl::StrCat("'", t[2].spec.name(), "' holds a NaN or "
-                                               "infinity at element 3")))
+    EXPECT_TRUE(absl::StrContains(r.status().message(), absl::StrCat("'", t[2].spec.name(),
+                                                                     "' holds a NaN or "
+                                                                     "infinity at element 3")))
         << r.status();
   }
   EXPECT_EQ(store_->GetBaseChunk(0, 0, 0).status().code(), absl::StatusCode::kNotFound);
@@ -268,9 +267,8 @@ TEST_F(RoundManagerTest, OperatorCloseNeedsContributionsAndTheOpenRound) {
 TEST_F(RoundManagerTest, ClosedRoundFusesToTheMeanOfItsContributions) {
   Init(v1::MEAN);
   // Example counts differ, but MEAN ignores them.
-  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2, 10),
-                                            MustContribute("bob", 3, 20),
-                                            MustContribute("carol", 4, 70)};
+  std::vector<std::vector<HostTensor>> c = {
+      MustContribute("alice", 2, 10), MustContribute("bob", 3, 20), MustContribute("carol", 4, 70)};
   auto r = manager_->CloseRound(std::nullopt, "operator", "op");
   ASSERT_TRUE(r.ok()) << r.status();
 
@@ -303,8 +301,7 @@ TEST_F(RoundManagerTest, ExampleWeightedModelFusesToTheWeightedMean) {
 TEST_F(RoundManagerTest, MultiChunkTensorIsFusedThroughStorage) {
   // body.0.weight is 500 x 600 F32 = 1.2 MB: two storage chunks.
   Init(v1::MEAN, "mlp:600,500");
-  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2),
-                                            MustContribute("bob", 3)};
+  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2), MustContribute("bob", 3)};
   ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
   std::vector<HostTensor> base1 = ReadBase();
   ASSERT_EQ(base1.size(), 2u);
@@ -573,9 +570,8 @@ TEST_F(RoundManagerTest, FewerThanThreeContributionsAreNeverScreened) {
 
 TEST_F(RoundManagerTest, CoordinateMedianModelFusesToTheMedian) {
   Init(v1::COORDINATE_MEDIAN);
-  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2, 10),
-                                            MustContribute("bob", 3, 20),
-                                            MustContribute("carol", 4, 70)};
+  std::vector<std::vector<HostTensor>> c = {
+      MustContribute("alice", 2, 10), MustContribute("bob", 3, 20), MustContribute("carol", 4, 70)};
   auto r = manager_->CloseRound(std::nullopt, "operator", "op");
   ASSERT_TRUE(r.ok()) << r.status();
   for (const auto& x : r->closed_round().contributions()) EXPECT_EQ(x.state(), v1::ACCEPTED);
@@ -587,9 +583,8 @@ TEST_F(RoundManagerTest, TrimmedMeanModelDropsTheExtremesAtEachCoordinate) {
   fo.set_trim_fraction(0.25);
   InitWithOptions(v1::TRIMMED_MEAN, fo);
   EXPECT_EQ(manager_->GetStatus().model().fusion_options().trim_fraction(), 0.25);
-  std::vector<std::vector<HostTensor>> c = {
-      MustContribute("alice", 2), MustContribute("bob", 3), MustContribute("carol", 4),
-      MustContribute("dave", 5)};
+  std::vector<std::vector<HostTensor>> c = {MustContribute("alice", 2), MustContribute("bob", 3),
+                                            MustContribute("carol", 4), MustContribute("dave", 5)};
   auto r = manager_->CloseRound(std::nullopt, "operator", "op");
   ASSERT_TRUE(r.ok()) << r.status();
   for (const auto& x : r->closed_round().contributions()) EXPECT_EQ(x.state(), v1::ACCEPTED);

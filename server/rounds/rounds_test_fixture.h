@@ -23,11 +23,10 @@
 #include "common/model_spec.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
-#include "server/rounds/test_util.h"
-#include "server/storage/store.h"
-
 #include "server/rounds/contribution_intake.h"
 #include "server/rounds/round_manager.h"
+#include "server/rounds/test_util.h"
+#include "server/storage/store.h"
 
 namespace coldfuse::rounds::testing_fixture {
 
@@ -55,7 +54,8 @@ inline absl::Status SendChunks(TensorUpload* upload, const std::vector<HostTenso
 }
 
 // Streams `tensors` and a matching trailer into `upload`.
-inline absl::StatusOr<UploadResult> Send(TensorUpload* upload, const std::vector<HostTensor>& tensors) {
+inline absl::StatusOr<UploadResult> Send(TensorUpload* upload,
+                                         const std::vector<HostTensor>& tensors) {
   absl::Status st = SendChunks(upload, tensors);
   if (!st.ok()) return st;
   return upload->Finish(TrailerFor(tensors));
@@ -63,8 +63,7 @@ inline absl::StatusOr<UploadResult> Send(TensorUpload* upload, const std::vector
 
 // Element-wise sum_k weights[k] * tensors[k], computed in double, stored as F32.
 inline std::vector<std::vector<float>> ExpectedFusion(
-    const std::vector<std::vector<HostTensor>>& contributions,
-    const std::vector<double>& weights) {
+    const std::vector<std::vector<HostTensor>>& contributions, const std::vector<double>& weights) {
   std::vector<std::vector<float>> out;
   for (size_t t = 0; t < contributions[0].size(); ++t) {
     std::vector<double> acc(contributions[0][t].data.size() / 4, 0.0);
@@ -79,7 +78,8 @@ inline std::vector<std::vector<float>> ExpectedFusion(
 
 // `base` moved by scale x a fixed pattern that `salt` varies; every element changes.
 // Deltas of the same salt are parallel, so their norms scale with `scale`.
-inline std::vector<HostTensor> Shifted(const std::vector<HostTensor>& base, double scale, int salt) {
+inline std::vector<HostTensor> Shifted(const std::vector<HostTensor>& base, double scale,
+                                       int salt) {
   std::vector<HostTensor> out = base;
   for (size_t t = 0; t < out.size(); ++t) {
     std::vector<float> v = ValuesOf<float>(out[t].data);
@@ -165,8 +165,8 @@ class RoundsTest : public ::testing::Test {
     auto m = RoundManager::Create(store_.get(), *state, options_, &clock_);
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
-    auto in = ContributionIntake::Create(store_.get(), manager_.get(), *state, intake_options_,
-                                         &clock_);
+    auto in =
+        ContributionIntake::Create(store_.get(), manager_.get(), *state, intake_options_, &clock_);
     ASSERT_TRUE(in.ok()) << in.status();
     intake_ = std::move(*in);
   }

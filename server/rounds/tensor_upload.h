@@ -27,8 +27,8 @@ struct UploadResult {
 class TensorUpload {
  public:
   // Commits a fully received, checksum-verified upload of `bytes` bytes.
-  using CommitFn = std::function<absl::StatusOr<UploadResult>(const std::string& sha256,
-                                                              uint64_t bytes)>;
+  using CommitFn =
+      std::function<absl::StatusOr<UploadResult>(const std::string& sha256, uint64_t bytes)>;
   // How an upload ended without a commit.
   enum class EndKind {
     kBroken,     // the connection broke or the client went away (why: OK or CANCELLED)
@@ -40,8 +40,8 @@ class TensorUpload {
   // what was kept).
   using AbortFn = std::function<absl::Status(EndKind kind, const absl::Status& why)>;
 
-  TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSink sink,
-               CommitFn commit, AbortFn abort);
+  TensorUpload(const v1::Manifest& manifest, StreamReceiver::ChunkSink sink, CommitFn commit,
+               AbortFn abort);
   ~TensorUpload();
   TensorUpload(const TensorUpload&) = delete;
   TensorUpload& operator=(const TensorUpload&) = delete;
@@ -59,7 +59,7 @@ class TensorUpload {
   StreamReceiver receiver_;
   CommitFn commit_;
   AbortFn abort_;
-  bool ended_ = false;  // committed or abandoned
+  bool ended_ = false;    // committed or abandoned
   absl::Status failure_;  // the first error Accept or Finish returned
 };
 

@@ -8,8 +8,7 @@
 namespace coldfuse::service {
 
 absl::StatusOr<auth::Identity> Authorizer::Check(const grpc::CallbackServerContext* ctx,
-                                                 v1::Role required,
-                                                 absl::string_view rpc) const {
+                                                 v1::Role required, absl::string_view rpc) const {
   if (registry_ == nullptr) return auth::Identity{"anonymous", v1::OPERATOR};
   std::string secret;
   const auto& md = ctx->client_metadata();
@@ -22,9 +21,9 @@ absl::StatusOr<auth::Identity> Authorizer::Check(const grpc::CallbackServerConte
   }
   ASSIGN_OR_RETURN(auth::Identity id, registry_->Authenticate(secret));
   if (!auth::Allows(id.role, required)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "token '", id.name, "' has role ", v1::Role_Name(id.role), "; ", rpc, " needs ",
-        v1::Role_Name(required)));
+    return absl::PermissionDeniedError(absl::StrCat("token '", id.name, "' has role ",
+                                                    v1::Role_Name(id.role), "; ", rpc, " needs ",
+                                                    v1::Role_Name(required)));
   }
   return id;
 }

@@ -23,8 +23,8 @@ class Authorizer {
 
   // UNAUTHENTICATED without a valid token; PERMISSION_DENIED when its role may not call
   // `rpc`, which needs `required`.
-  absl::StatusOr<auth::Identity> Check(const grpc::CallbackServerContext* ctx,
-                                       v1::Role required, absl::string_view rpc) const;
+  absl::StatusOr<auth::Identity> Check(const grpc::CallbackServerContext* ctx, v1::Role required,
+                                       absl::string_view rpc) const;
 
  private:
   auth::TokenRegistry* registry_;

@@ -50,8 +50,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> 
     }
     if (finish) {
       TsanHandOff(this);
-      Finish(ok ? grpc::Status::OK
-                : grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      Finish(ok ? grpc::Status::OK : grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
     Pump();

@@ -1,5 +1,6 @@
 // The three gRPC services, each a thin final class that translates proto <-> calls on
-// rounds::RoundManager (and rounds::ContributionIntake) and finishes. The manager and executor must outlive them.
+// rounds::RoundManager (and rounds::ContributionIntake) and finishes. The manager and executor must
+// outlive them.
 #ifndef COLDFUSE_SERVER_SERVICE_SERVICES_H_
 #define COLDFUSE_SERVER_SERVICE_SERVICES_H_
 

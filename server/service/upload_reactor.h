@@ -11,9 +11,9 @@
 #include <functional>
 #include <memory>
 
+#include "common/tsan_handoff.h"
 #include "server/rounds/tensor_upload.h"
 #include "server/service/executor.h"
-#include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 
 namespace coldfuse::service {
@@ -28,7 +28,10 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
 
   UploadReactor(grpc::CallbackServerContext* ctx, Executor* executor, Response* response,
                 BeginFn begin, ReplyFn reply)
-      : ctx_(ctx), executor_(executor), response_(response), begin_(std::move(begin)),
+      : ctx_(ctx),
+        executor_(executor),
+        response_(response),
+        begin_(std::move(begin)),
         reply_(std::move(reply)) {
     TsanHandOff(this);
     this->StartRead(&request_);

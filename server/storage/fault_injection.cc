@@ -53,9 +53,8 @@ bool FaultInjection::Before(Op op, bool wal) {
   const int i = static_cast<int>(op);
   if (op == Op::kSync && hold_syncs_ && (wal || !hold_wal_only_)) {
     ++held_;
-    auto released = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return !hold_syncs_ || passes_ > 0;
-    };
+    auto released = [this]()
+                        ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !hold_syncs_ || passes_ > 0; };
     mu_.Await(absl::Condition(&released));
     if (hold_syncs_) --passes_;
     --held_;

@@ -118,8 +118,7 @@ inline std::string ContributionDataPrefix(uint64_t round, uint64_t id) {
   PutU64(&k, id);
   return k;
 }
-inline std::string ContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
-                                     uint64_t chunk) {
+inline std::string ContributionChunk(uint64_t round, uint64_t id, uint32_t tensor, uint64_t chunk) {
   std::string k = ContributionDataPrefix(round, id);
   PutU32(&k, tensor);
   PutU64(&k, chunk);

@@ -80,37 +80,38 @@ absl::Status MigrateFormat1(rocksdb::DB* db, const std::vector<rocksdb::ColumnFa
   // contribs: contribution records and upload sessions (chunks keep their keys)
   RETURN_IF_ERROR(ForEach(db, cfs[kContribs], keys::ContributionRecordPrefix(),
                           [&](absl::string_view k, absl::string_view v) {
-    v1::ContributionInfo info;
-    RETURN_IF_ERROR(ParseRecord(v, &info, "contribution (format 1)"));
-    rewrite(kContribs, k, std::string(k), Serialized(ToRecord(info)));
-    return absl::OkStatus();
-  }));
-  RETURN_IF_ERROR(ForEach(db, cfs[kContribs], keys::UploadSessionPrefix(),
-                          [&](absl::string_view k, absl::string_view v) {
-    LegacyUploadSession legacy;
-    RETURN_IF_ERROR(ParseRecord(v, &legacy, "upload session (format 1)"));
-    StoredUpload u;
-    if (!u.header.ParseFromString(legacy.header())) {
-      return absl::DataLossError("storage: corrupt upload session header (format 1)");
-    }
-    u.contribution_id = legacy.contribution_id();
-    u.progress = {legacy.next_tensor(), legacy.next_offset(), legacy.bytes_stored(),
-                  legacy.sum_sq()};
-    // A separate progress record (written by releases after e10cf01's split) is newer.
-    const std::string pkey = keys::UploadProgress(u.header.upload_id());
-    std::string pvalue;
-    rocksdb::Status ps = db->Get(rocksdb::ReadOptions(), cfs[kContribs], pkey, &pvalue);
-    if (ps.ok()) {
-      LegacyUploadSession p;
-      RETURN_IF_ERROR(ParseRecord(pvalue, &p, "upload progress (format 1)"));
-      u.progress = {p.next_tensor(), p.next_offset(), p.bytes_stored(), p.sum_sq()};
-    } else if (!ps.IsNotFound()) {
-      return FromRocks(ps, "read upload progress");
-    }
-    rewrite(kContribs, k, std::string(k), Serialized(ToRecord(u)));
-    rewrite(kContribs, pkey, pkey, Serialized(ToRecord(u.progress)));
-    return absl::OkStatus();
-  }));
+                            v1::ContributionInfo info;
+                            RETURN_IF_ERROR(ParseRecord(v, &info, "contribution (format 1)"));
+                            rewrite(kContribs, k, std::string(k), Serialized(ToRecord(info)));
+                            return absl::OkStatus();
+                          }));
+  RETURN_IF_ERROR(
+      ForEach(db, cfs[kContribs], keys::UploadSessionPrefix(),
+              [&](absl::string_view k, absl::string_view v) {
+                LegacyUploadSession legacy;
+                RETURN_IF_ERROR(ParseRecord(v, &legacy, "upload session (format 1)"));
+                StoredUpload u;
+                if (!u.header.ParseFromString(legacy.header())) {
+                  return absl::DataLossError("storage: corrupt upload session header (format 1)");
+                }
+                u.contribution_id = legacy.contribution_id();
+                u.progress = {legacy.next_tensor(), legacy.next_offset(), legacy.bytes_stored(),
+                              legacy.sum_sq()};
+                // A separate progress record (written by releases after e10cf01's split) is newer.
+                const std::string pkey = keys::UploadProgress(u.header.upload_id());
+                std::string pvalue;
+                rocksdb::Status ps = db->Get(rocksdb::ReadOptions(), cfs[kContribs], pkey, &pvalue);
+                if (ps.ok()) {
+                  LegacyUploadSession p;
+                  RETURN_IF_ERROR(ParseRecord(pvalue, &p, "upload progress (format 1)"));
+                  u.progress = {p.next_tensor(), p.next_offset(), p.bytes_stored(), p.sum_sq()};
+                } else if (!ps.IsNotFound()) {
+                  return FromRocks(ps, "read upload progress");
+                }
+                rewrite(kContribs, k, std::string(k), Serialized(ToRecord(u)));
+                rewrite(kContribs, pkey, pkey, Serialized(ToRecord(u.progress)));
+                return absl::OkStatus();
+              }));
   // rounds, audit
   RETURN_IF_ERROR(ForEach(db, cfs[kRounds], "", [&](absl::string_view k, absl::string_view v) {
     v1::RoundInfo round;
@@ -143,17 +144,19 @@ absl::Status MigrateToCurrentFormat(rocksdb::DB* db,
     if (!IsEmpty(db, cfs)) return MigrateFormat1(db, cfs);
     rocksdb::WriteOptions synced;
     synced.sync = true;
-    return FromRocks(db->Put(synced, cfs[kMeta], keys::FormatVersion(),
-                             keys::EncodeU64(keys::kFormatVersion)),
-                     "write the format version");
+    return FromRocks(
+        db->Put(synced, cfs[kMeta], keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion)),
+        "write the format version");
   }
   RETURN_IF_ERROR(FromRocks(s, "read the format version"));
   std::optional<uint64_t> version = keys::DecodeU64(value);
   if (!version.has_value()) return absl::DataLossError("storage: corrupt format version");
   if (*version > keys::kFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "storage: the data folder has format ", *version, ", written by a newer coldfused; "
-        "this one reads format ", keys::kFormatVersion, " and older: run the newer release"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("storage: the data folder has format ", *version,
+                     ", written by a newer coldfused; "
+                     "this one reads format ",
+                     keys::kFormatVersion, " and older: run the newer release"));
   }
   return absl::OkStatus();  // current (format 1 stores have no version key)
 }

@@ -15,8 +15,7 @@
 namespace coldfuse::storage {
 
 enum Cf { kMeta = 0, kBases, kContribs, kRounds, kAudit, kNumCfs };
-inline constexpr const char* kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds",
-                                                   "audit"};
+inline constexpr const char* kCfNames[kNumCfs] = {"meta", "bases", "contribs", "rounds", "audit"};
 
 inline absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();

@@ -145,12 +145,13 @@ struct Store::Impl {
     }
     RETURN_IF_ERROR(Scan(kContribs, keys::ContributionRecordPrefix(), "scan contributions",
                          [&](absl::string_view k, absl::string_view) -> absl::Status {
-      auto rid = keys::ParseContributionRecord(k);
-      if (!rid.has_value()) return absl::DataLossError("storage: bad contribution key");
-      committed.insert(*rid);
-      max_id = std::max(max_id, rid->second);
-      return absl::OkStatus();
-    }));
+                           auto rid = keys::ParseContributionRecord(k);
+                           if (!rid.has_value())
+                             return absl::DataLossError("storage: bad contribution key");
+                           committed.insert(*rid);
+                           max_id = std::max(max_id, rid->second);
+                           return absl::OkStatus();
+                         }));
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[kContribs]));
     const std::string data = keys::ContributionDataStart();
     it->Seek(data);
@@ -161,8 +162,8 @@ struct Store::Impl {
       max_id = std::max(max_id, id);
       std::string next = keys::ContributionDataPrefix(round, id + 1);
       if (!committed.count({round, id})) {
-        CF_LOG(WARNING) << "removing half-written contribution " << id << " of round "
-                        << round << " (left by a crash or a dropped upload)";
+        CF_LOG(WARNING) << "removing half-written contribution " << id << " of round " << round
+                        << " (left by a crash or a dropped upload)";
         RETURN_IF_ERROR(DeleteRange(kContribs, keys::ContributionDataPrefix(round, id), next));
       }
       it->Seek(next);
@@ -239,11 +240,11 @@ absl::StatusOr<LoadedState> Store::Load() {
   LoadedState state;
   RETURN_IF_ERROR(impl_->Scan(kContribs, keys::UploadSessionPrefix(), "scan uploads",
                               [&](absl::string_view, absl::string_view v) -> absl::Status {
-    UploadSession rec;
-    RETURN_IF_ERROR(ParseRecord(v, &rec, "upload session"));
-    state.uploads.push_back(FromRecord(rec));
-    return absl::OkStatus();
-  }));
+                                UploadSession rec;
+                                RETURN_IF_ERROR(ParseRecord(v, &rec, "upload session"));
+                                state.uploads.push_back(FromRecord(rec));
+                                return absl::OkStatus();
+                              }));
   for (auto& u : state.uploads) {
     auto progress = impl_->GetRecord<UploadProgress>(
         kContribs, keys::UploadProgress(u.header.upload_id()), "upload progress");
@@ -270,25 +271,26 @@ absl::StatusOr<LoadedState> Store::Load() {
   ASSIGN_OR_RETURN(state.current_base_sha256, GetBaseSha256(state.current_base));
 
   state.max_base_version = state.current_base;
-  RETURN_IF_ERROR(impl_->Scan(kRounds, "", "scan rounds",
-                              [&](absl::string_view, absl::string_view v) -> absl::Status {
-    RoundRecord r;
-    RETURN_IF_ERROR(ParseRecord(v, &r, "round"));
-    state.max_base_version = std::max(state.max_base_version, r.result_base_version());
-    state.rounds.push_back(FromRecord(r));
-    return absl::OkStatus();
-  }));
+  RETURN_IF_ERROR(impl_->Scan(
+      kRounds, "", "scan rounds", [&](absl::string_view, absl::string_view v) -> absl::Status {
+        RoundRecord r;
+        RETURN_IF_ERROR(ParseRecord(v, &r, "round"));
+        state.max_base_version = std::max(state.max_base_version, r.result_base_version());
+        state.rounds.push_back(FromRecord(r));
+        return absl::OkStatus();
+      }));
   // A fusion that crashed before its commit left chunks of a version no record names.
   RETURN_IF_ERROR(impl_->DeleteRange(kBases, keys::BaseVersionPrefix(state.max_base_version + 1),
                                      keys::BasesEnd()));
 
   RETURN_IF_ERROR(impl_->Scan(kMeta, keys::BadBasePrefix(), "scan bad bases",
                               [&](absl::string_view k, absl::string_view) -> absl::Status {
-    auto v = keys::ParseBadBase(k);
-    if (!v.has_value()) return absl::DataLossError("storage: bad bad-base key");
-    state.bad_base_versions.push_back(*v);
-    return absl::OkStatus();
-  }));
+                                auto v = keys::ParseBadBase(k);
+                                if (!v.has_value())
+                                  return absl::DataLossError("storage: bad bad-base key");
+                                state.bad_base_versions.push_back(*v);
+                                return absl::OkStatus();
+                              }));
   std::sort(state.bad_base_versions.begin(), state.bad_base_versions.end());
 
   ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
@@ -297,28 +299,27 @@ absl::StatusOr<LoadedState> Store::Load() {
     RETURN_IF_ERROR(impl_->Scan(kContribs, keys::ContributionRoundPrefix(round.number()),
                                 "scan contributions",
                                 [&](absl::string_view, absl::string_view v) -> absl::Status {
-      ContributionRecord r;
-      RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
-      *round.add_contributions() = FromRecord(r);
-      return absl::OkStatus();
-    }));
+                                  ContributionRecord r;
+                                  RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
+                                  *round.add_contributions() = FromRecord(r);
+                                  return absl::OkStatus();
+                                }));
   }
   return state;
 }
 
 absl::Status Store::PutBaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk,
                                  absl::string_view data) {
-  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kBases],
-                                  keys::BaseChunk(version, tensor, chunk),
-                                  rocksdb::Slice(data.data(), data.size())),
-                   "write base chunk");
+  return FromRocks(
+      impl_->db->Put(impl_->chunk_opts, impl_->cfs[kBases], keys::BaseChunk(version, tensor, chunk),
+                     rocksdb::Slice(data.data(), data.size())),
+      "write base chunk");
 }
 
-absl::StatusOr<std::string> Store::GetBaseChunk(uint64_t version, uint32_t tensor,
-                                                uint64_t chunk, bool verify) {
+absl::StatusOr<std::string> Store::GetBaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk,
+                                                bool verify) {
   return impl_->Get(kBases, keys::BaseChunk(version, tensor, chunk),
-                    absl::StrCat("base v", version, " tensor #", tensor, " chunk ", chunk),
-                    verify);
+                    absl::StrCat("base v", version, " tensor #", tensor, " chunk ", chunk), verify);
 }
 
 absl::StatusOr<std::string> Store::GetBaseSha256(uint64_t version) {
@@ -414,10 +415,10 @@ absl::Status Store::PutUpload(const StoredUpload& upload) {
 
 absl::Status Store::PutUploadProgress(const std::string& upload_id,
                                       const StoredUpload::Progress& progress) {
-  return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
-                                  keys::UploadProgress(upload_id),
-                                  ToRecord(progress).SerializeAsString()),
-                   "write upload progress");
+  return FromRocks(
+      impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs], keys::UploadProgress(upload_id),
+                     ToRecord(progress).SerializeAsString()),
+      "write upload progress");
 }
 
 absl::Status Store::DeleteUpload(const std::string& upload_id) {
@@ -429,8 +430,7 @@ absl::Status Store::DeleteUpload(const std::string& upload_id) {
 
 absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) {
   rocksdb::WriteBatch batch;
-  batch.Put(impl_->cfs[kMeta], keys::Token(token.info.name()),
-            ToRecord(token).SerializeAsString());
+  batch.Put(impl_->cfs[kMeta], keys::Token(token.info.name()), ToRecord(token).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "store token");
 }
 
@@ -438,14 +438,14 @@ absl::StatusOr<std::vector<StoredToken>> Store::LoadTokens() {
   std::vector<StoredToken> out;
   RETURN_IF_ERROR(impl_->Scan(kMeta, keys::TokenPrefix(), "scan tokens",
                               [&](absl::string_view, absl::string_view v) -> absl::Status {
-    TokenRecord r;
-    RETURN_IF_ERROR(ParseRecord(v, &r, "token"));
-    if (r.secret_sha256().size() != 32) {
-      return absl::DataLossError("storage: corrupt token record");
-    }
-    out.push_back(FromRecord(r));
-    return absl::OkStatus();
-  }));
+                                TokenRecord r;
+                                RETURN_IF_ERROR(ParseRecord(v, &r, "token"));
+                                if (r.secret_sha256().size() != 32) {
+                                  return absl::DataLossError("storage: corrupt token record");
+                                }
+                                out.push_back(FromRecord(r));
+                                return absl::OkStatus();
+                              }));
   return out;
 }
 

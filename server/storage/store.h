@@ -61,7 +61,7 @@ struct LoadedState {
   std::optional<v1::ModelInfo> model;  // unset before init
   uint64_t current_base = 0;
   std::string current_base_sha256;
-  std::vector<v1::RoundInfo> rounds;   // ascending, contributions filled in
+  std::vector<v1::RoundInfo> rounds;  // ascending, contributions filled in
   uint64_t next_contribution_id = 1;
   std::vector<uint64_t> bad_base_versions;
   // Highest base version stored (bad ones included); the next fusion writes this + 1.
@@ -103,10 +103,10 @@ class Store {
   absl::StatusOr<std::string> GetBaseSha256(uint64_t version);
 
   // Contribution data, invisible until CommitContribution.
-  absl::Status PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
-                                    uint64_t chunk, absl::string_view data);
-  absl::StatusOr<std::string> GetContributionChunk(uint64_t round, uint64_t id,
-                                                   uint32_t tensor, uint64_t chunk);
+  absl::Status PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor, uint64_t chunk,
+                                    absl::string_view data);
+  absl::StatusOr<std::string> GetContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
+                                                   uint64_t chunk);
   // Removes every chunk of an uncommitted (rejected) contribution.
   absl::Status DeleteContributionData(uint64_t round, uint64_t id);
   // Makes the contribution chunks written so far durable. Call it before
@@ -116,8 +116,7 @@ class Store {
   // `upload_id` (if any) in the same write. REQUIRES: its chunks were flushed
   // (FlushContributions) after they were written.
   absl::Status CommitContribution(uint64_t round, const v1::ContributionInfo& info,
-                                  const AuditBatch& audit = {},
-                                  const std::string& upload_id = "");
+                                  const AuditBatch& audit = {}, const std::string& upload_id = "");
 
   // Resumable upload sessions: PutUpload stores the session (header and contribution
   // id; not its progress) once, PutUploadProgress its progress after each chunk. Both
@@ -136,8 +135,8 @@ class Store {
   // Records the closed round (and its contributions' final records), makes `new_base`
   // (already written) current and records the next open round, in one synced write.
   absl::Status CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
-                                absl::string_view new_base_sha256,
-                                const v1::RoundInfo& next_round, const AuditBatch& audit = {});
+                                absl::string_view new_base_sha256, const v1::RoundInfo& next_round,
+                                const AuditBatch& audit = {});
   // Closes `closed` unfused, marks `bad` versions bad, makes `good_base` current and
   // records `next_round`, in one synced write.
   absl::Status CommitRollback(const v1::RoundInfo& closed, const std::vector<uint64_t>& bad,

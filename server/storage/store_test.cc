@@ -170,10 +170,8 @@ TEST_F(StoreTest, UncommittedContributionIsDeletedOnLoadCommittedOneSurvives) {
   auto kept = store_->GetContributionChunk(1, 2, 1, 0);
   ASSERT_TRUE(kept.ok()) << kept.status();
   EXPECT_EQ(*kept, "c2-t1");
-  EXPECT_EQ(store_->GetContributionChunk(1, 3, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->GetContributionChunk(1, 3, 1, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 3, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 3, 1, 0).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(StoreTest, BaseChunksAboveCurrentVersionAreDeletedOnLoad) {
@@ -246,12 +244,9 @@ TEST_F(StoreTest, DeleteContributionDataRemovesOnlyThatContribution) {
   ASSERT_TRUE(store_->PutContributionChunk(2, 1, 0, 0, "r2-c1").ok());
 
   ASSERT_TRUE(store_->DeleteContributionData(1, 1).ok());
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 7).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->GetContributionChunk(1, 1, 1, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 0, 7).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, 1, 1, 0).status().code(), absl::StatusCode::kNotFound);
   auto other = store_->GetContributionChunk(1, 2, 0, 0);
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_EQ(*other, "c2-t0-c0");
@@ -264,8 +259,7 @@ TEST_F(StoreTest, SecondOpenOfTheSameFolderFailsClearly) {
   auto second = Store::Open(dir_.path(), StoreOptions());
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
-  EXPECT_TRUE(absl::StrContains(second.status().message(), "another coldfused"))
-      << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "another coldfused")) << second.status();
 
   // Once the first one is closed, the folder opens again.
   store_.reset();
@@ -308,8 +302,9 @@ TEST_F(StoreTest, RollbackIsVisibleAfterReopenAndKeepsTheBadBaseData) {
   closed.set_state(v1::CLOSED);
   closed.set_closed_unix_ms(4000);
   closed.set_close_reason("rollback");
-  ASSERT_TRUE(store_->CommitRollback(closed, {2}, "diverged", 1, OpenRound(4, 1, 4000),
-                                     {Record("op", "rollback")})
+  ASSERT_TRUE(store_
+                  ->CommitRollback(closed, {2}, "diverged", 1, OpenRound(4, 1, 4000),
+                                   {Record("op", "rollback")})
                   .ok());
   // A later fusion into v3 crashed before its commit.
   ASSERT_TRUE(store_->PutBaseChunk(3, 0, 0, "half-fused").ok());
@@ -358,8 +353,8 @@ TEST_F(StoreTest, AuditRecordsAreNumberedInOrderAndContinueAfterReopen) {
   Init();
   MustLoad();
   ASSERT_TRUE(store_->AppendAudit({Record("a", "one"), Record("b", "two")}).ok());
-  ASSERT_TRUE(store_->CommitContribution(1, Contribution(1, "alice"), {Record("alice", "three")})
-                  .ok());
+  ASSERT_TRUE(
+      store_->CommitContribution(1, Contribution(1, "alice"), {Record("alice", "three")}).ok());
   auto all = store_->ReadAudit(0, 100);
   ASSERT_TRUE(all.ok()) << all.status();
   ASSERT_EQ(all->size(), 3u);
@@ -397,8 +392,8 @@ TEST_F(StoreTest, AuditRecordsAreNumberedInOrderAndContinueAfterReopen) {
 
 TEST_F(StoreTest, AuditSeqContinuesAfterReopenEvenBeforeLoad) {
   MustLoad();
-  ASSERT_TRUE(store_->AppendAudit({Record("a", "one"), Record("b", "two"), Record("c", "three")})
-                  .ok());
+  ASSERT_TRUE(
+      store_->AppendAudit({Record("a", "one"), Record("b", "two"), Record("c", "three")}).ok());
   Reopen();
   ASSERT_TRUE(store_->AppendAudit({Record("d", "four")}).ok());
   auto all = store_->ReadAudit(0, 100);
@@ -462,7 +457,8 @@ void WriteRaw(const std::string& dir,
 TEST_F(StoreTest, AFormatNewerThanThisBuildIsRefusedAndLeftAlone) {
   Init();
   store_.reset();
-  WriteRaw(dir_.path(), {{kMeta, keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion + 1)}});
+  WriteRaw(dir_.path(),
+           {{kMeta, keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion + 1)}});
   auto s = Store::Open(dir_.path(), StoreOptions());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
   EXPECT_TRUE(absl::StrContains(s.status().message(), "newer coldfused")) << s.status();

@@ -18,24 +18,24 @@ namespace {
 
 const std::vector<std::string>& Upbeat() {
   static const auto* w = new std::vector<std::string>{
-      "good", "great", "happy", "bright", "warm", "kind", "fine", "calm", "fresh", "sweet",
-      "brave", "clean", "fair", "glad", "lucky", "neat", "rich", "safe", "smart", "wise"};
+      "good",  "great", "happy", "bright", "warm",  "kind", "fine", "calm", "fresh", "sweet",
+      "brave", "clean", "fair",  "glad",   "lucky", "neat", "rich", "safe", "smart", "wise"};
   return *w;
 }
 const std::vector<std::string>& Downbeat() {
   static const auto* w = new std::vector<std::string>{
-      "bad", "awful", "sad", "dark", "cold", "cruel", "poor", "tense", "stale", "sour",
-      "weak", "dirty", "unfair", "grim", "unlucky", "messy", "broke", "risky", "dull", "rash"};
+      "bad",  "awful", "sad",    "dark", "cold",    "cruel", "poor",  "tense", "stale", "sour",
+      "weak", "dirty", "unfair", "grim", "unlucky", "messy", "broke", "risky", "dull",  "rash"};
   return *w;
 }
 const std::vector<std::string>& Neutral() {
   static const auto* w = new std::vector<std::string>{
-      "the", "a", "day", "was", "and", "it", "film", "food", "room", "trip", "very", "quite",
-      "this", "that", "is", "of", "in", "on", "for", "with", "my", "our", "old", "new",
-      "city", "book", "song", "team", "game", "plan", "car", "house", "show", "meal", "view",
-      "staff", "price", "service", "place", "story", "ending", "music", "hotel", "weather",
-      "road", "town", "park", "shop", "class", "work", "week", "year", "night", "morning",
-      "."};
+      "the",    "a",     "day",   "was",     "and",  "it",    "film",  "food",    "room",  "trip",
+      "very",   "quite", "this",  "that",    "is",   "of",    "in",    "on",      "for",   "with",
+      "my",     "our",   "old",   "new",     "city", "book",  "song",  "team",    "game",  "plan",
+      "car",    "house", "show",  "meal",    "view", "staff", "price", "service", "place", "story",
+      "ending", "music", "hotel", "weather", "road", "town",  "park",  "shop",    "class", "work",
+      "week",   "year",  "night", "morning", "."};
   return *w;
 }
 
@@ -54,7 +54,8 @@ std::string WriteTinyTextModel(const std::string& fixture_dir, const std::string
   std::stringstream text;
   text << in.rdbuf();
   std::string config = text.str();
-  for (const char* key : {"\"attention_probs_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.1"}) {
+  for (const char* key :
+       {"\"attention_probs_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.1"}) {
     size_t at = config.find(key);
     if (at == std::string::npos) Die(absl::StrCat("no ", key, " in the fixture config"));
     std::string replacement(key);
@@ -66,7 +67,8 @@ std::string WriteTinyTextModel(const std::string& fixture_dir, const std::string
   for (const auto* words : {&Upbeat(), &Downbeat(), &Neutral()}) {
     vocab.insert(vocab.end(), words->begin(), words->end());
   }
-  if (vocab.size() != 100) Die(absl::StrCat("the vocabulary has ", vocab.size(), " tokens, not 100"));
+  if (vocab.size() != 100)
+    Die(absl::StrCat("the vocabulary has ", vocab.size(), " tokens, not 100"));
   std::ofstream(dir + "/vocab.txt") << absl::StrJoin(vocab, "\n") << "\n";
   const std::string weights = fixture_dir + "/model.safetensors";
   if (!with_weights) return weights;

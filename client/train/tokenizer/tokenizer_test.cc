@@ -248,7 +248,7 @@ std::vector<std::string> ReferenceBpe(
 TEST(ByteLevelBpeTest, MergesLowestRankFirstLeftmostOnTies) {
   // Overlapping pairs, one pair whose merge enables a lower-ranked one, repeated ranks.
   const std::vector<std::pair<std::string, std::string>> merges = {
-      {"a", "a"}, {"b", "a"}, {"aa", "a"}, {"a", "b"}, {"ab", "a"}, {"b", "b"},
+      {"a", "a"}, {"b", "a"},   {"aa", "a"},  {"a", "b"}, {"ab", "a"}, {"b", "b"},
       {"c", "a"}, {"aa", "aa"}, {"ba", "ab"}, {"c", "c"}, {"cc", "c"}, {"bb", "aa"}};
   std::unordered_map<std::string, int64_t> vocab;
   auto tok = LetterBpe(merges, &vocab);
@@ -274,8 +274,7 @@ TEST(ByteLevelBpeTest, LongPieceMergesInLinearithmicTime) {
   for (int i = 0; i < 65536; ++i) text += "hell";
   auto start = std::chrono::steady_clock::now();
   std::vector<int64_t> ids = tok->Tokenize(text);
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(ids.size(), 65536u);
   EXPECT_THAT(ids, ::testing::Each(vocab.at("hell")));
   EXPECT_LT(seconds, 20.0);  // well under 1 s in Release; the sanitizers are slower
