@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 
@@ -24,13 +25,14 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
   if (same) return c.read;  // stored exactly as the base is: read the chunks as they are
   // Decode the stored dtype over the base chunk's element range, add the base for a
   // delta, encode in the base's dtype. The element readers cache one stored chunk per
-  // tensor; fusion may read two chunks at once, hence the mutex.
+  // tensor; fusion reads several chunks at once (hence the mutex), in manifest order, so
+  // when a tensor is first read the readers of all but the one before it are dropped:
+  // a contribution holds about two cached chunks, not one per tensor of the model.
   struct State {
     std::mutex mu;
-    std::vector<std::unique_ptr<ElementReader>> readers;
+    std::map<uint32_t, std::unique_ptr<ElementReader>> readers;
   };
   auto state = std::make_shared<State>();
-  state->readers.resize(base_manifest.tensors_size());
   return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base](
              size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
     if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
@@ -51,6 +53,9 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
       std::lock_guard<std::mutex> l(state->mu);
       auto& reader = state->readers[t];
       if (reader == nullptr) {
+        // A reader dropped too early is made again when asked for: only a re-read.
+        state->readers.erase(state->readers.begin(),
+                             state->readers.lower_bound(t == 0 ? 0 : t - 1));
         reader = std::make_unique<ElementReader>(
             sent.tensors(t).dtype(), total,
             [read, t](uint64_t stored_chunk) { return read(0, t, stored_chunk); });

@@ -117,9 +117,11 @@ class RoundManager {
   v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<v1::RoundInfo> ListRounds() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const ABSL_LOCKS_EXCLUDED(mu_);
-  // `fn` runs after every change of state (on the thread that made it, with no lock of
-  // the manager held; notifications are delivered one at a time, so `fn` never runs
-  // concurrently with itself).
+  // `fn` runs after every change of state, on the thread that made it, without the state
+  // lock (it may read: GetStatus, OpenRoundNumber, ...) but possibly inside a close or
+  // rollback; notifications are delivered one at a time, so `fn` never runs concurrently
+  // with itself. `fn` must not change state (Accept, CloseRound, RollbackBase) nor remove
+  // itself: both would wait for themselves.
   int AddListener(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(listeners_mu_);
   // Waits for a call of this listener that is in progress (only this one: a slow
   // listener does not hold up the removal of another).
@@ -174,7 +176,9 @@ class RoundManager {
     bool running = false;
     bool removed = false;
   };
-  absl::Mutex notify_mu_ ABSL_ACQUIRED_AFTER(mu_);  // one notification at a time
+  // One notification at a time. Taken inside close_mu_ (closes notify), and listeners
+  // take mu_ inside it (they read the state).
+  absl::Mutex notify_mu_ ABSL_ACQUIRED_AFTER(close_mu_) ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex listeners_mu_ ABSL_ACQUIRED_AFTER(notify_mu_);
   std::map<int, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
   int next_listener_ ABSL_GUARDED_BY(listeners_mu_) = 1;

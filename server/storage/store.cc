@@ -46,9 +46,11 @@ struct Store::Impl {
   std::condition_variable group_cv;
   uint64_t group_started = 0;  // flushes started
   uint64_t group_done = 0;     // the newest flush that has ended
+  uint64_t group_ok = 0;       // the newest flush that succeeded
   bool group_running = false;
   absl::Status group_status;  // of flush number group_done
 
+  // Only the contributions' family uses it (the group state is not per family).
   absl::Status FlushFamilyGrouped(Cf cf) {
     if (!flush_before_commit) return absl::OkStatus();
     std::unique_lock<std::mutex> l(group_mu);
@@ -66,9 +68,12 @@ struct Store::Impl {
       group_running = false;
       group_done = mine;
       group_status = st;
+      if (st.ok()) group_ok = mine;
       group_cv.notify_all();
     }
-    return group_status;
+    // Any successful flush that started after the call covers it, even if a later one
+    // failed; otherwise the newest failure says why.
+    return group_ok >= want ? absl::OkStatus() : group_status;
   }
 
   std::mutex audit_mu;  // orders audit sequence numbers with their writes
@@ -105,6 +110,8 @@ struct Store::Impl {
     std::string value;
     rocksdb::ReadOptions ro;
     ro.verify_checksums = verify;
+    // A block read unchecked must not be cached: later checked reads would trust it.
+    ro.fill_cache = verify;
     rocksdb::Status s = db->Get(ro, cfs[cf], key, &value);
     RETURN_IF_ERROR(FromRocks(s, what));
     return value;
@@ -195,7 +202,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
     data_opts.blob_file_size = 256 << 20;
     // No blob garbage collection: every commit flushes the chunks it points at, so a
     // blob file holds the chunks of the uploads (or the base) of one flush, and is
-    // deleted whole once their keys are gone. With collection on, each compaction of
+    // deleted whole once their keys are gone. The cost: the chunks of an upload that
+    // failed after sharing a flush with committed ones stay in that file as long as the
+    // committed ones do (at most the bytes of failed uploads; reclaiming them belongs
+    // with removing old rounds, which rewrites nothing else). With collection on, each compaction of
     // L0 into L1 (all of a round's keys) rewrote the oldest quarter of the blobs: with
     // 1000 contributions of 10 MB per round it rewrote 1.7 GB per compaction, L0 piled
     // up and RocksDB stalled writes to under 1 MB/s (bench/scale.py).
