@@ -205,10 +205,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
     // deleted whole once their keys are gone. The cost: the chunks of an upload that
     // failed after sharing a flush with committed ones stay in that file as long as the
     // committed ones do (at most the bytes of failed uploads; reclaiming them belongs
-    // with removing old rounds, which rewrites nothing else). With collection on, each compaction of
-    // L0 into L1 (all of a round's keys) rewrote the oldest quarter of the blobs: with
-    // 1000 contributions of 10 MB per round it rewrote 1.7 GB per compaction, L0 piled
-    // up and RocksDB stalled writes to under 1 MB/s (bench/scale.py).
+    // with removing old rounds, which rewrites nothing else). With collection on, each compaction
+    // of L0 into L1 (all of a round's keys) rewrote the oldest quarter of the blobs: with 1000
+    // contributions of 10 MB per round it rewrote 1.7 GB per compaction, L0 piled up and RocksDB
+    // stalled writes to under 1 MB/s (bench/scale.py).
     data_opts.enable_blob_garbage_collection = false;
   }
   data_opts.write_buffer_size = 64 << 20;
