@@ -6,8 +6,11 @@
 # git-ignored BUILD_DIR/corpus/<target>/, so later runs start where this one stopped.
 # Crashes, leaks, timeouts and out-of-memory inputs land in BUILD_DIR/crashes/<target>/;
 # libFuzzer's output in BUILD_DIR/fuzz-logs/. Each run appends a line to
-# BUILD_DIR/fuzz-hours.tsv (date, target, seconds, execs, ...), so the CPU time spent per
-# target can be summed across runs. Exits 1 if any target crashed.
+# BUILD_DIR/fuzz-hours.tsv (date, target, wall seconds, execs, ..., CPU seconds), so the
+# CPU time spent per target can be summed across runs, also when the fuzzers shared the
+# machine (rows written before the cpu_s column count wall seconds):
+#   awk -F'\t' 'NR>1{s[$2]+=(NF>=12?$12:$3)} END{for(t in s) print t, s[t]}' BUILD_DIR/fuzz-hours.tsv
+# Exits 1 if any target crashed.
 set -euo pipefail
 
 build=${1:?usage: fuzz.sh BUILD_DIR SECONDS [TARGET...]}
@@ -22,7 +25,7 @@ fi
 
 log="$build/fuzz-hours.tsv"
 if [ ! -s "$log" ]; then
-  printf 'date\ttarget\tseconds\texecs\texecs_per_s\tnew_units\tcov\tft\tcorpus\tcrashes\texit\n' \
+  printf 'date\ttarget\tseconds\texecs\texecs_per_s\tnew_units\tcov\tft\tcorpus\tcrashes\texit\tcpu_s\n' \
     >"$log"
 fi
 mkdir -p "$build/fuzz-logs"
@@ -55,7 +58,8 @@ for t in "${targets[@]}"; do
   echo "=== fuzz $t for ${seconds} s (log: $out)"
   start=$SECONDS
   set +e
-  "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
+  /usr/bin/time -f '%U %S' -o "$out.time" \
+    "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "$root/fuzz/corpus/$t" \
     >"$out" 2>&1
   rc=$?
@@ -71,9 +75,11 @@ for t in "${targets[@]}"; do
   ft=$(field ft)
   corp=$(echo "$last" | grep -o 'corp: *[0-9]*' | grep -o '[0-9]*$' || echo 0)
   found=$(($(count_crashes) - before))
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Iseconds)" "$t" "$elapsed" \
-    "$execs" "$eps" "$new" "$cov" "$ft" "$corp" "$found" "$rc" >>"$log"
-  echo "    $execs execs ($eps/s), $new new units, cov $cov ft $ft, corpus $corp, exit $rc"
+  cpu=$(awk '/^[0-9.]+ [0-9.]+$/{printf "%d", $1 + $2}' "$out.time" 2>/dev/null || echo 0)
+  rm -f "$out.time"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Iseconds)" "$t" \
+    "$elapsed" "$execs" "$eps" "$new" "$cov" "$ft" "$corp" "$found" "$rc" "${cpu:-0}" >>"$log"
+  echo "    ${cpu:-0} CPU s, $execs execs ($eps/s), $new new units, cov $cov ft $ft, corpus $corp, exit $rc"
   if [ "$rc" -ne 0 ] || [ "$found" -gt 0 ]; then
     failed+=("$t")
     echo "    FAILED: see $out and $crashes/; reproduce with: $bin <file>"

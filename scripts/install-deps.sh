@@ -21,7 +21,8 @@ for g in "${GROUPS_WANTED[@]}"; do
       python3 python3-venv python3-sklearn python3-numpy python3-torch) ;;
     # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
     # llvm-symbolizer for readable stacks in the reports.
-    sanitizers) PKGS+=(clang-14 libclang-rt-14-dev llvm-14) ;;
+    # `time` gives scripts/fuzz.sh the CPU seconds each fuzzer used.
+    sanitizers) PKGS+=(clang-14 libclang-rt-14-dev llvm-14 time) ;;
     format) PKGS+=(clang-format-14) ;;
     *) echo "install-deps: unknown group '$g' (build, sanitizers, format)" >&2; exit 2 ;;
   esac
