@@ -1,6 +1,8 @@
 #include "common/posix_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -50,6 +52,38 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
   }
   SyncParentFolder(path);
   return absl::OkStatus();
+}
+
+absl::Status RestrictModes(const std::string& dir, unsigned mask) {
+  auto restrict_one = [mask](const std::string& path) -> absl::Status {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+      // A file removed meanwhile needs nothing.
+      return errno == ENOENT ? absl::OkStatus() : ErrnoError("cannot stat", path);
+    }
+    if (S_ISLNK(st.st_mode)) return absl::OkStatus();  // links have no modes of their own
+    const mode_t want = st.st_mode & 07777 & ~static_cast<mode_t>(mask);
+    if (want != (st.st_mode & 07777) && ::chmod(path.c_str(), want) != 0) {
+      return ErrnoError("cannot change the permissions of", path);
+    }
+    return absl::OkStatus();
+  };
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoError("cannot list", dir);
+  absl::Status st = restrict_one(dir);
+  while (st.ok()) {
+    errno = 0;
+    dirent* e = ::readdir(d);
+    if (e == nullptr) {
+      if (errno != 0) st = ErrnoError("cannot list", dir);
+      break;
+    }
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    st = restrict_one(dir + "/" + name);
+  }
+  ::closedir(d);
+  return st;
 }
 
 void SyncParentFolder(const std::string& path) {

@@ -24,6 +24,10 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents
 // NOT_FOUND if missing.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
+// Removes the permission bits in `mask` (e.g. 077: group and others) from folder `dir`
+// and the files and folders directly in it. NOT_FOUND if `dir` is missing.
+absl::Status RestrictModes(const std::string& dir, unsigned mask);
+
 // Best effort: fsyncs the folder holding `path`, so a rename into it survives a crash.
 void SyncParentFolder(const std::string& path);
 

@@ -1,6 +1,9 @@
 // coldfused: the fusion server. Flags -> ServerOptions -> run until SIGINT/SIGTERM.
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -37,6 +40,50 @@ ABSL_FLAG(uint64_t, max_bytes_per_day, 0,
 ABSL_FLAG(double, outlier_factor, 3.0,
           "Quarantine a contribution whose delta norm exceeds this many times the round's "
           "median (needs >= 3 contributions; 0: off)");
+ABSL_FLAG(std::string, umask, "077",
+          "Permission bits (octal) kept from group and others on the data folder, its "
+          "files and every file the server writes; 027 lets the service's group read");
+ABSL_FLAG(bool, allow_readable_key, false,
+          "Accept a --tls_key file that every local user can read (refused otherwise)");
+ABSL_FLAG(int, max_connections, 0,
+          "Most client connections open at once; at the limit a new connection replaces "
+          "the one silent longest (if silent >= 1 s) or is closed (0: what the file "
+          "descriptor limit allows)");
+ABSL_FLAG(int, max_streams_per_connection, 100, "Most concurrent calls on one connection");
+ABSL_FLAG(double, handshake_timeout_s, 10,
+          "Close a connection that has not finished its TLS/HTTP2 handshake by then");
+ABSL_FLAG(double, max_connection_idle_s, 600,
+          "Close a connection with no call for this long (clients reconnect when needed)");
+
+namespace {
+
+// Raises the soft file descriptor limit to the hard one: each connection and each open
+// store file takes one, and the default soft limit (1024) is easy to reach.
+void RaiseFdLimit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  rlim_t before = lim.rlim_cur;
+  if (lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) lim.rlim_cur = before;
+  }
+  if (lim.rlim_cur != before) {
+    CF_LOG(INFO) << "file descriptor limit raised from " << before << " to " << lim.rlim_cur;
+  }
+}
+
+int Millis(double seconds) { return static_cast<int>(seconds * 1000); }
+
+// A number flag must be finite and in [low, high]: a NaN would be stored or turned into
+// an undefined integer.
+bool InRange(const char* flag, double value, double low, double high) {
+  if (std::isfinite(value) && value >= low && value <= high) return true;
+  CF_LOG(ERROR) << "--" << flag << "=" << value << " is out of range: give a number from " << low
+                << " to " << high;
+  return false;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -53,7 +100,30 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  if (!InRange("round_timeout_s", absl::GetFlag(FLAGS_round_timeout_s), 0, 1e9) ||
+      !InRange("outlier_factor", absl::GetFlag(FLAGS_outlier_factor), 0, 1e6) ||
+      !InRange("handshake_timeout_s", absl::GetFlag(FLAGS_handshake_timeout_s), 0.1, 3600) ||
+      !InRange("max_connection_idle_s", absl::GetFlag(FLAGS_max_connection_idle_s), 1, 2e6) ||
+      !InRange("max_connections", absl::GetFlag(FLAGS_max_connections), 0, 1 << 20) ||
+      !InRange("max_streams_per_connection", absl::GetFlag(FLAGS_max_streams_per_connection), 1,
+               1 << 20) ||
+      !InRange("worker_threads", absl::GetFlag(FLAGS_worker_threads), 1, 1024)) {
+    return 2;
+  }
+  RaiseFdLimit();
   coldfuse::ServerOptions options;
+  {
+    const std::string mask = absl::GetFlag(FLAGS_umask);
+    unsigned value = 0;
+    if (mask.empty() || mask.size() > 4 ||
+        mask.find_first_not_of("01234567") != std::string::npos ||
+        (value = static_cast<unsigned>(std::stoul(mask, nullptr, 8))) > 0777) {
+      CF_LOG(ERROR) << "--umask=" << mask << " is not an octal permission mask such as 077";
+      return 2;
+    }
+    options.data_mode_mask = value;
+    ::umask(value);
+  }
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.listen = absl::GetFlag(FLAGS_listen);
   options.rounds.min_contributions = absl::GetFlag(FLAGS_min_contributions);
@@ -64,12 +134,16 @@ int main(int argc, char** argv) {
   options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls.allow_readable_key = absl::GetFlag(FLAGS_allow_readable_key);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.bootstrap_token_file = absl::GetFlag(FLAGS_bootstrap_token_file);
   options.intake.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
   options.intake.max_bytes_per_day = absl::GetFlag(FLAGS_max_bytes_per_day);
   options.rounds.outlier_factor = absl::GetFlag(FLAGS_outlier_factor);
-  if (options.worker_threads < 1) options.worker_threads = 1;
+  options.max_connections = absl::GetFlag(FLAGS_max_connections);
+  options.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
+  options.handshake_timeout_ms = Millis(absl::GetFlag(FLAGS_handshake_timeout_s));
+  options.max_connection_idle_ms = Millis(absl::GetFlag(FLAGS_max_connection_idle_s));
 
   auto server = coldfuse::Server::Start(options);
   if (!server.ok()) {

@@ -1,14 +1,21 @@
 #include "server/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "server/auth/token_registry.h"
+#include "server/service/acceptor.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
+#include "server/service/parse_error_interceptor.h"
 #include "server/service/services.h"
 #include "server/storage/store.h"
 
@@ -25,10 +32,12 @@ struct Server::Impl {
   std::unique_ptr<service::ContributorService> contributor;
   std::unique_ptr<service::StatusService> status;
   std::unique_ptr<service::AdminService> admin;
+  std::unique_ptr<service::Acceptor> acceptor;
   std::unique_ptr<grpc::Server> grpc_server;
   int port = 0;
 
   ~Impl() {
+    if (acceptor) acceptor->Stop();  // no new connections while gRPC shuts down
     if (grpc_server) {
       grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     }
@@ -42,6 +51,29 @@ struct Server::Impl {
   }
 };
 
+absl::StatusOr<FdBudget> ComputeFdBudget() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    return absl::InternalError("cannot read the file descriptor limit (RLIMIT_NOFILE)");
+  }
+  FdBudget b;
+  b.limit = lim.rlim_cur == RLIM_INFINITY ? (1u << 20) : lim.rlim_cur;
+  b.store_files = static_cast<int>(std::clamp<uint64_t>(b.limit / 4, 32, 4096));
+  // WAL, MANIFEST and LOG files, blob files being written, gRPC's epoll and wake-up
+  // descriptors, the listener's own, token and port files, standard streams.
+  b.reserved = 96;
+  int64_t rest = static_cast<int64_t>(b.limit) - b.store_files - b.reserved;
+  if (rest < 16) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the file descriptor limit is ", b.limit,
+                     ", too low for a server: raise it (systemd: "
+                     "LimitNOFILE=65536 in the unit; a shell: ulimit -n 65536) to at least ",
+                     b.store_files + b.reserved + 64));
+  }
+  b.connections = static_cast<int>(std::min<int64_t>(rest, 1 << 20));
+  return b;
+}
+
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 
@@ -52,6 +84,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Check the certificate and key before touching the store: a misconfigured server
   // should say which file is wrong and change nothing.
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.insecure && (!options.tls.cert_file.empty() || !options.tls.key_file.empty() ||
+                           !options.tls.client_ca_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--insecure turns TLS and tokens off, but TLS files were given (--tls_cert, "
+        "--tls_key or --tls_client_ca): drop --insecure to serve over TLS, or drop the "
+        "TLS flags");
+  }
   if (options.insecure) {
     CF_LOG(WARNING) << "*** INSECURE MODE: no TLS, no tokens; anyone who can reach "
                     << options.listen << " can read, upload and administer. "
@@ -65,9 +104,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     }
     ASSIGN_OR_RETURN(credentials, service::MakeServerCredentials(options.tls));
   }
+  ASSIGN_OR_RETURN(FdBudget fds, ComputeFdBudget());
+  service::AcceptorOptions acceptor_options;
+  acceptor_options.listen = options.listen;
+  acceptor_options.max_connections = fds.connections;
+  if (options.max_connections > fds.connections) {
+    CF_LOG(WARNING) << "--max_connections=" << options.max_connections << " lowered to "
+                    << fds.connections << ": the file descriptor limit is " << fds.limit
+                    << " and the store keeps up to " << fds.store_files
+                    << " files open (raise LimitNOFILE to allow more)";
+  } else if (options.max_connections > 0) {
+    acceptor_options.max_connections = options.max_connections;
+  }
   auto impl = std::make_unique<Impl>();
+  // Bind before opening the store: a port in use should change nothing on disk.
+  ASSIGN_OR_RETURN(impl->acceptor, service::Acceptor::Listen(acceptor_options));
+  impl->port = impl->acceptor->port();
   storage::StoreOptions store_options;
   store_options.blob_files = options.blob_files;
+  store_options.max_open_files = fds.store_files;
+  if (::mkdir(options.data_dir.c_str(), 0777 & ~options.data_mode_mask) != 0 && errno != EEXIST) {
+    return ErrnoError("cannot create the data folder", options.data_dir);
+  }
+  // Contributions are private to their contributors.
+  RETURN_IF_ERROR(RestrictModes(options.data_dir, options.data_mode_mask));
   ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.data_dir, store_options));
   if (!options.insecure) {
     ASSIGN_OR_RETURN(impl->tokens, auth::TokenRegistry::Create(impl->store.get(), SystemClock()));
@@ -100,8 +160,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                         impl->authorizer.get());
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, credentials, &impl->port);
+  // The acceptor accepts and hands connections over; gRPC listens on nothing itself.
+  auto sink = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, credentials);
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<service::ParseErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_streams_per_connection);
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, options.handshake_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, options.max_connection_idle_ms);
   // Notice dead peers (a partitioned contributor) within a minute, so an interrupted
   // resumable upload detaches and can be resumed.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
@@ -110,17 +178,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.RegisterService(impl->status.get());
   builder.RegisterService(impl->admin.get());
   impl->grpc_server = builder.BuildAndStart();
-  if (impl->grpc_server == nullptr || impl->port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen, ": is the address in use?"));
+  if (impl->grpc_server == nullptr) {
+    return absl::InternalError("the gRPC server did not start (see the log above)");
   }
+  impl->acceptor->Start(std::move(sink));
   impl->manager->Start();
   auto status = impl->manager->GetStatus();
   CF_LOG(INFO) << "coldfused listening on port " << impl->port
                << (options.insecure                     ? " (INSECURE)"
                    : options.tls.client_ca_file.empty() ? " (TLS, tokens)"
                                                         : " (mutual TLS, tokens)")
-               << ", data in " << options.data_dir << ", "
+               << ", data in " << options.data_dir << ", up to " << acceptor_options.max_connections
+               << " connections (file descriptor limit " << fds.limit << "), "
                << (status.initialized() ? absl::StrCat("base v", status.base_version(), ", round ",
                                                        status.open_round().number(), " open")
                                         : std::string("not initialised (run `coldfusectl init`)"));
@@ -131,6 +200,7 @@ int Server::port() const { return impl_->port; }
 void Server::Wait() { impl_->grpc_server->Wait(); }
 // Open streams (WatchStatus) are cancelled after 5 s rather than awaited.
 void Server::Shutdown() {
+  impl_->acceptor->Stop();
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 

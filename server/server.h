@@ -28,15 +28,43 @@ struct ServerOptions {
   int worker_threads = 4;
   // Largest message a client may send; one chunk plus its framing. Default: 4 MiB.
   int max_receive_bytes = 4 << 20;
+  // Most client connections open at once (service/acceptor.h). 0: what the file
+  // descriptor limit leaves after the store's share (see FdBudget). A value above that
+  // is lowered to it, with a warning. Default: 0.
+  int max_connections = 0;
+  // Most concurrent calls on one connection. Default: 100.
+  int max_streams_per_connection = 100;
+  // A connection that has not finished the TLS and HTTP/2 handshake after this long is
+  // closed. Default: 10 s.
+  int handshake_timeout_ms = 10000;
+  // A connection with no call for this long is closed (clients reconnect on their next
+  // call). Default: 10 minutes.
+  int max_connection_idle_ms = 10 * 60 * 1000;
   // TLS certificate and key (required unless insecure); client_ca_file turns on mutual
   // TLS. Default: empty.
   service::ServerTlsOptions tls;
   // No TLS and no tokens: for tests and local experiments only. Default: false.
   bool insecure = false;
+  // Permission bits taken away from the data folder and everything directly in it at
+  // start (so a folder made by an older release is tightened too). The process umask,
+  // set by main, keeps new files the same. Default: 077 (the service user only).
+  unsigned data_mode_mask = 077;
   // If no operator token exists yet, create one and write it to this file (mode 0600).
   // Default: empty (then a server without an operator token refuses to start).
   std::string bootstrap_token_file;
 };
+
+// How the process's file descriptors are shared out: RocksDB keeps at most
+// `store_files` files open, `reserved` are left for logs, WAL, blob files being written
+// and the like, and the rest may be client connections.
+struct FdBudget {
+  uint64_t limit = 0;  // the soft RLIMIT_NOFILE
+  int store_files = 0;
+  int reserved = 0;
+  int connections = 0;
+};
+// From the current RLIMIT_NOFILE. Error if it leaves no room for connections.
+absl::StatusOr<FdBudget> ComputeFdBudget();
 
 class Server {
  public:

@@ -106,8 +106,8 @@ TempDir::~TempDir() {
 
 std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
                                                     const std::string& log_path,
-                                                    std::vector<std::string> extra_flags,
-                                                    int port) {
+                                                    std::vector<std::string> extra_flags, int port,
+                                                    std::vector<std::string> launcher) {
   auto s = std::unique_ptr<ServerProcess>(new ServerProcess());
   std::string port_file = data_dir + ".port";
   std::error_code ec;
@@ -116,6 +116,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& data_dir,
                                    absl::StrCat("--listen=127.0.0.1:", port),
                                    "--port_file=" + port_file};
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  argv.insert(argv.begin(), launcher.begin(), launcher.end());
   // Plaintext and tokenless unless the test configures TLS itself.
   const bool secure = std::any_of(extra_flags.begin(), extra_flags.end(),
                                   [](const auto& f) { return absl::StartsWith(f, "--tls_cert"); });

@@ -58,11 +58,12 @@ class TempDir {
 class ServerProcess {
  public:
   // Starts coldfused and waits until it serves. `port` 0 picks a free one. Adds
-  // --insecure unless `extra_flags` has --tls_cert.
+  // --insecure unless `extra_flags` has --tls_cert. `launcher` is put before the binary
+  // (e.g. {"prlimit", "--nofile=256:256"}).
   static std::unique_ptr<ServerProcess> Start(const std::string& data_dir,
                                               const std::string& log_path,
                                               std::vector<std::string> extra_flags = {},
-                                              int port = 0);
+                                              int port = 0, std::vector<std::string> launcher = {});
   int port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // Plaintext channel (null for a TLS server: set one with set_channel).

@@ -63,17 +63,22 @@ absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, 
     out.info.set_expires_unix_ms(out.info.created_unix_ms() + ttl_seconds * 1000);
   storage::StoredToken stored{Sha256::Of(out.secret), out.info};
 
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = by_name_.find(std::string(name));
-  if (it != by_name_.end() && !it->second.info.revoked()) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("a token named '", name, "' exists; revoke it first or choose another name"));
+  absl::MutexLock w(&write_mu_);
+  {
+    absl::ReaderMutexLock l(&mu_);
+    auto it = by_name_.find(std::string(name));
+    if (it != by_name_.end() && !it->second.info.revoked()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "a token named '", name, "' exists; revoke it first or choose another name"));
+    }
   }
   RETURN_IF_ERROR(store_->PutToken(
       stored,
       {Audit(actor, "token_created",
              absl::StrCat(name, " role=", v1::Role_Name(role),
                           ttl_seconds > 0 ? absl::StrCat(" ttl=", ttl_seconds, "s") : ""))}));
+  absl::MutexLock l(&mu_);
+  auto it = by_name_.find(std::string(name));
   if (it != by_name_.end()) name_by_hash_.erase(it->second.secret_sha256);
   name_by_hash_[stored.secret_sha256] = std::string(name);
   by_name_[std::string(name)] = std::move(stored);
@@ -82,32 +87,51 @@ absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, 
 
 absl::StatusOr<v1::TokenInfo> TokenRegistry::Revoke(absl::string_view name,
                                                     absl::string_view actor) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = by_name_.find(std::string(name));
-  if (it == by_name_.end()) {
-    return absl::NotFoundError(absl::StrCat("no token named '", name, "'"));
+  absl::MutexLock w(&write_mu_);
+  storage::StoredToken updated;
+  {
+    absl::ReaderMutexLock l(&mu_);
+    auto it = by_name_.find(std::string(name));
+    if (it == by_name_.end()) {
+      return absl::NotFoundError(absl::StrCat("no token named '", name, "'"));
+    }
+    updated = it->second;
+    if (!updated.info.revoked() && updated.info.role() == v1::OPERATOR && HasOperatorLocked("") &&
+        !HasOperatorLocked(name)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("'", name,
+                       "' is the last operator token: revoking it would leave nobody able to "
+                       "administer the server; create another first (coldfusectl token create "
+                       "--role=operator --name=...)"));
+    }
   }
-  storage::StoredToken updated = it->second;
   updated.info.set_revoked(true);
   RETURN_IF_ERROR(store_->PutToken(updated, {Audit(actor, "token_revoked", std::string(name))}));
+  absl::MutexLock l(&mu_);
   name_by_hash_.erase(updated.secret_sha256);
-  it->second = updated;
+  by_name_[std::string(name)] = updated;
   return updated.info;
 }
 
 std::vector<v1::TokenInfo> TokenRegistry::List() const {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::ReaderMutexLock l(&mu_);
   std::vector<v1::TokenInfo> out;
   for (const auto& [name, t] : by_name_) out.push_back(t.info);
   return out;
 }
 
 bool TokenRegistry::HasOperator() const {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::ReaderMutexLock l(&mu_);
+  return HasOperatorLocked("");
+}
+
+bool TokenRegistry::HasOperatorLocked(absl::string_view except) const {
   const int64_t now = clock_->NowUnixMs();
   for (const auto& [name, t] : by_name_) {
     const bool expired = t.info.expires_unix_ms() != 0 && now >= t.info.expires_unix_ms();
-    if (!t.info.revoked() && !expired && t.info.role() == v1::OPERATOR) return true;
+    if (name != except && !t.info.revoked() && !expired && t.info.role() == v1::OPERATOR) {
+      return true;
+    }
   }
   return false;
 }
@@ -119,7 +143,7 @@ absl::StatusOr<Identity> TokenRegistry::Authenticate(absl::string_view secret) c
         "--token_file)");
   }
   std::string hash = Sha256::Of(secret);
-  std::lock_guard<std::mutex> l(mu_);
+  absl::ReaderMutexLock l(&mu_);
   auto it = name_by_hash_.find(hash);
   if (it == name_by_hash_.end()) {
     // Revoked tokens are dropped from name_by_hash_, so they land here too.

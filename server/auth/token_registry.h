@@ -6,12 +6,12 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "coldfuse/v1/coldfuse.pb.h"
 #include "common/clock.h"
 #include "server/storage/store.h"
@@ -42,7 +42,8 @@ class TokenRegistry {
   // role or ttl. A revoked name may be reused.
   absl::StatusOr<CreatedToken> CreateToken(absl::string_view name, v1::Role role,
                                            int64_t ttl_seconds, absl::string_view actor);
-  // NOT_FOUND if no token has this name.
+  // NOT_FOUND if no token has this name; FAILED_PRECONDITION if it is the last live
+  // operator token (nobody could administer the server any more).
   absl::StatusOr<v1::TokenInfo> Revoke(absl::string_view name, absl::string_view actor);
   std::vector<v1::TokenInfo> List() const;
   bool HasOperator() const;
@@ -55,9 +56,15 @@ class TokenRegistry {
 
   storage::Store* const store_;
   Clock* const clock_;
-  mutable std::mutex mu_;
-  std::map<std::string, storage::StoredToken> by_name_;
-  std::map<std::string, std::string> name_by_hash_;
+  bool HasOperatorLocked(absl::string_view except) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Token changes one at a time, held across their synced write. Authentication only
+  // takes mu_, which is never held across a write: a slow disk delays token changes,
+  // not every RPC.
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  mutable absl::Mutex mu_;
+  std::map<std::string, storage::StoredToken> by_name_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> name_by_hash_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace coldfuse::auth

@@ -278,10 +278,36 @@ TEST_F(TokenRegistryTest, HasOperatorCountsOnlyUnrevokedOperators) {
   EXPECT_TRUE(registry_->HasOperator());
   Reopen();
   EXPECT_TRUE(registry_->HasOperator());
+  MustCreate("root2", v1::OPERATOR, /*ttl_seconds=*/60);
   ASSERT_TRUE(registry_->Revoke("root", "root").ok());
+  EXPECT_TRUE(registry_->HasOperator());
+  clock_.AdvanceMs(60'000);
   EXPECT_FALSE(registry_->HasOperator());
   Reopen();
   EXPECT_FALSE(registry_->HasOperator());
+}
+
+TEST_F(TokenRegistryTest, LastOperatorTokenCannotBeRevoked) {
+  MustCreate("root", v1::OPERATOR);
+  MustCreate("alice", v1::CONTRIBUTOR);
+  auto r = registry_->Revoke("root", "root");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("create another first"), std::string::npos) << r.status();
+  EXPECT_TRUE(registry_->HasOperator());
+  // With a second operator, either may go, but not both.
+  MustCreate("ops2", v1::OPERATOR);
+  ASSERT_TRUE(registry_->Revoke("root", "ops2").ok());
+  EXPECT_EQ(registry_->Revoke("ops2", "ops2").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // An expired operator token does not count as the one left.
+  CreatedToken temp = MustCreate("temp", v1::OPERATOR, /*ttl_seconds=*/60);
+  clock_.AdvanceMs(60'000);
+  EXPECT_EQ(registry_->Revoke("ops2", "ops2").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(registry_->Revoke("temp", "ops2").ok());
+  ASSERT_TRUE(registry_->Revoke("alice", "ops2").ok());
+  Reopen();
+  EXPECT_TRUE(registry_->HasOperator());
 }
 
 TEST_F(TokenRegistryTest, ExpiredOperatorDoesNotCount) {

@@ -416,6 +416,13 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
     CF_LOG(INFO) << "upload " << uid << " dropped: " << why;
     absl::MutexLock l(&mu_);
     sessions_.erase(uid);
+  } else if (kind == TensorUpload::EndKind::kBroken) {
+    // Nothing was kept of an upload without an upload_id whose connection broke: the
+    // attempt does not count, or a contributor on a flaky network would be locked out of
+    // the round by its own retries.
+    absl::MutexLock l(&mu_);
+    auto it = uploads_started_.find({stream->header.round(), stream->header.contributor()});
+    if (it != uploads_started_.end() && it->second > 0) --it->second;
   }
   DropUpload(uid, round, id);
   if (!why.ok() && !absl::IsAlreadyExists(why) && kind == TensorUpload::EndKind::kRejected) {
@@ -432,6 +439,9 @@ void ContributionIntake::DropStaleSessions() {
   std::vector<Session> stale;
   {
     absl::MutexLock l(&mu_);
+    // Upload counts of closed rounds are never consulted again.
+    uploads_started_.erase(uploads_started_.begin(),
+                           uploads_started_.lower_bound({open.value_or(0), std::string()}));
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       // A session still streaming fails at its commit and removes itself.
       if (!it->second.streaming && it->second.round != open) {

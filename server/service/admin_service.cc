@@ -98,8 +98,8 @@ grpc::ServerUnaryReactor* AdminService::ListTokens(grpc::CallbackServerContext* 
                                                    const v1::ListTokensRequest* /*request*/,
                                                    v1::ListTokensResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.ListTokens");
-  if (id.ok() && !auth_->insecure()) {
+  auto id = CheckTokenAdmin(*auth_, ctx, "Admin.ListTokens");
+  if (id.ok()) {
     for (auto& t : auth_->registry()->List()) *response->add_tokens() = std::move(t);
   }
   reactor->Finish(ToGrpcStatus(id.status()));

@@ -2,6 +2,7 @@
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
+#include <sys/stat.h>
 
 #include <memory>
 #include <string>
@@ -11,6 +12,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "common/pem_files.h"
 #include "common/status_macros.h"
 
@@ -21,6 +24,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   ASSIGN_OR_RETURN(CertAndKeyPem pair,
                    LoadCertAndKeyPem(options.cert_file, "TLS server certificate", options.key_file,
                                      "TLS server key", TlsRole::kServer));
+  // After the contents: a wrong file is worth knowing about before its mode.
+  struct stat st {};
+  if (::stat(options.key_file.c_str(), &st) == 0 && (st.st_mode & S_IROTH) != 0) {
+    std::string mode = absl::StrFormat("%03o", st.st_mode & 0777);
+    if (!options.allow_readable_key) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "TLS server key ", options.key_file, " is readable by every user on this machine (mode ",
+          mode, "), who could then impersonate the server: chmod 600 ", options.key_file,
+          " (or 640 with the service's group); --allow_readable_key accepts it anyway"));
+    }
+    CF_LOG(WARNING) << "TLS server key " << options.key_file << " is readable by every user (mode "
+                    << mode << "); accepted because of --allow_readable_key";
+  }
   bool mutual = !options.client_ca_file.empty();
   grpc::SslServerCredentialsOptions ssl(
       mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY

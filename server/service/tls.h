@@ -23,6 +23,9 @@ struct ServerTlsOptions {
   // PEM CA certificate(s). Non-empty: mutual TLS, every client must present a
   // certificate signed by one of them. Default: empty (server-only TLS).
   std::string client_ca_file;
+  // Accept a key file that every local user can read (mode o+r). Default: false (such a
+  // key is refused: anyone on the machine could impersonate the server).
+  bool allow_readable_key = false;
 };
 
 // Reads and checks every file before gRPC sees it, then returns SSL server credentials

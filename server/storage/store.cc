@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   db_opts.create_if_missing = true;
   db_opts.create_missing_column_families = true;
   db_opts.paranoid_checks = true;
+  db_opts.max_open_files = options.max_open_files;
   rocksdb::ColumnFamilyOptions cf_opts;
   rocksdb::ColumnFamilyOptions data_opts;  // bases, contribs: 1 MiB tensor chunks
   if (options.blob_files) {

@@ -37,6 +37,10 @@ struct StoreOptions {
   // Keep tensor chunks in RocksDB's integrated blob files (values >= 64 KiB), so
   // compaction never rewrites them. Default: true (see docs/benchmarks.md).
   bool blob_files = true;
+  // Most table and blob files RocksDB keeps open (its table cache); -1: all of them,
+  // which grows with the store. The server sets it from its file descriptor budget.
+  // Default: -1.
+  int max_open_files = -1;
   // Tests only: faults injected below RocksDB (fault_injection.h). Default: none.
   std::shared_ptr<FaultInjection> faults;
 };

@@ -1,0 +1,257 @@
+// Hostile and unlucky clients cannot take the server down: connection floods, abusive
+// requests, half-sent uploads, restarts. The real coldfused as a process on loopback.
+#include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "common/posix_file.h"
+#include "tests/cluster.h"
+
+namespace coldfuse::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using Clock = std::chrono::steady_clock;
+
+// A channel with its own connection (gRPC shares connections between channels with the
+// same target and arguments unless told not to).
+std::shared_ptr<grpc::Channel> FreshChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+grpc::Status GetStatus(const std::string& address, milliseconds deadline) {
+  auto stub = v1::Status::NewStub(FreshChannel(address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  v1::ServerStatus reply;
+  return stub->GetStatus(&ctx, {}, &reply);
+}
+
+// Idle TCP connections: connected, never a byte sent.
+std::vector<int> OpenIdleConnections(int port, int count) {
+  std::vector<int> fds;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int i = 0; i < count; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) break;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      ::close(fd);
+      continue;
+    }
+    fds.push_back(fd);
+  }
+  return fds;
+}
+
+// ~1,100 idle connections against the default 1024-descriptor limit used to make gRPC's
+// listener give up for good ("Failed accept4: Too many open files"). Here the server has
+// 256 descriptors and a limit of 100 connections, and gets 300 idle connections: more
+// than twice its limit and more than it has descriptors.
+TEST(LimitsTest, IdleConnectionFloodNeitherLocksOutNorDeafensTheServer) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log",
+                                     {"--max_connections=100"}, 0,
+                                     {"prlimit", "--nofile=256:256"});
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
+  ASSERT_TRUE(GetStatus(address, seconds(5)).ok());
+
+  std::vector<int> flood = OpenIdleConnections(server->port(), 300);
+  ASSERT_EQ(flood.size(), 300u) << "the kernel accepts the handshake of each";
+  // The flood's connections are now older than the 1 s after which a silent connection
+  // may make room for a new one.
+  std::this_thread::sleep_for(milliseconds(1500));
+
+  // During the flood: every honest call gets through, each on a new connection.
+  for (int i = 0; i < 5; ++i) {
+    grpc::Status st = GetStatus(address, seconds(5));
+    EXPECT_TRUE(st.ok()) << "call " << i << " during the flood: " << st.error_message();
+  }
+
+  for (int fd : flood) ::close(fd);
+  // After it: served at once (within 1 s, connection included).
+  auto start = Clock::now();
+  grpc::Status st = GetStatus(address, seconds(1));
+  auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+  EXPECT_TRUE(st.ok()) << "after the flood: " << st.error_message();
+  EXPECT_LT(took, seconds(1));
+
+  auto log = ReadFileToString(dir.path() + "/server.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_EQ(log->find("Failed accept4"), std::string::npos) << *log;
+  EXPECT_NE(log->find("refusing new ones"), std::string::npos)
+      << "the limit was reached and said so:\n"
+      << *log;
+  EXPECT_EQ(server->Stop(), 0);
+}
+
+// One unary call with raw request bytes.
+grpc::Status RawUnaryCall(std::shared_ptr<grpc::Channel> channel, const std::string& method,
+                          const std::string& request_bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status result;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status st) {
+    std::lock_guard<std::mutex> lock(mu);
+    result = std::move(st);
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });  // bounded by the deadline
+  return result;
+}
+
+TEST(LimitsTest, UnparsableRequestIsInvalidArgumentNotUnimplemented) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  // A truncated varint tag: no protobuf parser accepts it.
+  const std::string garbage = "\xff\xff\xff\xff";
+  for (const char* method : {"/coldfuse.v1.Status/GetStatus", "/coldfuse.v1.Status/GetRound",
+                             "/coldfuse.v1.Admin/ListAudit", "/coldfuse.v1.Contributor/GetUpload"}) {
+    grpc::Status st = RawUnaryCall(server->channel(), method, garbage);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "could not be parsed"))
+        << method << ": " << st.error_message();
+  }
+  // A method the server lacks is still UNIMPLEMENTED; a valid request still works.
+  EXPECT_EQ(RawUnaryCall(server->channel(), "/coldfuse.v1.Status/NoSuchMethod", "").error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_TRUE(RawUnaryCall(server->channel(), "/coldfuse.v1.Status/GetStatus", "").ok());
+}
+
+TEST(LimitsTest, TokenCallsOnAnInsecureServerAreFailedPrecondition) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  for (const char* method : {"/coldfuse.v1.Admin/ListTokens", "/coldfuse.v1.Admin/RevokeToken"}) {
+    grpc::Status st = RawUnaryCall(server->channel(), method, "");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << method << ": " << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "--insecure")) << st.error_message();
+  }
+}
+
+// Starts coldfused expecting it to refuse; returns its output.
+std::string StartExpectingRefusal(const std::vector<std::string>& flags) {
+  std::vector<std::string> argv = {ServerBinary()};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  CommandResult r = RunCommand(argv, seconds(30));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  return r.output;
+}
+
+TEST(LimitsTest, NonFiniteOrOutOfRangeFlagsAreRefusedAtStart) {
+  TempDir dir;
+  const std::string data = "--data_dir=" + dir.path() + "/data";
+  for (const char* flag : {"--round_timeout_s=nan", "--round_timeout_s=-1",
+                           "--outlier_factor=nan", "--outlier_factor=inf",
+                           "--handshake_timeout_s=nan", "--max_connection_idle_s=0",
+                           "--worker_threads=0", "--umask=999", "--umask=abc"}) {
+    std::string out = StartExpectingRefusal({data, "--insecure", flag});
+    const std::string name = std::string(flag).substr(2, std::string(flag).find('=') - 2);
+    EXPECT_TRUE(absl::StrContains(out, "--" + name)) << flag << ": " << out;
+  }
+  // Nothing was created for a refused start.
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data"));
+}
+
+TEST(LimitsTest, InsecureWithTlsFilesIsRefusedNotSilentlyPlaintext) {
+  TempDir dir;
+  std::string out = StartExpectingRefusal({"--data_dir=" + dir.path() + "/data", "--insecure",
+                                           "--tls_cert=server.crt", "--tls_key=server.key"});
+  EXPECT_TRUE(absl::StrContains(out, "drop --insecure to serve over TLS")) << out;
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 0777;
+}
+
+TEST(LimitsTest, DataFolderAndItsFilesAreOwnerOnly) {
+  TempDir dir;
+  const std::string data = dir.path() + "/data";
+  {
+    auto server = ServerProcess::Start(data, dir.path() + "/server.log");
+    ASSERT_NE(server, nullptr);
+    ASSERT_EQ(server->Stop(), 0);
+  }
+  EXPECT_EQ(ModeOf(data), 0700u);
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(data)) {
+    EXPECT_EQ(ModeOf(e.path().string()) & 077, 0u) << e.path();
+    ++files;
+  }
+  EXPECT_GT(files, 3);
+  // A folder left open by an older release is tightened at start.
+  ASSERT_EQ(::chmod(data.c_str(), 0755), 0);
+  const std::string some_file = data + "/CURRENT";
+  ASSERT_EQ(::chmod(some_file.c_str(), 0644), 0);
+  auto server = ServerProcess::Start(data, dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(ModeOf(data), 0700u);
+  EXPECT_EQ(ModeOf(some_file), 0600u);
+  ASSERT_EQ(server->Stop(), 0);
+  // --umask=027 lets the service's group read.
+  auto shared = ServerProcess::Start(dir.path() + "/shared", dir.path() + "/shared.log",
+                                     {"--umask=027"});
+  ASSERT_NE(shared, nullptr);
+  EXPECT_EQ(ModeOf(dir.path() + "/shared"), 0750u);
+  EXPECT_EQ(ModeOf(dir.path() + "/shared/CURRENT"), 0640u);
+}
+
+TEST(LimitsTest, WorldReadableTlsKeyIsRefusedUnlessAllowed) {
+  TempDir dir;
+  const std::string certs = dir.path() + "/certs";
+  CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string key = certs + "/server.key";
+  ASSERT_EQ(::chmod(key.c_str(), 0644), 0);
+  std::vector<std::string> flags = {"--data_dir=" + dir.path() + "/data", "--listen=127.0.0.1:0",
+                                    "--tls_cert=" + certs + "/server.crt", "--tls_key=" + key,
+                                    "--bootstrap_token_file=" + dir.path() + "/op.token"};
+  std::string out = StartExpectingRefusal(flags);
+  EXPECT_TRUE(absl::StrContains(out, "readable by every user")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "chmod 600")) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data"));
+  // The operator can insist; the log still says so.
+  flags.erase(flags.begin(), flags.begin() + 2);
+  flags.push_back("--allow_readable_key");
+  auto server = ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log", flags);
+  ASSERT_NE(server, nullptr);
+  auto log = ReadFileToString(dir.path() + "/server.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_TRUE(absl::StrContains(*log, "accepted because of --allow_readable_key")) << *log;
+}
+
+}  // namespace
+}  // namespace coldfuse::testing
