@@ -70,8 +70,7 @@ std::vector<int> OpenIdleConnections(int port, int count) {
 TEST(LimitsTest, IdleConnectionFloodNeitherLocksOutNorDeafensTheServer) {
   TempDir dir;
   auto server = ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log",
-                                     {"--max_connections=100"}, 0,
-                                     {"prlimit", "--nofile=256:256"});
+                                     {"--max_connections=100"}, 0, {"prlimit", "--nofile=256:256"});
   ASSERT_NE(server, nullptr);
   const std::string address = server->address();
   ASSERT_TRUE(GetStatus(address, seconds(5)).ok());
@@ -135,8 +134,9 @@ TEST(LimitsTest, UnparsableRequestIsInvalidArgumentNotUnimplemented) {
   ASSERT_NE(server, nullptr);
   // A truncated varint tag: no protobuf parser accepts it.
   const std::string garbage = "\xff\xff\xff\xff";
-  for (const char* method : {"/coldfuse.v1.Status/GetStatus", "/coldfuse.v1.Status/GetRound",
-                             "/coldfuse.v1.Admin/ListAudit", "/coldfuse.v1.Contributor/GetUpload"}) {
+  for (const char* method :
+       {"/coldfuse.v1.Status/GetStatus", "/coldfuse.v1.Status/GetRound",
+        "/coldfuse.v1.Admin/ListAudit", "/coldfuse.v1.Contributor/GetUpload"}) {
     grpc::Status st = RawUnaryCall(server->channel(), method, garbage);
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
     EXPECT_TRUE(absl::StrContains(st.error_message(), "could not be parsed"))
@@ -172,10 +172,10 @@ std::string StartExpectingRefusal(const std::vector<std::string>& flags) {
 TEST(LimitsTest, NonFiniteOrOutOfRangeFlagsAreRefusedAtStart) {
   TempDir dir;
   const std::string data = "--data_dir=" + dir.path() + "/data";
-  for (const char* flag : {"--round_timeout_s=nan", "--round_timeout_s=-1",
-                           "--outlier_factor=nan", "--outlier_factor=inf",
-                           "--handshake_timeout_s=nan", "--max_connection_idle_s=0",
-                           "--worker_threads=0", "--umask=999", "--umask=abc"}) {
+  for (const char* flag :
+       {"--round_timeout_s=nan", "--round_timeout_s=-1", "--outlier_factor=nan",
+        "--outlier_factor=inf", "--handshake_timeout_s=nan", "--max_connection_idle_s=0",
+        "--worker_threads=0", "--umask=999", "--umask=abc"}) {
     std::string out = StartExpectingRefusal({data, "--insecure", flag});
     const std::string name = std::string(flag).substr(2, std::string(flag).find('=') - 2);
     EXPECT_TRUE(absl::StrContains(out, "--" + name)) << flag << ": " << out;
@@ -222,8 +222,8 @@ TEST(LimitsTest, DataFolderAndItsFilesAreOwnerOnly) {
   EXPECT_EQ(ModeOf(some_file), 0600u);
   ASSERT_EQ(server->Stop(), 0);
   // --umask=027 lets the service's group read.
-  auto shared = ServerProcess::Start(dir.path() + "/shared", dir.path() + "/shared.log",
-                                     {"--umask=027"});
+  auto shared =
+      ServerProcess::Start(dir.path() + "/shared", dir.path() + "/shared.log", {"--umask=027"});
   ASSERT_NE(shared, nullptr);
   EXPECT_EQ(ModeOf(dir.path() + "/shared"), 0750u);
   EXPECT_EQ(ModeOf(dir.path() + "/shared/CURRENT"), 0640u);

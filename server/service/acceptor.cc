@@ -58,15 +58,14 @@ absl::StatusOr<std::unique_ptr<Acceptor>> Acceptor::Listen(const AcceptorOptions
   addrinfo* found = nullptr;
   int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
   if (rc != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--listen=", options.listen, ": cannot resolve '", host,
-                     "': ", ::gai_strerror(rc)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen=", options.listen, ": cannot resolve '", host, "': ", ::gai_strerror(rc)));
   }
   auto acceptor = std::unique_ptr<Acceptor>(new Acceptor(options));
   std::string last_error;
   for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                      ai->ai_protocol);
+    int fd =
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) {
       last_error = std::strerror(errno);
       continue;
@@ -96,9 +95,9 @@ absl::StatusOr<std::unique_ptr<Acceptor>> Acceptor::Listen(const AcceptorOptions
       sockaddr_storage bound{};
       socklen_t len = sizeof(bound);
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
-      acceptor->port_ = ntohs(bound.ss_family == AF_INET
-                                  ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                                  : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+      acceptor->port_ =
+          ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                                           : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
     }
     acceptor->listen_fds_.push_back(fd);
   }
