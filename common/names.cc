@@ -1,6 +1,7 @@
 #include "common/names.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/printable.h"
 
 namespace coldfuse {
 
@@ -12,8 +13,9 @@ absl::Status CheckName(absl::string_view what, absl::string_view name, bool allo
                 c == '-' || c == '_' || c == '.' || c == '@');
   }
   if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      what, " '", name, "' is not allowed: use 1-128 characters from A-Z a-z 0-9 - _ . @"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " '", PrintableTruncated(name, 160),
+                   "' is not allowed: use 1-128 characters from A-Z a-z 0-9 - _ . @"));
 }
 
 }  // namespace coldfuse

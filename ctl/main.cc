@@ -22,6 +22,7 @@
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "common/model_spec.h"
 #include "common/posix_file.h"
+#include "common/printable.h"
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -199,14 +200,14 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
   }
   const auto& round = s.open_round();
   std::vector<std::string> names;
-  for (const auto& c : round.contributions()) names.push_back(c.contributor());
+  for (const auto& c : round.contributions()) names.push_back(Printable(c.contributor()));
   std::cout << absl::StrFormat(
       "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
       "base        v%d (sha256 %s)\n"
       "open round  %d, opened %s, %d/%d contributions%s\n"
       "policy      close at %d contributions, or %.0f s after opening\n",
-      s.model().model_spec(), s.model().manifest().tensors_size(), s.model().total_bytes(),
-      v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
+      Printable(s.model().model_spec()), s.model().manifest().tensors_size(),
+      s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
       ToHex(s.base_sha256()).substr(0, 16), round.number(),
       Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
       s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
@@ -234,9 +235,10 @@ absl::Status Rounds(const std::shared_ptr<grpc::Channel>& channel, Format format
   for (const auto& round : r.rounds()) {
     std::string result =
         round.state() == v1::CLOSED ? absl::StrCat("v", round.result_base_version()) : "-";
-    std::cout << absl::StrFormat(row, round.number(), round.base_version(),
-                                 StateName(round.state()), round.contributions_size(), result,
-                                 round.close_reason().empty() ? "-" : round.close_reason());
+    std::cout << absl::StrFormat(
+        row, round.number(), round.base_version(), StateName(round.state()),
+        round.contributions_size(), result,
+        round.close_reason().empty() ? "-" : Printable(round.close_reason()));
   }
   return absl::OkStatus();
 }
@@ -257,7 +259,7 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
   if (format == Format::kJson) return PrintJson(round);
   std::set<std::string> metric_set;
   for (const auto& c : round.contributions()) {
-    for (const auto& [k, v] : c.metrics()) metric_set.insert(k);
+    for (const auto& [k, v] : c.metrics()) metric_set.insert(k);  // printed escaped
   }
   std::vector<std::string> metrics(metric_set.begin(), metric_set.end());
   const bool tsv = format == Format::kTsv;
@@ -265,24 +267,24 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
     std::cout << "round " << round.number() << ": base v" << round.base_version() << ", "
               << StateName(round.state());
     if (round.state() == v1::CLOSED) {
-      std::cout << " -> base v" << round.result_base_version() << " (" << round.close_reason()
-                << ")";
+      std::cout << " -> base v" << round.result_base_version() << " ("
+                << Printable(round.close_reason()) << ")";
     }
     std::cout << "\n";
   }
   std::vector<std::string> head = {"id", "contributor", "task", "examples"};
-  head.insert(head.end(), metrics.begin(), metrics.end());
+  for (const auto& m : metrics) head.push_back(Printable(m));
   const char* sep = tsv ? "\t" : "  ";
   std::cout << absl::StrJoin(head, sep) << "\n";
   for (const auto& c : round.contributions()) {
-    std::vector<std::string> cells = {absl::StrCat(c.id()), c.contributor(), c.task(),
-                                      absl::StrCat(c.num_examples())};
+    std::vector<std::string> cells = {absl::StrCat(c.id()), Printable(c.contributor()),
+                                      Printable(c.task()), absl::StrCat(c.num_examples())};
     for (const auto& m : metrics) {
       auto it = c.metrics().find(m);
       cells.push_back(it == c.metrics().end() ? "-" : absl::StrFormat("%.4f", it->second));
     }
     if (!tsv && c.state() == v1::QUARANTINED)
-      cells.push_back("QUARANTINED: " + c.quarantine_reason());
+      cells.push_back("QUARANTINED: " + Printable(c.quarantine_reason()));
     std::cout << absl::StrJoin(cells, sep) << "\n";
   }
   return absl::OkStatus();
@@ -347,7 +349,7 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
     std::string out = absl::GetFlag(FLAGS_out);
     if (!out.empty()) {
       RETURN_IF_ERROR(WriteFileAtomic(out, response.token() + "\n", 0600));
-      std::cerr << "token '" << response.info().name() << "' ("
+      std::cerr << "token '" << Printable(response.info().name()) << "' ("
                 << v1::Role_Name(response.info().role()) << ") written to " << out << "\n";
     } else {
       std::cout << response.token() << "\n";
@@ -359,7 +361,7 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
     request.set_name(absl::GetFlag(FLAGS_name));
     v1::TokenInfo info;
     RETURN_IF_ERROR(rpc::FromGrpc(stub->RevokeToken(&ctx, request, &info), "RevokeToken"));
-    std::cout << "revoked token '" << info.name() << "'\n";
+    std::cout << "revoked token '" << Printable(info.name()) << "'\n";
     return absl::OkStatus();
   }
   if (verb == "list") {
@@ -368,11 +370,11 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
     if (format == Format::kJson) return PrintJson(r);
     std::cout << "NAME                 ROLE         EXPIRES            STATE\n";
     for (const auto& t : r.tokens()) {
-      std::cout << absl::StrFormat("%-20s %-12s %-18s %s\n", t.name(), v1::Role_Name(t.role()),
-                                   t.expires_unix_ms() == 0
-                                       ? std::string("never")
-                                       : absl::StrCat(t.expires_unix_ms() / 1000),
-                                   t.revoked() ? "revoked" : "active");
+      std::cout << absl::StrFormat(
+          "%-20s %-12s %-18s %s\n", Printable(t.name()), v1::Role_Name(t.role()),
+          t.expires_unix_ms() == 0 ? std::string("never")
+                                   : absl::StrCat(t.expires_unix_ms() / 1000),
+          t.revoked() ? "revoked" : "active");
     }
     return absl::OkStatus();
   }
@@ -397,19 +399,35 @@ absl::Status Rollback(const std::shared_ptr<grpc::Channel>& channel) {
 
 absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format) {
   auto stub = v1::Admin::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  v1::ListAuditRequest request;
-  request.set_after_seq(absl::GetFlag(FLAGS_after));
-  request.set_limit(absl::GetFlag(FLAGS_limit));
-  v1::ListAuditResponse r;
-  RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &r), "ListAudit"));
-  if (format == Format::kJson) return PrintJson(r);
-  for (const auto& rec : r.records()) {
+  // The server caps each reply (1000 records, 1 MiB): ask page after page.
+  const uint32_t want = absl::GetFlag(FLAGS_limit) == 0 ? 1000 : absl::GetFlag(FLAGS_limit);
+  v1::ListAuditResponse all;
+  uint64_t after = absl::GetFlag(FLAGS_after);
+  while (static_cast<uint32_t>(all.records_size()) < want) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ListAuditRequest request;
+    request.set_after_seq(after);
+    request.set_limit(want - static_cast<uint32_t>(all.records_size()));
+    v1::ListAuditResponse page;
+    RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &page), "ListAudit"));
+    for (auto& rec : *page.mutable_records()) *all.add_records() = std::move(rec);
+    all.set_more(page.more());
+    if (!page.more() || page.records_size() == 0) break;
+    after = all.records(all.records_size() - 1).seq();
+  }
+  if (format == Format::kJson) return PrintJson(all);
+  for (const auto& rec : all.records()) {
     const std::string when = absl::FormatTime(
         "%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(rec.unix_ms()), absl::UTCTimeZone());
-    std::cout << absl::StrFormat("%6d %s %-10s %-24s %s\n", rec.seq(), when, rec.actor(),
-                                 rec.action(), rec.detail());
+    // Records quote what clients sent: printed escaped (no terminal control sequences,
+    // no line that looks like another record).
+    std::cout << absl::StrFormat("%6d %s %-10s %-24s %s\n", rec.seq(), when, Printable(rec.actor()),
+                                 Printable(rec.action()), Printable(rec.detail()));
+  }
+  if (all.more()) {
+    std::cerr << "(more records: coldfusectl audit --after="
+              << all.records(all.records_size() - 1).seq() << ")\n";
   }
   return absl::OkStatus();
 }

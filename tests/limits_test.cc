@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "common/posix_file.h"
 #include "tests/cluster.h"
 
@@ -251,6 +252,114 @@ TEST(LimitsTest, WorldReadableTlsKeyIsRefusedUnlessAllowed) {
   auto log = ReadFileToString(dir.path() + "/server.log");
   ASSERT_TRUE(log.ok());
   EXPECT_TRUE(absl::StrContains(*log, "accepted because of --allow_readable_key")) << *log;
+}
+
+// Sends one upload whose header is rejected; returns the status.
+grpc::Status SendRejectedHeader(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& contributor, const std::string& task) {
+  auto stub = v1::Contributor::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+  v1::ContributionReceipt receipt;
+  auto writer = stub->PushContribution(&ctx, &receipt);
+  v1::PushContributionRequest request;
+  v1::ContributionHeader* h = request.mutable_header();
+  h->set_round(1);
+  h->set_contributor(contributor);
+  h->set_task(task);
+  h->set_num_examples(1);
+  writer->Write(request);
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+uint64_t FolderBytes(const std::string& dir) {
+  uint64_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.is_regular_file()) total += e.file_size();
+  }
+  return total;
+}
+
+// Audit records quote what a client sent. 150 rejected headers with 1 MB names used to
+// add 486 MB to the store; a ListAudit then built a 467 MB reply, and coldfusectl audit
+// wrote the names' escape sequences to the operator's terminal.
+TEST(LimitsTest, RejectedHeadersInALoopKeepTheAuditLogBoundedAndPrintable) {
+  TempDir dir;
+  const std::string data = dir.path() + "/data";
+  auto server = ServerProcess::Start(data, dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  CommandResult init =
+      RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:4,3,2"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  ASSERT_EQ(server->Stop(), 0);  // flushes, so the folder's size is a stable baseline
+  server = ServerProcess::Start(data, dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  const uint64_t before = FolderBytes(data);
+
+  // ~1 MB names full of terminal control sequences and fake audit lines.
+  std::string evil =
+      "\x1b[2J\x1b]0;pwned\x07\n     9 2026-01-01T00:00:00.000Z operator  token_created  x\n";
+  std::string huge;
+  while (huge.size() < (1 << 20) - 200) huge += evil;
+  const auto start = Clock::now();
+  // One contributor with a bad task name, then many made-up contributor names.
+  for (int i = 0; i < 100; ++i) {
+    grpc::Status st = SendRejectedHeader(server->channel(), "mallory", huge + std::to_string(i));
+    ASSERT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_LE(st.error_message().size(), 4096u);
+  }
+  for (int i = 0; i < 100; ++i) {
+    grpc::Status st = SendRejectedHeader(server->channel(), huge + std::to_string(i), "task");
+    ASSERT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  }
+  const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+  ASSERT_EQ(server->Stop(), 0);
+  const uint64_t grown = FolderBytes(data) - before;
+  // docs/operations.md: rejections are recorded at most 10 per contributor at once (then
+  // 1 a minute) and 100 in total at once (then 1 a second), each record at most ~1.4 KB.
+  const double bound = (100 + elapsed_s + 1) * 1400 + 64 * 1024;  // + RocksDB's own files
+  EXPECT_LT(static_cast<double>(grown), bound)
+      << "the store grew by " << grown << " bytes for 200 rejected 1 MB headers";
+  std::cout << "store grew by " << grown << " bytes for 200 rejected headers in " << elapsed_s
+            << " s (bound " << bound << ")\n";
+
+  server = ServerProcess::Start(data, dir.path() + "/server.log");
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Admin::NewStub(server->channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  v1::ListAuditRequest request;
+  request.set_limit(1000);
+  v1::ListAuditResponse reply;
+  ASSERT_TRUE(stub->ListAudit(&ctx, request, &reply).ok());
+  EXPECT_LE(reply.ByteSizeLong(), 1u << 20);
+  int rejections = 0;
+  bool said_dropped = false;
+  for (const auto& r : reply.records()) {
+    EXPECT_LE(r.detail().size(), 1024u);
+    EXPECT_LE(r.actor().size(), 128u);
+    if (r.action() == "contribution_rejected") ++rejections;
+    said_dropped = said_dropped || absl::StrContains(r.detail(), "not recorded: rate limit");
+  }
+  EXPECT_GE(rejections, 10) << "rejections are still recorded, up to the rate";
+  EXPECT_LE(rejections, 100 + static_cast<int>(elapsed_s) + 1);
+
+  CommandResult audit =
+      RunCommand({CtlBinary(), "--server=" + server->address(), "audit", "--limit=1000"});
+  ASSERT_EQ(audit.exit_code, 0) << audit.output;
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(audit.output, '\n', absl::SkipEmpty())) {
+    ++lines;
+    for (unsigned char c : line) {
+      ASSERT_TRUE(c >= 0x20 && c != 0x7F) << "control byte " << int{c} << " in: " << line;
+    }
+    EXPECT_EQ(line.find("\xC2\x9B"), absl::string_view::npos) << line;
+    // Every line is a record of its own: "  seq 2026-...Z actor action detail".
+    EXPECT_TRUE(absl::StrContains(line.substr(0, 40), "Z ")) << "not a record: " << line;
+  }
+  EXPECT_EQ(lines, reply.records_size());
+  (void)said_dropped;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/names.h"
+#include "common/printable.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
@@ -139,10 +140,17 @@ absl::StatusOr<std::unique_ptr<ContributionIntake>> ContributionIntake::Create(
 ContributionIntake::~ContributionIntake() { rounds_->RemoveListener(listener_); }
 
 void ContributionIntake::AuditRejection(const std::string& actor, const absl::Status& why) {
+  uint64_t dropped = 0;
+  if (!rejections_.Allow(actor, clock_->NowUnixMs(), &dropped)) return;
+  std::string detail = absl::StrCat(absl::StatusCodeToString(why.code()), ": ",
+                                    PrintableTruncated(why.message(), 768));
+  if (dropped > 0) {
+    absl::StrAppend(&detail, " [", dropped,
+                    " earlier rejections of this contributor not recorded: rate limit]");
+  }
+  CF_LOG(INFO) << "rejected an upload from '" << PrintableTruncated(actor, 128) << "': " << detail;
   // Unsynced: a rejection changes no state, and must not cost the server an fsync.
-  absl::Status st = store_->AppendAudit(
-      {MakeAudit(actor, "contribution_rejected",
-                 absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message()))});
+  absl::Status st = store_->AppendAudit({MakeAudit(actor, "contribution_rejected", detail)});
   if (!st.ok()) CF_LOG(ERROR) << "cannot write audit record: " << st;
 }
 

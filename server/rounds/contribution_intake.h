@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "coldfuse/v1/coldfuse.pb.h"
 #include "common/clock.h"
+#include "server/rounds/rate_limiter.h"
 #include "server/rounds/round_manager.h"
 #include "server/rounds/tensor_upload.h"
 #include "server/storage/store.h"
@@ -85,6 +86,8 @@ class ContributionIntake {
   void DropStaleSessions() ABSL_LOCKS_EXCLUDED(mu_);
   // Removes a session record and its chunks (a failed or abandoned upload).
   void DropUpload(const std::string& upload_id, uint64_t round, uint64_t id);
+  // Records a rejected upload (rate-limited per contributor and in total: a client
+  // sending bad requests in a loop must not grow the store or flood the log).
   void AuditRejection(const std::string& actor, const absl::Status& why);
 
   storage::Store* const store_;
@@ -93,6 +96,7 @@ class ContributionIntake {
   Clock* const clock_;
   int listener_ = 0;
 
+  RateLimiter rejections_{RateLimiterOptions{}};
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);

@@ -585,8 +585,17 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
 
 absl::StatusOr<std::vector<v1::AuditRecord>> RoundManager::ReadAudit(uint64_t after_seq,
                                                                      size_t limit) {
+  ASSIGN_OR_RETURN(AuditPage page, ReadAuditPage(after_seq, limit));
+  return std::move(page.records);
+}
+
+absl::StatusOr<RoundManager::AuditPage> RoundManager::ReadAuditPage(uint64_t after_seq,
+                                                                    size_t limit) {
   if (limit == 0 || limit > 1000) limit = 1000;
-  return store_->ReadAudit(after_seq, limit);
+  AuditPage page;
+  ASSIGN_OR_RETURN(page.records,
+                   store_->ReadAudit(after_seq, limit, kMaxAuditReplyBytes, &page.more));
+  return page;
 }
 
 // ------------------------------------------------------------------ status

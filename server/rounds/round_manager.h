@@ -88,6 +88,14 @@ class RoundManager {
                                                         const std::string& reason,
                                                         const std::string& actor)
       ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
+  // The audit log after `after_seq`: at most `limit` records (0 or > 1000: 1000) and at
+  // most kMaxAuditReplyBytes of them; `more` says whether later ones exist.
+  static constexpr size_t kMaxAuditReplyBytes = 1 << 20;
+  struct AuditPage {
+    std::vector<v1::AuditRecord> records;
+    bool more = false;
+  };
+  absl::StatusOr<AuditPage> ReadAuditPage(uint64_t after_seq, size_t limit);
   absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit);
   // Closes the open round if quorum or timeout says so; returns whether it closed.
   absl::StatusOr<bool> MaybeClose() ABSL_LOCKS_EXCLUDED(mu_, close_mu_);

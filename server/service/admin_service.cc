@@ -132,11 +132,12 @@ grpc::ServerUnaryReactor* AdminService::ListAudit(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
   }
-  auto records = manager_->ReadAudit(request->after_seq(), request->limit());
-  if (records.ok()) {
-    for (auto& r : *records) *response->add_records() = std::move(r);
+  auto page = manager_->ReadAuditPage(request->after_seq(), request->limit());
+  if (page.ok()) {
+    for (auto& r : page->records) *response->add_records() = std::move(r);
+    response->set_more(page->more);
   }
-  reactor->Finish(ToGrpcStatus(records.status()));
+  reactor->Finish(ToGrpcStatus(page.status()));
   return reactor;
 }
 

@@ -1,5 +1,7 @@
 #include "server/storage/records.h"
 
+#include "common/printable.h"
+
 namespace coldfuse::storage {
 namespace {
 
@@ -131,12 +133,14 @@ StoredToken FromRecord(const TokenRecord& r) {
   return t;
 }
 
+// Audit text often quotes what a client sent (a rejected name, a reason): stored and
+// served escaped and bounded, also when read from a folder written before the bound.
 AuditEntry ToRecord(const v1::AuditRecord& rec) {
   AuditEntry r;
   r.set_unix_ms(rec.unix_ms());
-  r.set_actor(rec.actor());
-  r.set_action(rec.action());
-  r.set_detail(rec.detail());
+  r.set_actor(PrintableTruncated(rec.actor(), kAuditNameMaxBytes));
+  r.set_action(PrintableTruncated(rec.action(), kAuditNameMaxBytes));
+  r.set_detail(PrintableTruncated(rec.detail(), kAuditDetailMaxBytes));
   return r;
 }
 
@@ -144,9 +148,9 @@ v1::AuditRecord FromRecord(const AuditEntry& r, uint64_t seq) {
   v1::AuditRecord rec;
   rec.set_seq(seq);
   rec.set_unix_ms(r.unix_ms());
-  rec.set_actor(r.actor());
-  rec.set_action(r.action());
-  rec.set_detail(r.detail());
+  rec.set_actor(PrintableTruncated(r.actor(), kAuditNameMaxBytes));
+  rec.set_action(PrintableTruncated(r.action(), kAuditNameMaxBytes));
+  rec.set_detail(PrintableTruncated(r.detail(), kAuditDetailMaxBytes));
   return rec;
 }
 

@@ -26,6 +26,10 @@ TokenRecord ToRecord(const StoredToken& token);
 StoredToken FromRecord(const TokenRecord& r);
 
 // The sequence number is the record's key.
+// The most bytes an audit record's actor or action, and its detail, hold once escaped
+// (common/printable.h); longer text is cut and says its original size.
+inline constexpr size_t kAuditNameMaxBytes = 128;
+inline constexpr size_t kAuditDetailMaxBytes = 1024;
 AuditEntry ToRecord(const v1::AuditRecord& rec);
 v1::AuditRecord FromRecord(const AuditEntry& r, uint64_t seq);
 

@@ -465,17 +465,27 @@ absl::Status Store::AppendAudit(const AuditBatch& audit) {
   return impl_->WriteWithAudit(&batch, audit, impl_->audit_opts, "append audit");
 }
 
-absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq, size_t limit) {
+absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq, size_t limit,
+                                                              size_t max_bytes, bool* more) {
   std::vector<v1::AuditRecord> out;
+  if (more != nullptr) *more = false;
   if (after_seq == UINT64_MAX) return out;  // nothing comes after the last number
   std::unique_ptr<rocksdb::Iterator> it(
       impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cfs[kAudit]));
-  for (it->Seek(keys::Audit(after_seq + 1)); it->Valid() && out.size() < limit; it->Next()) {
+  size_t bytes = 0;
+  for (it->Seek(keys::Audit(after_seq + 1)); it->Valid(); it->Next()) {
     auto seq = keys::ParseAudit(View(it->key()));
     if (!seq.has_value()) return absl::DataLossError("storage: bad audit key");
     AuditEntry r;
     RETURN_IF_ERROR(ParseRecord(View(it->value()), &r, "audit"));
-    out.push_back(FromRecord(r, *seq));
+    v1::AuditRecord rec = FromRecord(r, *seq);
+    const size_t size = rec.ByteSizeLong() + 8;  // + its framing in a reply
+    if (out.size() >= limit || (!out.empty() && bytes + size > max_bytes)) {
+      if (more != nullptr) *more = true;
+      break;
+    }
+    bytes += size;
+    out.push_back(std::move(rec));
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "scan audit"));
   return out;

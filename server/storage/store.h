@@ -154,7 +154,12 @@ class Store {
   // Appends records on their own (e.g. rejected uploads, which change nothing else).
   absl::Status AppendAudit(const AuditBatch& audit);
   // Records with seq > after_seq, oldest first, at most `limit`.
-  absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit);
+  // Records after `after_seq`, oldest first: at most `limit`, and no more than
+  // `max_bytes` of them serialised (but at least one). *more (if given) says whether
+  // later records exist.
+  absl::StatusOr<std::vector<v1::AuditRecord>> ReadAudit(uint64_t after_seq, size_t limit,
+                                                         size_t max_bytes = SIZE_MAX,
+                                                         bool* more = nullptr);
   // Removes chunks of an uncommitted base version (a failed fusion).
   absl::Status DeleteBaseData(uint64_t version);
 

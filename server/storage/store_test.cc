@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/rounds/test_util.h"
 #include "server/storage/keys.h"
+#include "server/storage/records.h"
 #include "server/storage/records.pb.h"
 #include "server/storage/rocks_util.h"
 
@@ -388,6 +389,46 @@ TEST_F(StoreTest, AuditRecordsAreNumberedInOrderAndContinueAfterReopen) {
   EXPECT_EQ((*all)[0].action(), "one");
   EXPECT_EQ((*all)[3].action(), "four");
   EXPECT_EQ((*all)[3].seq(), 4u);
+}
+
+TEST_F(StoreTest, AuditReadsStopAtTheirByteCapAndRecordsAreBoundedAndEscaped) {
+  MustLoad();
+  // 1500 records of the largest detail kept: 1000 of them would pass 1 MiB.
+  for (int i = 0; i < 1500; ++i) {
+    v1::AuditRecord r = Record("mallory", "contribution_rejected");
+    r.set_detail(std::string(5000, 'x') + "\x1b[2J\n");
+    ASSERT_TRUE(store_->AppendAudit({r}).ok());
+  }
+  bool more = false;
+  auto page = store_->ReadAudit(0, 1000, 1 << 20, &more);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_TRUE(more);
+  EXPECT_LT(page->size(), 1000u);
+  EXPECT_GT(page->size(), 500u);
+  size_t bytes = 0;
+  for (const auto& r : *page) {
+    bytes += r.ByteSizeLong();
+    EXPECT_LE(r.detail().size(), kAuditDetailMaxBytes);
+    EXPECT_EQ(r.detail().find('\x1b'), std::string::npos);
+  }
+  EXPECT_LE(bytes, size_t{1} << 20);
+  // Paging from the last record reaches the end.
+  size_t seen = page->size();
+  uint64_t after = page->back().seq();
+  while (more) {
+    page = store_->ReadAudit(after, 1000, 1 << 20, &more);
+    ASSERT_TRUE(page.ok());
+    ASSERT_FALSE(page->empty());
+    EXPECT_EQ(page->front().seq(), after + 1);
+    seen += page->size();
+    after = page->back().seq();
+  }
+  EXPECT_EQ(seen, 1500u);
+  // A single record larger than the cap still comes back alone.
+  page = store_->ReadAudit(0, 1000, 10, &more);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->size(), 1u);
+  EXPECT_TRUE(more);
 }
 
 TEST_F(StoreTest, AuditSeqContinuesAfterReopenEvenBeforeLoad) {
