@@ -19,7 +19,9 @@ TEST(PrintableTest, TerminalEscapesAndLineBreaksBecomeVisible) {
   EXPECT_EQ(Printable("a\nfake audit line\r\tb"), "a\\nfake audit line\\r\\tb");
   EXPECT_EQ(Printable("\x1b]0;title\x07"), "\\x1b]0;title\\x07");
   // C1 controls (8-bit CSI as UTF-8) and DEL.
-  EXPECT_EQ(Printable("x\xC2\x9B" "2Jy\x7F"), "x\\xc2\\x9b2Jy\\x7f");
+  EXPECT_EQ(Printable("x\xC2\x9B"
+                      "2Jy\x7F"),
+            "x\\xc2\\x9b2Jy\\x7f");
 }
 
 TEST(PrintableTest, PrintableUtf8AndBackslashesAreKeptSoEscapingTwiceChangesNothing) {
@@ -32,9 +34,9 @@ TEST(PrintableTest, PrintableUtf8AndBackslashesAreKeptSoEscapingTwiceChangesNoth
 
 TEST(PrintableTest, InvalidUtf8IsEscapedBytewise) {
   EXPECT_EQ(Printable("\xff"), "\\xff");
-  EXPECT_EQ(Printable("\xC0\xAF"), "\\xc0\\xaf");          // overlong '/'
+  EXPECT_EQ(Printable("\xC0\xAF"), "\\xc0\\xaf");           // overlong '/'
   EXPECT_EQ(Printable("\xED\xA0\x80"), "\\xed\\xa0\\x80");  // a surrogate
-  EXPECT_EQ(Printable("\xE6\x97"), "\\xe6\\x97");          // cut short
+  EXPECT_EQ(Printable("\xE6\x97"), "\\xe6\\x97");           // cut short
 }
 
 TEST(PrintableTest, TruncatedKeepsTheBoundAndSaysTheOriginalSize) {

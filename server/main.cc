@@ -50,6 +50,11 @@ ABSL_FLAG(int, max_connections, 0,
           "the one silent longest (if silent >= 1 s) or is closed (0: what the file "
           "descriptor limit allows)");
 ABSL_FLAG(int, max_streams_per_connection, 100, "Most concurrent calls on one connection");
+ABSL_FLAG(int, upload_memory_mb, 1024,
+          "Memory for upload buffers: at most this / 5 MiB uploads stream at once");
+ABSL_FLAG(int, max_uploads_per_contributor, 4, "Most uploads one contributor streams at once");
+ABSL_FLAG(double, upload_idle_timeout_s, 300,
+          "End an upload stream that sends nothing for this long (a chunk is 1 MiB)");
 ABSL_FLAG(double, handshake_timeout_s, 10,
           "Close a connection that has not finished its TLS/HTTP2 handshake by then");
 ABSL_FLAG(double, max_connection_idle_s, 600,
@@ -107,7 +112,11 @@ int main(int argc, char** argv) {
       !InRange("max_connections", absl::GetFlag(FLAGS_max_connections), 0, 1 << 20) ||
       !InRange("max_streams_per_connection", absl::GetFlag(FLAGS_max_streams_per_connection), 1,
                1 << 20) ||
-      !InRange("worker_threads", absl::GetFlag(FLAGS_worker_threads), 1, 1024)) {
+      !InRange("worker_threads", absl::GetFlag(FLAGS_worker_threads), 1, 1024) ||
+      !InRange("upload_memory_mb", absl::GetFlag(FLAGS_upload_memory_mb), 5, 1 << 22) ||
+      !InRange("max_uploads_per_contributor", absl::GetFlag(FLAGS_max_uploads_per_contributor), 1,
+               1 << 20) ||
+      !InRange("upload_idle_timeout_s", absl::GetFlag(FLAGS_upload_idle_timeout_s), 0.1, 2e6)) {
     return 2;
   }
   RaiseFdLimit();
@@ -143,6 +152,9 @@ int main(int argc, char** argv) {
   options.max_connections = absl::GetFlag(FLAGS_max_connections);
   options.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   options.handshake_timeout_ms = Millis(absl::GetFlag(FLAGS_handshake_timeout_s));
+  options.upload_memory_bytes = int64_t{absl::GetFlag(FLAGS_upload_memory_mb)} << 20;
+  options.max_uploads_per_contributor = absl::GetFlag(FLAGS_max_uploads_per_contributor);
+  options.upload_idle_timeout_ms = Millis(absl::GetFlag(FLAGS_upload_idle_timeout_s));
   options.max_connection_idle_ms = Millis(absl::GetFlag(FLAGS_max_connection_idle_s));
 
   auto server = coldfuse::Server::Start(options);

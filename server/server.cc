@@ -17,6 +17,7 @@
 #include "server/service/executor.h"
 #include "server/service/parse_error_interceptor.h"
 #include "server/service/services.h"
+#include "server/service/upload_streams.h"
 #include "server/storage/store.h"
 
 namespace coldfuse {
@@ -29,6 +30,7 @@ struct Server::Impl {
   std::unique_ptr<rounds::RoundManager> manager;
   std::unique_ptr<rounds::ContributionIntake> intake;
   std::unique_ptr<service::Executor> executor;
+  std::unique_ptr<service::UploadStreams> upload_streams;
   std::unique_ptr<service::ContributorService> contributor;
   std::unique_ptr<service::StatusService> status;
   std::unique_ptr<service::AdminService> admin;
@@ -42,7 +44,8 @@ struct Server::Impl {
       grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     }
     grpc_server.reset();
-    executor.reset();  // finishes queued commits before the intake and manager go
+    executor.reset();        // finishes queued commits before the intake and manager go
+    upload_streams.reset();  // its sweeper asks the manager for the open round
     intake.reset();
     manager.reset();
     authorizer.reset();
@@ -152,8 +155,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                    rounds::ContributionIntake::Create(impl->store.get(), impl->manager.get(), state,
                                                       options.intake, SystemClock()));
   impl->executor = std::make_unique<service::Executor>(options.worker_threads);
+  service::UploadStreamOptions stream_options;
+  const int64_t per_stream = int64_t{options.max_receive_bytes} + (1 << 20);
+  stream_options.max_streams =
+      static_cast<int>(std::clamp<int64_t>(options.upload_memory_bytes / per_stream, 1, 1 << 20));
+  stream_options.max_per_contributor = options.max_uploads_per_contributor;
+  stream_options.idle_timeout_ms = options.upload_idle_timeout_ms;
+  impl->upload_streams = std::make_unique<service::UploadStreams>(
+      stream_options, [manager = impl->manager.get()] { return manager->OpenRoundNumber(); });
   impl->contributor = std::make_unique<service::ContributorService>(
-      impl->manager.get(), impl->intake.get(), impl->executor.get(), impl->authorizer.get());
+      impl->manager.get(), impl->intake.get(), impl->executor.get(), impl->authorizer.get(),
+      impl->upload_streams.get());
   impl->status =
       std::make_unique<service::StatusService>(impl->manager.get(), impl->authorizer.get());
   impl->admin = std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get(),

@@ -32,6 +32,14 @@ struct ServerOptions {
   // descriptor limit leaves after the store's share (see FdBudget). A value above that
   // is lowered to it, with a warning. Default: 0.
   int max_connections = 0;
+  // Upload streams (PushContribution) open at once: at most upload_memory_bytes /
+  // (max_receive_bytes + 1 MiB) of them (the most a stream can hold buffered), and at
+  // most max_uploads_per_contributor per contributor; one waiting longer than
+  // upload_idle_timeout_ms for its next message, or whose round has closed, is ended.
+  // Defaults: 1 GiB, 4, 300 s.
+  int64_t upload_memory_bytes = int64_t{1} << 30;
+  int max_uploads_per_contributor = 4;
+  int64_t upload_idle_timeout_ms = 300'000;
   // Most concurrent calls on one connection. Default: 100.
   int max_streams_per_connection = 100;
   // A connection that has not finished the TLS and HTTP/2 handshake after this long is

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "common/posix_file.h"
 #include "tests/cluster.h"
+#include "tests/proxy.h"
 
 namespace coldfuse::testing {
 namespace {
@@ -360,6 +361,234 @@ TEST(LimitsTest, RejectedHeadersInALoopKeepTheAuditLogBoundedAndPrintable) {
   }
   EXPECT_EQ(lines, reply.records_size());
   (void)said_dropped;
+}
+
+// An upload stream that sent its header and then nothing more.
+struct HeldUpload {
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<v1::ContributionReceipt> receipt;
+  std::unique_ptr<grpc::ClientWriter<v1::PushContributionRequest>> writer;
+  // Blocks until the server ends the stream (bounded by the context's deadline).
+  grpc::Status Ended() { return writer->Finish(); }
+};
+
+// With `admitted`, the upload is resumable and this returns once the server has taken
+// its header (GetUpload finds it attached).
+HeldUpload HoldUpload(const std::shared_ptr<grpc::Channel>& channel, const std::string& name,
+                      const v1::GetRoundResponse& round, bool admitted = false) {
+  HeldUpload h;
+  h.ctx = std::make_unique<grpc::ClientContext>();
+  h.ctx->set_deadline(std::chrono::system_clock::now() + seconds(60));
+  h.receipt = std::make_unique<v1::ContributionReceipt>();
+  h.writer = v1::Contributor::NewStub(channel)->PushContribution(h.ctx.get(), h.receipt.get());
+  v1::PushContributionRequest request;
+  v1::ContributionHeader* header = request.mutable_header();
+  header->set_round(round.round());
+  header->set_base_version(round.base_version());
+  header->set_contributor(name);
+  header->set_num_examples(1);
+  *header->mutable_manifest() = round.manifest();
+  if (admitted) header->set_upload_id(rpc::NewUploadId());
+  h.writer->Write(request);
+  const auto give_up = Clock::now() + seconds(20);
+  while (admitted && Clock::now() < give_up) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+    v1::GetUploadRequest q;
+    q.set_upload_id(header->upload_id());
+    q.set_contributor(name);
+    v1::UploadProgress progress;
+    if (v1::Contributor::NewStub(channel)->GetUpload(&ctx, q, &progress).ok() &&
+        progress.attached()) {
+      break;
+    }
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return h;
+}
+
+// An upload the server should refuse at once; bounded by its 60 s deadline otherwise.
+grpc::Status RefusedUpload(const std::shared_ptr<grpc::Channel>& channel, const std::string& name,
+                           const v1::GetRoundResponse& round) {
+  return HoldUpload(channel, name, round).Ended();
+}
+
+long ServerRssKib(ServerProcess* server) {
+  auto text = ReadFileToString(absl::StrCat("/proc/", server->process()->pid(), "/status"));
+  size_t at = text.ok() ? text->find("VmRSS:") : std::string::npos;
+  return at == std::string::npos ? 0L : std::stol(text->substr(at + 6));
+}
+
+// One token holding half-sent uploads across rounds used to keep them (and their
+// buffers) forever: 45 streams over 15 rounds took a server from 38 to 160 MB.
+TEST(LimitsTest, HeldUploadStreamsAreBoundedAndEndedWhenTheirRoundClosesOrTheyIdle) {
+  TempDir dir;
+  // 50 MiB for upload buffers: 10 streams of 5 MiB.
+  auto server = ServerProcess::Start(
+      dir.path() + "/data", dir.path() + "/server.log",
+      {"--upload_memory_mb=50", "--max_uploads_per_contributor=4", "--upload_idle_timeout_s=8",
+       "--max_uploads_per_round=100", "--min_contributions=100", "--round_timeout_s=0"});
+  ASSERT_NE(server, nullptr);
+  CommandResult init =
+      RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:64,256,8"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto channel = server->channel();
+  auto base = rpc::PullBase(channel, std::nullopt);
+  ASSERT_TRUE(base.ok()) << base.status();
+
+  for (int r = 1; r <= 3; ++r) {
+    auto round = rpc::GetRound(channel, seconds(10));
+    ASSERT_TRUE(round.ok()) << round.status();
+    ASSERT_EQ(round->round(), static_cast<uint64_t>(r));
+    // The server ends the previous round's streams just after their clients hear so.
+    std::this_thread::sleep_for(milliseconds(300));
+    std::vector<HeldUpload> held;
+    for (int i = 0; i < 4; ++i) held.push_back(HoldUpload(channel, "mallory", *round, true));
+    // The fifth of one contributor is refused at once, and says why.
+    {
+      grpc::Status st = RefusedUpload(channel, "mallory", *round);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+      EXPECT_TRUE(absl::StrContains(st.error_message(), "per contributor")) << st.error_message();
+    }
+    // Others fill the server up to its 10 streams; the next is refused.
+    for (int i = 0; i < 6; ++i) {
+      held.push_back(HoldUpload(channel, "eve" + std::to_string(i), *round, true));
+    }
+    {
+      grpc::Status st = RefusedUpload(channel, "bob", *round);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+      EXPECT_TRUE(absl::StrContains(st.error_message(), "uploads in progress"))
+          << st.error_code() << " " << st.error_message();
+    }
+    // The server's memory stays within its budget (and what it had before).
+    const long kib = ServerRssKib(server.get());
+    std::cout << "round " << r << ": server RSS " << kib / 1024 << " MiB with 10 held uploads\n";
+    EXPECT_LT(kib, (200 + 50) * 1024) << "RSS in KiB";
+
+    // An honest contribution, then the round closes: every held stream is ended.
+    v1::ContributionHeader header;
+    header.set_round(round->round());
+    header.set_base_version(round->base_version());
+    header.set_contributor("alice");
+    header.set_num_examples(10);
+    *header.mutable_manifest() = round->manifest();
+    // alice is not limited by mallory's or eve's streams, but the server is full: wait
+    // for none. She gets in once the streams of this round are gone.
+    CommandResult close = RunCommand({CtlBinary(), "--server=" + server->address(), "close-round"});
+    if (close.exit_code != 0) {
+      // close-round needs a contribution: end one of eve's streams to make room.
+      held.back().ctx->TryCancel();
+      std::this_thread::sleep_for(milliseconds(300));
+      auto pushed = rpc::PushContribution(channel, header, base->tensors);
+      ASSERT_TRUE(pushed.ok()) << pushed.status();
+      close = RunCommand({CtlBinary(), "--server=" + server->address(), "close-round"});
+    }
+    ASSERT_EQ(close.exit_code, 0) << close.output;
+    const auto closed_at = Clock::now();
+    for (auto& h : held) {
+      grpc::Status st = h.Ended();
+      EXPECT_FALSE(st.ok());
+    }
+    const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - closed_at);
+    EXPECT_LT(took, seconds(5)) << "the held streams outlived their round";
+    std::cout << "round " << r << ": held streams ended " << took.count()
+              << " ms after the close\n";
+    // Ended for their round, not for idling (the round took far less than 8 s).
+    auto log = ReadFileToString(dir.path() + "/server.log");
+    ASSERT_TRUE(log.ok());
+    const std::string ended = absl::StrCat("its round ", r, " has closed");
+    int count = 0;
+    for (size_t at = log->find(ended); at != std::string::npos; at = log->find(ended, at + 1)) {
+      ++count;
+    }
+    EXPECT_EQ(count, 9) << *log;  // 4 of mallory, 5 of eve (one was cancelled by its client)
+    EXPECT_FALSE(absl::StrContains(*log, "no message for")) << *log;
+  }
+
+  // A stream that goes quiet is ended after --upload_idle_timeout_s (8 s).
+  auto round = rpc::GetRound(channel, seconds(10));
+  ASSERT_TRUE(round.ok());
+  const auto start = Clock::now();
+  HeldUpload quiet = HoldUpload(channel, "mallory", *round);
+  EXPECT_FALSE(quiet.Ended().ok());
+  const auto idle = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+  EXPECT_GE(idle, milliseconds(7500));
+  EXPECT_LT(idle, seconds(12));
+  auto log = ReadFileToString(dir.path() + "/server.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_TRUE(absl::StrContains(*log, "has closed")) << *log;
+  EXPECT_TRUE(absl::StrContains(*log, "no message for")) << *log;
+}
+
+// The attack as reported: streams that send a header and half of a large chunk message,
+// then nothing. gRPC buffers the half message (~2.2 MB each); 600 such streams took a
+// server to 1.34 GB. Each stream here goes through its own proxy, which stops passing
+// the client's bytes on after 2.2 MB.
+TEST(LimitsTest, HalfSentChunksStayWithinTheUploadMemoryBudget) {
+  TempDir dir;
+  auto server = ServerProcess::Start(
+      dir.path() + "/data", dir.path() + "/server.log",
+      {"--upload_memory_mb=50", "--upload_idle_timeout_s=6", "--max_uploads_per_round=100",
+       "--min_contributions=100", "--round_timeout_s=0"});
+  ASSERT_NE(server, nullptr);
+  CommandResult init =
+      RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:64,256,8"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto round = rpc::GetRound(server->channel(), seconds(10));
+  ASSERT_TRUE(round.ok()) << round.status();
+  const long before_kib = ServerRssKib(server.get());
+
+  constexpr int kStreams = 14;  // the budget allows 10 (50 MiB / 5 MiB)
+  std::vector<std::unique_ptr<TcpProxy>> proxies;
+  std::vector<std::thread> clients;
+  std::vector<grpc::Status> results(kStreams);
+  std::vector<milliseconds> lasted(kStreams);
+  const auto start = Clock::now();
+  for (int i = 0; i < kStreams; ++i) {
+    proxies.push_back(
+        std::make_unique<TcpProxy>(server->port(), TcpProxy::Cut::kStallClientToServer, 2'200'000));
+    clients.emplace_back([&, i, port = proxies.back()->port()] {
+      HeldUpload h = HoldUpload(FreshChannel(absl::StrCat("127.0.0.1:", port)),
+                                absl::StrCat("eve", i), *round);
+      v1::PushContributionRequest chunk;
+      chunk.mutable_chunk()->set_tensor_index(0);
+      chunk.mutable_chunk()->set_data(std::string(4'000'000, '\x01'));
+      h.writer->Write(chunk);  // returns once the stream ends: the proxy holds it back
+      results[i] = h.Ended();
+      lasted[i] = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+    });
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  std::this_thread::sleep_for(seconds(2));
+  const long held_kib = ServerRssKib(server.get());
+  std::cout << "server RSS " << before_kib / 1024 << " MiB before, " << held_kib / 1024
+            << " MiB with " << kStreams << " half-sent chunks tried\n";
+  EXPECT_LT(held_kib - before_kib, 50 * 1024) << "more than the 50 MiB budget";
+  for (auto& t : clients) t.join();
+  int refused = 0, ended = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    if (results[i].error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++refused;
+      EXPECT_LT(lasted[i], seconds(4)) << "a refused stream is refused at once";
+    } else {
+      ++ended;
+      EXPECT_FALSE(results[i].ok());
+      EXPECT_LT(lasted[i], seconds(14)) << "held past the 6 s idle timeout";
+    }
+  }
+  EXPECT_EQ(ended, 10);
+  EXPECT_EQ(refused, kStreams - 10);
+  // Honest uploads go through again once the half-sent ones are gone.
+  auto base = rpc::PullBase(server->channel(), std::nullopt);
+  ASSERT_TRUE(base.ok()) << base.status();
+  v1::ContributionHeader header;
+  header.set_round(round->round());
+  header.set_base_version(round->base_version());
+  header.set_contributor("alice");
+  header.set_num_examples(10);
+  *header.mutable_manifest() = round->manifest();
+  auto pushed = rpc::PushContribution(server->channel(), header, base->tensors);
+  EXPECT_TRUE(pushed.ok()) << pushed.status();
 }
 
 }  // namespace

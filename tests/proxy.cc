@@ -70,7 +70,8 @@ void TcpProxy::AcceptLoop() {
     fds_.push_back(client);
     fds_.push_back(server);
     pipes_.emplace_back([this, client, server, first] {
-      Pipe(client, server, first && direction_ == Cut::kClientToServer);
+      const bool stall = direction_ == Cut::kStallClientToServer;
+      Pipe(client, server, first && (direction_ == Cut::kClientToServer || stall), stall);
     });
     pipes_.emplace_back([this, client, server, first] {
       Pipe(server, client, first && direction_ == Cut::kServerToClient);
@@ -78,12 +79,29 @@ void TcpProxy::AcceptLoop() {
   }
 }
 
-void TcpProxy::Pipe(int from, int to, bool counted) {
+void TcpProxy::Pipe(int from, int to, bool counted, bool stall) {
   char buf[64 * 1024];
   uint64_t passed = 0;
   while (true) {
     ssize_t n = ::read(from, buf, sizeof(buf));
     if (n <= 0) break;
+    if (counted && stall && passed + static_cast<uint64_t>(n) > budget_) {
+      // Pass on what the budget allows, then nothing more; the connection stays open
+      // until the server closes it or the proxy stops.
+      n = static_cast<ssize_t>(budget_ - passed);
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = ::send(to, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+        if (w <= 0) return;
+        off += w;
+      }
+      cut_ = true;
+      while (!stop_) {
+        pollfd p{to, POLLRDHUP, 0};
+        if (::poll(&p, 1, 100) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) break;
+      }
+      ::shutdown(from, SHUT_RDWR);
+      return;
+    }
     if (counted && passed + static_cast<uint64_t>(n) > budget_) {
       cut_ = true;  // the link breaks: both ends see a reset
       linger lg{1, 0};

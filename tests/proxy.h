@@ -1,6 +1,8 @@
 // A loopback TCP proxy for tests: forwards to a target port and, on its first
 // connection only, cuts both directions once a byte budget has passed in one direction —
-// a flaky link breaking mid-transfer. Thread-safe; stops on destruction.
+// a flaky link breaking mid-transfer — or (kStallClientToServer) stops passing the
+// client's bytes on while keeping the connection open: a client that stops mid-message.
+// Thread-safe; stops on destruction.
 #ifndef COLDFUSE_TESTS_PROXY_H_
 #define COLDFUSE_TESTS_PROXY_H_
 
@@ -14,7 +16,7 @@ namespace coldfuse::testing {
 
 class TcpProxy {
  public:
-  enum class Cut { kClientToServer, kServerToClient };
+  enum class Cut { kClientToServer, kServerToClient, kStallClientToServer };
   // Listens on 127.0.0.1:<ephemeral> and forwards to 127.0.0.1:target_port.
   TcpProxy(int target_port, Cut direction, uint64_t budget_bytes);
   ~TcpProxy();
@@ -26,7 +28,7 @@ class TcpProxy {
 
  private:
   void AcceptLoop();
-  void Pipe(int from, int to, bool counted);
+  void Pipe(int from, int to, bool counted, bool stall = false);
 
   int target_port_;
   Cut direction_;

@@ -39,8 +39,8 @@ TEST(RateLimiterTest, TheTotalBoundsManyKeys) {
 }
 
 TEST(RateLimiterTest, KeysAreBoundedAndIdleOnesForgotten) {
-  RateLimiter r({.burst = 1, .per_second = 1, .total_burst = 1e9, .total_per_second = 1e9,
-                 .max_keys = 4});
+  RateLimiter r(
+      {.burst = 1, .per_second = 1, .total_burst = 1e9, .total_per_second = 1e9, .max_keys = 4});
   for (int k = 0; k < 4; ++k) EXPECT_TRUE(r.Allow(absl::StrCat("k", k), 0, nullptr));
   // Full: new keys share one bucket.
   EXPECT_TRUE(r.Allow("new1", 0, nullptr));

@@ -1,6 +1,7 @@
 #include <optional>
 
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 #include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
@@ -182,15 +183,21 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
   if (!id.ok()) {
     return new RejectedReadReactor<v1::PushContributionRequest>(ToGrpcStatus(id.status()));
   }
+  auto stream = streams_->Open(ctx);
+  if (!stream.ok()) {
+    return new RejectedReadReactor<v1::PushContributionRequest>(ToGrpcStatus(stream.status()));
+  }
   rounds::ContributionIntake* intake = intake_;
+  UploadStreams* streams = streams_;
   // With tokens, the contributor is the token's name, whatever the header says.
   std::string identity = auth_->insecure() ? std::string() : id->name;
   return new UploadReactor<v1::PushContributionRequest, v1::ContributionReceipt>(
       ctx, executor_, response,
-      [intake, identity](const v1::PushContributionRequest& request) {
-        if (identity.empty()) return intake->Begin(request.header());
+      [intake, streams, identity, stream_id = *stream](const v1::PushContributionRequest& request)
+          -> absl::StatusOr<std::unique_ptr<rounds::TensorUpload>> {
         v1::ContributionHeader header = request.header();
-        header.set_contributor(identity);
+        if (!identity.empty()) header.set_contributor(identity);
+        RETURN_IF_ERROR(streams->Claim(stream_id, header.contributor(), header.round()));
         return intake->Begin(header);
       },
       [](const rounds::UploadResult& result, v1::ContributionReceipt* receipt) {
@@ -198,7 +205,8 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
         receipt->set_round(result.round);
         receipt->set_sha256(result.sha256);
         receipt->set_bytes(result.bytes);
-      });
+      },
+      streams_, *stream);
 }
 
 grpc::ServerUnaryReactor* ContributorService::GetUpload(grpc::CallbackServerContext* ctx,

@@ -11,14 +11,15 @@
 #include "server/rounds/round_manager.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
+#include "server/service/upload_streams.h"
 
 namespace coldfuse::service {
 
 class ContributorService final : public v1::Contributor::CallbackService {
  public:
   ContributorService(rounds::RoundManager* manager, rounds::ContributionIntake* intake,
-                     Executor* executor, const Authorizer* auth)
-      : manager_(manager), intake_(intake), executor_(executor), auth_(auth) {}
+                     Executor* executor, const Authorizer* auth, UploadStreams* streams)
+      : manager_(manager), intake_(intake), executor_(executor), auth_(auth), streams_(streams) {}
 
   grpc::ServerUnaryReactor* GetRound(grpc::CallbackServerContext* ctx,
                                      const v1::GetRoundRequest* request,
@@ -36,6 +37,7 @@ class ContributorService final : public v1::Contributor::CallbackService {
   rounds::ContributionIntake* intake_;
   Executor* executor_;
   const Authorizer* auth_;
+  UploadStreams* streams_;
 };
 
 class StatusService final : public v1::Status::CallbackService {

@@ -15,6 +15,7 @@
 #include "server/rounds/tensor_upload.h"
 #include "server/service/executor.h"
 #include "server/service/grpc_status.h"
+#include "server/service/upload_streams.h"
 
 namespace coldfuse::service {
 
@@ -26,19 +27,24 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       std::function<absl::StatusOr<std::unique_ptr<rounds::TensorUpload>>(const Request&)>;
   using ReplyFn = std::function<void(const rounds::UploadResult&, Response*)>;
 
+  // `streams` (optional) is told when the stream waits for the client and when it is
+  // done; `stream_id` is its UploadStreams::Open id.
   UploadReactor(grpc::CallbackServerContext* ctx, Executor* executor, Response* response,
-                BeginFn begin, ReplyFn reply)
+                BeginFn begin, ReplyFn reply, UploadStreams* streams = nullptr,
+                uint64_t stream_id = 0)
       : ctx_(ctx),
         executor_(executor),
         response_(response),
         begin_(std::move(begin)),
-        reply_(std::move(reply)) {
-    TsanHandOff(this);
-    this->StartRead(&request_);
+        reply_(std::move(reply)),
+        streams_(streams),
+        stream_id_(stream_id) {
+    Read();
   }
 
   void OnReadDone(bool ok) override {
     TsanTakeOver(this);
+    if (streams_ != nullptr) streams_->Working(stream_id_);
     if (!ok) {
       if (ctx_->IsCancelled()) {  // the connection broke: a resumable upload is kept
         Fail(rounds::TensorUpload::EndKind::kBroken,
@@ -66,8 +72,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
             return;
           }
           upload_ = std::move(*upload);
-          TsanHandOff(this);
-          this->StartRead(&request_);
+          Read();
         });
         return;
       }
@@ -85,8 +90,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
             Fail(rounds::TensorUpload::EndKind::kRejected, accepted);
             return;
           }
-          TsanHandOff(this);
-          this->StartRead(&request_);
+          Read();
         });
         return;
       case Request::kTrailer:
@@ -103,16 +107,22 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       Fail(rounds::TensorUpload::EndKind::kRejected, st);
       return;
     }
-    TsanHandOff(this);
-    this->StartRead(&request_);
+    Read();
   }
 
   void OnDone() override {
     TsanTakeOver(this);
+    if (streams_ != nullptr) streams_->Close(stream_id_);
     delete this;
   }
 
  private:
+  void Read() {
+    if (streams_ != nullptr) streams_->Waiting(stream_id_);
+    TsanHandOff(this);
+    this->StartRead(&request_);
+  }
+
   void Commit() {
     auto result = upload_->Finish(request_.trailer());
     if (result.ok()) reply_(*result, response_);
@@ -137,6 +147,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   Response* response_;
   BeginFn begin_;
   ReplyFn reply_;
+  UploadStreams* streams_;
+  uint64_t stream_id_;
   Request request_;
   std::unique_ptr<rounds::TensorUpload> upload_;
 };
