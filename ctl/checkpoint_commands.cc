@@ -159,7 +159,7 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
     return absl::InvalidArgumentError("--num_examples is required: how many examples trained it");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.checkpoint));
-  ASSIGN_OR_RETURN(v1::GetRoundResponse round, rpc::GetRound(channel, deadline));
+  ASSIGN_OR_RETURN(v1::GetRoundResponse round, rpc::GetRound(channel, deadline, o.retry));
   DType forced = v1::DTYPE_UNSPECIFIED;
   if (!o.send_dtype.empty()) {
     ASSIGN_OR_RETURN(forced, ParseDType(o.send_dtype));
@@ -203,8 +203,8 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
                  absl::StrCat("coldfuse-base-", rpc::NewUploadId(), ".safetensors"))
                     .string();
     SafetensorsSink sink(base_path);
-    ASSIGN_OR_RETURN(rpc::PullResult pulled,
-                     rpc::PullBaseTo(channel, round.base_version(), &sink, {.deadline = deadline}));
+    ASSIGN_OR_RETURN(rpc::PullResult pulled, rpc::PullBaseTo(channel, round.base_version(), &sink,
+                                                             {.deadline = deadline}, o.retry));
     RETURN_IF_ERROR(sink.Finish());
     ASSIGN_OR_RETURN(base, SafetensorsFile::Open(base_path));
     (void)pulled;
@@ -214,7 +214,7 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   rpc::TransferStats stats;
   auto start = std::chrono::steady_clock::now();
   auto receipt =
-      rpc::PushContribution(channel, header, &source, {.deadline = deadline}, {}, &stats);
+      rpc::PushContribution(channel, header, &source, {.deadline = deadline}, o.retry, &stats);
   const double secs = Seconds(start);
   if (!base_path.empty()) std::filesystem::remove(base_path);
   RETURN_IF_ERROR(receipt.status());

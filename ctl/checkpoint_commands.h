@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "coldfuse/v1/coldfuse.pb.h"
+#include "common/rpc/client.h"
 
 namespace coldfuse::ctl {
 
@@ -30,8 +31,9 @@ struct PushOptions {
   std::string contributor;  // with tokens, the server uses the token's name instead
   std::string task;
   uint64_t num_examples = 0;
-  bool delta = false;      // send checkpoint minus the base
-  std::string send_dtype;  // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
+  bool delta = false;       // send checkpoint minus the base
+  std::string send_dtype;   // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
+  rpc::RetryOptions retry;  // for the round lookup, the base pull and the upload
 };
 absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const PushOptions& o,
                             std::chrono::milliseconds deadline);

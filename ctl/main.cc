@@ -36,6 +36,9 @@ ABSL_FLAG(uint64_t, seed, 1, "init: seed of base v0's weights");
 ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (by examples)");
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
 ABSL_FLAG(int64_t, base, -1, "wait: wait until the current base version is at least this");
+ABSL_FLAG(double, retry_for_s, 120,
+          "Keep retrying while the server is unreachable or restarting for this long "
+          "(push, pull, export and every read-only command)");
 ABSL_FLAG(double, timeout_s, 30, "Deadline of each call (wait: of the whole wait), seconds");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA that signed the server certificate (empty: plaintext, "
@@ -120,6 +123,23 @@ void SetDeadline(grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() + Deadline());
 }
 
+rpc::RetryOptions Retry() {
+  rpc::RetryOptions r;
+  const double s = absl::GetFlag(FLAGS_retry_for_s);
+  r.ride_out =
+      std::chrono::milliseconds(static_cast<int64_t>(std::isfinite(s) && s > 0 ? s * 1000 : 0));
+  return r;
+}
+
+// A read-only call, retried while the server is unreachable (rpc::RetryIdempotent).
+absl::Status Read(const std::shared_ptr<grpc::Channel>& channel,
+                  const std::function<grpc::Status(grpc::ClientContext*)>& call,
+                  absl::string_view name) {
+  return rpc::RetryIdempotent(channel, {Deadline()}, Retry(), [&](grpc::ClientContext* ctx) {
+    return rpc::FromGrpc(call(ctx), name);
+  });
+}
+
 absl::StatusOr<Format> GetFormat() {
   if (absl::GetFlag(FLAGS_json)) return Format::kJson;
   std::string f = absl::GetFlag(FLAGS_format);
@@ -189,10 +209,10 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
 
 absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format) {
   auto stub = v1::Status::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
   v1::ServerStatus s;
-  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetStatus(&ctx, {}, &s), "GetStatus"));
+  RETURN_IF_ERROR(Read(
+      channel, [&](grpc::ClientContext* ctx) { return stub->GetStatus(ctx, {}, &s); },
+      "GetStatus"));
   if (format == Format::kJson) return PrintJson(s);
   if (!s.initialized()) {
     std::cout << "not initialised: run `coldfusectl init`\n";
@@ -217,10 +237,10 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
 
 absl::Status Rounds(const std::shared_ptr<grpc::Channel>& channel, Format format) {
   auto stub = v1::Status::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
   v1::ListRoundsResponse r;
-  RETURN_IF_ERROR(rpc::FromGrpc(stub->ListRounds(&ctx, {}, &r), "ListRounds"));
+  RETURN_IF_ERROR(Read(
+      channel, [&](grpc::ClientContext* ctx) { return stub->ListRounds(ctx, {}, &r); },
+      "ListRounds"));
   if (format == Format::kJson) return PrintJson(r);
   // ParsedFormat, not a const char*: clang checks StrFormat's format strings at compile time.
   using RowFormat = absl::ParsedFormat<'d', 'd', 's', 'd', 's', 's'>;
@@ -250,12 +270,12 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
     return absl::InvalidArgumentError(absl::StrCat("round number '", arg, "' is not a number"));
   }
   auto stub = v1::Status::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
   v1::GetRoundInfoRequest request;
   request.set_number(number);
   v1::RoundInfo round;
-  RETURN_IF_ERROR(rpc::FromGrpc(stub->GetRound(&ctx, request, &round), "GetRound"));
+  RETURN_IF_ERROR(Read(
+      channel, [&](grpc::ClientContext* ctx) { return stub->GetRound(ctx, request, &round); },
+      "GetRound"));
   if (format == Format::kJson) return PrintJson(round);
   std::set<std::string> metric_set;
   for (const auto& c : round.contributions()) {
@@ -366,7 +386,9 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
   }
   if (verb == "list") {
     v1::ListTokensResponse r;
-    RETURN_IF_ERROR(rpc::FromGrpc(stub->ListTokens(&ctx, {}, &r), "ListTokens"));
+    RETURN_IF_ERROR(Read(
+        channel, [&](grpc::ClientContext* c) { return stub->ListTokens(c, {}, &r); },
+        "ListTokens"));
     if (format == Format::kJson) return PrintJson(r);
     std::cout << "NAME                 ROLE         EXPIRES            STATE\n";
     for (const auto& t : r.tokens()) {
@@ -404,13 +426,13 @@ absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format)
   v1::ListAuditResponse all;
   uint64_t after = absl::GetFlag(FLAGS_after);
   while (static_cast<uint32_t>(all.records_size()) < want) {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx);
     v1::ListAuditRequest request;
     request.set_after_seq(after);
     request.set_limit(want - static_cast<uint32_t>(all.records_size()));
     v1::ListAuditResponse page;
-    RETURN_IF_ERROR(rpc::FromGrpc(stub->ListAudit(&ctx, request, &page), "ListAudit"));
+    RETURN_IF_ERROR(Read(
+        channel, [&](grpc::ClientContext* ctx) { return stub->ListAudit(ctx, request, &page); },
+        "ListAudit"));
     for (auto& rec : *page.mutable_records()) *all.add_records() = std::move(rec);
     all.set_more(page.more());
     if (!page.more() || page.records_size() == 0) break;
@@ -469,6 +491,7 @@ absl::Status Run(const std::vector<char*>& args) {
     }
     o.delta = enc == "delta";
     o.send_dtype = absl::GetFlag(FLAGS_send_dtype);
+    o.retry = Retry();
     if (o.checkpoint.empty()) return absl::InvalidArgumentError("push needs --checkpoint=PATH");
     return PushCheckpoint(channel, o, Deadline());
   }

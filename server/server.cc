@@ -186,6 +186,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // resumable upload detaches and can be resumed.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // Clients ping every 30 s during a call (rpc::ClientChannelArguments); gRPC's default
+  // would answer pings more often than every 5 minutes with GOAWAY.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 20000);
   builder.RegisterService(impl->contributor.get());
   builder.RegisterService(impl->status.get());
   builder.RegisterService(impl->admin.get());

@@ -5,19 +5,23 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/posix_file.h"
 #include "tests/cluster.h"
@@ -589,6 +593,78 @@ TEST(LimitsTest, HalfSentChunksStayWithinTheUploadMemoryBudget) {
   *header.mutable_manifest() = round->manifest();
   auto pushed = rpc::PushContribution(server->channel(), header, base->tensors);
   EXPECT_TRUE(pushed.ok()) << pushed.status();
+}
+
+// Server down for 1 s or 3 s used to leave `coldfusectl push` ~22 s behind it, and > 10 s
+// made it give up; its first GetRound was not retried at all. Here the server is killed
+// (SIGKILL) and restarted on its port after a pause, each time with a push started while
+// it was down, and once under a running daemon.
+TEST(LimitsTest, PushAndDaemonRideOutServerRestarts) {
+  TempDir dir;
+  const std::string data = dir.path() + "/data";
+  const std::vector<std::string> flags = {"--min_contributions=100", "--round_timeout_s=0",
+                                          "--max_uploads_per_round=100"};
+  auto server = ServerProcess::Start(data, dir.path() + "/server.log", flags);
+  ASSERT_NE(server, nullptr);
+  const int port = server->port();
+  const std::string address = server->address();
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {CtlBinary(), "--server=" + address});
+    return RunCommand(args);
+  };
+  ASSERT_EQ(ctl({"init", "--spec=mlp:8,16,8"}).exit_code, 0);
+  const std::string ckpt = dir.path() + "/ckpt";
+  CommandResult exported = ctl({"export", "--out=" + ckpt});
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+
+  // A daemon that contributes once; the server dies under it.
+  const std::string task = dir.path() + "/task";
+  std::filesystem::create_directories(task);
+  WriteBlobsCsv(task + "/train.csv", 8, 3, 200, 1);
+  WriteBlobsCsv(task + "/test.csv", 8, 3, 60, 2);
+  auto daemon = Process::Start({ClientBinary(), "--server=" + address, "--name=daemon",
+                                "--task=blobs3", "--state_dir=" + dir.path() + "/state",
+                                "--train=" + task + "/train.csv", "--test=" + task + "/test.csv",
+                                "--max_rounds=1", "--epochs=2", "--threads=1", "--poll_s=0.1"},
+                               dir.path() + "/daemon.log");
+  std::this_thread::sleep_for(milliseconds(100));
+
+  std::vector<double> back_to_done_s;
+  int pushes = 0;
+  for (double down_s : {3.0, 0.5, 1.0, 2.0, 5.0, 1.0, 0.2}) {
+    server->process()->Signal(SIGKILL);
+    ASSERT_TRUE(server->process()->Wait(seconds(10)).has_value());
+    const std::string name = absl::StrCat("pusher", pushes++);
+    auto push = Process::Start({CtlBinary(), "--server=" + address, "push", "--checkpoint=" + ckpt,
+                                "--num_examples=10", "--name=" + name},
+                               absl::StrCat(dir.path(), "/", name, ".log"));
+    std::this_thread::sleep_for(milliseconds(static_cast<int>(down_s * 1000)));
+    server = ServerProcess::Start(data, dir.path() + "/server.log", flags, port);
+    ASSERT_NE(server, nullptr);
+    const auto back = Clock::now();
+    auto code = push->Wait(seconds(60));
+    const double took = std::chrono::duration<double>(Clock::now() - back).count();
+    auto out = ReadFileToString(absl::StrCat(dir.path(), "/", name, ".log"));
+    ASSERT_TRUE(code.has_value() && *code == 0)
+        << "push after " << down_s << " s down: " << (out.ok() ? *out : "");
+    back_to_done_s.push_back(took);
+    EXPECT_LT(took, 2.0) << "the push finished " << took << " s after the server was back ("
+                         << down_s << " s down)";
+  }
+  auto code = daemon->Wait(seconds(120));
+  auto daemon_log = ReadFileToString(dir.path() + "/daemon.log");
+  ASSERT_TRUE(code.has_value() && *code == 0) << (daemon_log.ok() ? *daemon_log : "");
+
+  std::sort(back_to_done_s.begin(), back_to_done_s.end());
+  std::cout << "push done after the server was back (s, sorted):";
+  for (double t : back_to_done_s) std::cout << " " << absl::StrFormat("%.2f", t);
+  std::cout << "\n";
+  auto info = server->Rounds();
+  ASSERT_FALSE(info.empty());
+  std::set<std::string> in_round;
+  for (const auto& c : info.front().contributions()) in_round.insert(c.contributor());
+  EXPECT_EQ(in_round.size(), static_cast<size_t>(pushes + 1)) << "every push and the daemon";
+  EXPECT_TRUE(in_round.count("daemon"));
 }
 
 }  // namespace

@@ -61,7 +61,18 @@ absl::Status Daemon::Run() {
                         << " s)";
         last_problem = problem;
       }
-      Sleep(backoff);
+      if (rpc::Retryability(st) == rpc::RetryWhen::kNow) {
+        // The server is unreachable or restarting: try again as soon as it answers
+        // (the channel reconnects at least every second), not after the full backoff.
+        Sleep(std::chrono::milliseconds(200));
+        const auto until = std::chrono::steady_clock::now() + backoff;
+        while (!stop_ && std::chrono::steady_clock::now() < until &&
+               !channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                           std::chrono::milliseconds(200))) {
+        }
+      } else {
+        Sleep(backoff);
+      }
       backoff = std::min(backoff * 2, options_.max_backoff);
       continue;
     }

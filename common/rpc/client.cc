@@ -72,10 +72,47 @@ absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request firs
   return absl::OkStatus();
 }
 
-void Backoff(const RetryOptions& retry, int attempt) {
-  auto wait = retry.initial_backoff * (1 << std::min(attempt, 10));
-  std::this_thread::sleep_for(std::min(wait, retry.max_backoff));
-}
+// Whether to try again after a failed attempt, and waiting until then (RetryOptions).
+class Retrier {
+ public:
+  Retrier(std::shared_ptr<grpc::Channel> channel, const RetryOptions& retry)
+      : channel_(std::move(channel)), retry_(retry) {}
+
+  // An attempt moved data: a later failure starts a new streak.
+  void Progress() {
+    failing_ = false;
+    streak_ = 0;
+  }
+
+  // After attempt number `attempts` (1-based) failed with a kNow error.
+  bool Again(int attempts) {
+    if (attempts >= std::max(1, retry_.max_attempts)) return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (!failing_) {
+      failing_ = true;
+      failing_since_ = now;
+    }
+    const auto left = retry_.ride_out - (now - failing_since_);
+    if (left <= std::chrono::milliseconds(0)) return false;
+    auto wait = retry_.initial_backoff * (1 << std::min(streak_++, 10));
+    wait = std::min(
+        {wait, retry_.max_backoff, std::chrono::duration_cast<std::chrono::milliseconds>(left)});
+    std::this_thread::sleep_for(wait);
+    // Returns as soon as the channel is connected (at once if it is): a server that is
+    // back gets the next attempt within the channel's reconnect backoff (<= 1 s).
+    const auto until = std::chrono::system_clock::now() +
+                       std::chrono::duration_cast<std::chrono::milliseconds>(left - wait);
+    channel_->WaitForConnected(until);
+    return true;
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  const RetryOptions& retry_;
+  bool failing_ = false;
+  std::chrono::steady_clock::time_point failing_since_{};
+  int streak_ = 0;
+};
 
 // Collects a pulled base in memory.
 class MemorySink final : public TensorSink {
@@ -136,10 +173,43 @@ std::string NewUploadId() {
   return ToHex(absl::string_view(reinterpret_cast<char*>(raw), sizeof(raw)));
 }
 
-std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
+grpc::ChannelArguments ClientChannelArguments() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(4 << 20);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // The server allows a ping every 20 s (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_...).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  return args;
+}
+
+absl::Status RetryIdempotent(const std::shared_ptr<grpc::Channel>& channel,
+                             const CallOptions& options, const RetryOptions& retry,
+                             const std::function<absl::Status(grpc::ClientContext*)>& call) {
+  Retrier retrier(channel, retry);
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, options);
+    absl::Status st = call(&ctx);
+    if (st.ok() || !Retryable(st) || !retrier.Again(attempt)) return st;
+  }
+}
+
+absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
+                                              std::chrono::milliseconds deadline,
+                                              const RetryOptions& retry) {
+  auto stub = v1::Contributor::NewStub(channel);
+  v1::GetRoundResponse r;
+  RETURN_IF_ERROR(RetryIdempotent(channel, {deadline}, retry, [&](grpc::ClientContext* ctx) {
+    return FromGrpc(stub->GetRound(ctx, {}, &r), "GetRound");
+  }));
+  return r;
+}
+
+std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                   ClientChannelArguments());
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target,
@@ -157,9 +227,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target
   if (!options.token.empty()) {
     creds = grpc::CompositeChannelCredentials(creds, grpc::AccessTokenCredentials(options.token));
   }
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(4 << 20);
-  return grpc::CreateCustomChannel(target, creds, args);
+  return grpc::CreateCustomChannel(target, creds, ClientChannelArguments());
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::string& target,
@@ -209,9 +277,10 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
   uint64_t offset = 0;
   Sha256 sha;
   absl::Status last;
-  for (int attempt = 0; attempt < std::max(1, retry.max_attempts); ++attempt) {
-    if (attempt > 0) Backoff(retry, attempt);
+  Retrier retrier(channel, retry);
+  for (int attempt = 1;; ++attempt) {
     if (stats != nullptr) ++stats->attempts;
+    const uint64_t bytes_before = out.bytes;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options);
     v1::PullBaseRequest request;
@@ -300,8 +369,9 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
     if (done) return out;  // every byte arrived and the checksum matched
     if (last.ok()) last = absl::UnavailableError("PullBase: stream ended without a trailer");
     if (!Retryable(last)) return last;
+    if (out.bytes > bytes_before) retrier.Progress();
+    if (!retrier.Again(attempt)) return last;
   }
-  return last;
 }
 
 absl::StatusOr<PulledBase> PullBase(const std::shared_ptr<grpc::Channel>& channel,
@@ -322,10 +392,13 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
     TransferStats* stats) {
   auto stub = v1::Contributor::NewStub(channel);
   const bool resumable = !header.upload_id().empty();
-  const int attempts = resumable ? std::max(1, retry.max_attempts) : 1;
   absl::Status last;
-  for (int attempt = 0; attempt < attempts; ++attempt) {
-    if (attempt > 0) Backoff(retry, attempt);
+  RetryOptions once = retry;
+  if (!resumable) once.max_attempts = 1;  // resending from the start could send it twice
+  Retrier retrier(channel, once);
+  uint64_t stored_before = 0;
+  for (int attempt = 1;; ++attempt) {
+    if (attempt > 1 && !retrier.Again(attempt - 1)) return last;
     if (stats != nullptr) ++stats->attempts;
     v1::ContributionHeader h = header;
     // Ask where to continue: the server may hold part of this upload from an earlier
@@ -341,6 +414,8 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
       if (st.ok()) {
         h.set_resume_tensor(progress.tensor_index());
         h.set_resume_offset(progress.offset());
+        if (progress.bytes_stored() > stored_before) retrier.Progress();
+        stored_before = progress.bytes_stored();
       } else if (!absl::IsNotFound(st)) {
         last = st;
         if (!Retryable(st)) return st;
@@ -359,7 +434,6 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
     if (last.ok()) return receipt;
     if (!Retryable(last)) return last;
   }
-  return last;
 }
 
 absl::StatusOr<v1::ContributionReceipt> PushContribution(

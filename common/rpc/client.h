@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,7 +52,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::strin
 // grpc::Status -> absl::Status (same codes); the message says which call failed.
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);
 
-// Contributor.GetRound: the open round, its base version and the model spec.
+// Contributor.GetRound: the open round, its base version and the model spec (once; the
+// overload below retries).
 absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
                                               std::chrono::milliseconds deadline);
 
@@ -106,12 +108,36 @@ enum class RetryWhen { kNever, kNow, kLater };
 RetryWhen Retryability(const absl::Status& s);
 
 struct RetryOptions {
-  // Attempts in all (1 = no retry). Default: 8.
-  int max_attempts = 8;
-  // Waits between attempts double from this up to max_backoff. Default: 0.2 s, 10 s.
+  // Attempts in all (1 = no retry). Default: 1000.
+  int max_attempts = 1000;
+  // Keep retrying kNow failures for this long after the first one of a streak (an
+  // attempt that moves data ends the streak): a server restart or a network outage up
+  // to this long is ridden out. Default: 120 s.
+  std::chrono::milliseconds ride_out{120000};
+  // Waits between attempts double from this up to max_backoff; before each attempt the
+  // channel is also given until the server answers again (at most the ride-out left),
+  // so an attempt starts as soon as the server is back. Default: 0.2 s, 1 s.
   std::chrono::milliseconds initial_backoff{200};
-  std::chrono::milliseconds max_backoff{10000};
+  std::chrono::milliseconds max_backoff{1000};
 };
+
+// Channel arguments of every client channel: reconnect at least every second while the
+// server is unreachable (gRPC's default backoff grows to 2 minutes, which left clients
+// stuck in CONNECTING for 13 s after a restart), keepalive pings to notice a dead
+// server, and 4 MiB messages.
+grpc::ChannelArguments ClientChannelArguments();
+
+// Calls `call` (an idempotent RPC: a read, or a resumable step) until it succeeds, fails
+// with an error that retrying cannot fix, or `retry` gives up (see RetryOptions).
+// `call` gets a fresh context each time (deadline set from `options`).
+absl::Status RetryIdempotent(const std::shared_ptr<grpc::Channel>& channel,
+                             const CallOptions& options, const RetryOptions& retry,
+                             const std::function<absl::Status(grpc::ClientContext*)>& call);
+
+// GetRound, retried.
+absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
+                                              std::chrono::milliseconds deadline,
+                                              const RetryOptions& retry);
 
 // What a transfer did, for progress reports and tests.
 struct TransferStats {

@@ -51,8 +51,7 @@ absl::StatusOr<uint64_t> UploadStreams::Open(grpc::CallbackServerContext* ctx) {
   return id;
 }
 
-absl::Status UploadStreams::Claim(uint64_t stream, const std::string& contributor,
-                                  uint64_t round) {
+absl::Status UploadStreams::Claim(uint64_t stream, const std::string& contributor, uint64_t round) {
   absl::MutexLock l(&mu_);
   auto it = streams_.find(stream);
   if (it == streams_.end()) return absl::InternalError("upload stream not registered");
@@ -88,7 +87,8 @@ void UploadStreams::Close(uint64_t stream) {
   absl::MutexLock l(&mu_);
   auto it = streams_.find(stream);
   if (it == streams_.end()) return;
-  mu_.Await(absl::Condition(+[](Stream* s) { return !s->cancelling; }, &it->second));
+  mu_.Await(absl::Condition(
+      +[](Stream* s) { return !s->cancelling; }, &it->second));
   if (it->second.round.has_value()) {
     auto c = per_contributor_.find(it->second.contributor);
     if (c != per_contributor_.end() && --c->second <= 0) per_contributor_.erase(c);
