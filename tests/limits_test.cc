@@ -382,7 +382,8 @@ struct HeldUpload {
 // With `admitted`, the upload is resumable and this returns once the server has taken
 // its header (GetUpload finds it attached).
 HeldUpload HoldUpload(const std::shared_ptr<grpc::Channel>& channel, const std::string& name,
-                      const v1::GetRoundResponse& round, bool admitted = false) {
+                      const v1::GetRoundResponse& round, bool admitted = false,
+                      const std::string& upload_id = "") {
   HeldUpload h;
   h.ctx = std::make_unique<grpc::ClientContext>();
   h.ctx->set_deadline(std::chrono::system_clock::now() + seconds(60));
@@ -396,6 +397,7 @@ HeldUpload HoldUpload(const std::shared_ptr<grpc::Channel>& channel, const std::
   header->set_num_examples(1);
   *header->mutable_manifest() = round.manifest();
   if (admitted) header->set_upload_id(rpc::NewUploadId());
+  if (!upload_id.empty()) header->set_upload_id(upload_id);
   h.writer->Write(request);
   const auto give_up = Clock::now() + seconds(20);
   while (admitted && Clock::now() < give_up) {
@@ -792,6 +794,146 @@ TEST(LimitsTest, SlowFsyncDoesNotSlowStatusWhileCommitsAndTokenChangesRun) {
   EXPECT_GE(token_changes.load(), 4);
   // A status call never waits for a synced write (each takes >= 300 ms here).
   EXPECT_LT(busy_p99, 150.0);
+}
+
+// The report's case with tokens: one contributor token holding half-sent chunks (each
+// stream stops 2.2 MB into a 4 MB message) round after round. Its streams count against
+// its own limit (4) and the server's budget, and end when their round closes or idles.
+TEST(LimitsTest, OneTokensHalfSentUploadsAcrossRoundsAreBoundedAndEnded) {
+  TempDir dir;
+  const std::string certs = dir.path() + "/certs";
+  CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  auto server = ServerProcess::Start(
+      dir.path() + "/data", dir.path() + "/server.log",
+      {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
+       "--bootstrap_token_file=" + dir.path() + "/op.token", "--upload_memory_mb=50",
+       "--max_uploads_per_contributor=4", "--upload_idle_timeout_s=8",
+       "--max_uploads_per_round=100", "--min_contributions=100", "--round_timeout_s=0"});
+  ASSERT_NE(server, nullptr);
+  auto connect = [&](const std::string& address, const std::string& token) {
+    auto c = rpc::Connect(address, {.tls = {.ca_file = certs + "/ca.crt"}, .token = token});
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *c;
+  };
+  auto op_token = ReadFileToString(dir.path() + "/op.token");
+  ASSERT_TRUE(op_token.ok());
+  auto op = connect(server->address(), std::string(absl::StripAsciiWhitespace(*op_token)));
+  auto admin = v1::Admin::NewStub(op);
+  auto create = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    v1::CreateTokenRequest req;
+    req.set_name(name);
+    req.set_role(v1::CONTRIBUTOR);
+    v1::CreateTokenResponse resp;
+    EXPECT_TRUE(admin->CreateToken(&ctx, req, &resp).ok());
+    return resp.token();
+  };
+  const std::string mallory = create("mallory"), alice = create("alice");
+  {
+    v1::InitHeader header;
+    header.set_model_spec("mlp:64,256,64");
+    *header.mutable_manifest() = MlpManifest(MlpSpec{{64, 256, 64}});
+    ASSERT_TRUE(rpc::InitModel(op, header, InitMlpBody(MlpSpec{{64, 256, 64}}, 1)).ok());
+  }
+  auto mallory_direct = connect(server->address(), mallory);
+  auto alice_direct = connect(server->address(), alice);
+  auto base = rpc::PullBase(alice_direct, std::nullopt);
+  ASSERT_TRUE(base.ok()) << base.status();
+  const long before_kib = ServerRssKib(server.get());
+
+  // Starts one half-sent upload through its own stalling proxy; returns once the server
+  // has taken its header.
+  struct Stalled {
+    std::unique_ptr<TcpProxy> proxy;
+    std::thread client;
+    grpc::Status result;
+    Clock::time_point ended;
+  };
+  auto stall = [&](Stalled* st, const v1::GetRoundResponse& round) {
+    st->proxy =
+        std::make_unique<TcpProxy>(server->port(), TcpProxy::Cut::kStallClientToServer, 2'200'000);
+    const std::string id = rpc::NewUploadId();
+    st->client = std::thread([&, st, id, port = st->proxy->port()] {
+      HeldUpload h =
+          HoldUpload(connect(absl::StrCat("127.0.0.1:", port), mallory), "", round, false, id);
+      v1::PushContributionRequest chunk;
+      chunk.mutable_chunk()->set_tensor_index(0);
+      chunk.mutable_chunk()->set_data(std::string(4'000'000, '\x01'));
+      h.writer->Write(chunk);
+      st->result = h.Ended();
+      st->ended = Clock::now();
+    });
+    for (int i = 0; i < 400; ++i) {  // until the server has the header (GetUpload finds it)
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+      v1::GetUploadRequest q;
+      q.set_upload_id(id);
+      v1::UploadProgress p;
+      if (v1::Contributor::NewStub(mallory_direct)->GetUpload(&ctx, q, &p).ok()) return;
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+    ADD_FAILURE() << "the server never took the header of " << id;
+  };
+
+  for (int r = 1; r <= 3; ++r) {
+    auto round = rpc::GetRound(alice_direct, seconds(10));
+    ASSERT_TRUE(round.ok()) << round.status();
+    ASSERT_EQ(round->round(), static_cast<uint64_t>(r));
+    std::vector<Stalled> held(4);
+    for (auto& st : held) stall(&st, *round);
+    std::this_thread::sleep_for(milliseconds(500));  // the half messages arrive
+    // The token's fifth upload is refused, saying why.
+    grpc::Status fifth = HoldUpload(mallory_direct, "", *round).Ended();
+    EXPECT_EQ(fifth.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << fifth.error_message();
+    EXPECT_TRUE(absl::StrContains(fifth.error_message(), "per contributor"))
+        << fifth.error_message();
+    const long kib = ServerRssKib(server.get());
+    std::cout << "round " << r << ": server RSS " << kib / 1024 << " MiB (" << before_kib / 1024
+              << " MiB before) with mallory's 4 half-sent chunks\n";
+    EXPECT_LT(kib - before_kib, 50 * 1024) << "past the 50 MiB upload budget";
+
+    // alice contributes and the operator closes the round: mallory's streams end.
+    v1::ContributionHeader h;
+    h.set_round(round->round());
+    h.set_base_version(round->base_version());
+    h.set_num_examples(10);
+    *h.mutable_manifest() = round->manifest();
+    if (r > 1) {
+      base = rpc::PullBase(alice_direct, std::nullopt);
+      ASSERT_TRUE(base.ok());
+    }
+    auto pushed = rpc::PushContribution(alice_direct, h, base->tensors);
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    v1::CloseRoundResponse closed;
+    ASSERT_TRUE(admin->CloseRound(&ctx, {}, &closed).ok());
+    const auto closed_at = Clock::now();
+    double slowest = 0;
+    for (auto& st : held) {
+      st.client.join();
+      EXPECT_FALSE(st.result.ok());
+      slowest = std::max(slowest, std::chrono::duration<double>(st.ended - closed_at).count());
+    }
+    std::cout << "round " << r << ": mallory's streams ended within " << slowest
+              << " s of the close\n";
+    EXPECT_LT(slowest, 3.0);
+  }
+  EXPECT_LT(ServerRssKib(server.get()) - before_kib, 50 * 1024) << "memory kept after 3 rounds";
+
+  // One that goes quiet is ended after --upload_idle_timeout_s (8 s).
+  auto round = rpc::GetRound(alice_direct, seconds(10));
+  ASSERT_TRUE(round.ok());
+  Stalled quiet;
+  const auto start = Clock::now();
+  stall(&quiet, *round);
+  quiet.client.join();
+  const double idle = std::chrono::duration<double>(quiet.ended - start).count();
+  EXPECT_FALSE(quiet.result.ok());
+  EXPECT_GE(idle, 7.5);
+  EXPECT_LT(idle, 12.0);
 }
 
 }  // namespace
