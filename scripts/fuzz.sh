@@ -58,8 +58,10 @@ for t in "${targets[@]}"; do
   echo "=== fuzz $t for ${seconds} s (log: $out)"
   start=$SECONDS
   set +e
+  # -timeout is wall-clock: 60 s catches a hang without flagging a slow input (tokenizer_load
+  # takes ~0.5 s CPU on its largest) starved by other work on a shared machine.
   /usr/bin/time -f '%U %S' -o "$out.time" \
-    "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
+    "$bin" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=60 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "$root/fuzz/corpus/$t" \
     >"$out" 2>&1
   rc=$?
