@@ -129,8 +129,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (::mkdir(options.data_dir.c_str(), 0777 & ~options.data_mode_mask) != 0 && errno != EEXIST) {
     return ErrnoError("cannot create the data folder", options.data_dir);
   }
-  // Contributions are private to their contributors.
-  RETURN_IF_ERROR(RestrictModes(options.data_dir, options.data_mode_mask));
+  // Contributions are private to their contributors. A folder the server may write but
+  // not chmod (another owner) still works: say so rather than refuse to start.
+  if (absl::Status st = RestrictModes(options.data_dir, options.data_mode_mask); !st.ok()) {
+    CF_LOG(WARNING) << "cannot make the data folder private (" << st
+                    << "); make it and its files readable by the service user only";
+  }
   ASSIGN_OR_RETURN(impl->store, storage::Store::Open(options.data_dir, store_options));
   if (!options.insecure) {
     ASSIGN_OR_RETURN(impl->tokens, auth::TokenRegistry::Create(impl->store.get(), SystemClock()));
