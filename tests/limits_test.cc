@@ -709,7 +709,7 @@ TEST(LimitsTest, SlowFsyncDoesNotSlowStatusWhileCommitsAndTokenChangesRun) {
       {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
        "--bootstrap_token_file=" + dir.path() + "/op.token", "--min_contributions=2",
        "--round_timeout_s=0"},
-      0, {"env", "LD_PRELOAD=" SLOW_FSYNC_LIB, "SLOW_FSYNC_MS=300"});
+      0, {"env", "LD_PRELOAD=" SLOW_FSYNC_LIB, "SLOW_FSYNC_MS=500"});
   ASSERT_NE(server, nullptr);
   auto connect = [&](const std::string& token) {
     auto c =
@@ -786,14 +786,15 @@ TEST(LimitsTest, SlowFsyncDoesNotSlowStatusWhileCommitsAndTokenChangesRun) {
 
   const double quiet_p99 = Percentile(quiet, 0.99), busy_p99 = Percentile(busy, 0.99);
   std::cout << absl::StrFormat(
-      "fsync +300 ms: GetStatus p50/p99/max %.1f/%.1f/%.1f ms quiet, %.1f/%.1f/%.1f ms during "
+      "fsync +500 ms: GetStatus p50/p99/max %.1f/%.1f/%.1f ms quiet, %.1f/%.1f/%.1f ms during "
       "%d commits and %d token changes (%d calls)\n",
       Percentile(quiet, 0.5), quiet_p99, Percentile(quiet, 1), Percentile(busy, 0.5), busy_p99,
       Percentile(busy, 1), commits.load(), token_changes.load(), static_cast<int>(busy.size()));
-  EXPECT_GE(commits.load(), 4) << "the writers did not write";
+  EXPECT_GE(commits.load(), 2) << "the writers did not write";
   EXPECT_GE(token_changes.load(), 4);
-  // A status call never waits for a synced write (each takes >= 300 ms here).
-  EXPECT_LT(busy_p99, 150.0);
+  // A status call never waits for a synced write (each takes >= 500 ms here; one that
+  // did made p99 > 1 s). The margin is for a loaded machine, not for a lock.
+  EXPECT_LT(busy_p99, 300.0);
 }
 
 // The report's case with tokens: one contributor token holding half-sent chunks (each
