@@ -937,5 +937,24 @@ TEST(LimitsTest, OneTokensHalfSentUploadsAcrossRoundsAreBoundedAndEnded) {
   EXPECT_LT(idle, 12.0);
 }
 
+// A client that retries the moment its upload is refused is not refused again for the
+// call it just finished (CI caught bad_input_test's sequential uploads being told
+// "4 uploads in progress" when streams were released only after their status was sent).
+TEST(LimitsTest, AFinishedUploadNoLongerCountsWhenItsClientHearsTheOutcome) {
+  TempDir dir;
+  auto server =
+      ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log",
+                           {"--max_uploads_per_contributor=1", "--max_uploads_per_round=1000"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:4,3,2"})
+                .exit_code,
+            0);
+  for (int i = 0; i < 50; ++i) {
+    grpc::Status st = SendRejectedHeader(server->channel(), "mallory", "bad task name!");
+    ASSERT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << "attempt " << i << ": " << st.error_message();
+  }
+}
+
 }  // namespace
 }  // namespace coldfuse::testing

@@ -67,8 +67,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         executor_->Run([this] {
           auto upload = begin_(request_);
           if (!upload.ok()) {
-            TsanHandOff(this);
-            this->Finish(ToGrpcStatus(upload.status()));
+            FinishWith(upload.status());
             return;
           }
           upload_ = std::move(*upload);
@@ -117,6 +116,14 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   }
 
  private:
+  // The stream stops counting against the limits before the client can hear the
+  // outcome, so a client that retries at once is not refused for its own finished call.
+  void FinishWith(const absl::Status& status) {
+    if (streams_ != nullptr) streams_->Close(stream_id_);
+    TsanHandOff(this);
+    this->Finish(ToGrpcStatus(status));
+  }
+
   void Read() {
     if (streams_ != nullptr) streams_->Waiting(stream_id_);
     TsanHandOff(this);
@@ -127,8 +134,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     auto result = upload_->Finish(request_.trailer());
     if (result.ok()) reply_(*result, response_);
     upload_.reset();  // removes the stored data unless it was committed
-    TsanHandOff(this);
-    this->Finish(ToGrpcStatus(result.status()));
+    FinishWith(result.status());
   }
 
   // Removing stored chunks is a synced write: do it off the callback thread. The upload
@@ -137,8 +143,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     executor_->Run([this, kind, why] {
       absl::Status st = upload_ == nullptr ? why : upload_->Abandon(kind, why);
       upload_.reset();
-      TsanHandOff(this);
-      this->Finish(ToGrpcStatus(st));
+      FinishWith(st);
     });
   }
 

@@ -54,7 +54,8 @@ class UploadStreams {
   // The stream waits for the client's next message (idle from now), or got one.
   void Waiting(uint64_t stream) ABSL_LOCKS_EXCLUDED(mu_);
   void Working(uint64_t stream) ABSL_LOCKS_EXCLUDED(mu_);
-  // REQUIRES: called once per Open, before the reactor is done with its context.
+  // The stream no longer counts (its reactor is finishing); later calls for it do
+  // nothing. REQUIRES: called before the reactor is done with its context.
   void Close(uint64_t stream) ABSL_LOCKS_EXCLUDED(mu_);
 
   int open_streams() const ABSL_LOCKS_EXCLUDED(mu_);
