@@ -31,6 +31,7 @@ absl::StatusOr<std::unique_ptr<TokenRegistry>> TokenRegistry::Create(storage::St
                                                                      Clock* clock) {
   std::unique_ptr<TokenRegistry> r(new TokenRegistry(store, clock));
   ASSIGN_OR_RETURN(std::vector<storage::StoredToken> tokens, store->LoadTokens());
+  absl::MutexLock l(&r->mu_);  // not shared yet; the analysis wants it all the same
   for (auto& t : tokens) {
     if (!t.info.revoked()) r->name_by_hash_[t.secret_sha256] = t.info.name();
     r->by_name_[t.info.name()] = std::move(t);
