@@ -58,27 +58,34 @@ bool AppendIfControl(uint32_t cp, absl::string_view bytes, std::string* out) {
   return true;
 }
 
+// Escapes `text` into *out, stopping once *out holds more than `limit` bytes.
+void AppendPrintable(absl::string_view text, size_t limit, std::string* out) {
+  for (size_t i = 0; i < text.size() && out->size() <= limit;) {
+    uint32_t cp = 0;
+    const size_t n = Utf8Length(text, i, &cp);
+    if (n == 0) {
+      absl::StrAppendFormat(out, "\\x%02x", static_cast<uint8_t>(text[i]));
+      ++i;
+      continue;
+    }
+    if (!AppendIfControl(cp, text.substr(i, n), out)) out->append(text.data() + i, n);
+    i += n;
+  }
+}
+
 }  // namespace
 
 std::string Printable(absl::string_view text) {
   std::string out;
   out.reserve(text.size());
-  for (size_t i = 0; i < text.size();) {
-    uint32_t cp = 0;
-    const size_t n = Utf8Length(text, i, &cp);
-    if (n == 0) {
-      absl::StrAppendFormat(&out, "\\x%02x", static_cast<uint8_t>(text[i]));
-      ++i;
-      continue;
-    }
-    if (!AppendIfControl(cp, text.substr(i, n), &out)) out.append(text.data() + i, n);
-    i += n;
-  }
+  AppendPrintable(text, SIZE_MAX, &out);
   return out;
 }
 
 std::string PrintableTruncated(absl::string_view text, size_t max_bytes) {
-  std::string out = Printable(text);
+  // Escapes only what can be kept (a megabyte-long name costs no more than a short one).
+  std::string out;
+  AppendPrintable(text, max_bytes, &out);
   if (out.size() <= max_bytes) return out;
   const std::string tail = absl::StrCat("\xE2\x80\xA6 (", text.size(), " bytes)");
   size_t keep = max_bytes > tail.size() ? max_bytes - tail.size() : 0;

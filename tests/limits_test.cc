@@ -37,6 +37,21 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
 
+// Sanitizer runtimes keep freed memory in quarantine and shadow every byte, so a
+// server's RSS says nothing about its own bounds there: memory is asserted (and
+// reported) in plain builds only.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
 // A channel with its own connection (gRPC shares connections between channels with the
 // same target and arguments unless told not to).
 std::shared_ptr<grpc::Channel> FreshChannel(const std::string& address) {
@@ -472,7 +487,9 @@ TEST(LimitsTest, HeldUploadStreamsAreBoundedAndEndedWhenTheirRoundClosesOrTheyId
     // The server's memory stays within its budget (and what it had before).
     const long kib = ServerRssKib(server.get());
     std::cout << "round " << r << ": server RSS " << kib / 1024 << " MiB with 10 held uploads\n";
-    EXPECT_LT(kib, (200 + 50) * 1024) << "RSS in KiB";
+    if (!kSanitized) {
+      EXPECT_LT(kib, (200 + 50) * 1024) << "RSS in KiB";
+    }
 
     // An honest contribution, then the round closes: every held stream is ended.
     v1::ContributionHeader header;
@@ -572,7 +589,9 @@ TEST(LimitsTest, HalfSentChunksStayWithinTheUploadMemoryBudget) {
   const long held_kib = ServerRssKib(server.get());
   std::cout << "server RSS " << before_kib / 1024 << " MiB before, " << held_kib / 1024
             << " MiB with " << kStreams << " half-sent chunks tried\n";
-  EXPECT_LT(held_kib - before_kib, 50 * 1024) << "more than the 50 MiB budget";
+  if (!kSanitized) {
+    EXPECT_LT(held_kib - before_kib, 50 * 1024) << "more than the 50 MiB budget";
+  }
   for (auto& t : clients) t.join();
   int refused = 0, ended = 0;
   for (int i = 0; i < kStreams; ++i) {
@@ -893,7 +912,9 @@ TEST(LimitsTest, OneTokensHalfSentUploadsAcrossRoundsAreBoundedAndEnded) {
     const long kib = ServerRssKib(server.get());
     std::cout << "round " << r << ": server RSS " << kib / 1024 << " MiB (" << before_kib / 1024
               << " MiB before) with mallory's 4 half-sent chunks\n";
-    EXPECT_LT(kib - before_kib, 50 * 1024) << "past the 50 MiB upload budget";
+    if (!kSanitized) {
+      EXPECT_LT(kib - before_kib, 50 * 1024) << "past the 50 MiB upload budget";
+    }
 
     // alice contributes and the operator closes the round: mallory's streams end.
     v1::ContributionHeader h;
@@ -922,7 +943,9 @@ TEST(LimitsTest, OneTokensHalfSentUploadsAcrossRoundsAreBoundedAndEnded) {
               << " s of the close\n";
     EXPECT_LT(slowest, 3.0);
   }
-  EXPECT_LT(ServerRssKib(server.get()) - before_kib, 50 * 1024) << "memory kept after 3 rounds";
+  if (!kSanitized) {
+    EXPECT_LT(ServerRssKib(server.get()) - before_kib, 50 * 1024) << "memory kept after 3 rounds";
+  }
 
   // One that goes quiet is ended after --upload_idle_timeout_s (8 s).
   auto round = rpc::GetRound(alice_direct, seconds(10));
