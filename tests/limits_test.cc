@@ -691,6 +691,56 @@ TEST(LimitsTest, PushAndDaemonRideOutServerRestarts) {
   EXPECT_TRUE(in_round.count("daemon"));
 }
 
+// A coldfused with TLS and tokens (certificates from deploy/make-certs.sh), a channel
+// with its operator token, and helpers to mint tokens, connect with them and store base
+// v0 of an mlp:64,256,64: what the tests that need identities share.
+struct TlsServer {
+  TempDir dir;
+  std::string certs = dir.path() + "/certs";
+  std::unique_ptr<ServerProcess> server;
+  std::shared_ptr<grpc::Channel> op;
+
+  // On failure `op` stays null (the caller asserts it).
+  void Start(std::vector<std::string> flags, std::vector<std::string> launcher = {}) {
+    CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    flags.insert(flags.end(),
+                 {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
+                  "--bootstrap_token_file=" + dir.path() + "/op.token"});
+    server =
+        ServerProcess::Start(dir.path() + "/data", dir.path() + "/server.log", flags, 0, launcher);
+    ASSERT_NE(server, nullptr);
+    auto token = ReadFileToString(dir.path() + "/op.token");
+    ASSERT_TRUE(token.ok());
+    op = Connect(std::string(absl::StripAsciiWhitespace(*token)));
+  }
+  // `address` defaults to the server's own (a proxy's may be given).
+  std::shared_ptr<grpc::Channel> Connect(const std::string& token, std::string address = "") {
+    if (address.empty()) address = server->address();
+    auto c = rpc::Connect(address, {.tls = {.ca_file = certs + "/ca.crt"}, .token = token});
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? *c : nullptr;
+  }
+  std::string CreateToken(const std::string& name, v1::Role role) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    v1::CreateTokenRequest req;
+    req.set_name(name);
+    req.set_role(role);
+    v1::CreateTokenResponse resp;
+    grpc::Status st = v1::Admin::NewStub(op)->CreateToken(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.token();
+  }
+  absl::Status InitMlp() {
+    const MlpSpec spec{{64, 256, 64}};
+    v1::InitHeader header;
+    header.set_model_spec(FormatModelSpec(spec));
+    *header.mutable_manifest() = MlpManifest(spec);
+    return rpc::InitModel(op, header, InitMlpBody(spec, 1)).status();
+  }
+};
+
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
@@ -719,49 +769,17 @@ std::vector<double> StatusLatencies(const std::shared_ptr<grpc::Channel>& channe
 // commits and 301 ms during token changes: commits and token changes held locks that
 // every RPC needs across their synced write.
 TEST(LimitsTest, SlowFsyncDoesNotSlowStatusWhileCommitsAndTokenChangesRun) {
-  TempDir dir;
-  const std::string certs = dir.path() + "/certs";
-  CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
-  ASSERT_EQ(made.exit_code, 0) << made.output;
-  auto server = ServerProcess::Start(
-      dir.path() + "/data", dir.path() + "/server.log",
-      {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
-       "--bootstrap_token_file=" + dir.path() + "/op.token", "--min_contributions=2",
-       "--round_timeout_s=0"},
-      0, {"env", "LD_PRELOAD=" SLOW_FSYNC_LIB, "SLOW_FSYNC_MS=500"});
-  ASSERT_NE(server, nullptr);
-  auto connect = [&](const std::string& token) {
-    auto c =
-        rpc::Connect(server->address(), {.tls = {.ca_file = certs + "/ca.crt"}, .token = token});
-    EXPECT_TRUE(c.ok()) << c.status();
-    return *c;
-  };
-  auto op_token = ReadFileToString(dir.path() + "/op.token");
-  ASSERT_TRUE(op_token.ok());
-  auto op = connect(std::string(absl::StripAsciiWhitespace(*op_token)));
-  auto admin = v1::Admin::NewStub(op);
-  auto create = [&](const std::string& name, v1::Role role) -> std::string {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
-    v1::CreateTokenRequest req;
-    req.set_name(name);
-    req.set_role(role);
-    v1::CreateTokenResponse resp;
-    grpc::Status st = admin->CreateToken(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.token();
-  };
+  TlsServer t;
+  t.Start({"--min_contributions=2", "--round_timeout_s=0"},
+          {"env", "LD_PRELOAD=" SLOW_FSYNC_LIB, "SLOW_FSYNC_MS=500"});
+  ASSERT_NE(t.op, nullptr);
+  auto connect = [&](const std::string& token) { return t.Connect(token); };
+  auto admin = v1::Admin::NewStub(t.op);
+  auto create = [&](const std::string& name, v1::Role role) { return t.CreateToken(name, role); };
   const std::string alice = create("alice", v1::CONTRIBUTOR);
   const std::string bob = create("bob", v1::CONTRIBUTOR);
   const std::string dash = create("dash", v1::VIEWER);
-  {
-    auto spec = MlpManifest(MlpSpec{{64, 256, 64}});
-    v1::InitHeader header;
-    header.set_model_spec("mlp:64,256,64");
-    *header.mutable_manifest() = spec;
-    auto init = rpc::InitModel(op, header, InitMlpBody(MlpSpec{{64, 256, 64}}, 1));
-    ASSERT_TRUE(init.ok()) << init.status();
-  }
+  ASSERT_TRUE(t.InitMlp().ok());
   auto viewer = connect(dash);
   const std::vector<double> quiet = StatusLatencies(viewer, seconds(2));
 
@@ -820,43 +838,18 @@ TEST(LimitsTest, SlowFsyncDoesNotSlowStatusWhileCommitsAndTokenChangesRun) {
 // stream stops 2.2 MB into a 4 MB message) round after round. Its streams count against
 // its own limit (4) and the server's budget, and end when their round closes or idles.
 TEST(LimitsTest, OneTokensHalfSentUploadsAcrossRoundsAreBoundedAndEnded) {
-  TempDir dir;
-  const std::string certs = dir.path() + "/certs";
-  CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
-  ASSERT_EQ(made.exit_code, 0) << made.output;
-  auto server = ServerProcess::Start(
-      dir.path() + "/data", dir.path() + "/server.log",
-      {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
-       "--bootstrap_token_file=" + dir.path() + "/op.token", "--upload_memory_mb=50",
-       "--max_uploads_per_contributor=4", "--upload_idle_timeout_s=8",
-       "--max_uploads_per_round=100", "--min_contributions=100", "--round_timeout_s=0"});
-  ASSERT_NE(server, nullptr);
+  TlsServer t;
+  t.Start({"--upload_memory_mb=50", "--max_uploads_per_contributor=4", "--upload_idle_timeout_s=8",
+           "--max_uploads_per_round=100", "--min_contributions=100", "--round_timeout_s=0"});
+  ASSERT_NE(t.op, nullptr);
+  auto& server = t.server;
   auto connect = [&](const std::string& address, const std::string& token) {
-    auto c = rpc::Connect(address, {.tls = {.ca_file = certs + "/ca.crt"}, .token = token});
-    EXPECT_TRUE(c.ok()) << c.status();
-    return *c;
+    return t.Connect(token, address);
   };
-  auto op_token = ReadFileToString(dir.path() + "/op.token");
-  ASSERT_TRUE(op_token.ok());
-  auto op = connect(server->address(), std::string(absl::StripAsciiWhitespace(*op_token)));
-  auto admin = v1::Admin::NewStub(op);
-  auto create = [&](const std::string& name) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
-    v1::CreateTokenRequest req;
-    req.set_name(name);
-    req.set_role(v1::CONTRIBUTOR);
-    v1::CreateTokenResponse resp;
-    EXPECT_TRUE(admin->CreateToken(&ctx, req, &resp).ok());
-    return resp.token();
-  };
-  const std::string mallory = create("mallory"), alice = create("alice");
-  {
-    v1::InitHeader header;
-    header.set_model_spec("mlp:64,256,64");
-    *header.mutable_manifest() = MlpManifest(MlpSpec{{64, 256, 64}});
-    ASSERT_TRUE(rpc::InitModel(op, header, InitMlpBody(MlpSpec{{64, 256, 64}}, 1)).ok());
-  }
+  auto admin = v1::Admin::NewStub(t.op);
+  const std::string mallory = t.CreateToken("mallory", v1::CONTRIBUTOR);
+  const std::string alice = t.CreateToken("alice", v1::CONTRIBUTOR);
+  ASSERT_TRUE(t.InitMlp().ok());
   auto mallory_direct = connect(server->address(), mallory);
   auto alice_direct = connect(server->address(), alice);
   auto base = rpc::PullBase(alice_direct, std::nullopt);
