@@ -1,8 +1,10 @@
 #include "server/service/parse_error_interceptor.h"
 
+#include <atomic>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/tsan_handoff.h"
 
 namespace coldfuse::service {
 namespace {
@@ -11,9 +13,13 @@ using grpc::experimental::InterceptionHookPoints;
 
 class ParseErrorInterceptor final : public grpc::experimental::Interceptor {
  public:
-  explicit ParseErrorInterceptor(const char* method) : method_(method) {}
+  // gRPC creates an interceptor on one thread and calls it on others, ordered inside
+  // libgrpc: tell TSan (common/tsan_handoff.h).
+  explicit ParseErrorInterceptor(const char* method) : method_(method) { TsanHandOff(this); }
+  ~ParseErrorInterceptor() override { TsanTakeOver(this); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    TsanTakeOver(this);
     // The request is deserialised before the handler runs; a failure leaves no message.
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
         methods->GetRecvMessage() == nullptr) {
@@ -33,7 +39,9 @@ class ParseErrorInterceptor final : public grpc::experimental::Interceptor {
 
  private:
   const std::string method_;
-  bool unparsable_ = false;
+  // Atomic: the call's batches and its completion op may be intercepted on different
+  // threads at once.
+  std::atomic<bool> unparsable_{false};
 };
 
 }  // namespace
