@@ -35,7 +35,9 @@ ABSL_FLAG(std::string, spec, "mlp:64,128,64", "init: model spec of base v0");
 ABSL_FLAG(uint64_t, seed, 1, "init: seed of base v0's weights");
 ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (by examples)");
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
-ABSL_FLAG(int64_t, base, -1, "wait: wait until the current base version is at least this");
+ABSL_FLAG(int64_t, base, -1,
+          "wait: wait until the current base version is at least this; rollback, pin, "
+          "unpin: the base version");
 ABSL_FLAG(double, retry_for_s, 120,
           "Keep retrying while the server is unreachable or restarting for this long "
           "(push, pull, export and every read-only command)");
@@ -58,7 +60,8 @@ ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: n
 ABSL_FLAG(std::string, out, "",
           "token create: write the secret to this file (mode 0600) "
           "instead of printing it; export: the output folder");
-ABSL_FLAG(std::string, reason, "", "rollback: why, for the audit log");
+ABSL_FLAG(std::string, reason, "", "rollback, pin: why, for the audit log");
+ABSL_FLAG(bool, dry_run, false, "prune: only say what would be removed");
 ABSL_FLAG(uint64_t, after, 0, "audit: records after this sequence number");
 ABSL_FLAG(uint32_t, limit, 100, "audit: at most this many records");
 ABSL_FLAG(std::string, from, "",
@@ -109,6 +112,12 @@ Commands:
                       mark every base after vN bad and reopen a round from vN
   audit [--after=SEQ] [--limit=100] [--json]
                       the append-only log of state changes
+  prune [--dry_run] [--json]
+                      apply the server's retention now (--keep_bases,
+                      --keep_contribution_rounds) and give the space back on disk
+  pin --base=N [--reason=TEXT]
+                      keep base vN whatever retention says
+  unpin --base=N      let retention remove base vN again
 Connection: --tls_ca=ca.crt [--tls_cert=me.crt --tls_key=me.key] --token_file=FILE
 (or COLDFUSE_TOKEN); no --tls_ca means plaintext, for a server run --insecure.
 Exit status: 0 on success; 1 with the server's error on stderr otherwise.)";
@@ -207,6 +216,36 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   return absl::OkStatus();
 }
 
+std::string HumanBytes(uint64_t b) {
+  if (b >= (uint64_t{1} << 30)) return absl::StrFormat("%.2f GiB", b / 1073741824.0);
+  if (b >= (uint64_t{1} << 20)) return absl::StrFormat("%.1f MiB", b / 1048576.0);
+  return absl::StrFormat("%d KiB", (b + 1023) / 1024);
+}
+
+// "v1-v4, v7": a compact list of versions.
+std::string VersionRanges(const google::protobuf::RepeatedField<uint64_t>& v) {
+  std::vector<std::string> parts;
+  for (int i = 0; i < v.size();) {
+    int j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    parts.push_back(j == i ? absl::StrCat("v", v[i]) : absl::StrCat("v", v[i], "-v", v[j]));
+    i = j + 1;
+  }
+  return parts.empty() ? "none" : absl::StrJoin(parts, ", ");
+}
+
+std::string StorageSummary(const v1::StorageStatus& st) {
+  std::string keep =
+      st.keep_bases() == 0 ? std::string("all bases") : absl::StrCat(st.keep_bases(), " bases");
+  std::string rounds =
+      st.keep_contribution_rounds() < 0
+          ? std::string("all rounds' contributions")
+          : absl::StrCat("contributions of ", st.keep_contribution_rounds(), " closed rounds");
+  return absl::StrCat("bases stored ", VersionRanges(st.stored_base_versions()), "; pinned ",
+                      VersionRanges(st.pinned_base_versions()), "; retention keeps ", keep, ", ",
+                      rounds);
+}
+
 absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format) {
   auto stub = v1::Status::NewStub(channel);
   v1::ServerStatus s;
@@ -225,13 +264,15 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
       "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
       "base        v%d (sha256 %s)\n"
       "open round  %d, opened %s, %d/%d contributions%s\n"
-      "policy      close at %d contributions, or %.0f s after opening\n",
+      "policy      close at %d contributions, or %.0f s after opening\n"
+      "storage     %s on disk; %s\n",
       Printable(s.model().model_spec()), s.model().manifest().tensors_size(),
       s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
       ToHex(s.base_sha256()).substr(0, 16), round.number(),
       Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
       s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
-      s.min_contributions(), s.round_timeout_ms() / 1000.0);
+      s.min_contributions(), s.round_timeout_ms() / 1000.0, HumanBytes(s.storage().disk_bytes()),
+      StorageSummary(s.storage()));
   return absl::OkStatus();
 }
 
@@ -419,6 +460,56 @@ absl::Status Rollback(const std::shared_ptr<grpc::Channel>& channel) {
   return absl::OkStatus();
 }
 
+absl::Status Prune(const std::shared_ptr<grpc::Channel>& channel, Format format) {
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::PruneRequest request;
+  request.set_dry_run(absl::GetFlag(FLAGS_dry_run));
+  v1::PruneResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->Prune(&ctx, request, &r), "Prune"));
+  if (format == Format::kJson) return PrintJson(r);
+  const char* verb = r.dry_run() ? "would remove" : "removed";
+  if (r.pruned_base_versions_size() == 0 && r.pruned_contribution_rounds_size() == 0) {
+    std::cout << "nothing to remove: retention keeps everything stored\n";
+  } else {
+    std::cout << verb << ": bases " << VersionRanges(r.pruned_base_versions())
+              << "; contributions of rounds "
+              << (r.pruned_contribution_rounds_size() == 0
+                      ? std::string("none")
+                      : absl::StrJoin(r.pruned_contribution_rounds(), ", "))
+              << "\n";
+  }
+  for (const auto& why : r.kept_reasons()) std::cout << "kept " << Printable(why) << "\n";
+  if (r.dry_run()) {
+    std::cout << "disk: " << HumanBytes(r.disk_bytes_before()) << " (dry run: nothing removed)\n";
+  } else {
+    std::cout << "disk: " << HumanBytes(r.disk_bytes_before()) << " -> "
+              << HumanBytes(r.disk_bytes_after()) << "\n";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pin(const std::shared_ptr<grpc::Channel>& channel, bool pin) {
+  int64_t base = absl::GetFlag(FLAGS_base);
+  if (base < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(pin ? "pin" : "unpin", " needs --base=N (a stored base version)"));
+  }
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::PinBaseRequest request;
+  request.set_base_version(static_cast<uint64_t>(base));
+  request.set_pin(pin);
+  request.set_reason(absl::GetFlag(FLAGS_reason));
+  v1::PinBaseResponse r;
+  RETURN_IF_ERROR(rpc::FromGrpc(stub->PinBase(&ctx, request, &r), "PinBase"));
+  std::cout << (pin ? "pinned" : "unpinned") << " base v" << base
+            << "; pinned bases: " << VersionRanges(r.pinned_base_versions()) << "\n";
+  return absl::OkStatus();
+}
+
 absl::Status Audit(const std::shared_ptr<grpc::Channel>& channel, Format format) {
   auto stub = v1::Admin::NewStub(channel);
   // The server caps each reply (1000 records, 1 MiB): ask page after page.
@@ -479,6 +570,9 @@ absl::Status Run(const std::vector<char*>& args) {
   if (command == "token") return Token(channel, format, args.size() > 2 ? args[2] : "");
   if (command == "rollback") return Rollback(channel);
   if (command == "audit") return Audit(channel, format);
+  if (command == "prune") return Prune(channel, format);
+  if (command == "pin") return Pin(channel, true);
+  if (command == "unpin") return Pin(channel, false);
   if (command == "push") {
     PushOptions o;
     o.checkpoint = absl::GetFlag(FLAGS_checkpoint);

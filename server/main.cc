@@ -40,6 +40,13 @@ ABSL_FLAG(uint64_t, max_bytes_per_day, 0,
 ABSL_FLAG(double, outlier_factor, 3.0,
           "Quarantine a contribution whose delta norm exceeds this many times the round's "
           "median (needs >= 3 contributions; 0: off)");
+ABSL_FLAG(int, keep_bases, 0,
+          "Retention: keep the tensors of the newest N good bases (0: all). The current "
+          "base, the one before it (rollback target), pinned bases and bases being "
+          "downloaded are always kept; records and checksums are never removed");
+ABSL_FLAG(int, keep_contribution_rounds, -1,
+          "Retention: keep the contributions' tensors of the newest N closed rounds (-1: "
+          "all; 0: remove them once their round is fused). Their records and metrics stay");
 ABSL_FLAG(std::string, umask, "077",
           "Permission bits (octal) kept from group and others on the data folder, its "
           "files and every file the server writes; 027 lets the service's group read");
@@ -116,7 +123,10 @@ int main(int argc, char** argv) {
       !InRange("upload_memory_mb", absl::GetFlag(FLAGS_upload_memory_mb), 5, 1 << 22) ||
       !InRange("max_uploads_per_contributor", absl::GetFlag(FLAGS_max_uploads_per_contributor), 1,
                1 << 20) ||
-      !InRange("upload_idle_timeout_s", absl::GetFlag(FLAGS_upload_idle_timeout_s), 0.1, 2e6)) {
+      !InRange("upload_idle_timeout_s", absl::GetFlag(FLAGS_upload_idle_timeout_s), 0.1, 2e6) ||
+      !InRange("keep_bases", absl::GetFlag(FLAGS_keep_bases), 0, 1 << 30) ||
+      !InRange("keep_contribution_rounds", absl::GetFlag(FLAGS_keep_contribution_rounds), -1,
+               1 << 30)) {
     return 2;
   }
   RaiseFdLimit();
@@ -149,6 +159,8 @@ int main(int argc, char** argv) {
   options.intake.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
   options.intake.max_bytes_per_day = absl::GetFlag(FLAGS_max_bytes_per_day);
   options.rounds.outlier_factor = absl::GetFlag(FLAGS_outlier_factor);
+  options.rounds.keep_bases = static_cast<uint32_t>(absl::GetFlag(FLAGS_keep_bases));
+  options.rounds.keep_contribution_rounds = absl::GetFlag(FLAGS_keep_contribution_rounds);
   options.max_connections = absl::GetFlag(FLAGS_max_connections);
   options.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   options.handshake_timeout_ms = Millis(absl::GetFlag(FLAGS_handshake_timeout_s));

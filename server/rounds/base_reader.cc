@@ -8,12 +8,13 @@
 namespace coldfuse::rounds {
 
 BaseReader::BaseReader(storage::Store* store, uint64_t version, const v1::ModelInfo& model,
-                       std::string sha256)
+                       std::string sha256, std::shared_ptr<void> hold)
     : store_(store),
       version_(version),
       manifest_(model.manifest()),
       model_spec_(model.model_spec()),
-      sha256_(std::move(sha256)) {
+      sha256_(std::move(sha256)),
+      hold_(std::move(hold)) {
   for (const auto& t : manifest_.tensors()) {
     auto len = ByteLength(t);  // validated when the model was stored
     lengths_.push_back(len.ok() ? *len : 0);

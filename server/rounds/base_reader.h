@@ -4,6 +4,7 @@
 #define COLDFUSE_SERVER_ROUNDS_BASE_READER_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,10 @@ namespace coldfuse::rounds {
 
 class BaseReader {
  public:
+  // `hold` (if any) is released when the reader is destroyed: the round manager keeps
+  // retention from removing a base while someone downloads it.
   BaseReader(storage::Store* store, uint64_t version, const v1::ModelInfo& model,
-             std::string sha256);
+             std::string sha256, std::shared_ptr<void> hold = nullptr);
 
   uint64_t version() const { return version_; }
   const v1::Manifest& manifest() const { return manifest_; }
@@ -41,6 +44,7 @@ class BaseReader {
   uint64_t total_ = 0;
   uint32_t tensor_ = 0;
   uint64_t chunk_ = 0;
+  std::shared_ptr<void> hold_;
 };
 
 }  // namespace coldfuse::rounds

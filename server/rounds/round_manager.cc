@@ -64,7 +64,10 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(
     m->max_base_version_ = state.max_base_version;
     m->bad_base_versions_ = state.bad_base_versions;
     m->change_seq_ = state.last_audit_seq + 1;
+    m->pinned_.insert(state.pinned_base_versions.begin(), state.pinned_base_versions.end());
+    m->pruned_.insert(state.pruned_base_versions.begin(), state.pruned_base_versions.end());
   }
+  m->RefreshDiskUsage();
   return m;
 }
 
@@ -91,6 +94,10 @@ void RoundManager::PolicyLoop() {
     policy_mu_.Unlock();
     auto closed = MaybeClose();  // policy closes are audited with actor "server"
     if (!closed.ok()) CF_LOG(ERROR) << "closing the round failed: " << closed.status();
+    if (clock_->NowUnixMs() >= next_disk_refresh_ms_) {
+      RefreshDiskUsage();
+      next_disk_refresh_ms_ = clock_->NowUnixMs() + 30000;
+    }
     policy_mu_.Lock();
   }
 }
@@ -338,13 +345,21 @@ absl::StatusOr<std::unique_ptr<BaseReader>> RoundManager::OpenBase(
       return absl::NotFoundError(
           absl::StrCat("base v", v, " does not exist; the current base is v", current_base_));
     }
+    if (pruned_.count(v)) {
+      return absl::NotFoundError(absl::StrCat(
+          "base v", v,
+          " was removed by retention (its record and checksum are kept); stored bases: ",
+          StoredBasesLocked()));
+    }
     model = *model_;
     if (v == current_base_) sha = current_base_sha256_;
+    ++readers_[v];
   }
+  std::shared_ptr<void> hold(nullptr, [this, v](void*) { ReleaseReader(v); });
   if (sha.empty()) {
     ASSIGN_OR_RETURN(sha, store_->GetBaseSha256(v));
   }
-  return std::make_unique<BaseReader>(store_, v, model, std::move(sha));
+  return std::make_unique<BaseReader>(store_, v, model, std::move(sha), std::move(hold));
 }
 
 // ------------------------------------------------------------------ closing
@@ -382,7 +397,17 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseRound(std::optional<ui
                                                                 const std::string& reason,
                                                                 const std::string& actor) {
   absl::MutexLock close_lock(&close_mu_);
-  return CloseLocked(round, reason, actor);
+  auto closed = CloseLocked(round, reason, actor);
+  if (closed.ok()) {
+    if (RetentionConfigured()) {
+      auto pruned = PruneLocked(/*dry_run=*/false, "server");
+      // The round is closed and its base committed either way; the next close tries again.
+      if (!pruned.ok()) CF_LOG(ERROR) << "retention after round close failed: " << pruned.status();
+    } else {
+      RefreshDiskUsage();
+    }
+  }
+  return closed;
 }
 
 void RoundManager::BeginClosingLocked() {
@@ -532,6 +557,12 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
                                                         "current v",
                                                         current_base_));
     }
+    if (pruned_.count(good_version)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot roll back to base v", good_version,
+                       ": retention removed its tensors; stored bases: ", StoredBasesLocked(),
+                       " (pin the bases you may want to roll back to: coldfusectl pin)"));
+    }
     for (uint64_t v = good_version + 1; v <= max_base_version_; ++v) {
       if (!is_bad(v)) bad.push_back(v);
     }
@@ -598,6 +629,189 @@ absl::StatusOr<RoundManager::AuditPage> RoundManager::ReadAuditPage(uint64_t aft
   return page;
 }
 
+// ------------------------------------------------------------------ retention
+
+bool RoundManager::IsBadLocked(uint64_t v) const {
+  return std::binary_search(bad_base_versions_.begin(), bad_base_versions_.end(), v);
+}
+
+std::string RoundManager::StoredBasesLocked() const {
+  std::vector<uint64_t> stored;
+  for (uint64_t v = 0; v <= max_base_version_; ++v) {
+    if (!pruned_.count(v)) stored.push_back(v);
+  }
+  return absl::StrCat("v", absl::StrJoin(stored, ", v"));
+}
+
+void RoundManager::ReleaseReader(uint64_t version) const {
+  absl::MutexLock l(&mu_);
+  auto it = readers_.find(version);
+  if (it != readers_.end() && --it->second <= 0) readers_.erase(it);
+}
+
+void RoundManager::RefreshDiskUsage() {
+  auto bytes = store_->DiskBytes();
+  if (!bytes.ok()) {
+    CF_LOG(WARNING) << "cannot measure the data folder: " << bytes.status();
+    return;
+  }
+  disk_bytes_ = *bytes;
+  disk_usage_ms_ = clock_->NowUnixMs();
+}
+
+absl::StatusOr<v1::PruneResponse> RoundManager::Prune(bool dry_run, const std::string& actor) {
+  absl::MutexLock close_lock(&close_mu_);
+  return PruneLocked(dry_run, actor);
+}
+
+absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
+                                                            const std::string& actor) {
+  v1::PruneResponse resp;
+  resp.set_dry_run(dry_run);
+  std::vector<uint64_t> bases;
+  std::vector<v1::RoundInfo> rounds;  // records to rewrite, without their contributions
+  {
+    absl::MutexLock l(&mu_);
+    RETURN_IF_ERROR(CheckInitializedLocked());
+    if (closing_) {
+      return absl::FailedPreconditionError("a round is being fused; prune again after it");
+    }
+    // Newest first: what retention's count keeps, then what must be kept anyway.
+    std::set<uint64_t> by_count;
+    uint32_t good = 0;
+    for (uint64_t v = max_base_version_ + 1; v-- > 0;) {
+      if (pruned_.count(v)) continue;
+      if (options_.keep_bases == 0) {
+        by_count.insert(v);  // keep every base, bad ones too
+      } else if (!IsBadLocked(v) && good++ < options_.keep_bases) {
+        by_count.insert(v);
+      }
+    }
+    std::map<uint64_t, std::string> needed;
+    needed.emplace(current_base_, "the current base");
+    for (uint64_t v = current_base_; v-- > 0;) {
+      if (!pruned_.count(v) && !IsBadLocked(v)) {
+        needed.emplace(v, "the rollback target (the newest good base before the current one)");
+        break;
+      }
+    }
+    for (uint64_t v : pinned_) needed.emplace(v, "pinned");
+    for (const auto& [v, n] : readers_) needed.emplace(v, "being downloaded");
+    for (uint64_t v = 0; v <= max_base_version_; ++v) {
+      if (pruned_.count(v) || by_count.count(v)) continue;
+      auto it = needed.find(v);
+      if (it == needed.end()) {
+        bases.push_back(v);
+      } else {
+        resp.add_kept_reasons(absl::StrCat("v", v, ": ", it->second));
+      }
+    }
+    if (options_.keep_contribution_rounds >= 0) {
+      int32_t closed_seen = 0;
+      for (auto it = rounds_.rbegin(); it != rounds_.rend(); ++it) {
+        if (it->state() != v1::CLOSED) continue;
+        if (closed_seen++ < options_.keep_contribution_rounds) continue;
+        if (it->contributions_pruned() || it->contributions_size() == 0) continue;
+        v1::RoundInfo r = *it;
+        r.clear_contributions();
+        r.set_contributions_pruned(true);
+        rounds.push_back(std::move(r));
+      }
+      std::reverse(rounds.begin(), rounds.end());
+    }
+    // From here on no new download of these bases starts.
+    if (!dry_run) pruned_.insert(bases.begin(), bases.end());
+  }
+  for (uint64_t v : bases) resp.add_pruned_base_versions(v);
+  for (const auto& r : rounds) resp.add_pruned_contribution_rounds(r.number());
+  auto before = store_->DiskBytes();
+  if (before.ok()) resp.set_disk_bytes_before(*before);
+  if (dry_run || (bases.empty() && rounds.empty())) {
+    resp.set_disk_bytes_after(resp.disk_bytes_before());
+    return resp;
+  }
+  std::vector<std::string> what;
+  if (!bases.empty()) what.push_back(absl::StrCat("bases v", absl::StrJoin(bases, ", v")));
+  if (!rounds.empty()) {
+    what.push_back(absl::StrCat("contributions of rounds ",
+                                absl::StrJoin(resp.pruned_contribution_rounds(), ", ")));
+  }
+  const std::string detail =
+      absl::StrCat(absl::StrJoin(what, "; "), " (keep_bases=", options_.keep_bases,
+                   ", keep_contribution_rounds=", options_.keep_contribution_rounds, ")");
+  absl::Status st = store_->Prune(bases, rounds, {MakeAudit(actor, "pruned", detail)});
+  if (!st.ok()) {
+    absl::MutexLock l(&mu_);
+    for (uint64_t v : bases) pruned_.erase(v);
+    return st;
+  }
+  {
+    absl::MutexLock l(&mu_);
+    for (const auto& r : rounds) {
+      if (r.number() >= 1 && r.number() <= rounds_.size()) {
+        rounds_[r.number() - 1].set_contributions_pruned(true);
+      }
+    }
+    ++change_seq_;
+  }
+  CF_LOG(INFO) << "retention removed " << detail;
+  // The records are committed; giving the space back is best effort (retried next time).
+  absl::Status reclaimed = store_->ReclaimSpace();
+  if (!reclaimed.ok()) CF_LOG(WARNING) << "giving the pruned space back failed: " << reclaimed;
+  RefreshDiskUsage();
+  resp.set_disk_bytes_after(disk_bytes_);
+  NotifyChanged();
+  return resp;
+}
+
+absl::StatusOr<v1::PinBaseResponse> RoundManager::PinBase(uint64_t version, bool pin,
+                                                          const std::string& reason,
+                                                          const std::string& actor) {
+  absl::MutexLock close_lock(&close_mu_);  // retention decides under it
+  v1::PinBaseResponse resp;
+  {
+    absl::MutexLock l(&mu_);
+    RETURN_IF_ERROR(CheckInitializedLocked());
+    if (version > max_base_version_) {
+      return absl::NotFoundError(absl::StrCat(
+          "base v", version, " does not exist; the newest base is v", max_base_version_));
+    }
+    if (pin && pruned_.count(version)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("base v", version,
+                       " was already removed by retention; a pin cannot bring it back. Stored "
+                       "bases: ",
+                       StoredBasesLocked()));
+    }
+    if (!pin && !pinned_.count(version)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("base v", version, " is not pinned; pinned: ",
+                       pinned_.empty() ? std::string("none")
+                                       : absl::StrCat("v", absl::StrJoin(pinned_, ", v"))));
+    }
+    if (pin && pinned_.count(version)) {  // already pinned: nothing to write
+      for (uint64_t v : pinned_) resp.add_pinned_base_versions(v);
+      return resp;
+    }
+  }
+  RETURN_IF_ERROR(store_->SetBasePinned(
+      version, pin, actor, reason,
+      {MakeAudit(actor, pin ? "base_pinned" : "base_unpinned",
+                 absl::StrCat("v", version, reason.empty() ? "" : ": ", reason))}));
+  {
+    absl::MutexLock l(&mu_);
+    if (pin) {
+      pinned_.insert(version);
+    } else {
+      pinned_.erase(version);
+    }
+    ++change_seq_;
+    for (uint64_t v : pinned_) resp.add_pinned_base_versions(v);
+  }
+  NotifyChanged();
+  return resp;
+}
+
 // ------------------------------------------------------------------ status
 
 v1::ServerStatus RoundManager::GetStatus() const {
@@ -615,6 +829,17 @@ v1::ServerStatus RoundManager::GetStatus() const {
   s.set_round_timeout_ms(options_.round_timeout_ms);
   s.set_change_seq(change_seq_);
   s.set_server_time_unix_ms(clock_->NowUnixMs());
+  v1::StorageStatus* storage = s.mutable_storage();
+  storage->set_disk_bytes(disk_bytes_);
+  storage->set_disk_usage_unix_ms(disk_usage_ms_);
+  if (model_.has_value()) {
+    for (uint64_t v = 0; v <= max_base_version_; ++v) {
+      if (!pruned_.count(v)) storage->add_stored_base_versions(v);
+    }
+  }
+  for (uint64_t v : pinned_) storage->add_pinned_base_versions(v);
+  storage->set_keep_bases(options_.keep_bases);
+  storage->set_keep_contribution_rounds(options_.keep_contribution_rounds);
   return s;
 }
 

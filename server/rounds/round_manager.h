@@ -45,6 +45,13 @@ struct RoundOptions {
   // outlier_factor x the round's median is quarantined (kept, not fused); 0 disables.
   // Default: 3.
   double outlier_factor = 3.0;
+  // Retention, applied after every round close and by Prune: keep the tensors of the
+  // newest keep_bases good bases (0: all), and of the contributions of the newest
+  // keep_contribution_rounds closed rounds (-1: all). The current base, the newest good
+  // base before it (the rollback target), pinned bases and bases being downloaded are
+  // always kept; so are every record, checksum and metric. Default: keep everything.
+  uint32_t keep_bases = 0;
+  int32_t keep_contribution_rounds = -1;
 };
 
 // What an upload to the open round is checked against.
@@ -88,6 +95,17 @@ class RoundManager {
                                                         const std::string& reason,
                                                         const std::string& actor)
       ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
+  // Applies retention now (see RoundOptions) and gives the space back on disk; with
+  // `dry_run` only reports what it would remove.
+  absl::StatusOr<v1::PruneResponse> Prune(bool dry_run, const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
+  // Pins (or unpins) a stored base. NOT_FOUND for a version that never existed;
+  // FAILED_PRECONDITION to pin a pruned base or unpin one that is not pinned.
+  absl::StatusOr<v1::PinBaseResponse> PinBase(uint64_t version, bool pin, const std::string& reason,
+                                              const std::string& actor)
+      ABSL_LOCKS_EXCLUDED(mu_, close_mu_);
+  // Measures the data folder's size for status (the policy thread does every 30 s).
+  void RefreshDiskUsage();
   // The audit log after `after_seq`: at most `limit` records (0 or > 1000: 1000) and at
   // most kMaxAuditReplyBytes of them; `more` says whether later ones exist.
   static constexpr size_t kMaxAuditReplyBytes = 1 << 20;
@@ -150,6 +168,16 @@ class RoundManager {
                                                      const std::string& actor)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) ABSL_LOCKS_EXCLUDED(mu_);
   void NotifyChanged() ABSL_LOCKS_EXCLUDED(mu_, notify_mu_, listeners_mu_);
+  absl::StatusOr<v1::PruneResponse> PruneLocked(bool dry_run, const std::string& actor)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(close_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  bool RetentionConfigured() const {
+    return options_.keep_bases > 0 || options_.keep_contribution_rounds >= 0;
+  }
+  // "v1, v2, ..." of the stored bases, for messages.
+  std::string StoredBasesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  bool IsBadLocked(uint64_t v) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Ends a download of base `version` (BaseReader's hold).
+  void ReleaseReader(uint64_t version) const ABSL_LOCKS_EXCLUDED(mu_);
   void PolicyLoop() ABSL_LOCKS_EXCLUDED(policy_mu_);
 
   storage::Store* const store_;
@@ -176,6 +204,14 @@ class RoundManager {
   // Highest stored base version, bad ones included.
   uint64_t max_base_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<uint64_t> bad_base_versions_ ABSL_GUARDED_BY(mu_);
+  // Retention: pinned bases; bases whose tensors are removed (or being removed); open
+  // downloads per base version (their bases are not pruned).
+  std::set<uint64_t> pinned_ ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> pruned_ ABSL_GUARDED_BY(mu_);
+  mutable std::map<uint64_t, int> readers_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> disk_bytes_{0};
+  std::atomic<int64_t> disk_usage_ms_{0};
+  int64_t next_disk_refresh_ms_ = 0;              // policy thread only
   std::atomic<int64_t> retry_close_after_ms_{0};  // policy closes wait after a failure
 
   struct Listener {

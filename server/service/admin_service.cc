@@ -1,3 +1,4 @@
+#include "absl/strings/str_cat.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
 #include "server/service/upload_reactor.h"
@@ -138,6 +139,48 @@ grpc::ServerUnaryReactor* AdminService::ListAudit(grpc::CallbackServerContext* c
     response->set_more(page->more);
   }
   reactor->Finish(ToGrpcStatus(page.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::Prune(grpc::CallbackServerContext* ctx,
+                                              const v1::PruneRequest* request,
+                                              v1::PruneResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.Prune");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  // Synced writes and a compaction: off gRPC's threads.
+  executor_->Run([this, reactor, request, response, actor = id->name] {
+    auto r = manager_->Prune(request->dry_run(), actor);
+    if (r.ok()) *response = std::move(*r);
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::PinBase(grpc::CallbackServerContext* ctx,
+                                                const v1::PinBaseRequest* request,
+                                                v1::PinBaseResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.PinBase");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  if (request->reason().size() > kMaxPinReasonBytes) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat("reason is ", request->reason().size(), " bytes; at most ",
+                                  kMaxPinReasonBytes, " are allowed")));
+    return reactor;
+  }
+  executor_->Run([this, reactor, request, response, actor = id->name] {
+    auto r = manager_->PinBase(request->base_version(), request->pin(), request->reason(), actor);
+    if (r.ok()) *response = std::move(*r);
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
   return reactor;
 }
 

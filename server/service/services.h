@@ -87,6 +87,13 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListAudit(grpc::CallbackServerContext* ctx,
                                       const v1::ListAuditRequest* request,
                                       v1::ListAuditResponse* response) override;
+  grpc::ServerUnaryReactor* Prune(grpc::CallbackServerContext* ctx, const v1::PruneRequest* request,
+                                  v1::PruneResponse* response) override;
+  // A pin's reason is kept in the store and the audit log: a note, not a payload.
+  static constexpr size_t kMaxPinReasonBytes = 1024;
+  grpc::ServerUnaryReactor* PinBase(grpc::CallbackServerContext* ctx,
+                                    const v1::PinBaseRequest* request,
+                                    v1::PinBaseResponse* response) override;
 
  private:
   rounds::RoundManager* manager_;

@@ -9,6 +9,8 @@
 //             "C"                                   current base version, u64
 //             'B' version                           SHA-256 of that base (32 bytes)
 //             'X' version                           why that base was rolled back (text)
+//             'P' version                           PinRecord: retention keeps that base
+//             'R' version                           PrunedBaseRecord: its tensors were removed
 //             'T' name                              TokenRecord
 //   bases     version tensor(u32) chunk             <= 1 MiB of tensor bytes
 //   contribs  'h' round id                          ContributionRecord
@@ -85,6 +87,16 @@ inline std::string BadBasePrefix() { return "X"; }
 inline std::optional<uint64_t> ParseBadBase(absl::string_view k) {
   return internal::ParseTagged('X', k);
 }
+inline std::string PinnedBase(uint64_t version) { return internal::Tagged('P', version); }
+inline std::string PinnedBasePrefix() { return "P"; }
+inline std::optional<uint64_t> ParsePinnedBase(absl::string_view k) {
+  return internal::ParseTagged('P', k);
+}
+inline std::string PrunedBase(uint64_t version) { return internal::Tagged('R', version); }
+inline std::string PrunedBasePrefix() { return "R"; }
+inline std::optional<uint64_t> ParsePrunedBase(absl::string_view k) {
+  return internal::ParseTagged('R', k);
+}
 inline std::string Token(absl::string_view name) { return internal::Tagged('T', name); }
 inline std::string TokenPrefix() { return "T"; }
 
@@ -98,6 +110,10 @@ inline std::string BaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk) 
 }
 // Past every base chunk key (for a range delete to the end).
 inline std::string BasesEnd() { return std::string(24, '\xff'); }
+// Past every chunk key of `version`.
+inline std::string BaseVersionEnd(uint64_t version) {
+  return version == UINT64_MAX ? BasesEnd() : BaseVersionPrefix(version + 1);
+}
 
 // ---- contribs
 inline std::string ContributionRecordPrefix() { return "h"; }
@@ -117,6 +133,13 @@ inline std::string ContributionDataPrefix(uint64_t round, uint64_t id) {
   std::string k = internal::Tagged('d', round);
   PutU64(&k, id);
   return k;
+}
+// Every data key of `round`'s contributions lies in [start, end).
+inline std::string ContributionRoundDataStart(uint64_t round) {
+  return internal::Tagged('d', round);
+}
+inline std::string ContributionRoundDataEnd(uint64_t round) {
+  return round == UINT64_MAX ? std::string("e") : internal::Tagged('d', round + 1);
 }
 inline std::string ContributionChunk(uint64_t round, uint64_t id, uint32_t tensor, uint64_t chunk) {
   std::string k = ContributionDataPrefix(round, id);

@@ -96,6 +96,7 @@ RoundRecord ToRecord(const v1::RoundInfo& round) {
   r.set_closed_unix_ms(round.closed_unix_ms());
   r.set_result_base_version(round.result_base_version());
   r.set_close_reason(round.close_reason());
+  r.set_contributions_pruned(round.contributions_pruned());
   return r;
 }
 
@@ -108,6 +109,7 @@ v1::RoundInfo FromRecord(const RoundRecord& r) {
   round.set_closed_unix_ms(r.closed_unix_ms());
   round.set_result_base_version(r.result_base_version());
   round.set_close_reason(r.close_reason());
+  round.set_contributions_pruned(r.contributions_pruned());
   return round;
 }
 

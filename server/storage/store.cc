@@ -3,11 +3,13 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -24,6 +26,7 @@
 
 namespace coldfuse::storage {
 struct Store::Impl {
+  std::string dir;
   std::unique_ptr<rocksdb::Env> env;  // only with faults; outlives db
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
@@ -187,6 +190,7 @@ Store::~Store() = default;
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
                                                    const StoreOptions& options) {
   auto impl = std::make_unique<Impl>();
+  impl->dir = dir;
   rocksdb::DBOptions db_opts;
   if (options.faults != nullptr) {
     impl->env = NewFaultInjectionEnv(options.faults);
@@ -311,6 +315,21 @@ absl::StatusOr<LoadedState> Store::Load() {
                                 return absl::OkStatus();
                               }));
   std::sort(state.bad_base_versions.begin(), state.bad_base_versions.end());
+  auto scan_versions = [&](const std::string& prefix, auto parse, std::vector<uint64_t>* out) {
+    return impl_->Scan(kMeta, prefix, "scan retention records",
+                       [&](absl::string_view k, absl::string_view) -> absl::Status {
+                         std::optional<uint64_t> v = parse(k);
+                         if (!v.has_value()) {
+                           return absl::DataLossError("storage: bad retention key");
+                         }
+                         out->push_back(*v);
+                         return absl::OkStatus();
+                       });
+  };
+  RETURN_IF_ERROR(
+      scan_versions(keys::PinnedBasePrefix(), keys::ParsePinnedBase, &state.pinned_base_versions));
+  RETURN_IF_ERROR(
+      scan_versions(keys::PrunedBasePrefix(), keys::ParsePrunedBase, &state.pruned_base_versions));
 
   ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
   state.next_contribution_id = max_id + 1;
@@ -502,6 +521,75 @@ absl::StatusOr<std::vector<v1::AuditRecord>> Store::ReadAudit(uint64_t after_seq
 absl::Status Store::DeleteBaseData(uint64_t version) {
   return impl_->DeleteRange(kBases, keys::BaseVersionPrefix(version),
                             keys::BaseVersionPrefix(version + 1));
+}
+
+absl::Status Store::SetBasePinned(uint64_t version, bool pinned, absl::string_view actor,
+                                  absl::string_view reason, const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  if (pinned) {
+    PinRecord r;
+    r.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count());
+    r.set_actor(std::string(actor));
+    r.set_reason(std::string(reason));
+    batch.Put(impl_->cfs[kMeta], keys::PinnedBase(version), r.SerializeAsString());
+  } else {
+    batch.Delete(impl_->cfs[kMeta], keys::PinnedBase(version));
+  }
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts,
+                               pinned ? "pin base" : "unpin base");
+}
+
+absl::Status Store::Prune(const std::vector<uint64_t>& bases,
+                          const std::vector<v1::RoundInfo>& rounds, const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  PrunedBaseRecord pruned;
+  pruned.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count());
+  const std::string pruned_bytes = pruned.SerializeAsString();
+  for (uint64_t v : bases) {
+    batch.Put(impl_->cfs[kMeta], keys::PrunedBase(v), pruned_bytes);
+    batch.DeleteRange(impl_->cfs[kBases], keys::BaseVersionPrefix(v), keys::BaseVersionEnd(v));
+  }
+  for (const v1::RoundInfo& round : rounds) {
+    batch.Put(impl_->cfs[kRounds], keys::Round(round.number()),
+              ToRecord(round).SerializeAsString());
+    batch.DeleteRange(impl_->cfs[kContribs], keys::ContributionRoundDataStart(round.number()),
+                      keys::ContributionRoundDataEnd(round.number()));
+  }
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "prune");
+}
+
+absl::Status Store::ReclaimSpace() {
+  rocksdb::CompactRangeOptions opts;
+  // Also the last level, where the removed chunks' index entries usually are.
+  opts.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  opts.exclusive_manual_compaction = false;
+  for (Cf cf : {kBases, kContribs}) {
+    RETURN_IF_ERROR(FromRocks(impl_->db->CompactRange(opts, impl_->cfs[cf], nullptr, nullptr),
+                              absl::StrCat("compact ", kCfNames[cf])));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Store::DiskBytes() const {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(impl_->dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat st;
+    // A file RocksDB deletes between listing and stat is simply not counted.
+    if (::lstat(it->path().c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+      total += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+  }
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    return absl::InternalError(
+        absl::StrCat("storage: cannot list the data folder ", impl_->dir, ": ", ec.message()));
+  }
+  return total;
 }
 
 }  // namespace coldfuse::storage

@@ -74,6 +74,9 @@ struct LoadedState {
   std::vector<StoredUpload> uploads;
   // Sequence number of the last audit record (0 if none).
   uint64_t last_audit_seq = 0;
+  // Retention (ascending): bases an operator pinned, and bases whose tensors were pruned.
+  std::vector<uint64_t> pinned_base_versions;
+  std::vector<uint64_t> pruned_base_versions;
 };
 
 struct StoredToken {
@@ -162,6 +165,23 @@ class Store {
                                                          bool* more = nullptr);
   // Removes chunks of an uncommitted base version (a failed fusion).
   absl::Status DeleteBaseData(uint64_t version);
+
+  // ---- retention
+  // Pins base `version` (retention keeps it) or unpins it, synced.
+  absl::Status SetBasePinned(uint64_t version, bool pinned, absl::string_view actor,
+                             absl::string_view reason, const AuditBatch& audit = {});
+  // In one synced write: removes the tensors of `bases` (recording each as pruned; its
+  // SHA-256 stays) and of the contributions of `rounds` (their records stay; each round's
+  // record is rewritten as given, with contributions_pruned set by the caller).
+  absl::Status Prune(const std::vector<uint64_t>& bases, const std::vector<v1::RoundInfo>& rounds,
+                     const AuditBatch& audit = {});
+  // Gives the space of removed tensors back to the file system: compacts the data
+  // families, so RocksDB deletes the table and blob files that only held removed chunks.
+  // Slow on a large store (it rewrites the chunk index, not the chunks); runs alongside
+  // reads and writes.
+  absl::Status ReclaimSpace();
+  // Bytes of the data folder on disk (allocated blocks of every file, as du counts).
+  absl::StatusOr<uint64_t> DiskBytes() const;
 
  private:
   struct Impl;

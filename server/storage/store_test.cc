@@ -561,3 +561,67 @@ TEST_F(StoreTest, AFormat1UploadSessionIsMigratedWithItsProgress) {
 
 }  // namespace
 }  // namespace coldfuse::storage
+
+namespace coldfuse::storage {
+namespace {
+
+// Retention's store side: Prune removes tensors in one synced write that keeps records and
+// checksums, and ReclaimSpace gives the disk space back (RocksDB drops the blob files).
+TEST_F(StoreTest, PrunedTensorsGiveTheirDiskSpaceBackAndRecordsStay) {
+  constexpr int kChunks = 24;  // 24 MiB per base and per contribution
+  const std::string mib(1 << 20, 'x');
+  for (int c = 0; c < kChunks; ++c) ASSERT_TRUE(store_->PutBaseChunk(0, 0, c, mib).ok());
+  ASSERT_TRUE(store_->CommitInit(TestModel(), kSha0, OpenRound(1, 0, 1000)).ok());
+  v1::RoundInfo closed[3];
+  for (uint64_t r = 1; r <= 3; ++r) {
+    for (int c = 0; c < kChunks; ++c) {
+      ASSERT_TRUE(store_->PutContributionChunk(r, r, 0, c, mib).ok());
+      ASSERT_TRUE(store_->PutBaseChunk(r, 0, c, mib).ok());
+    }
+    ASSERT_TRUE(store_->FlushContributions().ok());
+    ASSERT_TRUE(store_->CommitContribution(r, Contribution(r, "alice")).ok());
+    closed[r - 1] = OpenRound(r, r - 1, 1000 * r);
+    *closed[r - 1].add_contributions() = Contribution(r, "alice");
+    closed[r - 1].set_state(v1::CLOSED);
+    closed[r - 1].set_result_base_version(r);
+    ASSERT_TRUE(store_
+                    ->CommitRoundClose(closed[r - 1], r, std::string(32, 'a' + r),
+                                       OpenRound(r + 1, r, 1000 * (r + 1)))
+                    .ok());
+  }
+  auto before = store_->DiskBytes();
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_GE(*before, uint64_t{7 * kChunks} << 20);  // 4 bases + 3 contributions
+
+  // Bases v0, v1 and the contributions of rounds 1, 2 go.
+  std::vector<v1::RoundInfo> rounds = {closed[0], closed[1]};
+  for (auto& r : rounds) {
+    r.clear_contributions();
+    r.set_contributions_pruned(true);
+  }
+  ASSERT_TRUE(store_->Prune({0, 1}, rounds).ok());
+  ASSERT_TRUE(store_->ReclaimSpace().ok());
+  auto after = store_->DiskBytes();
+  ASSERT_TRUE(after.ok()) << after.status();
+  // 4 x 24 MiB removed; allow 4 MiB of slack (logs, manifests, tables).
+  EXPECT_LE(*after + (uint64_t{4 * kChunks - 4} << 20), *before)
+      << "before " << *before << " after " << *after;
+
+  Reopen();
+  LoadedState state = MustLoad();
+  EXPECT_EQ(state.pruned_base_versions, (std::vector<uint64_t>{0, 1}));
+  EXPECT_EQ(store_->GetBaseChunk(1, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(2, 2, 0, 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->GetBaseChunk(2, 0, kChunks - 1).ok());
+  EXPECT_TRUE(store_->GetContributionChunk(3, 3, 0, kChunks - 1).ok());
+  auto sha1 = store_->GetBaseSha256(1);
+  ASSERT_TRUE(sha1.ok()) << sha1.status();
+  EXPECT_EQ(*sha1, std::string(32, 'b'));
+  ASSERT_EQ(state.rounds.size(), 4u);
+  EXPECT_TRUE(state.rounds[0].contributions_pruned());
+  EXPECT_EQ(state.rounds[0].contributions_size(), 1);  // the record stays
+  EXPECT_FALSE(state.rounds[2].contributions_pruned());
+}
+
+}  // namespace
+}  // namespace coldfuse::storage
