@@ -78,7 +78,14 @@ class MigrationTest : public ::testing::Test {
 
     auto want_status = FromJsonFile<v1::ServerStatus>(kFixture + "/status.json");
     v1::ServerStatus got_status = s.Status();
+    // Storage status is newer than the fixture: every base is still stored, none pinned.
+    uint64_t newest = got_status.base_version();
+    for (uint64_t v : got_status.bad_base_versions()) newest = std::max(newest, v);
+    EXPECT_EQ(got_status.storage().stored_base_versions_size(), static_cast<int>(newest + 1));
+    EXPECT_EQ(got_status.storage().pinned_base_versions_size(), 0);
+    EXPECT_GT(got_status.storage().disk_bytes(), 0u);
     for (auto* st : {&want_status, &got_status}) {
+      st->clear_storage();
       st->clear_change_seq();
       st->clear_server_time_unix_ms();
       st->clear_round_timeout_ms();  // flags of this run

@@ -2,7 +2,8 @@
 // (storage/fault_injection.h), syncs on:
 // - nothing that reads state, and no admission of another upload, waits on a commit's
 //   fsync;
-// - every commit point (init, contribution, round close, rollback, token changes) that
+// - every commit point (init, contribution, round close, rollback, prune, pin, token
+//   changes) that
 //   fails at the disk returns an error, and after a restart the state is exactly the
 //   state before the operation or after it, never between; the server then works.
 #include <gtest/gtest.h>
@@ -214,6 +215,46 @@ TEST_P(DurabilityFaultTest, AFailedRollbackIsAllOrNothing) {
     EXPECT_EQ(s.open_round().number(), 3u);
   }
   MustContribute("bob", 4);
+}
+
+TEST_P(DurabilityFaultTest, AFailedPruneOrPinIsAllOrNothing) {
+  Init();
+  std::vector<std::vector<HostTensor>> bases = {ReadBase(0)};
+  for (int r = 1; r <= 3; ++r) {
+    MustContribute("alice", static_cast<uint64_t>(r + 1));
+    MustClose();
+    bases.push_back(ReadBase(r));
+  }
+  const uint64_t id1 = ContributionOf(1, "alice").id();
+  options_.keep_bases = 1;
+  options_.keep_contribution_rounds = 0;
+  CreateManager();
+  faults_->FailFrom(GetParam());
+  EXPECT_FALSE(manager_->PinBase(3, true, "keep", "op").ok());
+  EXPECT_FALSE(manager_->Prune(false, "op").ok());
+  RestartHealed();
+  const v1::ServerStatus s = manager_->GetStatus();
+  const std::vector<uint64_t> stored(s.storage().stored_base_versions().begin(),
+                                     s.storage().stored_base_versions().end());
+  // The pin is there or not; v0 and v1 are both stored (with round 1's contribution) or
+  // both removed (with it), and every stored base reads back whole.
+  EXPECT_LE(s.storage().pinned_base_versions_size(), 1);
+  if (stored.size() == 4) {  // before
+    EXPECT_FALSE(manager_->GetRoundInfo(1)->contributions_pruned());
+    EXPECT_TRUE(store_->GetContributionChunk(1, id1, 0, 0).ok());
+  } else {  // after
+    EXPECT_EQ(stored, (std::vector<uint64_t>{2, 3}));
+    EXPECT_TRUE(manager_->GetRoundInfo(1)->contributions_pruned());
+    EXPECT_EQ(store_->GetContributionChunk(1, id1, 0, 0).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  for (uint64_t v : stored) EXPECT_EQ(ReadBase(v)[0].data, bases[v][0].data) << "v" << v;
+  // Retention works again.
+  ASSERT_TRUE(manager_->Prune(false, "op").ok());
+  const v1::ServerStatus after = manager_->GetStatus();
+  EXPECT_EQ(std::vector<uint64_t>(after.storage().stored_base_versions().begin(),
+                                  after.storage().stored_base_versions().end()),
+            (std::vector<uint64_t>{2, 3}));
 }
 
 TEST_P(DurabilityFaultTest, FailedTokenChangesAreAllOrNothing) {

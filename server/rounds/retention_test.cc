@@ -124,8 +124,7 @@ TEST_F(RetentionTest, PinsAndTheRollbackTargetAreKeptAndRollbackNeedsAStoredBase
             absl::StatusCode::kFailedPrecondition);  // not pinned
   auto to_removed = manager_->RollbackBase(0, "", "op");
   ASSERT_EQ(to_removed.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_TRUE(absl::StrContains(to_removed.status().message(), "retention"))
-      << to_removed.status();
+  EXPECT_TRUE(absl::StrContains(to_removed.status().message(), "retention")) << to_removed.status();
 
   // Rolling back to the pinned base works; the bad bases go at the next prune, the pin
   // stays until it is lifted.
@@ -196,8 +195,7 @@ TEST_F(RetentionTest, ContributionsOfFusedRoundsCanGoAtOnce) {
   Init();
   NextBase(2);
   const uint64_t id = ContributionOf(1, "c2").id();
-  EXPECT_EQ(store_->GetContributionChunk(1, id, 0, 0).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetContributionChunk(1, id, 0, 0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(manager_->GetRoundInfo(1)->contributions_pruned());
   EXPECT_EQ(Stored(), (V{0, 1}));  // bases: all kept
 }
@@ -210,8 +208,7 @@ TEST_F(RetentionTest, DryRunRemovesNothing) {
   auto dry = manager_->Prune(/*dry_run=*/true, "op");
   ASSERT_TRUE(dry.ok()) << dry.status();
   EXPECT_TRUE(dry->dry_run());
-  EXPECT_EQ(V(dry->pruned_base_versions().begin(), dry->pruned_base_versions().end()),
-            (V{0, 1}));
+  EXPECT_EQ(V(dry->pruned_base_versions().begin(), dry->pruned_base_versions().end()), (V{0, 1}));
   EXPECT_EQ(dry->pruned_contribution_rounds_size(), 3);
   EXPECT_EQ(Stored(), (V{0, 1, 2, 3}));
   EXPECT_TRUE(manager_->OpenBase(0).ok());

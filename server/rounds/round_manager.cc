@@ -345,7 +345,7 @@ absl::StatusOr<std::unique_ptr<BaseReader>> RoundManager::OpenBase(
       return absl::NotFoundError(
           absl::StrCat("base v", v, " does not exist; the current base is v", current_base_));
     }
-    if (pruned_.count(v)) {
+    if (IsGoneLocked(v)) {
       return absl::NotFoundError(absl::StrCat(
           "base v", v,
           " was removed by retention (its record and checksum are kept); stored bases: ",
@@ -557,7 +557,7 @@ absl::StatusOr<v1::RollbackBaseResponse> RoundManager::RollbackBase(uint64_t goo
                                                         "current v",
                                                         current_base_));
     }
-    if (pruned_.count(good_version)) {
+    if (IsGoneLocked(good_version)) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot roll back to base v", good_version,
                        ": retention removed its tensors; stored bases: ", StoredBasesLocked(),
@@ -631,6 +631,10 @@ absl::StatusOr<RoundManager::AuditPage> RoundManager::ReadAuditPage(uint64_t aft
 
 // ------------------------------------------------------------------ retention
 
+bool RoundManager::IsGoneLocked(uint64_t v) const {
+  return pruned_.count(v) > 0 || removing_.count(v) > 0;
+}
+
 bool RoundManager::IsBadLocked(uint64_t v) const {
   return std::binary_search(bad_base_versions_.begin(), bad_base_versions_.end(), v);
 }
@@ -638,7 +642,7 @@ bool RoundManager::IsBadLocked(uint64_t v) const {
 std::string RoundManager::StoredBasesLocked() const {
   std::vector<uint64_t> stored;
   for (uint64_t v = 0; v <= max_base_version_; ++v) {
-    if (!pruned_.count(v)) stored.push_back(v);
+    if (!IsGoneLocked(v)) stored.push_back(v);
   }
   return absl::StrCat("v", absl::StrJoin(stored, ", v"));
 }
@@ -720,7 +724,7 @@ absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
       std::reverse(rounds.begin(), rounds.end());
     }
     // From here on no new download of these bases starts.
-    if (!dry_run) pruned_.insert(bases.begin(), bases.end());
+    if (!dry_run) removing_.insert(bases.begin(), bases.end());
   }
   for (uint64_t v : bases) resp.add_pruned_base_versions(v);
   for (const auto& r : rounds) resp.add_pruned_contribution_rounds(r.number());
@@ -742,17 +746,8 @@ absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
   absl::Status st = store_->Prune(bases, rounds, {MakeAudit(actor, "pruned", detail)});
   if (!st.ok()) {
     absl::MutexLock l(&mu_);
-    for (uint64_t v : bases) pruned_.erase(v);
+    removing_.clear();
     return st;
-  }
-  {
-    absl::MutexLock l(&mu_);
-    for (const auto& r : rounds) {
-      if (r.number() >= 1 && r.number() <= rounds_.size()) {
-        rounds_[r.number() - 1].set_contributions_pruned(true);
-      }
-    }
-    ++change_seq_;
   }
   CF_LOG(INFO) << "retention removed " << detail;
   // The records are committed; giving the space back is best effort (retried next time).
@@ -760,6 +755,18 @@ absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
   if (!reclaimed.ok()) CF_LOG(WARNING) << "giving the pruned space back failed: " << reclaimed;
   RefreshDiskUsage();
   resp.set_disk_bytes_after(disk_bytes_);
+  {
+    // Status shows the prune once its space is back, with the disk figure after it.
+    absl::MutexLock l(&mu_);
+    pruned_.insert(removing_.begin(), removing_.end());
+    removing_.clear();
+    for (const auto& r : rounds) {
+      if (r.number() >= 1 && r.number() <= rounds_.size()) {
+        rounds_[r.number() - 1].set_contributions_pruned(true);
+      }
+    }
+    ++change_seq_;
+  }
   NotifyChanged();
   return resp;
 }
@@ -776,7 +783,7 @@ absl::StatusOr<v1::PinBaseResponse> RoundManager::PinBase(uint64_t version, bool
       return absl::NotFoundError(absl::StrCat(
           "base v", version, " does not exist; the newest base is v", max_base_version_));
     }
-    if (pin && pruned_.count(version)) {
+    if (pin && IsGoneLocked(version)) {
       return absl::FailedPreconditionError(
           absl::StrCat("base v", version,
                        " was already removed by retention; a pin cannot bring it back. Stored "

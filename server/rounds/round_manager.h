@@ -176,6 +176,8 @@ class RoundManager {
   // "v1, v2, ..." of the stored bases, for messages.
   std::string StoredBasesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool IsBadLocked(uint64_t v) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Pruned, or being pruned: not to be read, pinned or rolled back to.
+  bool IsGoneLocked(uint64_t v) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Ends a download of base `version` (BaseReader's hold).
   void ReleaseReader(uint64_t version) const ABSL_LOCKS_EXCLUDED(mu_);
   void PolicyLoop() ABSL_LOCKS_EXCLUDED(policy_mu_);
@@ -208,6 +210,7 @@ class RoundManager {
   // downloads per base version (their bases are not pruned).
   std::set<uint64_t> pinned_ ABSL_GUARDED_BY(mu_);
   std::set<uint64_t> pruned_ ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> removing_ ABSL_GUARDED_BY(mu_);  // by the prune in progress
   mutable std::map<uint64_t, int> readers_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> disk_bytes_{0};
   std::atomic<int64_t> disk_usage_ms_{0};

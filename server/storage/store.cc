@@ -200,6 +200,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
   db_opts.create_missing_column_families = true;
   db_opts.paranoid_checks = true;
   db_opts.max_open_files = options.max_open_files;
+  // The log holds only records (chunks are written without it), yet RocksDB preallocates
+  // it in blocks of 1.1 x the largest memtable (70 MiB here), which du counts. This caps
+  // the block, and flushes the record families when older logs add up to it.
+  db_opts.max_total_wal_size = 16 << 20;
 #ifdef COLDFUSE_TSAN
   // RocksDB's group commit has its leader thread copy the other writers' batches into one
   // (DBImpl::MergeBatch), ordered by atomics in RocksDB's uninstrumented code: TSan reports
