@@ -26,6 +26,7 @@
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "ctl/backup_command.h"
 #include "ctl/checkpoint_commands.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7878", "coldfused address (host:port)");
@@ -41,7 +42,9 @@ ABSL_FLAG(int64_t, base, -1,
 ABSL_FLAG(double, retry_for_s, 120,
           "Keep retrying while the server is unreachable or restarting for this long "
           "(push, pull, export and every read-only command)");
-ABSL_FLAG(double, timeout_s, 30, "Deadline of each call (wait: of the whole wait), seconds");
+ABSL_FLAG(double, timeout_s, 30,
+          "Deadline of each call (wait: of the whole wait; backup: the longest silence), "
+          "seconds");
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM CA that signed the server certificate (empty: plaintext, "
           "for a server run --insecure)");
@@ -59,7 +62,7 @@ ABSL_FLAG(std::string, role, "contributor", "token create: contributor, viewer o
 ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: never)");
 ABSL_FLAG(std::string, out, "",
           "token create: write the secret to this file (mode 0600) "
-          "instead of printing it; export: the output folder");
+          "instead of printing it; export: the output folder; backup: the new folder");
 ABSL_FLAG(std::string, reason, "", "rollback, pin: why, for the audit log");
 ABSL_FLAG(bool, dry_run, false, "prune: only say what would be removed");
 ABSL_FLAG(uint64_t, after, 0, "audit: records after this sequence number");
@@ -118,6 +121,8 @@ Commands:
   pin --base=N [--reason=TEXT]
                       keep base vN whatever retention says
   unpin --base=N      let retention remove base vN again
+  backup --out=DIR    a consistent copy of the server's data folder, taken while it
+                      serves, into the new folder DIR (a data folder coldfused opens)
 Connection: --tls_ca=ca.crt [--tls_cert=me.crt --tls_key=me.key] --token_file=FILE
 (or COLDFUSE_TOKEN); no --tls_ca means plaintext, for a server run --insecure.
 Exit status: 0 on success; 1 with the server's error on stderr otherwise.)";
@@ -571,6 +576,7 @@ absl::Status Run(const std::vector<char*>& args) {
   if (command == "rollback") return Rollback(channel);
   if (command == "audit") return Audit(channel, format);
   if (command == "prune") return Prune(channel, format);
+  if (command == "backup") return Backup(channel, absl::GetFlag(FLAGS_out), Deadline());
   if (command == "pin") return Pin(channel, true);
   if (command == "unpin") return Pin(channel, false);
   if (command == "push") {

@@ -172,8 +172,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       impl->upload_streams.get());
   impl->status =
       std::make_unique<service::StatusService>(impl->manager.get(), impl->authorizer.get());
-  impl->admin = std::make_unique<service::AdminService>(impl->manager.get(), impl->executor.get(),
-                                                        impl->authorizer.get());
+  impl->admin = std::make_unique<service::AdminService>(
+      impl->manager.get(), impl->store.get(), impl->executor.get(), impl->authorizer.get());
 
   grpc::ServerBuilder builder;
   // The acceptor accepts and hands connections over; gRPC listens on nothing itself.

@@ -7,7 +7,9 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -99,6 +101,38 @@ struct SavedContribution {
   std::vector<HostTensor> tensors;
 };
 SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t round);
+
+// A source that stops before byte `gate` of tensor 0 until released, so a test can break
+// the link at a known point.
+class GatedSource final : public rpc::TensorSource {
+ public:
+  GatedSource(const std::vector<HostTensor>& t, uint64_t gate) : inner_(t), gate_(gate) {}
+  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length, std::string* out) override {
+    if (tensor > 0 || offset >= gate_) {
+      std::unique_lock<std::mutex> l(mu_);
+      reached_ = true;
+      cv_.notify_all();
+      cv_.wait(l, [&] { return open_; });
+    }
+    return inner_.Read(tensor, offset, length, out);
+  }
+  void WaitUntilReached() {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return reached_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> l(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  rpc::HostTensorSource inner_;
+  const uint64_t gate_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool reached_ = false, open_ = false;
+};
 
 // Float values of an F32 host tensor.
 std::vector<float> Floats(const HostTensor& t);

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -125,9 +126,9 @@ class RetentionE2eTest : public ::testing::Test {
 
 TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit) {
   const std::string data = dir_.path() + "/db";
-  server_ = ServerProcess::Start(data, dir_.path() + "/server.log",
-                                 {"--min_contributions=2", "--keep_bases=3",
-                                  "--keep_contribution_rounds=2"});
+  server_ = ServerProcess::Start(
+      data, dir_.path() + "/server.log",
+      {"--min_contributions=2", "--keep_bases=3", "--keep_contribution_rounds=2"});
   ASSERT_NE(server_, nullptr);
   ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", base0_).ok());
   auto init = Ctl({"init", "--from=" + dir_.path() + "/base.safetensors"});
@@ -162,8 +163,8 @@ TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit
     EXPECT_LE(bytes, bound) << "after round " << r;
     if (r == kPinned || r + 3 > kRounds) exported[r] = Export(r);
   }
-  std::cout << "data folder after each round (MiB): " << absl::StrJoin(per_round, " ")
-            << "; peak " << (peak >> 20) << " MiB, bound " << (bound >> 20) << " MiB, model "
+  std::cout << "data folder after each round (MiB): " << absl::StrJoin(per_round, " ") << "; peak "
+            << (peak >> 20) << " MiB, bound " << (bound >> 20) << " MiB, model "
             << (kModelBytes >> 20) << " MiB\n";
 
   // What status says agrees with du, to within what changed since it measured.
@@ -191,9 +192,9 @@ TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit
 
   // The pinned base is there to roll back to, across a restart.
   ASSERT_EQ(server_->Stop(), 0);
-  server_ = ServerProcess::Start(data, dir_.path() + "/server.log",
-                                 {"--min_contributions=2", "--keep_bases=3",
-                                  "--keep_contribution_rounds=2"});
+  server_ = ServerProcess::Start(
+      data, dir_.path() + "/server.log",
+      {"--min_contributions=2", "--keep_bases=3", "--keep_contribution_rounds=2"});
   ASSERT_NE(server_, nullptr);
   auto rb = Ctl({"rollback", "--base=5", "--reason=regression after v5"});
   ASSERT_EQ(rb.exit_code, 0) << rb.output;
@@ -202,6 +203,87 @@ TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit
   // The next round trains from it, and retention then drops the bad bases.
   ASSERT_NO_FATAL_FAILURE(Round(kRounds + 2, kPinned));
   ASSERT_NO_FATAL_FAILURE(WaitForStored({kPinned, kRounds + 1}));
+}
+
+TEST_F(RetentionE2eTest, ABackupTakenDuringUploadsRestoresTheSameBasesAndTakesTheNextRound) {
+  const std::string data = dir_.path() + "/db";
+  server_ = ServerProcess::Start(data, dir_.path() + "/server.log", {"--min_contributions=2"});
+  ASSERT_NE(server_, nullptr);
+  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", base0_).ok());
+  ASSERT_EQ(Ctl({"init", "--from=" + dir_.path() + "/base.safetensors"}).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(Round(1, 0));
+  ASSERT_NO_FATAL_FAILURE(Round(2, 1));
+  std::map<uint64_t, std::string> before;
+  for (uint64_t v = 0; v <= 2; ++v) before[v] = Export(v);
+
+  // Round 3: one contribution is in, another is half-way through its upload, and a third
+  // streams on while the backup runs.
+  auto header = [&](const std::string& who) {
+    v1::ContributionHeader h;
+    h.set_round(3);
+    h.set_base_version(2);
+    h.set_contributor(who);
+    h.set_num_examples(10);
+    h.set_upload_id(rpc::NewUploadId());
+    *h.mutable_manifest() = ManifestOf(base0_);
+    return h;
+  };
+  const std::vector<HostTensor> a = Model(31), b = Model(32), c = Model(33);
+  rpc::HostTensorSource a_source(a);
+  ASSERT_TRUE(rpc::PushContribution(server_->channel(), header("a"), &a_source).ok());
+  GatedSource gated(b, 20 << 20);  // holds at 20 MiB of 52
+  absl::Status b_result;
+  std::thread b_push(
+      [&] { b_result = rpc::PushContribution(server_->channel(), header("b"), &gated).status(); });
+  gated.WaitUntilReached();
+  absl::Status c_result;
+  std::thread c_push([&] {
+    rpc::HostTensorSource c_source(c);
+    v1::ContributionHeader h = header("c");
+    c_result = rpc::PushContribution(server_->channel(), h, &c_source).status();
+  });
+  const std::string backup = dir_.path() + "/backup";
+  auto taken = Ctl({"backup", "--out=" + backup});
+  gated.Open();
+  b_push.join();
+  c_push.join();
+  ASSERT_EQ(taken.exit_code, 0) << taken.output;
+  EXPECT_TRUE(absl::StrContains(taken.output, "each checked against its SHA-256")) << taken.output;
+  // The original went on: whichever of b and c finished first closed round 3 with a; the
+  // other was then told its base is stale.
+  EXPECT_TRUE(b_result.ok() || c_result.ok()) << b_result << " / " << c_result;
+  for (const auto& r : {b_result, c_result}) {
+    EXPECT_TRUE(r.ok() || absl::IsFailedPrecondition(r)) << r;
+  }
+  EXPECT_TRUE(server_->WaitForBase(3, seconds(60)));
+  // No checkpoint is left in the data folder, and the backup was not taken twice.
+  for (const auto& e : fs::directory_iterator(data)) {
+    EXPECT_FALSE(absl::StartsWith(e.path().filename().string(), "backup-")) << e.path();
+  }
+  EXPECT_NE(Ctl({"backup", "--out=" + backup}).exit_code, 0);  // the folder exists now
+  ASSERT_EQ(server_->Stop(), 0);
+
+  // Restore: the backup folder is a data folder. Copy it (as an operator restoring onto a
+  // new machine would), start a server on it.
+  const std::string restored = dir_.path() + "/restored";
+  fs::copy(backup, restored, fs::copy_options::recursive);
+  server_ =
+      ServerProcess::Start(restored, dir_.path() + "/restored.log", {"--min_contributions=2"});
+  ASSERT_NE(server_, nullptr);
+  v1::ServerStatus s = server_->Status();
+  EXPECT_EQ(s.base_version(), 2u);
+  EXPECT_EQ(s.open_round().number(), 3u);
+  for (uint64_t v = 0; v <= 2; ++v) EXPECT_EQ(Export(v), before[v]) << "base v" << v;
+  // a's contribution (acknowledged before the backup) is in it; the next round fuses.
+  ASSERT_GE(s.open_round().contributions_size(), 1);
+  EXPECT_EQ(s.open_round().contributions(0).contributor(), "a");
+  if (s.open_round().contributions_size() == 1) {
+    const std::vector<HostTensor> d = Model(34);
+    rpc::HostTensorSource d_source(d);
+    ASSERT_TRUE(rpc::PushContribution(server_->channel(), header("d"), &d_source).ok());
+  }
+  ASSERT_TRUE(server_->WaitForBase(3, seconds(60)));
+  ASSERT_NO_FATAL_FAILURE(Round(4, 3));
 }
 
 }  // namespace

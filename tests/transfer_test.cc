@@ -64,38 +64,6 @@ uint64_t Bytes(const std::vector<HostTensor>& t) {
   return n;
 }
 
-// A source that stops before byte `gate` of tensor 0 until released, so a test can break
-// the link at a known point.
-class GatedSource final : public rpc::TensorSource {
- public:
-  GatedSource(const std::vector<HostTensor>& t, uint64_t gate) : inner_(t), gate_(gate) {}
-  absl::Status Read(uint32_t tensor, uint64_t offset, uint64_t length, std::string* out) override {
-    if (tensor > 0 || offset >= gate_) {
-      std::unique_lock<std::mutex> l(mu_);
-      reached_ = true;
-      cv_.notify_all();
-      cv_.wait(l, [&] { return open_; });
-    }
-    return inner_.Read(tensor, offset, length, out);
-  }
-  void WaitUntilReached() {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return reached_; });
-  }
-  void Open() {
-    std::lock_guard<std::mutex> l(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-
- private:
-  rpc::HostTensorSource inner_;
-  const uint64_t gate_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool reached_ = false, open_ = false;
-};
-
 class TransferTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -1,6 +1,10 @@
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/printable.h"
+#include "server/service/backup_source.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
+#include "server/service/stream_writer.h"
 #include "server/service/upload_reactor.h"
 
 namespace coldfuse::service {
@@ -182,6 +186,16 @@ grpc::ServerUnaryReactor* AdminService::PinBase(grpc::CallbackServerContext* ctx
     reactor->Finish(ToGrpcStatus(r.status()));
   });
   return reactor;
+}
+
+grpc::ServerWriteReactor<v1::BackupResponse>* AdminService::Backup(
+    grpc::CallbackServerContext* ctx, const v1::BackupRequest* /*request*/) {
+  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.Backup");
+  if (!id.ok()) return new RejectedWriteReactor<v1::BackupResponse>(ToGrpcStatus(id.status()));
+  CF_LOG(INFO) << "backup requested by " << Printable(id->name);
+  auto source = std::make_shared<BackupSource>(store_);
+  return new ProducerWriteReactor<v1::BackupResponse>(executor_,
+                                                      [source] { return source->Next(); });
 }
 
 }  // namespace coldfuse::service

@@ -5,146 +5,37 @@
 #include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
 #include "server/service/services.h"
+#include "server/service/stream_writer.h"
 #include "server/service/upload_reactor.h"
 
 namespace coldfuse::service {
 namespace {
 
-// Streams one base: header, chunks, trailer. The next message is read from storage on the
-// executor while the previous one is on the wire, so a gRPC callback thread never waits on
-// a read and reads overlap sends; at most two chunks per stream are in memory.
-//
-// Lifetime: gRPC calls OnDone once Finish has completed, but a read may still be running
-// on the executor then; whichever of the two ends last deletes the reactor.
-class PullReactor final : public grpc::ServerWriteReactor<v1::PullBaseResponse> {
- public:
-  PullReactor(absl::StatusOr<std::unique_ptr<rounds::BaseReader>> reader, Executor* executor)
-      : executor_(executor) {
-    if (!reader.ok()) {
-      {
-        absl::MutexLock l(&mu_);
-        finished_ = true;
-      }
-      TsanHandOff(this);
-      Finish(ToGrpcStatus(reader.status()));
-      return;
-    }
-    reader_ = std::move(*reader);
-    v1::PullBaseResponse header;
-    header.mutable_header()->set_base_version(reader_->version());
-    header.mutable_header()->set_model_spec(reader_->model_spec());
-    *header.mutable_header()->mutable_manifest() = reader_->manifest();
-    {
-      absl::MutexLock l(&mu_);
-      next_ = std::move(header);
-    }
-    Pump();
-  }
-
-  void OnWriteDone(bool ok) override {
-    TsanTakeOver(this);
-    bool finish = false;
-    {
-      absl::MutexLock l(&mu_);
-      writing_ = false;
-      if (!ok || sent_trailer_) finish = finished_ = true;
-    }
-    if (finish) {
-      TsanHandOff(this);
-      Finish(ok ? grpc::Status::OK : grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
-    }
-    Pump();
-  }
-
-  void OnDone() override {
-    TsanTakeOver(this);
-    bool last;
-    {
-      absl::MutexLock l(&mu_);
-      done_ = true;
-      last = tasks_ == 0;
-    }
-    if (last) delete this;
-  }
-
- private:
-  // Writes the next message once it is read and the previous write is done, and starts
-  // reading the one after. Any thread; decisions under mu_, gRPC calls outside it.
-  void Pump() ABSL_LOCKS_EXCLUDED(mu_) {
-    enum { kNothing, kWrite, kFinish } act = kNothing;
-    grpc::Status failed;
-    bool read = false;
-    {
-      absl::MutexLock l(&mu_);
-      if (finished_) return;
-      if (!writing_ && next_.has_value()) {
-        if (!next_->ok()) {
-          finished_ = true;
-          failed = ToGrpcStatus(next_->status());
-          act = kFinish;
-        } else {
-          message_ = std::move(**next_);
-          sent_trailer_ = message_.has_trailer();
-          writing_ = true;
-          act = kWrite;
+// Streams one base: header, chunks, trailer (ProducerWriteReactor: each chunk is read on
+// the executor while the previous one is on the wire; at most two in memory).
+ProducerWriteReactor<v1::PullBaseResponse>* NewPullReactor(
+    std::unique_ptr<rounds::BaseReader> reader, Executor* executor) {
+  v1::PullBaseResponse header;
+  header.mutable_header()->set_base_version(reader->version());
+  header.mutable_header()->set_model_spec(reader->model_spec());
+  *header.mutable_header()->mutable_manifest() = reader->manifest();
+  auto state = std::make_shared<std::pair<std::unique_ptr<rounds::BaseReader>, bool>>(
+      std::move(reader), false);  // the reader, and whether the trailer went
+  return new ProducerWriteReactor<v1::PullBaseResponse>(
+      executor,
+      [state]() -> absl::StatusOr<std::optional<v1::PullBaseResponse>> {
+        auto& [base, trailer_sent] = *state;
+        if (trailer_sent) return std::nullopt;
+        v1::PullBaseResponse m;
+        ASSIGN_OR_RETURN(bool more, base->Next(m.mutable_chunk()));
+        if (!more) {
+          *m.mutable_trailer() = base->Trailer();
+          trailer_sent = true;
         }
-        next_.reset();
-      }
-      if (!finished_ && !reading_ && !next_.has_value() && !read_all_) {
-        reading_ = true;
-        ++tasks_;
-        read = true;
-      }
-    }
-    if (read) executor_->Run([this] { ReadNext(); });
-    if (act == kWrite) {
-      TsanHandOff(this);
-      StartWrite(&message_);
-    } else if (act == kFinish) {
-      TsanHandOff(this);
-      Finish(failed);
-    }
-  }
-
-  // On the executor: reads the message after the one being written.
-  void ReadNext() ABSL_LOCKS_EXCLUDED(mu_) {
-    v1::PullBaseResponse m;
-    absl::StatusOr<bool> more = reader_->Next(m.mutable_chunk());
-    if (more.ok() && !*more) *m.mutable_trailer() = reader_->Trailer();
-    {
-      absl::MutexLock l(&mu_);
-      if (more.ok()) {
-        next_ = std::move(m);
-      } else {
-        next_ = more.status();
-      }
-      read_all_ = !more.ok() || !*more;
-      reading_ = false;
-    }
-    Pump();
-    bool last;
-    {
-      absl::MutexLock l(&mu_);
-      last = --tasks_ == 0 && done_;
-    }
-    if (last) delete this;
-  }
-
-  Executor* const executor_;
-  std::unique_ptr<rounds::BaseReader> reader_;  // used by one ReadNext at a time
-  v1::PullBaseResponse message_;                // gRPC's while writing_
-
-  absl::Mutex mu_;
-  std::optional<absl::StatusOr<v1::PullBaseResponse>> next_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;       // StartWrite(&message_) outstanding
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;       // a ReadNext is filling next_
-  bool read_all_ ABSL_GUARDED_BY(mu_) = false;      // the trailer (or an error) was read
-  bool sent_trailer_ ABSL_GUARDED_BY(mu_) = false;  // message_ is the trailer
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;      // Finish called (or being called)
-  bool done_ ABSL_GUARDED_BY(mu_) = false;          // OnDone ran
-  int tasks_ ABSL_GUARDED_BY(mu_) = 0;              // ReadNext tasks not yet returned
-};
+        return m;
+      },
+      std::move(header));
+}
 
 }  // namespace
 
@@ -174,7 +65,10 @@ grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
     absl::Status st = (*reader)->Seek(request->start_tensor(), request->start_offset());
     if (!st.ok()) reader = st;
   }
-  return new PullReactor(std::move(reader), executor_);
+  if (!reader.ok()) {
+    return new RejectedWriteReactor<v1::PullBaseResponse>(ToGrpcStatus(reader.status()));
+  }
+  return NewPullReactor(std::move(*reader), executor_);
 }
 
 grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(

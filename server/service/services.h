@@ -64,8 +64,9 @@ class StatusService final : public v1::Status::CallbackService {
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
-  AdminService(rounds::RoundManager* manager, Executor* executor, const Authorizer* auth)
-      : manager_(manager), executor_(executor), auth_(auth) {}
+  AdminService(rounds::RoundManager* manager, storage::Store* store, Executor* executor,
+               const Authorizer* auth)
+      : manager_(manager), store_(store), executor_(executor), auth_(auth) {}
 
   grpc::ServerReadReactor<v1::InitModelRequest>* InitModel(
       grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) override;
@@ -94,9 +95,12 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* PinBase(grpc::CallbackServerContext* ctx,
                                     const v1::PinBaseRequest* request,
                                     v1::PinBaseResponse* response) override;
+  grpc::ServerWriteReactor<v1::BackupResponse>* Backup(grpc::CallbackServerContext* ctx,
+                                                       const v1::BackupRequest* request) override;
 
  private:
   rounds::RoundManager* manager_;
+  storage::Store* store_;
   Executor* executor_;
   const Authorizer* auth_;
 };

@@ -2,10 +2,12 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -191,6 +193,17 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir,
                                                    const StoreOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
+  {
+    // Backup checkpoints left by a crash (Store::CreateCheckpoint).
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (e.is_directory() && name.rfind(kCheckpointPrefix, 0) == 0) {
+        CF_LOG(WARNING) << "removing " << e.path().string() << ", left by an interrupted backup";
+        std::filesystem::remove_all(e.path(), ec);
+      }
+    }
+  }
   rocksdb::DBOptions db_opts;
   if (options.faults != nullptr) {
     impl->env = NewFaultInjectionEnv(options.faults);
@@ -580,12 +593,14 @@ absl::Status Store::ReclaimSpace() {
 
 absl::StatusOr<uint64_t> Store::DiskBytes() const {
   uint64_t total = 0;
+  std::set<std::pair<dev_t, ino_t>> seen;  // hard links (a backup's checkpoint) count once
   std::error_code ec;
   for (auto it = std::filesystem::recursive_directory_iterator(impl_->dir, ec);
        !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
     struct stat st;
     // A file RocksDB deletes between listing and stat is simply not counted.
-    if (::lstat(it->path().c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+    if (::lstat(it->path().c_str(), &st) == 0 && !S_ISDIR(st.st_mode) &&
+        seen.insert({st.st_dev, st.st_ino}).second) {
       total += static_cast<uint64_t>(st.st_blocks) * 512;
     }
   }
@@ -594,6 +609,29 @@ absl::StatusOr<uint64_t> Store::DiskBytes() const {
         absl::StrCat("storage: cannot list the data folder ", impl_->dir, ": ", ec.message()));
   }
   return total;
+}
+
+absl::StatusOr<std::string> Store::CreateCheckpoint() {
+  static std::atomic<uint64_t> counter{0};
+  const std::string path = absl::StrCat(impl_->dir, "/", kCheckpointPrefix,
+                                        std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count(),
+                                        "-", counter.fetch_add(1));
+  rocksdb::Checkpoint* raw = nullptr;
+  RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(impl_->db.get(), &raw), "checkpoint"));
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  // 0: always flush the memtables first, so the copy holds no log to replay (the
+  // unlogged chunks of uploads in progress are then in it too; Load drops them unless a
+  // session points at them).
+  absl::Status st =
+      FromRocks(checkpoint->CreateCheckpoint(path, /*log_size_for_flush=*/0), "checkpoint");
+  if (!st.ok()) {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+    return st;
+  }
+  return path;
 }
 
 }  // namespace coldfuse::storage

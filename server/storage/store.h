@@ -180,8 +180,17 @@ class Store {
   // Slow on a large store (it rewrites the chunk index, not the chunks); runs alongside
   // reads and writes.
   absl::Status ReclaimSpace();
-  // Bytes of the data folder on disk (allocated blocks of every file, as du counts).
+  // Bytes of the data folder on disk (allocated blocks of every file, as du counts; a
+  // file linked twice counts once).
   absl::StatusOr<uint64_t> DiskBytes() const;
+
+  // ---- backup
+  // A consistent copy of the store, openable as a data folder, in a new folder inside
+  // the data folder (a RocksDB checkpoint: memtables flushed, table and blob files
+  // hard-linked, the rest copied); returns its path. The caller removes it when done;
+  // Open removes any left by a crash.
+  absl::StatusOr<std::string> CreateCheckpoint();
+  static constexpr char kCheckpointPrefix[] = "backup-checkpoint-";
 
  private:
   struct Impl;

@@ -4,6 +4,7 @@
 #include <rocksdb/db.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -621,6 +622,46 @@ TEST_F(StoreTest, PrunedTensorsGiveTheirDiskSpaceBackAndRecordsStay) {
   EXPECT_TRUE(state.rounds[0].contributions_pruned());
   EXPECT_EQ(state.rounds[0].contributions_size(), 1);  // the record stays
   EXPECT_FALSE(state.rounds[2].contributions_pruned());
+}
+
+}  // namespace
+}  // namespace coldfuse::storage
+
+namespace coldfuse::storage {
+namespace {
+
+TEST_F(StoreTest, ACheckpointOpensAsAStoreAndOneLeftByACrashIsRemovedAtOpen) {
+  Init();
+  const std::string mib(1 << 20, 'y');
+  for (int c = 0; c < 8; ++c) ASSERT_TRUE(store_->PutBaseChunk(1, 0, c, mib).ok());
+  v1::RoundInfo closed = OpenRound(1, 0, 1000);
+  closed.set_state(v1::CLOSED);
+  closed.set_result_base_version(1);
+  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 2000)).ok());
+  auto before = store_->DiskBytes();
+  ASSERT_TRUE(before.ok()) << before.status();
+  auto checkpoint = store_->CreateCheckpoint();
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(std::filesystem::path(*checkpoint).parent_path(), std::filesystem::path(dir_.path()));
+  // Its table and blob files are links: the folder does not count them twice.
+  auto with = store_->DiskBytes();
+  ASSERT_TRUE(with.ok()) << with.status();
+  EXPECT_LT(*with, *before + (uint64_t{2} << 20));
+  {
+    auto copy = Store::Open(*checkpoint, StoreOptions());
+    ASSERT_TRUE(copy.ok()) << copy.status();
+    auto state = (*copy)->Load();
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_EQ(state->current_base, 1u);
+    EXPECT_EQ(state->current_base_sha256, kSha1);
+    auto chunk = (*copy)->GetBaseChunk(1, 0, 7);
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    EXPECT_EQ(*chunk, mib);
+  }
+  // A crash before the backup ended leaves the checkpoint: the next open removes it.
+  Reopen();
+  EXPECT_FALSE(std::filesystem::exists(*checkpoint));
+  EXPECT_EQ(MustLoad().current_base, 1u);
 }
 
 }  // namespace
