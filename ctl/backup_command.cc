@@ -146,8 +146,7 @@ absl::Status Backup(const std::shared_ptr<grpc::Channel>& channel, const std::st
       if (failed.ok() && total != m.header().total_bytes()) {
         fail(Protocol("the header's sizes do not add up"));
       }
-      std::cerr << absl::StrFormat("backup: %d files, %.1f MiB\n", files.size(),
-                                   total / 1048576.0);
+      std::cerr << absl::StrFormat("backup: %d files, %.1f MiB\n", files.size(), total / 1048576.0);
       continue;
     }
     if (!header || file >= files.size()) {
@@ -186,8 +185,8 @@ absl::Status Backup(const std::shared_ptr<grpc::Channel>& channel, const std::st
         break;
       }
       if (sha.Finish() != m.file_end().sha256()) {
-        fail(absl::DataLossError(absl::StrCat("backup: ", f.name(),
-                                              " does not match its SHA-256; nothing was kept")));
+        fail(absl::DataLossError(
+            absl::StrCat("backup: ", f.name(), " does not match its SHA-256; nothing was kept")));
         break;
       }
       if (::fsync(fd) != 0) {
@@ -206,15 +205,15 @@ absl::Status Backup(const std::shared_ptr<grpc::Channel>& channel, const std::st
   grpc::Status st = reader->Finish();
   if (!failed.ok()) return failed;
   if (watchdog.fired()) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "backup: nothing arrived for ", idle_timeout.count() / 1000.0,
-        " s (--timeout_s); nothing was kept"));
+    return absl::DeadlineExceededError(absl::StrCat("backup: nothing arrived for ",
+                                                    idle_timeout.count() / 1000.0,
+                                                    " s (--timeout_s); nothing was kept"));
   }
   RETURN_IF_ERROR(rpc::FromGrpc(st, "Backup"));
   if (!header || file != files.size()) {
     return Protocol(absl::StrCat("the stream ended after ", file, " of ", files.size(), " files"));
   }
-  SyncParentFolder(tmp + "/x");  // the files' names
+  SyncParentFolder(tmp + "/x");                  // the files' names
   if (fs::exists(out, ec)) fs::remove(out, ec);  // the empty folder the caller gave
   if (::rename(tmp.c_str(), out.c_str()) != 0) return ErrnoError("cannot rename to", out);
   SyncParentFolder(out);

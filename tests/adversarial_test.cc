@@ -100,8 +100,9 @@ TEST_F(AdversarialTest, RobustFusionKeepsAccuracyWhilePlainMeanDegrades) {
     std::string data = dir_.path() + "/data/" + t;
     procs.push_back(Process::Start(
         {ClientBinary(), "--server=" + clean->address(), "--name=" + t, "--task=" + t,
-         "--state_dir=" + dir_.path() + "/state-" + t, "--train=" + data + "/train.csv",
-         "--test=" + data + "/test.csv", "--max_rounds=1", "--threads=1", "--poll_s=0.1"},
+         "--state_dir=" + dir_.path() + "/state-" + t, "--keep_contributions=2",
+         "--train=" + data + "/train.csv", "--test=" + data + "/test.csv", "--max_rounds=1",
+         "--threads=1", "--poll_s=0.1"},
         dir_.path() + "/client-" + t + ".log"));
   }
   for (auto& p : procs) ASSERT_EQ(p->Wait(seconds(180)).value_or(-1), 0);

@@ -39,12 +39,13 @@ class EndToEndTest : public ::testing::Test {
       WriteBlobsCsv(data + "/train.csv", kFeatures, c.classes, c.rows, seed++);
       WriteBlobsCsv(data + "/test.csv", kFeatures, c.classes, 60, seed++);
       c.state_dir = absl::StrCat(dir_.path(), "/state-", c.name);
-      procs.push_back(Process::Start(
-          {ClientBinary(), "--server=" + server.address(), "--name=" + c.name,
-           "--task=blobs" + std::to_string(c.classes), "--state_dir=" + c.state_dir,
-           "--train=" + data + "/train.csv", "--test=" + data + "/test.csv",
-           absl::StrCat("--max_rounds=", rounds), "--epochs=2", "--threads=1", "--poll_s=0.1"},
-          absl::StrCat(dir_.path(), "/client-", c.name, ".log")));
+      procs.push_back(
+          Process::Start({ClientBinary(), "--server=" + server.address(), "--name=" + c.name,
+                          "--task=blobs" + std::to_string(c.classes), "--state_dir=" + c.state_dir,
+                          "--keep_contributions=2", "--train=" + data + "/train.csv",
+                          "--test=" + data + "/test.csv", absl::StrCat("--max_rounds=", rounds),
+                          "--epochs=2", "--threads=1", "--poll_s=0.1"},
+                         absl::StrCat(dir_.path(), "/client-", c.name, ".log")));
     }
     return procs;
   }

@@ -51,6 +51,7 @@ class TextEndToEndTest : public ::testing::Test {
                                      "--name=" + name,
                                      "--task=" + std::string(regression ? "mood-share" : "mood"),
                                      "--state_dir=" + dir_.path() + "/state-" + name,
+                                     "--keep_contributions=2",
                                      "--model=" + model_dir_,
                                      "--train=" + data + "/train.csv",
                                      "--test=" + data + "/test.csv",

@@ -30,8 +30,9 @@ struct DaemonOptions {
   std::chrono::milliseconds poll_interval{1000};
   // Longest wait between retries when the server is unreachable. Default: 30 s.
   std::chrono::milliseconds max_backoff{30000};
-  // Acknowledged contributions kept in the state folder. Default: 2.
-  int keep_contributions = 2;
+  // Acknowledged contributions kept in the state folder (contrib-rN.*). Default: 0 (the
+  // server has them; copies are for inspection only).
+  int keep_contributions = 0;
 };
 
 class Daemon {

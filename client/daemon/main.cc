@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -66,6 +67,9 @@ ABSL_FLAG(int, batch_size, 32, "Batch size");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for shuffling and head initialisation");
 ABSL_FLAG(int, threads, 0, "LibTorch threads (0: LibTorch's default)");
 ABSL_FLAG(int, max_rounds, 0, "Stop after this many contributions (0: run until stopped)");
+ABSL_FLAG(int, keep_contributions, 0,
+          "Keep copies of the newest N acknowledged contributions in --state_dir "
+          "(contrib-rN.*; 0: none, the server has them)");
 ABSL_FLAG(double, poll_s, 1.0, "Seconds between checks for a new round");
 ABSL_FLAG(bool, probe, false,
           "Instead of the daemon: fine-tune a fresh head (and the body) from the current "
@@ -225,6 +229,7 @@ absl::Status RunDaemon() {
   options.task = absl::GetFlag(FLAGS_task);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.max_rounds = absl::GetFlag(FLAGS_max_rounds);
+  options.keep_contributions = std::max(0, absl::GetFlag(FLAGS_keep_contributions));
   options.poll_interval =
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_poll_s) * 1000));
   if (options.contributor.empty()) {

@@ -25,7 +25,8 @@ BackupSource::~BackupSource() {
   if (!dir_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
-    if (ec) CF_LOG(WARNING) << "cannot remove the backup checkpoint " << dir_ << ": " << ec.message();
+    if (ec)
+      CF_LOG(WARNING) << "cannot remove the backup checkpoint " << dir_ << ": " << ec.message();
   }
 }
 
@@ -38,7 +39,8 @@ absl::StatusOr<v1::BackupResponse> BackupSource::Start() {
     if (e.is_regular_file()) names.push_back(e.path().filename().string());
   }
   if (ec) {
-    return absl::InternalError(absl::StrCat("cannot list the checkpoint ", dir_, ": ", ec.message()));
+    return absl::InternalError(
+        absl::StrCat("cannot list the checkpoint ", dir_, ": ", ec.message()));
   }
   std::sort(names.begin(), names.end());
   v1::BackupResponse r;
