@@ -50,6 +50,9 @@ ABSL_FLAG(std::string, tls_ca, "",
           "for a server run --insecure)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server with mutual TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "The name the server's certificate carries, when --server uses another one (an "
+          "IP address, a tunnel)");
 ABSL_FLAG(std::string, token_file, "",
           "File holding this caller's token (default: the COLDFUSE_TOKEN variable)");
 ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
@@ -554,7 +557,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
   return rpc::ConnectWithFiles(absl::GetFlag(FLAGS_server),
                                {.ca_file = absl::GetFlag(FLAGS_tls_ca),
                                 .cert_file = absl::GetFlag(FLAGS_tls_cert),
-                                .key_file = absl::GetFlag(FLAGS_tls_key)},
+                                .key_file = absl::GetFlag(FLAGS_tls_key),
+                                .server_name = absl::GetFlag(FLAGS_tls_server_name)},
                                absl::GetFlag(FLAGS_token_file));
 }
 

@@ -6,13 +6,19 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 Usage: make-certs.sh OUT_DIR [--server-name NAME ...] [--server-ip IP ...] [--client NAME ...]
+                             [--group GROUP]
 
 Creates in OUT_DIR (mode 0700; private keys mode 0600):
   ca.key, ca.crt           a CA (EC P-256, 10 years, CN "coldfuse CA"); an existing CA is kept
-  server.key, server.crt   signed by the CA; subjectAltName = every --server-name
-                           (default: localhost) and every --server-ip (default: 127.0.0.1);
-                           extendedKeyUsage serverAuth; (re)made when the CA is new or when
-                           --server-name/--server-ip is given, else kept
+  server.key, server.crt   signed by the CA; subjectAltName = every --server-name and
+                           --server-ip, plus localhost and 127.0.0.1 (so tools on the server
+                           box connect to localhost); extendedKeyUsage serverAuth; (re)made
+                           when the CA is new or when --server-name/--server-ip is given,
+                           else kept
+  --group GROUP            the group the server runs as (e.g. coldfuse, for the systemd
+                           unit): OUT_DIR becomes 0750 and server.key 0640 with that group,
+                           so the server can read its certificate, key and the CA; ca.key
+                           and client keys stay 0600 (owner only)
   NAME.key, NAME.crt       for each --client NAME: CN=NAME, extendedKeyUsage clientAuth;
                            an existing pair is kept
 
@@ -30,20 +36,32 @@ case "$1" in -h|--help) usage; exit 0 ;; esac
 out="$1"; shift
 case "$out" in -*) die "first argument must be OUT_DIR, got '$out' (see --help)" ;; esac
 
-names=(); ips=(); clients=()
+names=(); ips=(); clients=(); group=
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --server-name) [ $# -ge 2 ] || die "--server-name needs a value"; names+=("$2"); shift 2 ;;
     --server-ip)   [ $# -ge 2 ] || die "--server-ip needs a value"; ips+=("$2"); shift 2 ;;
     --client)      [ $# -ge 2 ] || die "--client needs a value"; clients+=("$2"); shift 2 ;;
+    --group)       [ $# -ge 2 ] || die "--group needs a value"; group="$2"; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 server_explicit=0
 if [ ${#names[@]} -gt 0 ] || [ ${#ips[@]} -gt 0 ]; then server_explicit=1; fi
-[ ${#names[@]} -gt 0 ] || names=(localhost)
-[ ${#ips[@]} -gt 0 ] || ips=(127.0.0.1)
+# The first name is the certificate's CN; localhost and 127.0.0.1 are always in it too.
+have() { local x="$1"; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
+have localhost "${names[@]+"${names[@]}"}" || names+=(localhost)
+have 127.0.0.1 "${ips[@]+"${ips[@]}"}" || ips+=(127.0.0.1)
+# A folder shared with the server's group by an earlier run stays shared.
+if [ -z "$group" ] && [ -d "$out" ] && [ "$(stat -c %a "$out")" = 750 ]; then
+  group="$(stat -c %G "$out")"
+fi
+if [ -n "$group" ]; then
+  [[ "$group" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die "bad --group '$group'"
+  getent group "$group" >/dev/null || [[ "$group" =~ ^[0-9]+$ ]] \
+    || die "--group '$group': no such group (create it first, e.g. useradd --system $group)"
+fi
 
 for n in "${names[@]}"; do
   [[ "$n" =~ ^[A-Za-z0-9*]([A-Za-z0-9.*-]*[A-Za-z0-9])?$ ]] || die "bad --server-name '$n'"
@@ -143,6 +161,16 @@ for c in "${clients[@]}"; do
   sign "$c" "$c" "$tmp/client.ext"
   made+=("$out/$c.key" "$out/$c.crt (CN $c)")
 done
+
+if [ -n "$group" ]; then
+  # The server (running as a member of the group) reads: the folder, its certificate and
+  # key, and the CA certificate (for --tls_client_ca). Nothing else is shared.
+  chgrp "$group" "$out" "$out/server.key" "$out/server.crt" "$out/ca.crt" \
+    || die "cannot give $out to group '$group' (run as root)"
+  chmod 0750 "$out"
+  chmod 0640 "$out/server.key"
+  echo "make-certs: $out (0750), server.key (0640), server.crt and ca.crt belong to group $group"
+fi
 
 if [ ${#made[@]} -eq 0 ]; then
   echo "make-certs: nothing new in $out"

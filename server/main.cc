@@ -50,6 +50,9 @@ ABSL_FLAG(int, keep_contribution_rounds, -1,
 ABSL_FLAG(std::string, umask, "077",
           "Permission bits (octal) kept from group and others on the data folder, its "
           "files and every file the server writes; 027 lets the service's group read");
+ABSL_FLAG(double, tls_reload_s, 60,
+          "Re-read --tls_cert, --tls_key and --tls_client_ca this often, so renewed files "
+          "serve new connections without a restart (0: read once at start)");
 ABSL_FLAG(bool, allow_readable_key, false,
           "Accept a --tls_key file that every local user can read (refused otherwise)");
 ABSL_FLAG(int, max_connections, 0,
@@ -88,6 +91,8 @@ int Millis(double seconds) { return static_cast<int>(seconds * 1000); }
 
 // A number flag must be finite and in [low, high]: a NaN would be stored or turned into
 // an undefined integer.
+constexpr int kExitConfig = 78;  // sysexits.h EX_CONFIG
+
 bool InRange(const char* flag, double value, double low, double high) {
   if (std::isfinite(value) && value >= low && value <= high) return true;
   CF_LOG(ERROR) << "--" << flag << "=" << value << " is out of range: give a number from " << low
@@ -124,6 +129,7 @@ int main(int argc, char** argv) {
       !InRange("max_uploads_per_contributor", absl::GetFlag(FLAGS_max_uploads_per_contributor), 1,
                1 << 20) ||
       !InRange("upload_idle_timeout_s", absl::GetFlag(FLAGS_upload_idle_timeout_s), 0.1, 2e6) ||
+      !InRange("tls_reload_s", absl::GetFlag(FLAGS_tls_reload_s), 0, 86400) ||
       !InRange("keep_bases", absl::GetFlag(FLAGS_keep_bases), 0, 1 << 30) ||
       !InRange("keep_contribution_rounds", absl::GetFlag(FLAGS_keep_contribution_rounds), -1,
                1 << 30)) {
@@ -154,6 +160,11 @@ int main(int argc, char** argv) {
   options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.tls.allow_readable_key = absl::GetFlag(FLAGS_allow_readable_key);
+  // Whole seconds, at least 1 unless 0 (gRPC's file watcher counts in seconds).
+  options.tls.reload_interval_s =
+      absl::GetFlag(FLAGS_tls_reload_s) <= 0
+          ? 0
+          : std::max(1u, static_cast<unsigned>(absl::GetFlag(FLAGS_tls_reload_s)));
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.bootstrap_token_file = absl::GetFlag(FLAGS_bootstrap_token_file);
   options.intake.max_uploads_per_round = absl::GetFlag(FLAGS_max_uploads_per_round);
@@ -172,7 +183,19 @@ int main(int argc, char** argv) {
   auto server = coldfuse::Server::Start(options);
   if (!server.ok()) {
     CF_LOG(ERROR) << "coldfused cannot start: " << server.status();
-    return 1;
+    // Configuration errors (a TLS file missing, unreadable or invalid; a data folder it
+    // may not use or another server holds) exit 78 (EX_CONFIG), which the systemd unit
+    // does not restart: trying again cannot help until the operator fixes it.
+    switch (server.status().code()) {
+      case absl::StatusCode::kInvalidArgument:
+      case absl::StatusCode::kNotFound:
+      case absl::StatusCode::kPermissionDenied:
+      case absl::StatusCode::kFailedPrecondition:
+      case absl::StatusCode::kAlreadyExists:
+        return kExitConfig;
+      default:
+        return 1;
+    }
   }
   std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {

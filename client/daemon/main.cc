@@ -13,6 +13,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/daemon/daemon.h"
@@ -82,6 +84,9 @@ ABSL_FLAG(std::string, tls_ca, "",
           "run --insecure)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for a server with mutual TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "The name the server's certificate carries, when --server uses another one (an "
+          "IP address, a tunnel)");
 ABSL_FLAG(std::string, token_file, "",
           "File holding this contributor's token (default: the COLDFUSE_TOKEN variable)");
 
@@ -184,7 +189,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
   return rpc::ConnectWithFiles(absl::GetFlag(FLAGS_server),
                                {.ca_file = absl::GetFlag(FLAGS_tls_ca),
                                 .cert_file = absl::GetFlag(FLAGS_tls_cert),
-                                .key_file = absl::GetFlag(FLAGS_tls_key)},
+                                .key_file = absl::GetFlag(FLAGS_tls_key),
+                                .server_name = absl::GetFlag(FLAGS_tls_server_name)},
                                absl::GetFlag(FLAGS_token_file));
 }
 
@@ -238,6 +244,14 @@ absl::Status RunDaemon() {
   if (options.state_dir.empty()) {
     return absl::InvalidArgumentError(
         "--state_dir is required: a folder for the head and the resumable state");
+  }
+  if (options.state_dir == "~" || absl::StartsWith(options.state_dir, "~/")) {
+    // The shell expands ~ only at the start of a word, not after --state_dir=.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--state_dir=", options.state_dir,
+        " would make a folder named '~' here: the shell does not expand ~ after '='. Write "
+        "--state_dir=\"$HOME/",
+        options.state_dir.size() > 2 ? options.state_dir.substr(2) : std::string(), "\""));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<daemon::LocalTask> task, LoadTask());
   ASSIGN_OR_RETURN(daemon::StateDir state, daemon::StateDir::Open(options.state_dir));

@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/posix_file.h"
 #include "common/sha256.h"
@@ -212,8 +214,28 @@ std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
                                    ClientChannelArguments());
 }
 
+absl::Status CheckTarget(const std::string& target) {
+  // gRPC's own forms (dns:///host:port, unix:path, ipv4:..., ...) are taken as they are.
+  if (absl::StrContains(target, ":/") || absl::StartsWith(target, "unix:") ||
+      absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:")) {
+    return absl::OkStatus();
+  }
+  const size_t colon = target.rfind(':');
+  uint32_t port = 0;
+  const bool bracketed_v6 = !target.empty() && target[0] == '[';
+  if (colon == std::string::npos || colon == 0 || (bracketed_v6 && target[colon - 1] != ']') ||
+      (!bracketed_v6 && target.find(':') != colon) ||
+      !absl::SimpleAtoi(target.substr(colon + 1), &port) || port == 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--server=", target, " is not HOST:PORT: give the port too, e.g. ", target.substr(0, colon),
+        ":7878 (coldfused's default port; IPv6: [addr]:port)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target,
                                                        const ConnectOptions& options) {
+  RETURN_IF_ERROR(CheckTarget(target));
   if (options.tls.ca_file.empty()) {
     if (!options.token.empty()) {
       return absl::InvalidArgumentError(
@@ -227,7 +249,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target
   if (!options.token.empty()) {
     creds = grpc::CompositeChannelCredentials(creds, grpc::AccessTokenCredentials(options.token));
   }
-  return grpc::CreateCustomChannel(target, creds, ClientChannelArguments());
+  grpc::ChannelArguments args = ClientChannelArguments();
+  if (!options.tls.server_name.empty()) args.SetSslTargetNameOverride(options.tls.server_name);
+  return grpc::CreateCustomChannel(target, creds, args);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::string& target,

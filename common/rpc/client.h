@@ -32,8 +32,9 @@ struct ConnectOptions {
   std::string token;
 };
 
-// A channel to `target` ("host:port"). INVALID_ARGUMENT for a token without TLS; the TLS
-// files are checked up front (errors name the file).
+// A channel to `target` ("host:port"). INVALID_ARGUMENT for a target without a port
+// (gRPC would quietly use 443), or a token without TLS; the TLS files are checked up front
+// (errors name the file).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const std::string& target,
                                                        const ConnectOptions& options);
 // A plaintext channel without a token, for servers run --insecure.

@@ -2,6 +2,9 @@
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <sys/stat.h>
 
 #include <memory>
@@ -37,15 +40,32 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     CF_LOG(WARNING) << "TLS server key " << options.key_file << " is readable by every user (mode "
                     << mode << "); accepted because of --allow_readable_key";
   }
-  bool mutual = !options.client_ca_file.empty();
-  grpc::SslServerCredentialsOptions ssl(
+  const bool mutual = !options.client_ca_file.empty();
+  const grpc_ssl_client_certificate_request_type request =
       mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+             : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+  std::string ca;
   if (mutual) {
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, LoadCaPem(options.client_ca_file, "TLS client CA file"));
+    ASSIGN_OR_RETURN(ca, LoadCaPem(options.client_ca_file, "TLS client CA file"));
   }
-  ssl.pem_key_cert_pairs.push_back({std::move(pair.private_key), std::move(pair.cert_chain)});
-  std::shared_ptr<grpc::ServerCredentials> creds = grpc::SslServerCredentials(ssl);
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (options.reload_interval_s > 0) {
+    // gRPC's file watcher re-reads the files (and checks that key and certificate match)
+    // on its own thread; handshakes use the newest valid pair.
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        options.key_file, options.cert_file, mutual ? options.client_ca_file : std::string(),
+        options.reload_interval_s);
+    grpc::experimental::TlsServerCredentialsOptions tls(provider);
+    tls.watch_identity_key_cert_pairs();
+    if (mutual) tls.watch_root_certs();
+    tls.set_cert_request_type(request);
+    creds = grpc::experimental::TlsServerCredentials(tls);
+  } else {
+    grpc::SslServerCredentialsOptions ssl(request);
+    ssl.pem_root_certs = std::move(ca);
+    ssl.pem_key_cert_pairs.push_back({std::move(pair.private_key), std::move(pair.cert_chain)});
+    creds = grpc::SslServerCredentials(ssl);
+  }
   if (creds == nullptr) return absl::InternalError("gRPC refused the TLS server credentials");
   return creds;
 }

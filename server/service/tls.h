@@ -26,10 +26,16 @@ struct ServerTlsOptions {
   // Accept a key file that every local user can read (mode o+r). Default: false (such a
   // key is refused: anyone on the machine could impersonate the server).
   bool allow_readable_key = false;
+  // Re-read the three files this often, so a renewed certificate or key (or CA) serves
+  // new connections without a restart; gRPC keeps the previous pair when the files do
+  // not form a valid one (e.g. half-way through a renewal). 0: read once at start.
+  // Default: 60.
+  unsigned reload_interval_s = 60;
 };
 
-// Reads and checks every file before gRPC sees it, then returns SSL server credentials
-// (with client_ca_file: GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY).
+// Reads and checks every file before gRPC sees it, then returns TLS server credentials
+// (with client_ca_file: GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY) that
+// reload the files every reload_interval_s.
 // Errors name the file: NOT_FOUND / PERMISSION_DENIED (cannot read it);
 // INVALID_ARGUMENT (not PEM, no certificate or no key in it, encrypted key, key does
 // not match the certificate (names both files), certificate expired or not yet valid,
