@@ -22,7 +22,7 @@ struct ClientTlsOptions {
   std::string key_file;
   // The name the server's certificate must carry, when it is not the host the client
   // connects to (an IP address, a tunnel, a load balancer). Default: that host.
-  std::string server_name;
+  std::string server_name = "";
 };
 
 // Reads and checks every file, then returns SSL channel credentials. Errors name the
