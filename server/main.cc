@@ -1,16 +1,24 @@
 // coldfused: the fusion server. Flags -> ServerOptions -> run until SIGINT/SIGTERM.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/posix_file.h"
 #include "server/server.h"
@@ -92,6 +100,27 @@ int Millis(double seconds) { return static_cast<int>(seconds * 1000); }
 // A number flag must be finite and in [low, high]: a NaN would be stored or turned into
 // an undefined integer.
 constexpr int kExitConfig = 78;  // sysexits.h EX_CONFIG
+
+// Tells systemd (Type=notify: $NOTIFY_SOCKET) the server's state, so `systemctl start`
+// returns once it serves, with the bootstrap token written. No-op without the variable.
+void NotifySystemd(const std::string& message) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || path[0] == '\0') return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const size_t len = std::strlen(path);
+  if (len >= sizeof(addr.sun_path)) return;
+  std::memcpy(addr.sun_path, path, len);
+  if (path[0] == '@') addr.sun_path[0] = '\0';  // an abstract socket
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  const socklen_t size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  if (::sendto(fd, message.data(), message.size(), MSG_NOSIGNAL,
+               reinterpret_cast<const sockaddr*>(&addr), size) < 0) {
+    CF_LOG(WARNING) << "cannot notify systemd at " << path << ": " << std::strerror(errno);
+  }
+  ::close(fd);
+}
 
 bool InRange(const char* flag, double value, double low, double high) {
   if (std::isfinite(value) && value >= low && value <= high) return true;
@@ -205,10 +234,13 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  NotifySystemd(absl::StrCat("READY=1\nSTATUS=serving on port ", (*server)->port(),
+                             "\nMAINPID=", ::getpid()));
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);
     CF_LOG(INFO) << "signal " << sig << ": shutting down";
+    NotifySystemd("STOPPING=1");
     (*server)->Shutdown();
   });
   (*server)->Wait();

@@ -67,8 +67,8 @@ TEST(DeployTest, TheOperatorWalkthroughRunsAsWrittenWithTheUnitsUser) {
   TempDir tmp;
   const std::string root = tmp.path() + "/root";
   // Folders the service user must traverse, as on a real system.
-  for (const char* d : {"", "/etc", "/var", "/var/lib", "/usr/local/bin", "/etc/systemd/system",
-                        "/home/alice"}) {
+  for (const char* d :
+       {"", "/etc", "/var", "/var/lib", "/usr/local/bin", "/etc/systemd/system", "/home/alice"}) {
     fs::create_directories(root + d);
   }
   for (const std::string& d : {tmp.path(), root, root + "/etc", root + "/var", root + "/var/lib"}) {
@@ -78,7 +78,8 @@ TEST(DeployTest, TheOperatorWalkthroughRunsAsWrittenWithTheUnitsUser) {
   WriteBlobsCsv(root + "/train.csv", 64, 10, 200, 1);
   WriteBlobsCsv(root + "/test.csv", 64, 10, 100, 2);
 
-  const std::vector<std::string> blocks = WalkthroughBlocks(ReadFile(SOURCE_DIR "/deploy/README.md"));
+  const std::vector<std::string> blocks =
+      WalkthroughBlocks(ReadFile(SOURCE_DIR "/deploy/README.md"));
   ASSERT_GE(blocks.size(), 5u) << "deploy/README.md has no walk-through markers";
   // The only changes to the commands: where things are.
   const std::vector<std::pair<std::string, std::string>> moved = {
@@ -123,22 +124,28 @@ systemctl() {
       exec=$(sed -n 's/^ExecStart=//p' "@UNIT@")
       map "@ROOT@/etc/coldfuse/coldfused.flags"
       install -d -m "$mode" -o "$user" -g "$group" "@ROOT@/var/lib/$state"
-      (umask "$mask"; exec setpriv --reuid="$user" --regid="$group" --init-groups $exec) > "@ROOT@/server.log" 2>&1 &
+      # Type=notify: systemctl start returns once the service says READY=1.
+      [ "$(sed -n 's/^Type=//p' "@UNIT@")" = notify ] || { echo "the unit is not Type=notify" >&2; return 1; }
+      /usr/bin/python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o777); s.settimeout(120)
+while "READY=1" not in s.recv(4096).decode().split("\n"): pass' "@ROOT@/notify.sock" &
+      local waiter=$!
+      for i in $(seq 1 100); do [ -S "@ROOT@/notify.sock" ] && break; sleep 0.05; done
+      (umask "$mask"; export NOTIFY_SOCKET="@ROOT@/notify.sock"; exec setpriv --reuid="$user" --regid="$group" --init-groups $exec) > "@ROOT@/server.log" 2>&1 &
       echo $! > "@ROOT@/server.pid"
-      for i in $(seq 1 300); do
-        (exec 3<>/dev/tcp/127.0.0.1/@PORT@) 2>/dev/null && return 0
-        kill -0 "$(cat "@ROOT@/server.pid")" 2>/dev/null || { cat "@ROOT@/server.log"; return 1; }
-        sleep 0.1
+      while kill -0 "$waiter" 2>/dev/null; do
+        kill -0 "$(cat "@ROOT@/server.pid")" 2>/dev/null || { kill "$waiter"; cat "@ROOT@/server.log"; return 1; }
+        sleep 0.05
       done
-      return 1 ;;
+      wait "$waiter" ;;
     *) echo "systemctl $* is not played by this test" >&2; return 1 ;;
   esac
 }
 )SH";
-  script = absl::StrReplaceAll(script, {{"@ROOT@", root},
-                                        {"@UNIT@", unit},
-                                        {"@PORT@", absl::StrCat(port)},
-                                        {"@SED@", sed}});
+  script = absl::StrReplaceAll(
+      script, {{"@ROOT@", root}, {"@UNIT@", unit}, {"@PORT@", absl::StrCat(port)}, {"@SED@", sed}});
   for (size_t i = 0; i < blocks.size(); ++i) {
     script += absl::StrCat("echo '=== walk-through block ", i + 1, "'\n", move(blocks[i]), "\n");
   }
