@@ -31,15 +31,19 @@ std::unique_ptr<Process> Process::Start(const std::vector<std::string>& argv,
   auto p = std::unique_ptr<Process>(new Process());
   int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   EXPECT_GE(fd, 0) << "cannot open " << log_path;
+  // Everything the child needs is made before fork: the test process has other threads
+  // (gRPC's), and a child that allocated could wait forever on an allocator lock one of
+  // them held at the fork (seen under ASan: coldfusectl never started, killed at 60 s).
+  // Between fork and exec the child makes system calls only.
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid == 0) {
     // Die with the test, even if it crashes before its destructors run.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     ::dup2(fd, STDOUT_FILENO);
     ::dup2(fd, STDERR_FILENO);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     ::execvp(args[0], args.data());  // PATH lookup for tools like python3
     ::_exit(127);
   }
