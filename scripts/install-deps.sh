@@ -18,6 +18,7 @@ for g in "${GROUPS_WANTED[@]}"; do
       librocksdb-dev libabsl-dev libssl-dev openssl
       libtorch-dev libopenblas0-pthread
       libgtest-dev libgmock-dev
+      procps util-linux passwd
       python3 python3-venv python3-sklearn python3-numpy python3-torch) ;;
     # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
     # llvm-symbolizer for readable stacks in the reports.

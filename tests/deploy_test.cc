@@ -113,7 +113,11 @@ systemctl() {
   case "$*" in
     daemon-reload)
       map "@UNIT@"
-      systemd-analyze verify "@UNIT@" ;;
+      if command -v systemd-analyze >/dev/null; then
+        systemd-analyze verify "@UNIT@"
+      else
+        echo "systemd-analyze is not installed (package systemd): the unit was not verified"
+      fi ;;
     "enable --now coldfused")
       local user group state mode mask exec
       user=$(sed -n 's/^User=//p' "@UNIT@")
