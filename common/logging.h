@@ -1,15 +1,20 @@
 // Minimal leveled logging to stderr: CF_LOG(INFO) << "message";
-// Thread-safe: each message is written with a single write.
+// Lines are plain text (`I 2026-11-29T12:00:00.123Z file.cc:12] message`) or one JSON
+// object each (SetLogFormat). Thread-safe: each line is written with a single write.
 #ifndef COLDFUSE_COMMON_LOGGING_H_
 #define COLDFUSE_COMMON_LOGGING_H_
 
+#include <cstdint>
 #include <sstream>
+#include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace coldfuse {
 
 enum class LogLevel { kInfo, kWarning, kError };
+enum class LogFormat { kText, kJson };
 
 class LogMessage {
  public:
@@ -18,6 +23,9 @@ class LogMessage {
   std::ostream& stream() { return stream_; }
 
  private:
+  const LogLevel level_;
+  const char* const file_;
+  const int line_;
   std::ostringstream stream_;
 };
 
@@ -32,6 +40,33 @@ struct Voidify {
 // Messages below this level are dropped. Default: kInfo.
 void SetMinLogLevel(LogLevel level);
 LogLevel MinLogLevel();
+
+// How lines are written. Default: kText.
+void SetLogFormat(LogFormat format);
+LogFormat GetLogFormat();
+
+// "info", "warning", "error" / "text", "json" (the --log_level and --log_format values);
+// INVALID_ARGUMENT naming the accepted values otherwise.
+absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view name);
+absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name);
+
+// One log line, before formatting.
+struct LogRecord {
+  LogLevel level = LogLevel::kInfo;
+  int64_t unix_ms = 0;
+  absl::string_view file;  // a path; only its last component is written
+  int line = 0;
+  absl::string_view message;
+};
+
+// The line (with its '\n') that `record` is written as. JSON: {"time", "level", "file",
+// "line", "msg"} on one line; control characters, quotes and backslashes are escaped and
+// invalid UTF-8 becomes U+FFFD, so any message makes exactly one valid JSON line.
+std::string FormatLogRecord(LogFormat format, const LogRecord& record);
+
+// Writes one message at the current time, unless below MinLogLevel(); for messages that
+// come from another logging system (gRPC's).
+void WriteLog(LogLevel level, absl::string_view file, int line, absl::string_view message);
 
 }  // namespace coldfuse
 
