@@ -10,8 +10,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +21,7 @@
 #include "common/model_spec.h"
 #include "common/posix_file.h"
 #include "common/printable.h"
+#include "common/program.h"
 #include "common/rpc/client.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
@@ -34,7 +33,11 @@ ABSL_FLAG(std::string, format, "table", "Output of status/rounds/round: table, j
 ABSL_FLAG(bool, json, false, "Same as --format=json");
 ABSL_FLAG(std::string, spec, "mlp:64,128,64", "init: model spec of base v0");
 ABSL_FLAG(uint64_t, seed, 1, "init: seed of base v0's weights");
-ABSL_FLAG(std::string, fusion, "mean", "init: fusion method, mean or weighted (by examples)");
+ABSL_FLAG(std::string, fusion, "mean",
+          "init: fusion method: mean (plain average), weighted (average weighted by "
+          "training examples), median (coordinate-wise median), trimmed (coordinate-wise "
+          "mean without the extremes, --trim_fraction) or clipped (mean of deltas clipped "
+          "to --clip_factor x their median norm)");
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
 ABSL_FLAG(int64_t, base, -1,
           "wait: wait until the current base version is at least this; rollback, pin, "
@@ -128,7 +131,8 @@ Commands:
                       serves, into the new folder DIR (a data folder coldfused opens)
 Connection: --tls_ca=ca.crt [--tls_cert=me.crt --tls_key=me.key] --token_file=FILE
 (or COLDFUSE_TOKEN); no --tls_ca means plaintext, for a server run --insecure.
-Exit status: 0 on success; 1 with the server's error on stderr otherwise.)";
+Exit status: 0 on success; 1 with the server's error on stderr otherwise.
+coldfusectl --help lists every flag; coldfusectl --version (alone) says which build this is.)";
 
 enum class Format { kTable, kJson, kTsv };
 
@@ -611,8 +615,7 @@ absl::Status Run(const std::vector<char*>& args) {
 }  // namespace coldfuse::ctl
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(coldfuse::ctl::kUsage);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = coldfuse::InitProgram(argc, argv, coldfuse::ctl::kUsage, __FILE__);
   absl::Status st = coldfuse::ctl::Run(args);
   if (!st.ok()) {
     std::cerr << "coldfusectl: " << absl::StatusCodeToString(st.code()) << ": " << st.message()

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/posix_file.h"
+#include "common/program.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, data_dir, "", "Folder of the server's RocksDB store (created if missing)");
@@ -132,12 +133,13 @@ bool InRange(const char* flag, double value, double low, double high) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  coldfuse::InitProgram(
+      argc, argv,
       "coldfused --data_dir=DIR --tls_cert=server.crt --tls_key=server.key "
       "[--tls_client_ca=ca.crt] [--bootstrap_token_file=FILE] [--listen=127.0.0.1:7878] "
       "[--min_contributions=3] [--round_timeout_s=600]\n"
-      "coldfused --data_dir=DIR --insecure ...   (tests only)\nThe coldfuse fusion server.");
-  absl::ParseCommandLine(argc, argv);
+      "coldfused --data_dir=DIR --insecure ...   (tests only)\nThe coldfuse fusion server.",
+      __FILE__);
 
   // Block the signals in every thread; one thread waits for them.
   sigset_t signals;

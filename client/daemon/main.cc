@@ -11,8 +11,6 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -24,6 +22,7 @@
 #include "client/train/text_trainer.h"
 #include "client/train/trainer.h"
 #include "common/logging.h"
+#include "common/program.h"
 #include "common/rpc/client.h"
 #include "common/status_macros.h"
 
@@ -272,8 +271,7 @@ absl::Status RunDaemon() {
 }  // namespace coldfuse
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(coldfuse::kUsage);
-  absl::ParseCommandLine(argc, argv);
+  coldfuse::InitProgram(argc, argv, coldfuse::kUsage, __FILE__);
   if (!absl::GetFlag(FLAGS_probe)) {
     // SIGINT/SIGTERM: stop at the next training step, then exit cleanly (the state folder
     // stays resumable). A handler rather than sigwait: libraries start threads before main
