@@ -189,6 +189,42 @@ std::string Ago(int64_t now_ms, int64_t then_ms) {
 
 std::string StateName(v1::RoundState s) { return s == v1::OPEN ? "open" : "closed"; }
 
+// Columns a person reads: printed in UTF-8 characters, not bytes (a name may be "Zoë").
+size_t DisplayWidth(absl::string_view text) {
+  return std::count_if(text.begin(), text.end(),
+                       [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
+// Rows padded into aligned columns `gap` spaces apart, each at least `min_width[i]` wide
+// (a layout scripts may have copied stays as it was while the cells fit); an empty cell
+// shows as "-", so every column keeps its place. A row may have more cells than the
+// others (a trailing note).
+void PrintTable(std::vector<std::vector<std::string>> rows, std::vector<size_t> min_width = {},
+                size_t gap = 2) {
+  std::vector<size_t> width = std::move(min_width);
+  for (auto& cells : rows) {
+    for (size_t i = 0; i < cells.size(); ++i) {
+      if (cells[i].empty()) cells[i].push_back('-');  // not = "-": GCC 12 -Wrestrict bug
+      if (i == width.size()) width.push_back(0);
+      width[i] = std::max(width[i], DisplayWidth(cells[i]));
+    }
+  }
+  for (const auto& cells : rows) {
+    std::string line;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      line += cells[i];
+      if (i + 1 < cells.size()) line.append(width[i] - DisplayWidth(cells[i]) + gap, ' ');
+    }
+    std::cout << line << "\n";
+  }
+}
+
+// "2026-12-01T10:00:00Z" (UTC), or "never" for 0.
+std::string UtcTime(int64_t unix_ms) {
+  if (unix_ms == 0) return "never";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
 absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   v1::InitHeader header;
   std::string fusion = absl::GetFlag(FLAGS_fusion);
@@ -272,18 +308,28 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
   const auto& round = s.open_round();
   std::vector<std::string> names;
   for (const auto& c : round.contributions()) names.push_back(Printable(c.contributor()));
+  // The server closes a round on time only if it has a timeout (--round_timeout_s=0: never).
+  const std::string deadline =
+      s.round_timeout_ms() > 0
+          ? absl::StrFormat(", or %.0f s after opening", s.round_timeout_ms() / 1000.0)
+          : std::string("; no deadline (--round_timeout_s=0)");
+  const std::string bad =
+      s.bad_base_versions_size() == 0
+          ? std::string()
+          : absl::StrCat("bad bases   ", VersionRanges(s.bad_base_versions()), " (rolled back)\n");
   std::cout << absl::StrFormat(
       "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
       "base        v%d (sha256 %s)\n"
+      "%s"
       "open round  %d, opened %s, %d/%d contributions%s\n"
-      "policy      close at %d contributions, or %.0f s after opening\n"
+      "policy      close at %d contributions%s\n"
       "storage     %s on disk; %s\n",
       Printable(s.model().model_spec()), s.model().manifest().tensors_size(),
       s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
-      ToHex(s.base_sha256()).substr(0, 16), round.number(),
+      ToHex(s.base_sha256()).substr(0, 16), bad, round.number(),
       Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
       s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
-      s.min_contributions(), s.round_timeout_ms() / 1000.0, HumanBytes(s.storage().disk_bytes()),
+      s.min_contributions(), deadline, HumanBytes(s.storage().disk_bytes()),
       StorageSummary(s.storage()));
   return absl::OkStatus();
 }
@@ -345,10 +391,8 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
     }
     std::cout << "\n";
   }
-  std::vector<std::string> head = {"id", "contributor", "task", "examples"};
-  for (const auto& m : metrics) head.push_back(Printable(m));
-  const char* sep = tsv ? "\t" : "  ";
-  std::cout << absl::StrJoin(head, sep) << "\n";
+  std::vector<std::vector<std::string>> rows = {{"id", "contributor", "task", "examples"}};
+  for (const auto& m : metrics) rows[0].push_back(Printable(m));
   for (const auto& c : round.contributions()) {
     std::vector<std::string> cells = {absl::StrCat(c.id()), Printable(c.contributor()),
                                       Printable(c.task()), absl::StrCat(c.num_examples())};
@@ -358,7 +402,12 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
     }
     if (!tsv && c.state() == v1::QUARANTINED)
       cells.push_back("QUARANTINED: " + Printable(c.quarantine_reason()));
-    std::cout << absl::StrJoin(cells, sep) << "\n";
+    rows.push_back(std::move(cells));
+  }
+  if (tsv) {
+    for (const auto& cells : rows) std::cout << absl::StrJoin(cells, "\t") << "\n";
+  } else {
+    PrintTable(std::move(rows));
   }
   return absl::OkStatus();
 }
@@ -443,14 +492,15 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
         channel, [&](grpc::ClientContext* c) { return stub->ListTokens(c, {}, &r); },
         "ListTokens"));
     if (format == Format::kJson) return PrintJson(r);
-    std::cout << "NAME                 ROLE         EXPIRES            STATE\n";
+    // Expired as the server judges it (now >= expiry), by this machine's clock.
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+    std::vector<std::vector<std::string>> rows = {{"NAME", "ROLE", "EXPIRES", "STATE"}};
     for (const auto& t : r.tokens()) {
-      std::cout << absl::StrFormat(
-          "%-20s %-12s %-18s %s\n", Printable(t.name()), v1::Role_Name(t.role()),
-          t.expires_unix_ms() == 0 ? std::string("never")
-                                   : absl::StrCat(t.expires_unix_ms() / 1000),
-          t.revoked() ? "revoked" : "active");
+      const bool expired = t.expires_unix_ms() != 0 && now_ms >= t.expires_unix_ms();
+      rows.push_back({Printable(t.name()), v1::Role_Name(t.role()), UtcTime(t.expires_unix_ms()),
+                      t.revoked() ? "revoked" : (expired ? "expired" : "active")});
     }
+    PrintTable(std::move(rows), {20, 12, 18}, 1);  // the columns of earlier releases
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError("usage: coldfusectl token create|revoke|list");

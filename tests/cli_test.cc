@@ -1,4 +1,8 @@
-// What an operator sees from the three programs: --help and --version, and log flags.
+// What an operator sees from the three programs: --help and --version, log flags, and
+// the coldfusectl tables (token list, status, round) against a real coldfused.
+#include <filesystem>
+#include <regex>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -7,6 +11,9 @@
 #include "absl/strings/strip.h"
 #include "common/json.h"
 #include "common/posix_file.h"
+#include "common/rpc/client.h"
+#include "common/safetensors.h"
+#include "common/tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cluster.h"
@@ -102,6 +109,127 @@ TEST(CliTest, ServerLogsFollowTheLogFlags) {
   text = ReadFileToString(quiet_log);
   ASSERT_TRUE(text.ok());
   EXPECT_THAT(*text, Not(ContainsRegex("(^|\n)I ")));
+}
+
+// Offsets where each whitespace-separated field of `line` starts.
+std::vector<size_t> FieldStarts(const std::string& line) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < line.size(); ++i) {
+    if (line[i] != ' ' && (i == 0 || line[i - 1] == ' ')) out.push_back(i);
+  }
+  return out;
+}
+
+// The lines of `output` from the one starting with `first` on.
+std::vector<std::string> LinesFrom(const std::string& output, absl::string_view first) {
+  std::vector<std::string> lines = absl::StrSplit(output, '\n', absl::SkipEmpty());
+  auto it = std::find_if(lines.begin(), lines.end(),
+                         [&](const std::string& l) { return absl::StartsWith(l, first); });
+  return {it, lines.end()};
+}
+
+class CtlDisplayTest : public ::testing::Test {
+ protected:
+  CommandResult Ctl(const std::string& address, std::vector<std::string> args) {
+    args.insert(args.begin(), {CtlBinary(), "--server=" + address});
+    return RunCommand(args);
+  }
+
+  TempDir dir_;
+};
+
+// Expiry as a UTC date, and a token past it shown as expired (it was shown as active).
+TEST_F(CtlDisplayTest, TokenListShowsDatesAndExpiredTokens) {
+  const std::string certs = dir_.path() + "/certs";
+  CommandResult made = RunCommand({"/bin/bash", MAKE_CERTS_SCRIPT, certs});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string op_token = dir_.path() + "/op.token";
+  auto server = ServerProcess::Start(
+      dir_.path() + "/db", dir_.path() + "/server.log",
+      {"--tls_cert=" + certs + "/server.crt", "--tls_key=" + certs + "/server.key",
+       "--bootstrap_token_file=" + op_token});
+  ASSERT_NE(server, nullptr);
+  const std::vector<std::string> auth = {"--tls_ca=" + certs + "/ca.crt",
+                                         "--token_file=" + op_token};
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), auth.begin(), auth.end());
+    return Ctl(server->address(), args);
+  };
+  for (auto args : std::vector<std::vector<std::string>>{
+           {"token", "create", "--name=brief", "--ttl_s=1", "--out=" + dir_.path() + "/b"},
+           {"token", "create", "--name=year", "--ttl_s=31536000", "--out=" + dir_.path() + "/y"},
+           {"token", "create", "--name=gone", "--out=" + dir_.path() + "/g"},
+           {"token", "revoke", "--name=gone"}}) {
+    CommandResult r = ctl(args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CommandResult list = ctl({"token", "list"});
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  const std::string date = "20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z";
+  EXPECT_THAT(list.output, ContainsRegex("\nbrief +CONTRIBUTOR +" + date + " +expired\n"));
+  EXPECT_THAT(list.output, ContainsRegex("\nyear +CONTRIBUTOR +" + date + " +active\n"));
+  EXPECT_THAT(list.output, ContainsRegex("\ngone +CONTRIBUTOR +never +revoked\n"));
+  std::vector<std::string> rows = LinesFrom(list.output, "NAME");
+  ASSERT_EQ(rows.size(), 5u) << list.output;  // header, bootstrap operator, three
+  for (const auto& row : rows) EXPECT_EQ(FieldStarts(row), FieldStarts(rows[0])) << row;
+
+  // --json stays the protobuf mapping, for machines.
+  CommandResult json = ctl({"token", "list", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  EXPECT_THAT(json.output, HasSubstr("\"expires_unix_ms\": \""));
+}
+
+// --round_timeout_s=0 reads as "no deadline"; rolled-back bases are listed; a
+// contribution without a task keeps the round table's columns aligned.
+TEST_F(CtlDisplayTest, StatusAndRoundTablesSayWhatTheServerHas) {
+  auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                     {"--round_timeout_s=0", "--min_contributions=2"});
+  ASSERT_NE(server, nullptr);
+  HostTensor w;
+  w.spec.set_name("w");
+  w.spec.set_dtype(v1::F32);
+  w.spec.add_shape(4);
+  w.data.assign(16, '\0');
+  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", {w}).ok());
+  CommandResult init =
+      Ctl(server->address(), {"init", "--from=" + dir_.path() + "/base.safetensors"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+
+  CommandResult status = Ctl(server->address(), {"status"});
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("close at 2 contributions; no deadline"));
+  EXPECT_THAT(status.output, Not(HasSubstr("0 s after opening")));
+  EXPECT_THAT(status.output, Not(HasSubstr("bad bases")));
+
+  // Rounds 1 and 2, each from one contributor with a task and one without.
+  for (uint64_t round = 1; round <= 2; ++round) {
+    for (const char* task : {"", "digits"}) {
+      v1::ContributionHeader h;
+      h.set_round(round);
+      h.set_base_version(round - 1);
+      h.set_contributor(*task ? "with-task" : "no-task");
+      h.set_task(task);
+      h.set_num_examples(1000);
+      h.set_upload_id(rpc::NewUploadId());
+      *h.mutable_manifest() = ManifestOf({w});
+      auto receipt = rpc::PushContribution(server->channel(), h, std::vector<HostTensor>{w});
+      ASSERT_TRUE(receipt.ok()) << receipt.status();
+    }
+    ASSERT_TRUE(server->WaitForBase(round, seconds(60)));
+  }
+  CommandResult round = Ctl(server->address(), {"round", "1"});
+  ASSERT_EQ(round.exit_code, 0) << round.output;
+  std::vector<std::string> rows = LinesFrom(round.output, "id");
+  ASSERT_EQ(rows.size(), 3u) << round.output;
+  for (const auto& row : rows) EXPECT_EQ(FieldStarts(row), FieldStarts(rows[0])) << round.output;
+  EXPECT_THAT(round.output, ContainsRegex("no-task +- +1000"));
+
+  CommandResult rollback = Ctl(server->address(), {"rollback", "--base=1", "--reason=test"});
+  ASSERT_EQ(rollback.exit_code, 0) << rollback.output;
+  status = Ctl(server->address(), {"status"});
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("\nbad bases   v2 "));
 }
 
 }  // namespace
