@@ -64,7 +64,9 @@ ABSL_FLAG(bool, accumulate_f64, false, "init: fuse means in F64 instead of F32")
 ABSL_FLAG(std::string, name, "",
           "token create/revoke: the token's name; push: the contributor (servers with tokens "
           "use the token's name)");
-ABSL_FLAG(std::string, role, "contributor", "token create: contributor, viewer or operator");
+ABSL_FLAG(std::string, role, "contributor",
+          "token create: contributor, viewer, evaluator (pulls bases, records scores) or "
+          "operator");
 ABSL_FLAG(int64_t, ttl_s, 0, "token create: expire after this many seconds (0: never)");
 ABSL_FLAG(std::string, out, "",
           "token create: write the secret to this file (mode 0600) "
@@ -80,7 +82,8 @@ ABSL_FLAG(std::string, shared_prefix, "",
           "(comma-separated); default: every float tensor");
 ABSL_FLAG(std::string, checkpoint, "", "push: the fine-tuned safetensors checkpoint");
 ABSL_FLAG(uint64_t, num_examples, 0, "push: training examples behind the checkpoint");
-ABSL_FLAG(std::string, task, "", "push: task name reported with the contribution");
+ABSL_FLAG(std::string, task, "",
+          "push: task name reported with the contribution; evals: only this task's scores");
 ABSL_FLAG(std::string, encoding, "full", "push: full (the values) or delta (minus the base)");
 ABSL_FLAG(std::string, send_dtype, "",
           "push: send as f32, f16, bf16 or f64 (default: the checkpoint's dtype)");
@@ -110,11 +113,15 @@ Commands:
   rounds [--json]     every round: base, state, contributions, result
   round N [--json|--format=tsv]
                       one round's contributions and their metrics
+  evals [--task=T] [--json|--format=tsv]
+                      stored evaluation scores of each base (coldfuse-client --probe
+                      records them; k: the examples the probe trained on)
   close-round [--round=N]
                       fuse the open round now (needs one contribution)
   wait --base=N [--timeout_s=S]
                       block until base vN exists (uses WatchStatus)
-  token create --name=NAME [--role=contributor|viewer|operator] [--ttl_s=S] [--out=FILE]
+  token create --name=NAME [--role=contributor|viewer|evaluator|operator] [--ttl_s=S]
+               [--out=FILE]
   token revoke --name=NAME
   token list          tokens (names, roles, expiry, revoked); never their secrets
   rollback --base=N [--reason=TEXT]
@@ -362,6 +369,33 @@ absl::Status Rounds(const std::shared_ptr<grpc::Channel>& channel, Format format
   return absl::OkStatus();
 }
 
+// Stored evaluation scores (Status.ListEvaluations), oldest base first.
+absl::Status Evals(const std::shared_ptr<grpc::Channel>& channel, Format format) {
+  auto stub = v1::Status::NewStub(channel);
+  v1::ListEvaluationsRequest request;
+  request.set_task(absl::GetFlag(FLAGS_task));
+  v1::ListEvaluationsResponse r;
+  RETURN_IF_ERROR(Read(
+      channel, [&](grpc::ClientContext* ctx) { return stub->ListEvaluations(ctx, request, &r); },
+      "ListEvaluations"));
+  if (format == Format::kJson) return PrintJson(r);
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"base", "task", "metric", "k", "value", "seen", "evaluator", "recorded"});
+  for (const auto& e : r.evaluations()) {
+    rows.push_back({absl::StrCat(e.base_version()), Printable(e.task()), Printable(e.metric()),
+                    absl::StrCat(e.num_train_examples()), absl::StrFormat("%.6g", e.value()),
+                    e.task_seen() ? "seen" : "unseen", Printable(e.evaluator()),
+                    UtcTime(e.recorded_unix_ms())});
+  }
+  if (format == Format::kTsv) {
+    for (const auto& row : rows) std::cout << absl::StrJoin(row, "\t") << "\n";
+  } else {
+    for (auto& h : rows[0]) h = absl::AsciiStrToUpper(h);
+    PrintTable(std::move(rows));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
                    const std::string& arg) {
   uint64_t number;
@@ -462,7 +496,7 @@ absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,
     v1::Role r;
     if (!v1::Role_Parse(absl::AsciiStrToUpper(role), &r) || r == v1::ROLE_UNSPECIFIED) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--role=", role, " is not one of contributor, viewer, operator"));
+          absl::StrCat("--role=", role, " is not one of contributor, viewer, evaluator, operator"));
     }
     request.set_role(r);
     request.set_ttl_seconds(absl::GetFlag(FLAGS_ttl_s));
@@ -624,6 +658,7 @@ absl::Status Run(const std::vector<char*>& args) {
   if (command == "init") return Init(channel);
   if (command == "status") return Status(channel, format);
   if (command == "rounds") return Rounds(channel, format);
+  if (command == "evals") return Evals(channel, format);
   if (command == "round") {
     if (args.size() < 3) return absl::InvalidArgumentError("usage: coldfusectl round N");
     return Round(channel, format, args[2]);

@@ -32,6 +32,7 @@ echo "== starting coldfused with TLS and tokens (data folder $OUT/server-data)"
 "$SERVER_BIN" --data_dir="$OUT/server-data" --listen=127.0.0.1:0 --port_file="$OUT/port" \
   --tls_cert="$OUT/certs/server.crt" --tls_key="$OUT/certs/server.key" \
   --bootstrap_token_file="$OUT/tokens/operator.token" \
+  --http_listen=127.0.0.1:0 --http_port_file="$OUT/http-port" \
   --min_contributions=${#TASKS[@]} --round_timeout_s=300 2>"$OUT/logs/coldfused.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$OUT/port" ] && break; sleep 0.1; done
@@ -41,20 +42,26 @@ TLS=(--tls_ca="$OUT/certs/ca.crt")
 ctl() { "$CTL_BIN" --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/operator.token" "$@"; }
 
 ctl init --spec=mlp:64,128,64 --seed=1 --fusion=mean
-# One contributor token per contributor (its name is its identity), one for the probe.
-for t in "${TASKS[@]}" prober; do
+# One contributor token per contributor (its name is its identity), an evaluator token for
+# the probe (it may pull bases and record scores, not contribute), a viewer token for the
+# dashboard.
+for t in "${TASKS[@]}"; do
   ctl token create --name="$t" --role=contributor --out="$OUT/tokens/$t.token" 2>/dev/null
 done
+ctl token create --name=prober --role=evaluator --out="$OUT/tokens/prober.token" 2>/dev/null
+ctl token create --name=dashboard --role=viewer --out="$OUT/tokens/viewer.token" 2>/dev/null
+echo "   while the demo runs: dashboard at https://127.0.0.1:$(cat "$OUT/http-port")/ (viewer token"
+echo "   in $OUT/tokens/viewer.token; the browser will not know the demo's CA, $OUT/certs/ca.crt)"
 
-probe() {  # unseen-task score of base v$1: fresh head + body fine-tuned on 100 examples
+# The unseen-task score of base v$1 (fresh head + body fine-tuned on 100 examples),
+# recorded on the server as an evaluation of task $UNSEEN.
+probe() {
   "$CLIENT_BIN" --probe --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/prober.token" \
-    --base_version="$1" --probe_examples=100 \
+    --base_version="$1" --probe_examples=100 --task="$UNSEEN" \
     --train="$OUT/data/$UNSEEN/train.csv" --test="$OUT/data/$UNSEEN/test.csv" \
-    --threads=1 2>>"$OUT/logs/probe.log" |
-    sed -n 's/.*"accuracy": \([0-9.]*\).*/\1/p' | xargs printf '%.4f'
+    --threads=1 >>"$OUT/logs/probe.log" 2>&1
 }
-declare -A unseen
-unseen[0]=$(probe 0)
+probe 0
 
 echo "== starting ${#TASKS[@]} contributors for $ROUNDS rounds (logs in $OUT/logs/)"
 for t in "${TASKS[@]}"; do
@@ -66,9 +73,16 @@ for t in "${TASKS[@]}"; do
 done
 for r in $(seq 1 "$ROUNDS"); do
   ctl wait --base="$r" --timeout_s=600 >/dev/null
-  unseen[$r]=$(probe "$r")
+  probe "$r"
   echo "   round $r fused into base v$r"
 done
+
+# The unseen-task column comes from the server's stored evaluations.
+declare -A unseen
+while IFS=$'\t' read -r base value; do unseen[$base]=$(printf '%.4f' "$value"); done < <(
+  ctl evals --task="$UNSEEN" --format=tsv | awk -F'\t' '
+    NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    $(col["metric"]) == "accuracy" { print $(col["base"]) "\t" $(col["value"]) }')
 
 echo
 echo "== per round: each contributor's held-out accuracy before -> after its fine-tuning,"
@@ -103,4 +117,5 @@ for key in base_version number change_seq; do
   grep -m1 "\"$key\"" "$OUT/status.json" | sed 's/^ */   /'
 done
 echo "(dashboards: $CTL_BIN --server=$ADDR --tls_ca=$OUT/certs/ca.crt --token_file=TOKEN"
-echo "   status --json | rounds --json | round N --json; operators: audit, token list)"
+echo "   status --json | rounds --json | round N --json | evals --json; operators: audit,"
+echo "   token list; the unseen-task scores: $CTL_BIN ... evals)"

@@ -16,9 +16,11 @@ for g in "${GROUPS_WANTED[@]}"; do
       build-essential cmake pkg-config ninja-build
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
       librocksdb-dev libabsl-dev libssl-dev openssl
+      prometheus-cpp-dev libcpp-httplib-dev libjs-chart.js prometheus
       libtorch-dev libopenblas0-pthread
       libgtest-dev libgmock-dev
       procps util-linux passwd
+      chromium chromium-driver python3-selenium curl
       python3 python3-venv python3-sklearn python3-numpy python3-torch) ;;
     # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
     # llvm-symbolizer for readable stacks in the reports.

@@ -27,6 +27,8 @@
 ABSL_FLAG(std::string, data_dir, "", "Folder of the server's RocksDB store (created if missing)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7878", "host:port to serve on; port 0 picks one");
 ABSL_FLAG(std::string, port_file, "", "If set, write the bound port to this file once serving");
+ABSL_FLAG(std::string, http_port_file, "",
+          "If set, write the bound HTTP port (--http_listen) to this file once serving");
 ABSL_FLAG(uint32_t, min_contributions, 3, "Close and fuse a round once this many are in");
 ABSL_FLAG(double, round_timeout_s, 600,
           "Close a round with at least one contribution this many seconds after it opened "
@@ -78,6 +80,22 @@ ABSL_FLAG(double, handshake_timeout_s, 10,
           "Close a connection that has not finished its TLS/HTTP2 handshake by then");
 ABSL_FLAG(double, max_connection_idle_s, 600,
           "Close a connection with no call for this long (clients reconnect when needed)");
+ABSL_FLAG(std::string, http_listen, "",
+          "host:port for HTTP: /healthz, /readyz, /metrics, the JSON status API and the "
+          "dashboard (HTTPS with --tls_cert unless --insecure; empty: off)");
+ABSL_FLAG(bool, metrics_without_token, false,
+          "Serve /metrics without a token (default: a viewer, evaluator or operator token, "
+          "as for the status API)");
+ABSL_FLAG(std::string, dashboard_dir, "",
+          "For developing the dashboard: serve its files from this folder (e.g. "
+          "server/http/dashboard) instead of the copies built in");
+ABSL_FLAG(bool, metrics_contributor_labels, false,
+          "Add per-contributor series to /metrics (one series per contributor)");
+ABSL_FLAG(double, drain_s, 0,
+          "On SIGTERM, report NOT_SERVING (gRPC health, /readyz) this long before refusing "
+          "new calls, so load balancers stop sending first");
+ABSL_FLAG(uint32_t, max_evaluations_per_base, 256,
+          "Evaluation scores one base version may hold (all tasks, metrics and evaluators)");
 
 namespace {
 
@@ -161,6 +179,9 @@ int main(int argc, char** argv) {
                1 << 20) ||
       !InRange("upload_idle_timeout_s", absl::GetFlag(FLAGS_upload_idle_timeout_s), 0.1, 2e6) ||
       !InRange("tls_reload_s", absl::GetFlag(FLAGS_tls_reload_s), 0, 86400) ||
+      !InRange("drain_s", absl::GetFlag(FLAGS_drain_s), 0, 3600) ||
+      !InRange("max_evaluations_per_base", absl::GetFlag(FLAGS_max_evaluations_per_base), 1,
+               1 << 20) ||
       !InRange("keep_bases", absl::GetFlag(FLAGS_keep_bases), 0, 1 << 30) ||
       !InRange("keep_contribution_rounds", absl::GetFlag(FLAGS_keep_contribution_rounds), -1,
                1 << 30)) {
@@ -210,6 +231,12 @@ int main(int argc, char** argv) {
   options.max_uploads_per_contributor = absl::GetFlag(FLAGS_max_uploads_per_contributor);
   options.upload_idle_timeout_ms = Millis(absl::GetFlag(FLAGS_upload_idle_timeout_s));
   options.max_connection_idle_ms = Millis(absl::GetFlag(FLAGS_max_connection_idle_s));
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.http.metrics_without_token = absl::GetFlag(FLAGS_metrics_without_token);
+  options.http.dashboard_dir = absl::GetFlag(FLAGS_dashboard_dir);
+  options.metrics.contributor_labels = absl::GetFlag(FLAGS_metrics_contributor_labels);
+  options.drain_ms = Millis(absl::GetFlag(FLAGS_drain_s));
+  options.evaluations.max_per_base = absl::GetFlag(FLAGS_max_evaluations_per_base);
 
   auto server = coldfuse::Server::Start(options);
   if (!server.ok()) {
@@ -228,9 +255,11 @@ int main(int argc, char** argv) {
         return 1;
     }
   }
-  std::string port_file = absl::GetFlag(FLAGS_port_file);
-  if (!port_file.empty()) {
-    auto st = coldfuse::WriteFileAtomic(port_file, std::to_string((*server)->port()) + "\n");
+  for (const auto& [file, port] :
+       {std::pair{absl::GetFlag(FLAGS_port_file), (*server)->port()},
+        std::pair{absl::GetFlag(FLAGS_http_port_file), (*server)->http_port()}}) {
+    if (file.empty()) continue;
+    auto st = coldfuse::WriteFileAtomic(file, std::to_string(port) + "\n");
     if (!st.ok()) {
       CF_LOG(ERROR) << st;
       return 1;

@@ -1,17 +1,20 @@
 #include "server/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "server/auth/token_registry.h"
+#include "server/http/http_listener.h"
 #include "server/service/acceptor.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
@@ -29,6 +32,9 @@ struct Server::Impl {
   std::unique_ptr<service::Authorizer> authorizer;
   std::unique_ptr<rounds::RoundManager> manager;
   std::unique_ptr<rounds::ContributionIntake> intake;
+  std::unique_ptr<rounds::Evaluations> evaluations;
+  std::unique_ptr<metrics::ServerMetrics> metrics;
+  std::unique_ptr<http::Routes> routes;
   std::unique_ptr<service::Executor> executor;
   std::unique_ptr<service::UploadStreams> upload_streams;
   std::unique_ptr<service::ContributorService> contributor;
@@ -36,17 +42,23 @@ struct Server::Impl {
   std::unique_ptr<service::AdminService> admin;
   std::unique_ptr<service::Acceptor> acceptor;
   std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<http::HttpListener> http;
   int port = 0;
+  int64_t drain_ms = 0;
 
   ~Impl() {
+    if (routes) routes->SetDraining();
     if (acceptor) acceptor->Stop();  // no new connections while gRPC shuts down
     if (grpc_server) {
       grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     }
     grpc_server.reset();
+    http.reset();  // waits for requests in progress, which read the state below
+    if (metrics) metrics->Attach(nullptr, nullptr, nullptr);
     executor.reset();        // finishes queued commits before the intake and manager go
     upload_streams.reset();  // its sweeper asks the manager for the open round
     intake.reset();
+    evaluations.reset();
     manager.reset();
     authorizer.reset();
     tokens.reset();
@@ -120,9 +132,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     acceptor_options.max_connections = options.max_connections;
   }
   auto impl = std::make_unique<Impl>();
+  impl->drain_ms = options.drain_ms;
   // Bind before opening the store: a port in use should change nothing on disk.
   ASSIGN_OR_RETURN(impl->acceptor, service::Acceptor::Listen(acceptor_options));
   impl->port = impl->acceptor->port();
+  impl->metrics = std::make_unique<metrics::ServerMetrics>(options.metrics);
+  impl->routes = std::make_unique<http::Routes>(options.http, impl->metrics.get());
+  if (!options.http_listen.empty()) {
+    // Serving /healthz (and a 503 /readyz) while the store opens, which a migration or a
+    // long log replay can make slow.
+    http::HttpOptions http_options;
+    http_options.listen = options.http_listen;
+    if (!options.insecure) {
+      http_options.cert_file = options.tls.cert_file;
+      http_options.key_file = options.tls.key_file;
+      http_options.reload_interval_s = options.tls.reload_interval_s;
+    }
+    http::Routes* routes = impl->routes.get();
+    ASSIGN_OR_RETURN(impl->http,
+                     http::HttpListener::Start(http_options, [routes](const http::HttpRequest& r) {
+                       return routes->Handle(r);
+                     }));
+  }
   storage::StoreOptions store_options;
   store_options.blob_files = options.blob_files;
   store_options.max_open_files = fds.store_files;
@@ -158,6 +189,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   ASSIGN_OR_RETURN(impl->intake,
                    rounds::ContributionIntake::Create(impl->store.get(), impl->manager.get(), state,
                                                       options.intake, SystemClock()));
+  ASSIGN_OR_RETURN(impl->evaluations,
+                   rounds::Evaluations::Create(impl->store.get(), impl->manager.get(),
+                                               options.evaluations, SystemClock()));
   impl->executor = std::make_unique<service::Executor>(options.worker_threads);
   service::UploadStreamOptions stream_options;
   const int64_t per_stream = int64_t{options.max_receive_bytes} + (1 << 20);
@@ -168,13 +202,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   impl->upload_streams = std::make_unique<service::UploadStreams>(
       stream_options, [manager = impl->manager.get()] { return manager->OpenRoundNumber(); });
   impl->contributor = std::make_unique<service::ContributorService>(
-      impl->manager.get(), impl->intake.get(), impl->executor.get(), impl->authorizer.get(),
-      impl->upload_streams.get());
-  impl->status =
-      std::make_unique<service::StatusService>(impl->manager.get(), impl->authorizer.get());
+      impl->manager.get(), impl->intake.get(), impl->evaluations.get(), impl->executor.get(),
+      impl->authorizer.get(), impl->upload_streams.get(), impl->metrics.get());
+  impl->status = std::make_unique<service::StatusService>(
+      impl->manager.get(), impl->evaluations.get(), impl->authorizer.get(), impl->metrics.get());
   impl->admin = std::make_unique<service::AdminService>(
-      impl->manager.get(), impl->store.get(), impl->executor.get(), impl->authorizer.get());
+      impl->manager.get(), impl->store.get(), impl->executor.get(), impl->authorizer.get(),
+      impl->metrics.get());
+  impl->metrics->Attach(impl->manager.get(), impl->evaluations.get(), impl->tokens.get());
 
+  // grpc.health.v1.Health on the same port, without a token: "" and each service are
+  // SERVING once started, NOT_SERVING from the start of a shutdown.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   // The acceptor accepts and hands connections over; gRPC listens on nothing itself.
   auto sink = builder.experimental().AddExternalConnectionAcceptor(
@@ -200,8 +239,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (impl->grpc_server == nullptr) {
     return absl::InternalError("the gRPC server did not start (see the log above)");
   }
+  if (auto* health = impl->grpc_server->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+    for (const char* name :
+         {"coldfuse.v1.Contributor", "coldfuse.v1.Status", "coldfuse.v1.Admin"}) {
+      health->SetServingStatus(name, true);
+    }
+  }
   impl->acceptor->Start(std::move(sink));
   impl->manager->Start();
+  impl->routes->SetServing(impl->manager.get(), impl->evaluations.get(), impl->authorizer.get());
   auto status = impl->manager->GetStatus();
   CF_LOG(INFO) << "coldfused listening on port " << impl->port
                << (options.insecure                     ? " (INSECURE)"
@@ -209,6 +256,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                         : " (mutual TLS, tokens)")
                << ", data in " << options.data_dir << ", up to " << acceptor_options.max_connections
                << " connections (file descriptor limit " << fds.limit << "), "
+               << (impl->http != nullptr ? absl::StrCat("HTTP on port ", impl->http->port(),
+                                                        options.insecure ? "" : " (HTTPS)", ", ")
+                                         : std::string())
                << (status.initialized() ? absl::StrCat("base v", status.base_version(), ", round ",
                                                        status.open_round().number(), " open")
                                         : std::string("not initialised (run `coldfusectl init`)"));
@@ -216,9 +266,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 }
 
 int Server::port() const { return impl_->port; }
+int Server::http_port() const { return impl_->http != nullptr ? impl_->http->port() : 0; }
 void Server::Wait() { impl_->grpc_server->Wait(); }
-// Open streams (WatchStatus) are cancelled after 5 s rather than awaited.
 void Server::Shutdown() {
+  impl_->routes->SetDraining();
+  if (auto* health = impl_->grpc_server->GetHealthCheckService()) health->Shutdown();
+  if (impl_->drain_ms > 0) {
+    CF_LOG(INFO) << "draining for " << impl_->drain_ms << " ms (health: NOT_SERVING)";
+    std::this_thread::sleep_for(std::chrono::milliseconds(impl_->drain_ms));
+  }
   impl_->acceptor->Stop();
   impl_->grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }

@@ -9,7 +9,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "server/http/routes.h"
+#include "server/metrics/metrics.h"
 #include "server/rounds/contribution_intake.h"
+#include "server/rounds/evaluations.h"
 #include "server/rounds/round_manager.h"
 #include "server/service/tls.h"
 
@@ -60,6 +63,17 @@ struct ServerOptions {
   // If no operator token exists yet, create one and write it to this file (mode 0600).
   // Default: empty (then a server without an operator token refuses to start).
   std::string bootstrap_token_file;
+  rounds::EvaluationOptions evaluations;
+  // host:port of the HTTP listener: /healthz, /readyz, /metrics, the JSON status API and
+  // the dashboard (server/http/routes.h); HTTPS with the server's certificate unless
+  // insecure. Bound (and answering /healthz; /readyz says 503) before the store opens.
+  // Default: empty (no HTTP listener).
+  std::string http_listen;
+  http::RoutesOptions http;
+  metrics::MetricsOptions metrics;
+  // On Shutdown, report NOT_SERVING (gRPC health, /readyz) for this long before refusing
+  // new calls, so load balancers stop sending first. Default: 0.
+  int64_t drain_ms = 0;
 };
 
 // How the process's file descriptors are shared out: RocksDB keeps at most
@@ -81,8 +95,12 @@ class Server {
 
   // The port actually bound.
   int port() const;
+  // The HTTP listener's port; 0 without one.
+  int http_port() const;
   // Blocks until Shutdown() is called from another thread.
   void Wait();
+  // Says NOT_SERVING (gRPC health, /readyz), waits drain_ms, then stops taking calls;
+  // open streams (WatchStatus) are cancelled after 5 s rather than awaited.
   void Shutdown();
 
  private:

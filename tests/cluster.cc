@@ -1,8 +1,11 @@
 #include "tests/cluster.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -182,6 +185,47 @@ bool ServerProcess::WaitForBase(uint64_t version, std::chrono::milliseconds time
 int ServerProcess::Stop() {
   process_->Signal(SIGTERM);
   return process_->Wait(std::chrono::seconds(30)).value_or(-1);
+}
+
+HttpResult HttpGet(const std::string& url, const std::string& ca_file, const std::string& token) {
+  TempDir tmp;
+  const std::string body = tmp.path() + "/body", headers = tmp.path() + "/headers";
+  std::vector<std::string> argv = {"curl", "-sS", "--max-time", "20", "-o",
+                                   body,   "-D",  headers,      "-w", "%{http_code}"};
+  if (!ca_file.empty()) argv.insert(argv.end(), {"--cacert", ca_file});
+  // From a file, so the token never shows in the process list.
+  const std::string header_file = tmp.path() + "/auth";
+  if (!token.empty()) {
+    std::ofstream(header_file) << "Authorization: Bearer " << token << "\n";
+    argv.insert(argv.end(), {"-H", "@" + header_file});
+  }
+  argv.push_back(url);
+  CommandResult r = RunCommand(argv, std::chrono::seconds(30));
+  HttpResult out;
+  int code = 0;
+  std::string text = r.output;
+  // curl prints the code last (its errors, if any, come before it on stderr).
+  if (text.size() >= 3 && absl::SimpleAtoi(text.substr(text.size() - 3), &code)) out.status = code;
+  auto b = ReadFileToString(body);
+  if (b.ok()) out.body = *b;
+  auto h = ReadFileToString(headers);
+  if (h.ok()) out.headers = *h;
+  return out;
+}
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
 }
 
 std::string ServerBinary() { return COLDFUSED_BIN; }

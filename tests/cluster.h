@@ -45,6 +45,18 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// An HTTP(S) GET with curl: `ca_file` (HTTPS) and `token` (a bearer token) optional.
+struct HttpResult {
+  int status = 0;  // 0: no response (connection refused, TLS failure, ...)
+  std::string body;
+  std::string headers;  // the response's header lines
+};
+HttpResult HttpGet(const std::string& url, const std::string& ca_file = "",
+                   const std::string& token = "");
+
+// A TCP port on 127.0.0.1 that was free a moment ago (for programs that need one given).
+int FreePort();
+
 // A fresh temp folder, removed on destruction.
 class TempDir {
  public:

@@ -82,24 +82,25 @@ grpc::ClientContext* WithDeadline(grpc::ClientContext* ctx) {
   return ctx;
 }
 
-std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& manifest) {
-  std::map<std::string, std::pair<v1::Role, Call>> rpcs;
+std::map<std::string, std::pair<std::vector<v1::Role>, Call>> AllRpcs(
+    const v1::Manifest& manifest) {
+  std::map<std::string, std::pair<std::vector<v1::Role>, Call>> rpcs;
   auto contributor = [](const auto& ch) { return v1::Contributor::NewStub(ch); };
   auto status = [](const auto& ch) { return v1::Status::NewStub(ch); };
   auto admin = [](const auto& ch) { return v1::Admin::NewStub(ch); };
   rpcs["Contributor.GetRound"] = {
-      v1::CONTRIBUTOR, [=](const auto& ch) {
+      {v1::CONTRIBUTOR, v1::EVALUATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::GetRoundResponse r;
         return contributor(ch)->GetRound(WithDeadline(&ctx), {}, &r).error_code();
       }};
-  rpcs["Contributor.PullBase"] = {v1::CONTRIBUTOR, [](const auto& ch) {
+  rpcs["Contributor.PullBase"] = {{v1::CONTRIBUTOR, v1::EVALUATOR}, [](const auto& ch) {
                                     auto r = rpc::PullBase(ch, std::nullopt,
                                                            {.deadline = std::chrono::seconds(10)});
                                     return static_cast<grpc::StatusCode>(r.status().code());
                                   }};
   rpcs["Contributor.PushContribution"] = {
-      v1::CONTRIBUTOR, [=](const auto& ch) {
+      {v1::CONTRIBUTOR}, [=](const auto& ch) {
         auto tensors = InitMlpBody(*ParseModelSpec(kSpec), 5);
         v1::ContributionHeader h;
         h.set_round(1);
@@ -110,26 +111,43 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
         auto r = rpc::PushContribution(ch, h, tensors, {.deadline = std::chrono::seconds(10)});
         return static_cast<grpc::StatusCode>(r.status().code());
       }};
+  rpcs["Contributor.RecordEvaluation"] = {
+      {v1::CONTRIBUTOR, v1::EVALUATOR}, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::RecordEvaluationRequest q;
+        q.mutable_evaluation()->set_base_version(0);
+        q.mutable_evaluation()->set_task("sst2");
+        q.mutable_evaluation()->set_metric("accuracy");
+        q.mutable_evaluation()->set_value(0.5);
+        v1::Evaluation r;
+        return contributor(ch)->RecordEvaluation(WithDeadline(&ctx), q, &r).error_code();
+      }};
+  rpcs["Status.ListEvaluations"] = {
+      {v1::VIEWER, v1::EVALUATOR}, [=](const auto& ch) {
+        grpc::ClientContext ctx;
+        v1::ListEvaluationsResponse r;
+        return status(ch)->ListEvaluations(WithDeadline(&ctx), {}, &r).error_code();
+      }};
   rpcs["Status.GetStatus"] = {
-      v1::VIEWER, [=](const auto& ch) {
+      {v1::VIEWER, v1::EVALUATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::ServerStatus r;
         return status(ch)->GetStatus(WithDeadline(&ctx), {}, &r).error_code();
       }};
   rpcs["Status.ListRounds"] = {
-      v1::VIEWER, [=](const auto& ch) {
+      {v1::VIEWER, v1::EVALUATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::ListRoundsResponse r;
         return status(ch)->ListRounds(WithDeadline(&ctx), {}, &r).error_code();
       }};
-  rpcs["Status.GetRound"] = {v1::VIEWER, [=](const auto& ch) {
+  rpcs["Status.GetRound"] = {{v1::VIEWER, v1::EVALUATOR}, [=](const auto& ch) {
                                grpc::ClientContext ctx;
                                v1::GetRoundInfoRequest q;
                                q.set_number(1);
                                v1::RoundInfo r;
                                return status(ch)->GetRound(WithDeadline(&ctx), q, &r).error_code();
                              }};
-  rpcs["Status.WatchStatus"] = {v1::VIEWER, [=](const auto& ch) {
+  rpcs["Status.WatchStatus"] = {{v1::VIEWER, v1::EVALUATOR}, [=](const auto& ch) {
                                   grpc::ClientContext ctx;
                                   auto reader = status(ch)->WatchStatus(WithDeadline(&ctx), {});
                                   v1::ServerStatus s;
@@ -141,7 +159,7 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
                                   return reader->Finish().error_code();
                                 }};
   rpcs["Admin.InitModel"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         v1::InitHeader h;
         h.set_model_spec(kSpec);
         *h.mutable_manifest() = manifest;
@@ -150,7 +168,7 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
         return static_cast<grpc::StatusCode>(r.status().code());  // ALREADY_EXISTS when allowed
       }};
   rpcs["Admin.CloseRound"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::CloseRoundRequest q;
         q.set_round(99);  // never the open round: allowed callers get FAILED_PRECONDITION
@@ -158,7 +176,7 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
         return admin(ch)->CloseRound(WithDeadline(&ctx), q, &r).error_code();
       }};
   rpcs["Admin.CreateToken"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::CreateTokenRequest q;
         q.set_name("bad name!");  // allowed callers get INVALID_ARGUMENT, nothing is created
@@ -167,7 +185,7 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
         return admin(ch)->CreateToken(WithDeadline(&ctx), q, &r).error_code();
       }};
   rpcs["Admin.RevokeToken"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::RevokeTokenRequest q;
         q.set_name("nobody");  // allowed callers get NOT_FOUND
@@ -175,20 +193,20 @@ std::map<std::string, std::pair<v1::Role, Call>> AllRpcs(const v1::Manifest& man
         return admin(ch)->RevokeToken(WithDeadline(&ctx), q, &r).error_code();
       }};
   rpcs["Admin.ListTokens"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::ListTokensResponse r;
         return admin(ch)->ListTokens(WithDeadline(&ctx), {}, &r).error_code();
       }};
   rpcs["Admin.RollbackBase"] = {
-      v1::OPERATOR, [=](const auto& ch) {
+      {v1::OPERATOR}, [=](const auto& ch) {
         grpc::ClientContext ctx;
         v1::RollbackBaseRequest q;
         q.set_base_version(7);  // allowed callers get FAILED_PRECONDITION
         v1::RollbackBaseResponse r;
         return admin(ch)->RollbackBase(WithDeadline(&ctx), q, &r).error_code();
       }};
-  rpcs["Admin.ListAudit"] = {v1::OPERATOR, [=](const auto& ch) {
+  rpcs["Admin.ListAudit"] = {{v1::OPERATOR}, [=](const auto& ch) {
                                grpc::ClientContext ctx;
                                v1::ListAuditResponse r;
                                return admin(ch)->ListAudit(WithDeadline(&ctx), {}, &r).error_code();
@@ -205,8 +223,11 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
 
   // Tokens made with the CLI, as an operator would.
   std::map<std::string, std::string> token;
-  for (const auto& [name, role] : std::vector<std::pair<std::string, std::string>>{
-           {"vera", "viewer"}, {"carl", "contributor"}, {"rita", "contributor"}}) {
+  for (const auto& [name, role] :
+       std::vector<std::pair<std::string, std::string>>{{"vera", "viewer"},
+                                                        {"carl", "contributor"},
+                                                        {"rita", "contributor"},
+                                                        {"evan", "evaluator"}}) {
     std::string out = dir_.path() + "/" + name + ".token";
     auto r = Ctl(*server, op_file,
                  {"token", "create", "--name=" + name, "--role=" + role, "--out=" + out});
@@ -228,6 +249,7 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
                                  {"forged", "cf_" + std::string(64, 'a'), v1::ROLE_UNSPECIFIED},
                                  {"viewer", token["vera"], v1::VIEWER},
                                  {"contributor", token["carl"], v1::CONTRIBUTOR},
+                                 {"evaluator", token["evan"], v1::EVALUATOR},
                                  {"operator", op, v1::OPERATOR}};
   int checked = 0;
   for (const auto& [rpc_name, rpc] : AllRpcs(manifest)) {
@@ -238,7 +260,8 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
       SCOPED_TRACE(absl::StrCat(rpc_name, " as ", caller.who));
       if (caller.role == v1::ROLE_UNSPECIFIED) {
         EXPECT_EQ(got, grpc::StatusCode::UNAUTHENTICATED);
-      } else if (caller.role == v1::OPERATOR || caller.role == rpc.first) {
+      } else if (caller.role == v1::OPERATOR ||
+                 std::find(rpc.first.begin(), rpc.first.end(), caller.role) != rpc.first.end()) {
         EXPECT_NE(got, grpc::StatusCode::UNAUTHENTICATED);
         EXPECT_NE(got, grpc::StatusCode::PERMISSION_DENIED);
         EXPECT_NE(got, grpc::StatusCode::UNAVAILABLE);
@@ -248,7 +271,7 @@ TEST_F(SecurityTest, EveryRpcChecksTokenAndRoleOverTls) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 14 * 6);
+  EXPECT_EQ(checked, 16 * 7);
 
   // The contributor named in an upload is the token's identity, not the header's.
   auto rounds = [&] {

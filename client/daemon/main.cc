@@ -74,8 +74,11 @@ ABSL_FLAG(int, keep_contributions, 0,
 ABSL_FLAG(double, poll_s, 1.0, "Seconds between checks for a new round");
 ABSL_FLAG(bool, probe, false,
           "Instead of the daemon: fine-tune a fresh head (and the body) from the current "
-          "base on the first --probe_examples rows of --train, print test accuracy as JSON, "
-          "upload nothing");
+          "base on the first --probe_examples rows of --train, print test accuracy as JSON "
+          "and record it on the server as an evaluation of --task; upload nothing");
+ABSL_FLAG(bool, record_evaluation, true,
+          "--probe: record the scores on the server (needs --task; a contributor or "
+          "evaluator token)");
 ABSL_FLAG(int64_t, probe_examples, 100, "--probe: training rows to use");
 ABSL_FLAG(int64_t, base_version, -1, "--probe: base version to start from (-1: current)");
 ABSL_FLAG(std::string, tls_ca, "",
@@ -98,8 +101,9 @@ constexpr char kUsage[] =
     MLP bases: numeric CSV files. Checkpoint bases (transformer encoders): add
     --model=HF_MODEL_DIR and give CSV/TSV/JSONL files of labelled texts
     (--text_column, --text_pair_column, --label_column, --dev for early stopping).
-coldfuse-client --probe --train=FILE --test=FILE [--model=DIR] [--probe_examples=100]
-    scores the current base as a starting point for a task; uploads nothing.)";
+coldfuse-client --probe --task=NAME --train=FILE --test=FILE [--model=DIR] [--probe_examples=100]
+    scores the current base as a starting point for a task and records the score on
+    the server (coldfusectl evals); uploads nothing.)";
 
 train::TrainOptions TrainOptionsFromFlags() {
   train::TrainOptions t;
@@ -206,10 +210,27 @@ absl::Status Probe() {
                                                      absl::GetFlag(FLAGS_probe_examples)));
   std::string json = absl::StrFormat("{\"base_version\": %d, \"train_examples\": %d", base.version,
                                      r.num_examples);
+  const std::string task_name = absl::GetFlag(FLAGS_task);
+  const bool record = absl::GetFlag(FLAGS_record_evaluation) && !task_name.empty();
   for (const auto& [name, value] : r.metrics) {
-    if (absl::EndsWith(name, "_after")) {
-      absl::StrAppendFormat(&json, ", \"%s\": %.6f", name.substr(0, name.size() - 6), value);
-    }
+    if (!absl::EndsWith(name, "_after")) continue;
+    const std::string metric = name.substr(0, name.size() - 6);
+    absl::StrAppendFormat(&json, ", \"%s\": %.6f", metric, value);
+    if (!record) continue;
+    // The score after fine-tuning on num_examples rows: the few-shot k of this probe.
+    v1::Evaluation e;
+    e.set_base_version(base.version);
+    e.set_task(task_name);
+    e.set_metric(metric);
+    e.set_value(value);
+    e.set_num_train_examples(r.num_examples);
+    ASSIGN_OR_RETURN(v1::Evaluation stored,
+                     rpc::RecordEvaluation(channel, e, std::chrono::seconds(30)));
+    CF_LOG(INFO) << "recorded " << metric << " " << value << " of base v" << base.version << " on "
+                 << task_name << (stored.task_seen() ? " (a seen task)" : " (unseen task)");
+  }
+  if (absl::GetFlag(FLAGS_record_evaluation) && task_name.empty()) {
+    CF_LOG(INFO) << "not recorded on the server: give --task=NAME to record this score";
   }
   std::cout << json << "}\n";
   return absl::OkStatus();

@@ -209,6 +209,20 @@ absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channe
   return r;
 }
 
+absl::StatusOr<v1::Evaluation> RecordEvaluation(const std::shared_ptr<grpc::Channel>& channel,
+                                                const v1::Evaluation& evaluation,
+                                                std::chrono::milliseconds deadline,
+                                                const RetryOptions& retry) {
+  auto stub = v1::Contributor::NewStub(channel);
+  v1::RecordEvaluationRequest q;
+  *q.mutable_evaluation() = evaluation;
+  v1::Evaluation r;
+  RETURN_IF_ERROR(RetryIdempotent(channel, {deadline}, retry, [&](grpc::ClientContext* ctx) {
+    return FromGrpc(stub->RecordEvaluation(ctx, q, &r), "RecordEvaluation");
+  }));
+  return r;
+}
+
 std::shared_ptr<grpc::Channel> ConnectInsecure(const std::string& target) {
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
                                    ClientChannelArguments());

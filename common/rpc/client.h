@@ -135,6 +135,13 @@ absl::Status RetryIdempotent(const std::shared_ptr<grpc::Channel>& channel,
                              const CallOptions& options, const RetryOptions& retry,
                              const std::function<absl::Status(grpc::ClientContext*)>& call);
 
+// Contributor.RecordEvaluation, retried like GetRound (recording the same score again
+// replaces it, so a retry is harmless). Returns the stored evaluation.
+absl::StatusOr<v1::Evaluation> RecordEvaluation(const std::shared_ptr<grpc::Channel>& channel,
+                                                const v1::Evaluation& evaluation,
+                                                std::chrono::milliseconds deadline,
+                                                const RetryOptions& retry = {});
+
 // GetRound, retried.
 absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
                                               std::chrono::milliseconds deadline,

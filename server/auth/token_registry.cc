@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -23,8 +24,16 @@ v1::AuditRecord Audit(absl::string_view actor, absl::string_view action, std::st
 
 }  // namespace
 
-bool Allows(v1::Role role, v1::Role required) {
-  return role == v1::OPERATOR || (role != v1::ROLE_UNSPECIFIED && role == required);
+bool Allows(v1::Role role, std::initializer_list<v1::Role> allowed) {
+  if (role == v1::OPERATOR) return true;
+  if (role == v1::ROLE_UNSPECIFIED) return false;
+  return std::find(allowed.begin(), allowed.end(), role) != allowed.end();
+}
+
+std::string RoleNames(std::initializer_list<v1::Role> roles) {
+  std::string out;
+  for (v1::Role r : roles) absl::StrAppend(&out, out.empty() ? "" : " or ", v1::Role_Name(r));
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<TokenRegistry>> TokenRegistry::Create(storage::Store* store,
@@ -43,8 +52,9 @@ absl::StatusOr<CreatedToken> TokenRegistry::CreateToken(absl::string_view name, 
                                                         int64_t ttl_seconds,
                                                         absl::string_view actor) {
   RETURN_IF_ERROR(CheckName("token name", name, /*allow_empty=*/false));
-  if (role != v1::CONTRIBUTOR && role != v1::VIEWER && role != v1::OPERATOR) {
-    return absl::InvalidArgumentError("role must be contributor, viewer or operator");
+  if (role != v1::CONTRIBUTOR && role != v1::VIEWER && role != v1::OPERATOR &&
+      role != v1::EVALUATOR) {
+    return absl::InvalidArgumentError("role must be contributor, viewer, evaluator or operator");
   }
   if (ttl_seconds < 0) return absl::InvalidArgumentError("ttl must not be negative");
   if (ttl_seconds > (std::numeric_limits<int64_t>::max() - clock_->NowUnixMs()) / 1000) {

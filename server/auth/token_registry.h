@@ -4,6 +4,7 @@
 #ifndef COLDFUSE_SERVER_AUTH_TOKEN_REGISTRY_H_
 #define COLDFUSE_SERVER_AUTH_TOKEN_REGISTRY_H_
 
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,9 +25,11 @@ struct Identity {
   v1::Role role = v1::ROLE_UNSPECIFIED;
 };
 
-// Whether `role` may call an RPC that needs `required`: operators may call everything;
-// otherwise the roles must be equal.
-bool Allows(v1::Role role, v1::Role required);
+// Whether `role` may call an RPC open to the roles in `allowed`: operators may call
+// everything; otherwise `role` must be one of `allowed`.
+bool Allows(v1::Role role, std::initializer_list<v1::Role> allowed);
+// "CONTRIBUTOR or EVALUATOR", for messages.
+std::string RoleNames(std::initializer_list<v1::Role> roles);
 
 struct CreatedToken {
   std::string secret;  // shown once

@@ -319,14 +319,20 @@ TEST_F(TokenRegistryTest, ExpiredOperatorDoesNotCount) {
 }
 
 TEST(AllowsTest, RoleMatrix) {
-  const v1::Role roles[] = {v1::ROLE_UNSPECIFIED, v1::CONTRIBUTOR, v1::VIEWER, v1::OPERATOR};
+  const v1::Role roles[] = {v1::ROLE_UNSPECIFIED, v1::CONTRIBUTOR, v1::VIEWER, v1::OPERATOR,
+                            v1::EVALUATOR};
   for (v1::Role required : roles) {
     SCOPED_TRACE(v1::Role_Name(required));
-    EXPECT_TRUE(Allows(v1::OPERATOR, required));
-    EXPECT_EQ(Allows(v1::VIEWER, required), required == v1::VIEWER);
-    EXPECT_EQ(Allows(v1::CONTRIBUTOR, required), required == v1::CONTRIBUTOR);
-    EXPECT_FALSE(Allows(v1::ROLE_UNSPECIFIED, required));
+    EXPECT_TRUE(Allows(v1::OPERATOR, {required}));
+    EXPECT_EQ(Allows(v1::VIEWER, {required}), required == v1::VIEWER);
+    EXPECT_EQ(Allows(v1::CONTRIBUTOR, {required}), required == v1::CONTRIBUTOR);
+    EXPECT_EQ(Allows(v1::EVALUATOR, {required}), required == v1::EVALUATOR);
+    EXPECT_FALSE(Allows(v1::ROLE_UNSPECIFIED, {required}));
   }
+  // Pulling a base is open to evaluators too; pushing is not.
+  EXPECT_TRUE(Allows(v1::EVALUATOR, {v1::CONTRIBUTOR, v1::EVALUATOR}));
+  EXPECT_FALSE(Allows(v1::VIEWER, {v1::CONTRIBUTOR, v1::EVALUATOR}));
+  EXPECT_EQ(RoleNames({v1::CONTRIBUTOR, v1::EVALUATOR}), "CONTRIBUTOR or EVALUATOR");
 }
 
 TEST_F(TokenRegistryTest, CreateAndRevokeAreAuditedWithTheActor) {

@@ -1,6 +1,7 @@
 #include "server/rounds/round_manager.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/match.h"
@@ -470,6 +471,7 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     closing_ = false;
     return st;
   };
+  const auto fusion_start = std::chrono::steady_clock::now();
   storage::AuditBatch audit;
   Screen(&closing, &audit);
   const uint64_t number = closing.number();
@@ -496,8 +498,12 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
         return store_->PutBaseChunk(new_version, t, c, data);
       });
   if (!sha.ok()) return fail(sha.status());
+  const int64_t fusion_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::steady_clock::now() - fusion_start)
+                                .count();
 
   const int64_t now = clock_->NowUnixMs();
+  closing.set_fusion_duration_ms(fusion_ms);
   closing.set_state(v1::CLOSED);
   closing.set_closed_unix_ms(now);
   closing.set_result_base_version(new_version);
@@ -528,9 +534,13 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     closing_ = false;
     ++change_seq_;
   }
+  // The one line per round an operator reads in the log.
   CF_LOG(INFO) << "round " << number << " closed (" << reason << "): fused " << fused << " of "
-               << closing.contributions_size() << " contributions into base v" << new_version
-               << "; round " << number + 1 << " open";
+               << closing.contributions_size() << " contributions ("
+               << closing.contributions_size() - fused << " quarantined) with "
+               << v1::FusionMethod_Name(model.fusion_method()) << " into base v" << new_version
+               << " from v" << base_version << " in " << absl::StrFormat("%.1f", fusion_ms / 1e3)
+               << " s; round " << number + 1 << " open";
   NotifyChanged();
   v1::CloseRoundResponse resp;
   *resp.mutable_closed_round() = closing;
@@ -862,6 +872,34 @@ absl::StatusOr<v1::RoundInfo> RoundManager::GetRoundInfo(uint64_t number) const 
         absl::StrCat("round ", number, " does not exist; rounds are 1..", rounds_.size()));
   }
   return rounds_[number - 1];
+}
+
+absl::StatusOr<std::set<std::string>> RoundManager::TasksFusedInto(uint64_t version) const {
+  absl::MutexLock l(&mu_);
+  RETURN_IF_ERROR(CheckInitializedLocked());
+  // Each fused base has one round that made it; walk from `version` back to v0.
+  std::map<uint64_t, const v1::RoundInfo*> made_by;
+  uint64_t newest = 0;
+  for (const auto& r : rounds_) {
+    if (r.state() == v1::CLOSED && r.result_base_version() != 0) {
+      made_by[r.result_base_version()] = &r;
+      newest = std::max(newest, r.result_base_version());
+    }
+  }
+  std::set<std::string> tasks;
+  for (uint64_t v = version; v != 0;) {
+    auto it = made_by.find(v);
+    if (it == made_by.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("base v", version, " does not exist; bases are v0..v", newest));
+    }
+    for (const auto& c : it->second->contributions()) {
+      if (c.state() == v1::ACCEPTED && !c.task().empty()) tasks.insert(c.task());
+    }
+    if (it->second->base_version() >= v) return absl::DataLossError("base lineage loops");
+    v = it->second->base_version();
+  }
+  return tasks;
 }
 
 int RoundManager::AddListener(std::function<void()> fn) {

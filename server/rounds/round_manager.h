@@ -143,6 +143,11 @@ class RoundManager {
   v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<v1::RoundInfo> ListRounds() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const ABSL_LOCKS_EXCLUDED(mu_);
+  // The tasks of the accepted contributions fused into base `version` or a base it
+  // descends from (rollbacks cut a line: tasks of a bad base are not in its successors).
+  // NOT_FOUND if that base was never made; FAILED_PRECONDITION before init.
+  absl::StatusOr<std::set<std::string>> TasksFusedInto(uint64_t version) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // `fn` runs after every change of state, on the thread that made it, without the state
   // lock (it may read: GetStatus, OpenRoundNumber, ...) but possibly inside a close or
   // rollback; notifications are delivered one at a time, so `fn` never runs concurrently

@@ -14,7 +14,7 @@ namespace {
 absl::StatusOr<auth::Identity> CheckTokenAdmin(const Authorizer& auth,
                                                const grpc::CallbackServerContext* ctx,
                                                absl::string_view rpc) {
-  auto id = auth.Check(ctx, v1::OPERATOR, rpc);
+  auto id = auth.Check(ctx, {v1::OPERATOR}, rpc);
   if (id.ok() && auth.insecure()) {
     return absl::FailedPreconditionError("the server runs --insecure: it has no tokens");
   }
@@ -25,7 +25,7 @@ absl::StatusOr<auth::Identity> CheckTokenAdmin(const Authorizer& auth,
 
 grpc::ServerReadReactor<v1::InitModelRequest>* AdminService::InitModel(
     grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) {
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.InitModel");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.InitModel");
   if (!id.ok()) return new RejectedReadReactor<v1::InitModelRequest>(ToGrpcStatus(id.status()));
   rounds::RoundManager* manager = manager_;
   return new UploadReactor<v1::InitModelRequest, v1::InitModelResponse>(
@@ -37,14 +37,16 @@ grpc::ServerReadReactor<v1::InitModelRequest>* AdminService::InitModel(
         reply->set_base_version(result.base_version);
         reply->set_round(result.round);
         reply->set_sha256(result.sha256);
-      });
+      },
+      nullptr, 0,
+      metrics_ != nullptr ? metrics_->BeginStream(metrics::Stream::kInitModel) : nullptr);
 }
 
 grpc::ServerUnaryReactor* AdminService::CloseRound(grpc::CallbackServerContext* ctx,
                                                    const v1::CloseRoundRequest* request,
                                                    v1::CloseRoundResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.CloseRound");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.CloseRound");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -115,7 +117,7 @@ grpc::ServerUnaryReactor* AdminService::RollbackBase(grpc::CallbackServerContext
                                                      const v1::RollbackBaseRequest* request,
                                                      v1::RollbackBaseResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.RollbackBase");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.RollbackBase");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -132,7 +134,7 @@ grpc::ServerUnaryReactor* AdminService::ListAudit(grpc::CallbackServerContext* c
                                                   const v1::ListAuditRequest* request,
                                                   v1::ListAuditResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.ListAudit");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.ListAudit");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -150,7 +152,7 @@ grpc::ServerUnaryReactor* AdminService::Prune(grpc::CallbackServerContext* ctx,
                                               const v1::PruneRequest* request,
                                               v1::PruneResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.Prune");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.Prune");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -168,7 +170,7 @@ grpc::ServerUnaryReactor* AdminService::PinBase(grpc::CallbackServerContext* ctx
                                                 const v1::PinBaseRequest* request,
                                                 v1::PinBaseResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.PinBase");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.PinBase");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -190,12 +192,20 @@ grpc::ServerUnaryReactor* AdminService::PinBase(grpc::CallbackServerContext* ctx
 
 grpc::ServerWriteReactor<v1::BackupResponse>* AdminService::Backup(
     grpc::CallbackServerContext* ctx, const v1::BackupRequest* /*request*/) {
-  auto id = auth_->Check(ctx, v1::OPERATOR, "Admin.Backup");
+  auto id = auth_->Check(ctx, {v1::OPERATOR}, "Admin.Backup");
   if (!id.ok()) return new RejectedWriteReactor<v1::BackupResponse>(ToGrpcStatus(id.status()));
   CF_LOG(INFO) << "backup requested by " << Printable(id->name);
   auto source = std::make_shared<BackupSource>(store_);
-  return new ProducerWriteReactor<v1::BackupResponse>(executor_,
-                                                      [source] { return source->Next(); });
+  std::shared_ptr<metrics::ServerMetrics::StreamScope> scope;
+  if (metrics_ != nullptr) scope = metrics_->BeginStream(metrics::Stream::kBackup);
+  return new ProducerWriteReactor<v1::BackupResponse>(
+      executor_, [source, scope]() -> absl::StatusOr<std::optional<v1::BackupResponse>> {
+        auto next = source->Next();
+        if (scope != nullptr && next.ok() && next->has_value() && (*next)->has_chunk()) {
+          scope->AddBytes((*next)->chunk().data().size());
+        }
+        return next;
+      });
 }
 
 }  // namespace coldfuse::service

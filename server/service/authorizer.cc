@@ -8,7 +8,8 @@
 namespace coldfuse::service {
 
 absl::StatusOr<auth::Identity> Authorizer::Check(const grpc::CallbackServerContext* ctx,
-                                                 v1::Role required, absl::string_view rpc) const {
+                                                 std::initializer_list<v1::Role> allowed,
+                                                 absl::string_view rpc) const {
   if (registry_ == nullptr) return auth::Identity{"anonymous", v1::OPERATOR};
   std::string secret;
   const auto& md = ctx->client_metadata();
@@ -19,11 +20,18 @@ absl::StatusOr<auth::Identity> Authorizer::Check(const grpc::CallbackServerConte
       secret = std::string(absl::StripAsciiWhitespace(value.substr(7)));
     }
   }
+  return CheckSecret(secret, allowed, rpc);
+}
+
+absl::StatusOr<auth::Identity> Authorizer::CheckSecret(absl::string_view secret,
+                                                       std::initializer_list<v1::Role> allowed,
+                                                       absl::string_view what) const {
+  if (registry_ == nullptr) return auth::Identity{"anonymous", v1::OPERATOR};
   ASSIGN_OR_RETURN(auth::Identity id, registry_->Authenticate(secret));
-  if (!auth::Allows(id.role, required)) {
+  if (!auth::Allows(id.role, allowed)) {
     return absl::PermissionDeniedError(absl::StrCat("token '", id.name, "' has role ",
-                                                    v1::Role_Name(id.role), "; ", rpc, " needs ",
-                                                    v1::Role_Name(required)));
+                                                    v1::Role_Name(id.role), "; ", what, " needs ",
+                                                    auth::RoleNames(allowed)));
   }
   return id;
 }

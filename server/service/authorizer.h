@@ -22,9 +22,15 @@ class Authorizer {
   auth::TokenRegistry* registry() const { return registry_; }
 
   // UNAUTHENTICATED without a valid token; PERMISSION_DENIED when its role may not call
-  // `rpc`, which needs `required`.
-  absl::StatusOr<auth::Identity> Check(const grpc::CallbackServerContext* ctx, v1::Role required,
+  // `rpc`, which is open to operators and the roles in `allowed`.
+  absl::StatusOr<auth::Identity> Check(const grpc::CallbackServerContext* ctx,
+                                       std::initializer_list<v1::Role> allowed,
                                        absl::string_view rpc) const;
+  // The same for a bearer token read elsewhere (the HTTP listener): `secret` is the
+  // token itself.
+  absl::StatusOr<auth::Identity> CheckSecret(absl::string_view secret,
+                                             std::initializer_list<v1::Role> allowed,
+                                             absl::string_view what) const;
 
  private:
   auth::TokenRegistry* registry_;

@@ -1,6 +1,7 @@
 #include <optional>
 
 #include "absl/synchronization/mutex.h"
+#include "common/names.h"
 #include "common/status_macros.h"
 #include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
@@ -14,20 +15,30 @@ namespace {
 // Streams one base: header, chunks, trailer (ProducerWriteReactor: each chunk is read on
 // the executor while the previous one is on the wire; at most two in memory).
 ProducerWriteReactor<v1::PullBaseResponse>* NewPullReactor(
-    std::unique_ptr<rounds::BaseReader> reader, Executor* executor) {
+    std::unique_ptr<rounds::BaseReader> reader, Executor* executor,
+    metrics::ServerMetrics* metrics) {
   v1::PullBaseResponse header;
   header.mutable_header()->set_base_version(reader->version());
   header.mutable_header()->set_model_spec(reader->model_spec());
   *header.mutable_header()->mutable_manifest() = reader->manifest();
-  auto state = std::make_shared<std::pair<std::unique_ptr<rounds::BaseReader>, bool>>(
-      std::move(reader), false);  // the reader, and whether the trailer went
+  struct State {
+    std::unique_ptr<rounds::BaseReader> base;
+    bool trailer_sent = false;
+    // Ends (the stream's duration observed) when the reactor and its producer go.
+    std::unique_ptr<metrics::ServerMetrics::StreamScope> scope;
+  };
+  auto state = std::make_shared<State>();
+  state->base = std::move(reader);
+  if (metrics != nullptr) state->scope = metrics->BeginStream(metrics::Stream::kPullBase);
   return new ProducerWriteReactor<v1::PullBaseResponse>(
       executor,
       [state]() -> absl::StatusOr<std::optional<v1::PullBaseResponse>> {
-        auto& [base, trailer_sent] = *state;
+        auto& base = state->base;
+        bool& trailer_sent = state->trailer_sent;
         if (trailer_sent) return std::nullopt;
         v1::PullBaseResponse m;
         ASSIGN_OR_RETURN(bool more, base->Next(m.mutable_chunk()));
+        if (state->scope != nullptr) state->scope->AddBytes(m.chunk().data().size());
         if (!more) {
           *m.mutable_trailer() = base->Trailer();
           trailer_sent = true;
@@ -43,7 +54,7 @@ grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerConte
                                                        const v1::GetRoundRequest* /*request*/,
                                                        v1::GetRoundResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.GetRound");
+  auto id = auth_->Check(ctx, {v1::CONTRIBUTOR, v1::EVALUATOR}, "Contributor.GetRound");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -56,7 +67,7 @@ grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerConte
 
 grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
     grpc::CallbackServerContext* ctx, const v1::PullBaseRequest* request) {
-  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.PullBase");
+  auto id = auth_->Check(ctx, {v1::CONTRIBUTOR, v1::EVALUATOR}, "Contributor.PullBase");
   if (!id.ok()) return new RejectedWriteReactor<v1::PullBaseResponse>(ToGrpcStatus(id.status()));
   std::optional<uint64_t> version;
   if (request->has_base_version()) version = request->base_version();
@@ -68,12 +79,12 @@ grpc::ServerWriteReactor<v1::PullBaseResponse>* ContributorService::PullBase(
   if (!reader.ok()) {
     return new RejectedWriteReactor<v1::PullBaseResponse>(ToGrpcStatus(reader.status()));
   }
-  return NewPullReactor(std::move(*reader), executor_);
+  return NewPullReactor(std::move(*reader), executor_, metrics_);
 }
 
 grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushContribution(
     grpc::CallbackServerContext* ctx, v1::ContributionReceipt* response) {
-  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.PushContribution");
+  auto id = auth_->Check(ctx, {v1::CONTRIBUTOR}, "Contributor.PushContribution");
   if (!id.ok()) {
     return new RejectedReadReactor<v1::PushContributionRequest>(ToGrpcStatus(id.status()));
   }
@@ -100,14 +111,15 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
         receipt->set_sha256(result.sha256);
         receipt->set_bytes(result.bytes);
       },
-      streams_, *stream);
+      streams_, *stream,
+      metrics_ != nullptr ? metrics_->BeginStream(metrics::Stream::kPushContribution) : nullptr);
 }
 
 grpc::ServerUnaryReactor* ContributorService::GetUpload(grpc::CallbackServerContext* ctx,
                                                         const v1::GetUploadRequest* request,
                                                         v1::UploadProgress* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::CONTRIBUTOR, "Contributor.GetUpload");
+  auto id = auth_->Check(ctx, {v1::CONTRIBUTOR}, "Contributor.GetUpload");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -117,6 +129,34 @@ grpc::ServerUnaryReactor* ContributorService::GetUpload(grpc::CallbackServerCont
   auto r = intake_->GetUpload(request->upload_id(), owner);
   if (r.ok()) *response = std::move(*r);
   reactor->Finish(ToGrpcStatus(r.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ContributorService::RecordEvaluation(
+    grpc::CallbackServerContext* ctx, const v1::RecordEvaluationRequest* request,
+    v1::Evaluation* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, {v1::CONTRIBUTOR, v1::EVALUATOR}, "Contributor.RecordEvaluation");
+  if (!id.ok()) {
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  // Insecure mode has no identities: the caller may name itself.
+  std::string evaluator = id->name;
+  if (auth_->insecure() && !request->evaluation().evaluator().empty()) {
+    if (absl::Status st = CheckName("evaluator", request->evaluation().evaluator(), false);
+        !st.ok()) {
+      reactor->Finish(ToGrpcStatus(st));
+      return reactor;
+    }
+    evaluator = request->evaluation().evaluator();
+  }
+  // A synced write: on a worker, never on gRPC's thread.
+  executor_->Run([this, reactor, request, response, evaluator] {
+    auto r = evaluations_->Record(request->evaluation(), evaluator);
+    if (r.ok()) *response = std::move(*r);
+    reactor->Finish(ToGrpcStatus(r.status()));
+  });
   return reactor;
 }
 

@@ -7,7 +7,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
+#include "server/metrics/metrics.h"
 #include "server/rounds/contribution_intake.h"
+#include "server/rounds/evaluations.h"
 #include "server/rounds/round_manager.h"
 #include "server/service/authorizer.h"
 #include "server/service/executor.h"
@@ -18,8 +20,15 @@ namespace coldfuse::service {
 class ContributorService final : public v1::Contributor::CallbackService {
  public:
   ContributorService(rounds::RoundManager* manager, rounds::ContributionIntake* intake,
-                     Executor* executor, const Authorizer* auth, UploadStreams* streams)
-      : manager_(manager), intake_(intake), executor_(executor), auth_(auth), streams_(streams) {}
+                     rounds::Evaluations* evaluations, Executor* executor, const Authorizer* auth,
+                     UploadStreams* streams, metrics::ServerMetrics* metrics)
+      : manager_(manager),
+        intake_(intake),
+        evaluations_(evaluations),
+        executor_(executor),
+        auth_(auth),
+        streams_(streams),
+        metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* GetRound(grpc::CallbackServerContext* ctx,
                                      const v1::GetRoundRequest* request,
@@ -31,19 +40,25 @@ class ContributorService final : public v1::Contributor::CallbackService {
   grpc::ServerUnaryReactor* GetUpload(grpc::CallbackServerContext* ctx,
                                       const v1::GetUploadRequest* request,
                                       v1::UploadProgress* response) override;
+  grpc::ServerUnaryReactor* RecordEvaluation(grpc::CallbackServerContext* ctx,
+                                             const v1::RecordEvaluationRequest* request,
+                                             v1::Evaluation* response) override;
 
  private:
   rounds::RoundManager* manager_;
   rounds::ContributionIntake* intake_;
+  rounds::Evaluations* evaluations_;
   Executor* executor_;
   const Authorizer* auth_;
   UploadStreams* streams_;
+  metrics::ServerMetrics* metrics_;
 };
 
 class StatusService final : public v1::Status::CallbackService {
  public:
-  StatusService(rounds::RoundManager* manager, const Authorizer* auth)
-      : manager_(manager), auth_(auth) {}
+  StatusService(rounds::RoundManager* manager, const rounds::Evaluations* evaluations,
+                const Authorizer* auth, metrics::ServerMetrics* metrics)
+      : manager_(manager), evaluations_(evaluations), auth_(auth), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* ctx,
                                       const v1::GetStatusRequest* request,
@@ -56,17 +71,22 @@ class StatusService final : public v1::Status::CallbackService {
                                      v1::RoundInfo* response) override;
   grpc::ServerWriteReactor<v1::ServerStatus>* WatchStatus(
       grpc::CallbackServerContext* ctx, const v1::WatchStatusRequest* request) override;
+  grpc::ServerUnaryReactor* ListEvaluations(grpc::CallbackServerContext* ctx,
+                                            const v1::ListEvaluationsRequest* request,
+                                            v1::ListEvaluationsResponse* response) override;
 
  private:
   rounds::RoundManager* manager_;
+  const rounds::Evaluations* evaluations_;
   const Authorizer* auth_;
+  metrics::ServerMetrics* metrics_;
 };
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
   AdminService(rounds::RoundManager* manager, storage::Store* store, Executor* executor,
-               const Authorizer* auth)
-      : manager_(manager), store_(store), executor_(executor), auth_(auth) {}
+               const Authorizer* auth, metrics::ServerMetrics* metrics)
+      : manager_(manager), store_(store), executor_(executor), auth_(auth), metrics_(metrics) {}
 
   grpc::ServerReadReactor<v1::InitModelRequest>* InitModel(
       grpc::CallbackServerContext* ctx, v1::InitModelResponse* response) override;
@@ -103,6 +123,7 @@ class AdminService final : public v1::Admin::CallbackService {
   storage::Store* store_;
   Executor* executor_;
   const Authorizer* auth_;
+  metrics::ServerMetrics* metrics_;
 };
 
 }  // namespace coldfuse::service

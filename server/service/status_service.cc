@@ -11,8 +11,9 @@ namespace {
 // Changes that arrive while a write is in flight are folded into the next write.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
  public:
-  WatchReactor(rounds::RoundManager* manager, bool insecure)
-      : manager_(manager), insecure_(insecure) {
+  WatchReactor(rounds::RoundManager* manager, bool insecure,
+               std::unique_ptr<metrics::ServerMetrics::StreamScope> scope)
+      : manager_(manager), insecure_(insecure), scope_(std::move(scope)) {
     std::lock_guard<std::recursive_mutex> l(mu_);
     listener_ = manager_->AddListener([this] { OnChange(); });
     SendLocked();
@@ -72,6 +73,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
 
   rounds::RoundManager* manager_;
   const bool insecure_;
+  std::unique_ptr<metrics::ServerMetrics::StreamScope> scope_;  // counts it as active
   std::recursive_mutex mu_;  // recursive: gRPC may run OnWriteDone inline
   int listener_ = 0;
   v1::ServerStatus message_;
@@ -87,7 +89,7 @@ grpc::ServerUnaryReactor* StatusService::GetStatus(grpc::CallbackServerContext* 
                                                    const v1::GetStatusRequest* /*request*/,
                                                    v1::ServerStatus* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::VIEWER, "Status.GetStatus");
+  auto id = auth_->Check(ctx, {v1::VIEWER, v1::EVALUATOR}, "Status.GetStatus");
   if (id.ok()) {
     *response = manager_->GetStatus();
     response->set_insecure(auth_->insecure());
@@ -100,7 +102,7 @@ grpc::ServerUnaryReactor* StatusService::ListRounds(grpc::CallbackServerContext*
                                                     const v1::ListRoundsRequest* /*request*/,
                                                     v1::ListRoundsResponse* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::VIEWER, "Status.ListRounds");
+  auto id = auth_->Check(ctx, {v1::VIEWER, v1::EVALUATOR}, "Status.ListRounds");
   if (id.ok()) {
     for (auto& r : manager_->ListRounds()) *response->add_rounds() = std::move(r);
   }
@@ -112,7 +114,7 @@ grpc::ServerUnaryReactor* StatusService::GetRound(grpc::CallbackServerContext* c
                                                   const v1::GetRoundInfoRequest* request,
                                                   v1::RoundInfo* response) {
   auto* reactor = ctx->DefaultReactor();
-  auto id = auth_->Check(ctx, v1::VIEWER, "Status.GetRound");
+  auto id = auth_->Check(ctx, {v1::VIEWER, v1::EVALUATOR}, "Status.GetRound");
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
@@ -125,9 +127,23 @@ grpc::ServerUnaryReactor* StatusService::GetRound(grpc::CallbackServerContext* c
 
 grpc::ServerWriteReactor<v1::ServerStatus>* StatusService::WatchStatus(
     grpc::CallbackServerContext* ctx, const v1::WatchStatusRequest* /*request*/) {
-  auto id = auth_->Check(ctx, v1::VIEWER, "Status.WatchStatus");
+  auto id = auth_->Check(ctx, {v1::VIEWER, v1::EVALUATOR}, "Status.WatchStatus");
   if (!id.ok()) return new RejectedWriteReactor<v1::ServerStatus>(ToGrpcStatus(id.status()));
-  return new WatchReactor(manager_, auth_->insecure());
+  return new WatchReactor(
+      manager_, auth_->insecure(),
+      metrics_ != nullptr ? metrics_->BeginStream(metrics::Stream::kWatchStatus) : nullptr);
+}
+
+grpc::ServerUnaryReactor* StatusService::ListEvaluations(grpc::CallbackServerContext* ctx,
+                                                         const v1::ListEvaluationsRequest* request,
+                                                         v1::ListEvaluationsResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto id = auth_->Check(ctx, {v1::VIEWER, v1::EVALUATOR}, "Status.ListEvaluations");
+  if (id.ok()) {
+    for (auto& e : evaluations_->List(request->task())) *response->add_evaluations() = std::move(e);
+  }
+  reactor->Finish(ToGrpcStatus(id.status()));
+  return reactor;
 }
 
 }  // namespace coldfuse::service

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "common/tsan_handoff.h"
+#include "server/metrics/metrics.h"
 #include "server/rounds/tensor_upload.h"
 #include "server/service/executor.h"
 #include "server/service/grpc_status.h"
@@ -28,17 +29,20 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   using ReplyFn = std::function<void(const rounds::UploadResult&, Response*)>;
 
   // `streams` (optional) is told when the stream waits for the client and when it is
-  // done; `stream_id` is its UploadStreams::Open id.
+  // done; `stream_id` is its UploadStreams::Open id. `metrics` (optional) counts the
+  // stream, its bytes and its outcome.
   UploadReactor(grpc::CallbackServerContext* ctx, Executor* executor, Response* response,
                 BeginFn begin, ReplyFn reply, UploadStreams* streams = nullptr,
-                uint64_t stream_id = 0)
+                uint64_t stream_id = 0,
+                std::unique_ptr<metrics::ServerMetrics::StreamScope> metrics = nullptr)
       : ctx_(ctx),
         executor_(executor),
         response_(response),
         begin_(std::move(begin)),
         reply_(std::move(reply)),
         streams_(streams),
-        stream_id_(stream_id) {
+        stream_id_(stream_id),
+        metrics_(std::move(metrics)) {
     Read();
   }
 
@@ -89,6 +93,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
             Fail(rounds::TensorUpload::EndKind::kRejected, accepted);
             return;
           }
+          if (metrics_ != nullptr) metrics_->AddBytes(request_.chunk().data().size());
           Read();
         });
         return;
@@ -120,6 +125,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   // outcome, so a client that retries at once is not refused for its own finished call.
   void FinishWith(const absl::Status& status) {
     if (streams_ != nullptr) streams_->Close(stream_id_);
+    if (metrics_ != nullptr) metrics_->SetOutcome(status);
     TsanHandOff(this);
     this->Finish(ToGrpcStatus(status));
   }
@@ -154,6 +160,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   ReplyFn reply_;
   UploadStreams* streams_;
   uint64_t stream_id_;
+  std::unique_ptr<metrics::ServerMetrics::StreamScope> metrics_;  // ends in the destructor
   Request request_;
   std::unique_ptr<rounds::TensorUpload> upload_;
 };

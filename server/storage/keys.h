@@ -12,6 +12,8 @@
 //             'P' version                           PinRecord: retention keeps that base
 //             'R' version                           PrunedBaseRecord: its tensors were removed
 //             'T' name                              TokenRecord
+//             'E' version task metric k evaluator   EvaluationRecord (task and metric
+//                                                   length-prefixed, u32; k u64)
 //   bases     version tensor(u32) chunk             <= 1 MiB of tensor bytes
 //   contribs  'h' round id                          ContributionRecord
 //             'd' round id tensor(u32) chunk        <= 1 MiB of tensor bytes, as sent
@@ -98,6 +100,18 @@ inline std::optional<uint64_t> ParsePrunedBase(absl::string_view k) {
   return internal::ParseTagged('R', k);
 }
 inline std::string Token(absl::string_view name) { return internal::Tagged('T', name); }
+inline std::string EvaluationPrefix() { return "E"; }
+inline std::string Evaluation(uint64_t version, absl::string_view task, absl::string_view metric,
+                              uint64_t num_train_examples, absl::string_view evaluator) {
+  std::string k = internal::Tagged('E', version);
+  PutU32(&k, static_cast<uint32_t>(task.size()));
+  k.append(task.data(), task.size());
+  PutU32(&k, static_cast<uint32_t>(metric.size()));
+  k.append(metric.data(), metric.size());
+  PutU64(&k, num_train_examples);
+  k.append(evaluator.data(), evaluator.size());
+  return k;
+}
 inline std::string TokenPrefix() { return "T"; }
 
 // ---- bases

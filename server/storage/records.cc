@@ -97,6 +97,7 @@ RoundRecord ToRecord(const v1::RoundInfo& round) {
   r.set_result_base_version(round.result_base_version());
   r.set_close_reason(round.close_reason());
   r.set_contributions_pruned(round.contributions_pruned());
+  r.set_fusion_duration_ms(round.fusion_duration_ms());
   return r;
 }
 
@@ -110,7 +111,36 @@ v1::RoundInfo FromRecord(const RoundRecord& r) {
   round.set_result_base_version(r.result_base_version());
   round.set_close_reason(r.close_reason());
   round.set_contributions_pruned(r.contributions_pruned());
+  round.set_fusion_duration_ms(r.fusion_duration_ms());
   return round;
+}
+
+EvaluationRecord ToRecord(const v1::Evaluation& e) {
+  EvaluationRecord r;
+  r.set_base_version(e.base_version());
+  r.set_task(e.task());
+  r.set_metric(e.metric());
+  r.set_value(e.value());
+  r.set_num_train_examples(e.num_train_examples());
+  r.set_num_eval_examples(e.num_eval_examples());
+  r.set_evaluator(e.evaluator());
+  r.set_recorded_unix_ms(e.recorded_unix_ms());
+  r.set_task_seen(e.task_seen());
+  return r;
+}
+
+v1::Evaluation FromRecord(const EvaluationRecord& r) {
+  v1::Evaluation e;
+  e.set_base_version(r.base_version());
+  e.set_task(r.task());
+  e.set_metric(r.metric());
+  e.set_value(r.value());
+  e.set_num_train_examples(r.num_train_examples());
+  e.set_num_eval_examples(r.num_eval_examples());
+  e.set_evaluator(r.evaluator());
+  e.set_recorded_unix_ms(r.recorded_unix_ms());
+  e.set_task_seen(r.task_seen());
+  return e;
 }
 
 TokenRecord ToRecord(const StoredToken& token) {

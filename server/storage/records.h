@@ -22,6 +22,9 @@ v1::ContributionInfo FromRecord(const ContributionRecord& r);
 RoundRecord ToRecord(const v1::RoundInfo& round);
 v1::RoundInfo FromRecord(const RoundRecord& r);
 
+EvaluationRecord ToRecord(const v1::Evaluation& e);
+v1::Evaluation FromRecord(const EvaluationRecord& r);
+
 TokenRecord ToRecord(const StoredToken& token);
 StoredToken FromRecord(const TokenRecord& r);
 

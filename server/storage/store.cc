@@ -489,6 +489,27 @@ absl::Status Store::PutToken(const StoredToken& token, const AuditBatch& audit) 
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "store token");
 }
 
+absl::Status Store::PutEvaluation(const v1::Evaluation& e, const AuditBatch& audit) {
+  rocksdb::WriteBatch batch;
+  batch.Put(impl_->cfs[kMeta],
+            keys::Evaluation(e.base_version(), e.task(), e.metric(), e.num_train_examples(),
+                             e.evaluator()),
+            ToRecord(e).SerializeAsString());
+  return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "store evaluation");
+}
+
+absl::StatusOr<std::vector<v1::Evaluation>> Store::LoadEvaluations() {
+  std::vector<v1::Evaluation> out;
+  RETURN_IF_ERROR(impl_->Scan(kMeta, keys::EvaluationPrefix(), "scan evaluations",
+                              [&](absl::string_view, absl::string_view v) -> absl::Status {
+                                EvaluationRecord r;
+                                RETURN_IF_ERROR(ParseRecord(v, &r, "evaluation"));
+                                out.push_back(FromRecord(r));
+                                return absl::OkStatus();
+                              }));
+  return out;
+}
+
 absl::StatusOr<std::vector<StoredToken>> Store::LoadTokens() {
   std::vector<StoredToken> out;
   RETURN_IF_ERROR(impl_->Scan(kMeta, keys::TokenPrefix(), "scan tokens",

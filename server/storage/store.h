@@ -153,6 +153,10 @@ class Store {
   // Tokens (synced). PutToken creates or replaces the record of info.name().
   absl::Status PutToken(const StoredToken& token, const AuditBatch& audit = {});
   absl::StatusOr<std::vector<StoredToken>> LoadTokens();
+  // Stores an evaluation (replacing the one with the same key, keys.h) with one synced
+  // write; LoadEvaluations returns them by base version, task, metric, k, evaluator.
+  absl::Status PutEvaluation(const v1::Evaluation& evaluation, const AuditBatch& audit = {});
+  absl::StatusOr<std::vector<v1::Evaluation>> LoadEvaluations();
 
   // Appends records on their own (e.g. rejected uploads, which change nothing else).
   absl::Status AppendAudit(const AuditBatch& audit);
