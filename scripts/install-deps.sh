@@ -3,7 +3,9 @@
 # Needs root (or sudo).
 #   install-deps.sh [GROUP...]   GROUP: build (the default: build, test, run the demo),
 #                                sanitizers (clang for `make test-asan` / `make test-tsan`),
-#                                format (clang-format for `make format` / `make format-check`)
+#                                format (clang-format for `make format` / `make format-check`),
+#                                containers (podman and docker-compose: build and run the images
+#                                of docs/containers.md on a machine without Docker)
 set -euo pipefail
 
 GROUPS_WANTED=("$@")
@@ -21,13 +23,17 @@ for g in "${GROUPS_WANTED[@]}"; do
       libgtest-dev libgmock-dev
       procps util-linux passwd
       chromium chromium-driver python3-selenium curl
-      python3 python3-venv python3-sklearn python3-numpy python3-torch) ;;
+      python3 python3-venv python3-sklearn python3-numpy python3-torch
+      python3-yaml) ;;
     # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
     # llvm-symbolizer for readable stacks in the reports.
     # `time` gives scripts/fuzz.sh the CPU seconds each fuzzer used.
     sanitizers) PKGS+=(clang-14 libclang-rt-14-dev llvm-14 time) ;;
     format) PKGS+=(clang-format-14) ;;
-    *) echo "install-deps: unknown group '$g' (build, sanitizers, format)" >&2; exit 2 ;;
+    # podman builds the images (`podman build --format docker ...`) and serves a
+    # Docker-compatible API that docker-compose (1.29) runs deploy/compose.yaml against.
+    containers) PKGS+=(podman docker-compose) ;;
+    *) echo "install-deps: unknown group '$g' (build, sanitizers, format, containers)" >&2; exit 2 ;;
   esac
 done
 
