@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/posix_file.h"
 #include "server/http/assets.h"
@@ -20,8 +21,7 @@ std::string JsonQuote(absl::string_view s) {
       out += '\\';
       out += static_cast<char>(c);
     } else if (c < 0x20) {
-      out += absl::StrCat("\\u00", absl::string_view("0123456789abcdef" + (c >> 4), 1),
-                          absl::string_view("0123456789abcdef" + (c & 15), 1));
+      out += absl::StrFormat("\\u%04x", c);
     } else {
       out += static_cast<char>(c);
     }
