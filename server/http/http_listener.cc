@@ -228,7 +228,10 @@ absl::StatusOr<std::unique_ptr<HttpListener>> HttpListener::Start(const HttpOpti
   impl->server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   impl->server->set_read_timeout(std::chrono::milliseconds(options.request_timeout_ms));
   impl->server->set_write_timeout(std::chrono::milliseconds(options.request_timeout_ms));
-  impl->server->set_keep_alive_timeout(30);
+  // A kept-alive connection holds a worker until it goes quiet: keep that short, so a
+  // few idle browsers cannot leave /healthz (a liveness probe) without a thread.
+  impl->server->set_keep_alive_timeout(5);
+  impl->server->set_keep_alive_max_count(100);
   impl->server->set_payload_max_length(64 << 10);  // GETs only: nothing large is expected
   Impl* raw = impl.get();
   impl->server->set_pre_routing_handler(

@@ -42,9 +42,11 @@ struct HttpOptions {
   // Re-read the certificate and key when they change, checking at most this often
   // (0: read once). Default: 60.
   unsigned reload_interval_s = 60;
-  // Requests served at once (each a thread); more wait in the accept queue. Default: 8.
-  int threads = 8;
-  // A request (headers and all) must arrive within this time. Default: 10 s.
+  // Connections served at once (each a thread, held while the connection is kept alive,
+  // at most 5 s idle); more wait in the queue. Default: 16.
+  int threads = 16;
+  // A request (headers and all) must arrive, and a response be taken, within this time.
+  // Default: 10 s.
   int request_timeout_ms = 10000;
 };
 
