@@ -14,26 +14,35 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::ServerStatus> {
   WatchReactor(rounds::RoundManager* manager, bool insecure,
                std::unique_ptr<metrics::ServerMetrics::StreamScope> scope)
       : manager_(manager), insecure_(insecure), scope_(std::move(scope)) {
-    std::lock_guard<std::recursive_mutex> l(mu_);
-    listener_ = manager_->AddListener([this] { OnChange(); });
-    SendLocked();
+    {
+      std::lock_guard<std::recursive_mutex> l(mu_);
+      listener_ = manager_->AddListener([this] { OnChange(); });
+      SendLocked();
+    }
+    TsanHandOff(this);  // the unlock above comes before OnDone's delete, on another thread
   }
 
   void OnWriteDone(bool ok) override {
     TsanTakeOver(this);
-    std::lock_guard<std::recursive_mutex> l(mu_);
-    writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
-      return;
+    {
+      std::lock_guard<std::recursive_mutex> l(mu_);
+      writing_ = false;
+      if (!ok) {
+        FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      } else if (pending_) {
+        SendLocked();
+      }
     }
-    if (pending_) SendLocked();
+    TsanHandOff(this);
   }
 
   void OnCancel() override {
     TsanTakeOver(this);
-    std::lock_guard<std::recursive_mutex> l(mu_);
-    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+    {
+      std::lock_guard<std::recursive_mutex> l(mu_);
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+    }
+    TsanHandOff(this);
   }
 
   void OnDone() override {
