@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace coldfuse::metrics {
 namespace {
@@ -211,8 +212,8 @@ std::string ServerMetrics::Render() const {
       for (Built* b : {&base, &round, &in_round, &quorum, &opened, &bad}) {
         families.push_back(std::move(b->family));
       }
-      // Counters from the stored rounds: they count every contribution ever stored, so
-      // a restart does not reset them.
+      // Counters from the stored rounds (counted in place, nothing copied): they count
+      // every contribution ever stored, so a restart does not reset them.
       Built accepted("coldfuse_contributions_accepted_total",
                      "Contributions stored (including those screening later quarantined)",
                      MetricType::Counter);
@@ -221,27 +222,20 @@ std::string ServerMetrics::Render() const {
       Built closed("coldfuse_rounds_closed_total", "Rounds closed, by reason", MetricType::Counter);
       Built contributed("coldfuse_contributor_contributions_total",
                         "Contributions stored, by contributor", MetricType::Counter);
-      uint64_t n_accepted = 0, n_quarantined = 0;
-      std::map<std::string, uint64_t> by_reason, by_contributor;
-      for (const v1::RoundInfo& r : manager_->ListRounds()) {
-        if (r.state() == v1::CLOSED) ++by_reason[r.close_reason()];
-        for (const auto& c : r.contributions()) {
-          ++n_accepted;
-          if (c.state() == v1::QUARANTINED) ++n_quarantined;
-          if (options_.contributor_labels) ++by_contributor[c.contributor()];
-        }
+      rounds::RoundManager::Tally tally = manager_->CountRounds(options_.contributor_labels);
+      accepted.Add(static_cast<double>(tally.contributions));
+      quarantined.Add(static_cast<double>(tally.quarantined));
+      for (const char* reason : {"quorum", "timeout", "operator", "rollback"}) {
+        tally.closed_by_reason[reason];
       }
-      accepted.Add(static_cast<double>(n_accepted));
-      quarantined.Add(static_cast<double>(n_quarantined));
-      for (const char* reason : {"quorum", "timeout", "operator", "rollback"}) by_reason[reason];
-      for (const auto& [reason, n] : by_reason) {
+      for (const auto& [reason, n] : tally.closed_by_reason) {
         closed.Add(static_cast<double>(n), {{"reason", reason}});
       }
       families.push_back(std::move(accepted.family));
       families.push_back(std::move(quarantined.family));
       families.push_back(std::move(closed.family));
       if (options_.contributor_labels) {
-        for (const auto& [name, n] : by_contributor) {
+        for (const auto& [name, n] : tally.by_contributor) {
           contributed.Add(static_cast<double>(n), {{"contributor", name}});
         }
         families.push_back(std::move(contributed.family));
@@ -259,7 +253,7 @@ std::string ServerMetrics::Render() const {
                  MetricType::Gauge);
     std::map<std::string, int> by_role = {
         {"contributor", 0}, {"viewer", 0}, {"operator", 0}, {"evaluator", 0}};
-    const int64_t now_ms = manager_ != nullptr ? manager_->GetStatus().server_time_unix_ms() : 0;
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
     for (const v1::TokenInfo& t : tokens_->List()) {
       if (t.revoked() || (t.expires_unix_ms() != 0 && t.expires_unix_ms() <= now_ms)) continue;
       std::string role = v1::Role_Name(t.role());

@@ -874,6 +874,20 @@ absl::StatusOr<v1::RoundInfo> RoundManager::GetRoundInfo(uint64_t number) const 
   return rounds_[number - 1];
 }
 
+RoundManager::Tally RoundManager::CountRounds(bool per_contributor) const {
+  absl::MutexLock l(&mu_);
+  Tally t;
+  for (const auto& r : rounds_) {
+    if (r.state() == v1::CLOSED) ++t.closed_by_reason[r.close_reason()];
+    for (const auto& c : r.contributions()) {
+      ++t.contributions;
+      if (c.state() == v1::QUARANTINED) ++t.quarantined;
+      if (per_contributor) ++t.by_contributor[c.contributor()];
+    }
+  }
+  return t;
+}
+
 absl::StatusOr<std::set<std::string>> RoundManager::TasksFusedInto(uint64_t version) const {
   absl::MutexLock l(&mu_);
   RETURN_IF_ERROR(CheckInitializedLocked());

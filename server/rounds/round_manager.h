@@ -143,6 +143,14 @@ class RoundManager {
   v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<v1::RoundInfo> ListRounds() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::RoundInfo> GetRoundInfo(uint64_t number) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Counts over every stored round (for metrics), without copying the rounds.
+  struct Tally {
+    uint64_t contributions = 0;  // stored, screening's quarantines included
+    uint64_t quarantined = 0;
+    std::map<std::string, uint64_t> closed_by_reason;
+    std::map<std::string, uint64_t> by_contributor;  // only with `per_contributor`
+  };
+  Tally CountRounds(bool per_contributor) const ABSL_LOCKS_EXCLUDED(mu_);
   // The tasks of the accepted contributions fused into base `version` or a base it
   // descends from (rollbacks cut a line: tasks of a bad base are not in its successors).
   // NOT_FOUND if that base was never made; FAILED_PRECONDITION before init.
