@@ -320,6 +320,20 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
       s.round_timeout_ms() > 0
           ? absl::StrFormat(", or %.0f s after opening", s.round_timeout_ms() / 1000.0)
           : std::string("; no deadline (--round_timeout_s=0)");
+  std::string closes;
+  if (s.round_closes_by_unix_ms() > 0) {
+    const int64_t left =
+        std::max<int64_t>(0, s.round_closes_by_unix_ms() - s.server_time_unix_ms());
+    closes = absl::StrFormat(", closes in <= %d s", (left + 999) / 1000);
+  }
+  const v1::StalenessPolicy& sp = s.staleness();
+  const std::string stale =
+      sp.max_staleness() == 0
+          ? std::string("; contributions from the current base only")
+          : absl::StrFormat("; contributions up to %d fusions stale (from %s), weight (1+s)^-%g",
+                            sp.max_staleness(),
+                            absl::StrCat("v", absl::StrJoin(sp.accepted_base_versions(), ", v")),
+                            sp.staleness_exponent());
   const std::string bad =
       s.bad_base_versions_size() == 0
           ? std::string()
@@ -328,15 +342,15 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
       "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
       "base        v%d (sha256 %s)\n"
       "%s"
-      "open round  %d, opened %s, %d/%d contributions%s\n"
-      "policy      close at %d contributions%s\n"
+      "open round  %d, opened %s, %d/%d contributions%s%s\n"
+      "policy      close at %d contributions%s%s\n"
       "storage     %s on disk; %s\n",
       Printable(s.model().model_spec()), s.model().manifest().tensors_size(),
       s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
       ToHex(s.base_sha256()).substr(0, 16), bad, round.number(),
       Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
       s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
-      s.min_contributions(), deadline, HumanBytes(s.storage().disk_bytes()),
+      closes, s.min_contributions(), deadline, stale, HumanBytes(s.storage().disk_bytes()),
       StorageSummary(s.storage()));
   return absl::OkStatus();
 }
@@ -425,11 +439,20 @@ absl::Status Round(const std::shared_ptr<grpc::Channel>& channel, Format format,
     }
     std::cout << "\n";
   }
-  std::vector<std::vector<std::string>> rows = {{"id", "contributor", "task", "examples"}};
+  // "from": the base it was fine-tuned from; "stale": fusions since then (and its weight),
+  // 0 for a contribution trained from the round's base.
+  std::vector<std::vector<std::string>> rows = {
+      {"id", "contributor", "task", "examples", "from", "stale"}};
   for (const auto& m : metrics) rows[0].push_back(Printable(m));
   for (const auto& c : round.contributions()) {
-    std::vector<std::string> cells = {absl::StrCat(c.id()), Printable(c.contributor()),
-                                      Printable(c.task()), absl::StrCat(c.num_examples())};
+    std::vector<std::string> cells = {
+        absl::StrCat(c.id()),
+        Printable(c.contributor()),
+        Printable(c.task()),
+        absl::StrCat(c.num_examples()),
+        absl::StrCat("v", c.trained_from_base()),
+        c.staleness() == 0 ? std::string("0")
+                           : absl::StrFormat("%d (x%.3f)", c.staleness(), c.staleness_weight())};
     for (const auto& m : metrics) {
       auto it = c.metrics().find(m);
       cells.push_back(it == c.metrics().end() ? "-" : absl::StrFormat("%.4f", it->second));

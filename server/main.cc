@@ -20,6 +20,7 @@
 #include "common/logging.h"
 #include "common/posix_file.h"
 #include "common/program.h"
+#include "server/rounds/staleness.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, data_dir, "", "Folder of the server's RocksDB store (created if missing)");
@@ -56,6 +57,13 @@ ABSL_FLAG(int, keep_bases, 0,
 ABSL_FLAG(int, keep_contribution_rounds, -1,
           "Retention: keep the contributions' tensors of the newest N closed rounds (-1: "
           "all; 0: remove them once their round is fused). Their records and metrics stay");
+ABSL_FLAG(int, max_staleness, 4,
+          "Asynchronous contributions: accept one fine-tuned from a base up to N fusions "
+          "older than the open round's (0: only from the current base). Those bases are "
+          "kept on disk whatever --keep_bases says");
+ABSL_FLAG(double, staleness_exponent, 0.5,
+          "A contribution s fusions stale is fused as its own delta times (1 + s)^-a, a "
+          "this exponent (0.5: FedBuff's 1/sqrt(1 + s); 0: not down-weighted)");
 ABSL_FLAG(std::string, umask, "077",
           "Permission bits (octal) kept from group and others on the data folder, its "
           "files and every file the server writes; 027 lets the service's group read");
@@ -182,7 +190,10 @@ int main(int argc, char** argv) {
                1 << 20) ||
       !InRange("keep_bases", absl::GetFlag(FLAGS_keep_bases), 0, 1 << 30) ||
       !InRange("keep_contribution_rounds", absl::GetFlag(FLAGS_keep_contribution_rounds), -1,
-               1 << 30)) {
+               1 << 30) ||
+      !InRange("max_staleness", absl::GetFlag(FLAGS_max_staleness), 0,
+               coldfuse::rounds::kMaxStalenessBound) ||
+      !InRange("staleness_exponent", absl::GetFlag(FLAGS_staleness_exponent), 0, 16)) {
     return 2;
   }
   RaiseFdLimit();
@@ -222,6 +233,8 @@ int main(int argc, char** argv) {
   options.rounds.outlier_factor = absl::GetFlag(FLAGS_outlier_factor);
   options.rounds.keep_bases = static_cast<uint32_t>(absl::GetFlag(FLAGS_keep_bases));
   options.rounds.keep_contribution_rounds = absl::GetFlag(FLAGS_keep_contribution_rounds);
+  options.rounds.max_staleness = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_staleness));
+  options.rounds.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
   options.max_connections = absl::GetFlag(FLAGS_max_connections);
   options.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   options.handshake_timeout_ms = Millis(absl::GetFlag(FLAGS_handshake_timeout_s));

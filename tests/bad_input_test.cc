@@ -114,7 +114,7 @@ TEST_F(BadInputTest, EachBadUploadGetsItsCodeAndNothingIsStored) {
     auto bad = h;
     bad.set_round(4);
     ExpectRejected(RawPush(Stream(bad, t)), grpc::StatusCode::FAILED_PRECONDITION,
-                   "round 4 is not open");
+                   "round 4 has not opened yet");
   }
   {  // unknown tensor name
     auto bad_t = t;

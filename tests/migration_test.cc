@@ -70,6 +70,21 @@ class MigrationTest : public ::testing::Test {
     return c.ok() ? *c : nullptr;
   }
 
+  // Fields newer than the fixture, on a contribution of round `round`: a format-1
+  // contribution was trained from its round's base and stored under its round. Cleared
+  // once checked, so the rest compares with the fixture as recorded.
+  static void ExpectSynchronousAndClear(v1::RoundInfo* round) {
+    for (auto& c : *round->mutable_contributions()) {
+      EXPECT_EQ(c.trained_from_base(), round->base_version());
+      EXPECT_EQ(c.staleness(), 0u);
+      EXPECT_EQ(c.staleness_weight(), 1.0);
+      EXPECT_EQ(c.upload_round(), round->number());
+      c.clear_trained_from_base();
+      c.clear_staleness_weight();
+      c.clear_upload_round();
+    }
+  }
+
   // Everything the fixture recorded, compared with what the server serves now.
   void ExpectTheFixturesState(const ServerProcess& s) {
     google::protobuf::util::MessageDifferencer diff;
@@ -90,12 +105,18 @@ class MigrationTest : public ::testing::Test {
       st->clear_server_time_unix_ms();
       st->clear_round_timeout_ms();  // flags of this run
       st->clear_min_contributions();
+      st->clear_staleness();
+      st->clear_round_closes_by_unix_ms();
     }
+    ExpectSynchronousAndClear(got_status.mutable_open_round());
     EXPECT_TRUE(diff.Compare(want_status, got_status)) << report;
 
     auto want_rounds = FromJsonFile<v1::ListRoundsResponse>(kFixture + "/rounds.json");
     v1::ListRoundsResponse got_rounds;
-    for (auto& r : s.Rounds()) *got_rounds.add_rounds() = r;
+    for (auto& r : s.Rounds()) {
+      *got_rounds.add_rounds() = r;
+      ExpectSynchronousAndClear(&got_rounds.mutable_rounds()->at(got_rounds.rounds_size() - 1));
+    }
     report.clear();
     EXPECT_TRUE(diff.Compare(want_rounds, got_rounds)) << report;
 

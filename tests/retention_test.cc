@@ -126,9 +126,9 @@ class RetentionE2eTest : public ::testing::Test {
 
 TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit) {
   const std::string data = dir_.path() + "/db";
-  server_ = ServerProcess::Start(
-      data, dir_.path() + "/server.log",
-      {"--min_contributions=2", "--keep_bases=3", "--keep_contribution_rounds=2"});
+  server_ = ServerProcess::Start(data, dir_.path() + "/server.log",
+                                 {"--min_contributions=2", "--keep_bases=3",
+                                  "--keep_contribution_rounds=2", "--max_staleness=2"});
   ASSERT_NE(server_, nullptr);
   ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", base0_).ok());
   auto init = Ctl({"init", "--from=" + dir_.path() + "/base.safetensors"});
@@ -192,9 +192,9 @@ TEST_F(RetentionE2eTest, TwentyRoundsStayWithinABoundAndKeptBasesExportBitForBit
 
   // The pinned base is there to roll back to, across a restart.
   ASSERT_EQ(server_->Stop(), 0);
-  server_ = ServerProcess::Start(
-      data, dir_.path() + "/server.log",
-      {"--min_contributions=2", "--keep_bases=3", "--keep_contribution_rounds=2"});
+  server_ = ServerProcess::Start(data, dir_.path() + "/server.log",
+                                 {"--min_contributions=2", "--keep_bases=3",
+                                  "--keep_contribution_rounds=2", "--max_staleness=2"});
   ASSERT_NE(server_, nullptr);
   auto rb = Ctl({"rollback", "--base=5", "--reason=regression after v5"});
   ASSERT_EQ(rb.exit_code, 0) << rb.output;

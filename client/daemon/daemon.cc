@@ -41,6 +41,7 @@ absl::Status Daemon::Run() {
     if (st.ok()) {
       ASSIGN_OR_RETURN(uint64_t last, state_.LoadLastRound());
       if (round.round() > last) st = Contribute(round);
+      if (st.ok() && round.round() <= last) ReportWaiting(round);
       if (st.ok() && round.round() > last) {
         backoff = std::chrono::milliseconds(500);
         last_problem.clear();
@@ -81,6 +82,24 @@ absl::Status Daemon::Run() {
   return absl::OkStatus();
 }
 
+void Daemon::ReportWaiting(const v1::GetRoundResponse& r) {
+  std::string closes;
+  if (r.closes_by_unix_ms() > 0) {
+    const int64_t left = std::max<int64_t>(0, r.closes_by_unix_ms() - r.server_time_unix_ms());
+    closes = absl::StrFormat(", closes in <= %d s", (left + 999) / 1000);
+  } else if (r.round_timeout_ms() > 0) {
+    closes =
+        absl::StrFormat(", closes <= %d s after it opened", (r.round_timeout_ms() + 999) / 1000);
+  }
+  // Once per change of the round or its count (the deadline moves with the clock).
+  const std::string key = absl::StrCat(r.round(), "/", r.contributions());
+  if (key == last_wait_report_) return;
+  last_wait_report_ = key;
+  CF_LOG(INFO) << absl::StrFormat(
+      "waiting for round %d: round %d (ours is in) has %d/%d contributions%s", r.round() + 1,
+      r.round(), r.contributions(), r.min_contributions(), closes);
+}
+
 absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
   ASSIGN_OR_RETURN(std::optional<CachedBase> cached, state_.LoadBase());
   if (cached.has_value() && cached->version == version) return std::move(*cached);
@@ -101,13 +120,13 @@ absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
 
 absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   ASSIGN_OR_RETURN(std::optional<Contribution> pending, state_.LoadPending());
-  if (pending.has_value() && pending->header.round() == round.round() &&
-      pending->header.base_version() == round.base_version()) {
-    CF_LOG(INFO) << "round " << round.round()
-                 << ": resending the contribution trained before a restart";
-    return Push(*pending);
+  if (pending.has_value()) {
+    // Trained before a restart (or a failed push): the server takes it while its base is
+    // recent enough (an asynchronous contribution), and says FAILED_PRECONDITION if not.
+    CF_LOG(INFO) << "round " << round.round() << ": sending the contribution trained from base v"
+                 << pending->header.base_version() << " before a restart or a failed push";
+    return Push(*pending, round.round());
   }
-  if (pending.has_value()) RETURN_IF_ERROR(state_.DropPending());  // for an old round
 
   // A model this task cannot train is a setup problem: say so before pulling gigabytes.
   RETURN_IF_ERROR(task_->CheckModel(round.model_spec()));
@@ -155,25 +174,36 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   c.header.set_upload_id(rpc::NewUploadId());
   c.tensors = std::move(result->body);
   RETURN_IF_ERROR(state_.SavePending(c));
-  return Push(c);
+  return Push(c, round.round());
 }
 
-absl::Status Daemon::Push(const Contribution& c) {
-  const uint64_t round = c.header.round();
+absl::Status Daemon::Push(const Contribution& c, uint64_t open_round) {
   rpc::HostTensorSource source(c.tensors);
   auto receipt = rpc::PushContribution(channel_, c.header, &source);
   if (receipt.ok() || absl::IsAlreadyExists(receipt.status())) {
+    // The round it counts in: the open one, later than the one we trained in if rounds
+    // closed meanwhile (it is then fused as a stale contribution).
+    uint64_t round = std::max(open_round, c.header.round());
     if (receipt.ok()) {
+      round = receipt->round();
       CF_LOG(INFO) << "round " << round << ": contribution " << receipt->contribution_id()
-                   << " accepted (" << receipt->bytes() << " bytes)";
+                   << " accepted (" << receipt->bytes() << " bytes"
+                   << (round != c.header.round()
+                           ? absl::StrCat("; trained in round ", c.header.round(), " from base v",
+                                          c.header.base_version(),
+                                          ", fused as a stale "
+                                          "contribution")
+                           : std::string())
+                   << ")";
     } else {
-      CF_LOG(INFO) << "round " << round << ": the server already has our contribution";
+      CF_LOG(INFO) << "round " << round
+                   << ": the server already has our contribution: " << receipt.status().message();
     }
     RETURN_IF_ERROR(state_.SaveLastRound(round));
     return state_.ArchivePending(round, options_.keep_contributions);
   }
   if (absl::IsFailedPrecondition(receipt.status())) {
-    // The round moved on while we trained: train again from the new base.
+    // Its base is too old now (or was rolled back): train again from the current base.
     CF_LOG(WARNING) << receipt.status().message();
     RETURN_IF_ERROR(state_.DropPending());
   }

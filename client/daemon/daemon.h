@@ -52,15 +52,21 @@ class Daemon {
   // Contributes to `round` (pulling and training as needed). OK once acknowledged.
   absl::Status Contribute(const v1::GetRoundResponse& round);
   absl::StatusOr<CachedBase> EnsureBase(uint64_t version);
-  absl::Status Push(const Contribution& c);
+  // Pushes `c` (trained in round c.header.round()) while `open_round` is open, and
+  // records the round it went to.
+  absl::Status Push(const Contribution& c, uint64_t open_round);
   // Sleeps up to `d`, waking early on Stop().
   void Sleep(std::chrono::milliseconds d);
+  // Logs what the daemon waits for (the open round's progress and deadline), once per
+  // change.
+  void ReportWaiting(const v1::GetRoundResponse& round);
 
   DaemonOptions options_;
   StateDir state_;
   std::unique_ptr<LocalTask> task_;
   std::shared_ptr<grpc::Channel> channel_;
   std::atomic<bool> stop_{false};
+  std::string last_wait_report_;
 };
 
 }  // namespace coldfuse::daemon

@@ -18,7 +18,8 @@ namespace coldfuse::fusion {
 
 ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const ContributionSource& c,
                            const ChunkReader& read_base) {
-  bool same = !c.delta;
+  const bool stale = static_cast<bool>(c.read_trained_from);
+  bool same = !c.delta && !stale;
   for (int t = 0; same && t < c.manifest.tensors_size(); ++t) {
     same = c.manifest.tensors(t).dtype() == base_manifest.tensors(t).dtype();
   }
@@ -33,8 +34,9 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
     std::map<uint32_t, std::unique_ptr<ElementReader>> readers;
   };
   auto state = std::make_shared<State>();
-  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base](
-             size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
+  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base, stale,
+          read_from = c.read_trained_from,
+          weight = c.weight](size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
     if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
       return absl::OutOfRangeError(absl::StrCat("no tensor #", t, " in the base"));
     }
@@ -62,17 +64,26 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
       }
       RETURN_IF_ERROR(reader->Read(begin, n, values.data()));
     }
-    if (delta) {
-      ASSIGN_OR_RETURN(std::string base, read_base(0, t, chunk));
+    auto add = [&](const ChunkReader& reader, double factor, const char* which) -> absl::Status {
+      ASSIGN_OR_RETURN(std::string base, reader(0, t, chunk));
       if (base.size() != n * bsize) {
-        return absl::DataLossError(absl::StrCat("base chunk ", chunk, " of '", bspec.name(),
+        return absl::DataLossError(absl::StrCat(which, " chunk ", chunk, " of '", bspec.name(),
                                                 "' holds ", base.size(), " bytes; expected ",
                                                 n * bsize));
       }
       std::vector<double> b(n);
       DecodeToDouble(bspec.dtype(), base.data(), n, b.data());
-      for (uint64_t i = 0; i < n; ++i) values[i] += b[i];
+      for (uint64_t i = 0; i < n; ++i) values[i] += factor * b[i];
+      return absl::OkStatus();
+    };
+    if (stale) {
+      // The update: stored as such (DELTA), or the values minus the base they came from.
+      if (!delta) RETURN_IF_ERROR(add(read_from, -1.0, "trained-from base"));
+      if (weight != 1.0) {
+        for (uint64_t i = 0; i < n; ++i) values[i] *= weight;
+      }
     }
+    if (delta || stale) RETURN_IF_ERROR(add(read_base, 1.0, "base"));
     std::string out(n * bsize, '\0');
     EncodeFromDouble(bspec.dtype(), values.data(), n, out.data());
     return out;
@@ -92,7 +103,8 @@ absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
   for (const auto& c : contributions) {
     readers.push_back(ReadInBaseGrid(manifest, c, read_base));
     examples.push_back(c.num_examples);
-    norms.push_back(c.delta_norm);
+    // What this contribution moves the round's base by: its own update, weighted.
+    norms.push_back(c.read_trained_from ? c.weight * c.delta_norm : c.delta_norm);
   }
   const ChunkReader read = [&readers](size_t k, uint32_t t, uint64_t chunk) {
     return readers[k](k, t, chunk);

@@ -27,12 +27,20 @@ struct ContributionSource {
   // Reads chunk `chunk` of tensor `tensor` as stored: the contribution's own dtype, cut
   // into kChunkBytes chunks. Its k argument is ignored. Must be thread-safe.
   ChunkReader read;
+  // Set for a stale contribution (trained from an older base than the round's): reads
+  // that older base (k ignored). The contribution then enters fusion as
+  //   round base + weight * (contribution - trained-from base)
+  // (its own delta, down-weighted, applied to the round's base).
+  ChunkReader read_trained_from;
+  double weight = 1.0;
 };
 
 // A reader of `c` in the base's dtype and chunk grid (k ignored): `c.read` itself when
-// `c` is FULL and every tensor is in the base's dtype; otherwise a converting reader
-// that decodes the stored elements, adds the base (`read_base`, k ignored) for a DELTA
-// and encodes in the base's dtype. Thread-safe.
+// `c` is FULL, fresh and every tensor is in the base's dtype; otherwise a converting
+// reader that decodes the stored elements into the update (minus the trained-from base
+// for a stale FULL contribution), scales a stale one by c.weight, adds the round's base
+// (`read_base`, k ignored) for a DELTA or a stale contribution, and encodes in the
+// base's dtype (computing in double). Thread-safe.
 ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const ContributionSource& c,
                            const ChunkReader& read_base);
 

@@ -96,6 +96,9 @@ struct ContributionIntake::Stream {
   v1::ContributionHeader header;
   uint64_t id = 0;
   OpenRound open;
+  // The round its chunks are stored under: open.number for a new upload, the session's
+  // for a resumed one (whose round may have closed since).
+  uint64_t upload_round = 0;
   bool resuming = false;
   // How far the stored data goes (the session's header and id are not rewritten per
   // chunk).
@@ -114,14 +117,13 @@ absl::StatusOr<std::unique_ptr<ContributionIntake>> ContributionIntake::Create(
     const IntakeOptions& options, Clock* clock) {
   std::unique_ptr<ContributionIntake> intake(
       new ContributionIntake(store, rounds, options, clock, state.next_contribution_id));
-  const std::optional<uint64_t> open = rounds->OpenRoundNumber();
   std::vector<storage::StoredUpload> stale;
   {
     absl::MutexLock l(&intake->mu_);
     for (const auto& u : state.uploads) {
-      if (u.header.round() == open) {
+      if (rounds->IsAcceptableBase(u.header.base_version())) {
         Session& s = intake->sessions_[u.header.upload_id()];
-        s.round = u.header.round();
+        s.round = u.upload_round;
         s.id = u.contribution_id;
         s.contributor = u.header.contributor();
         s.upload = u;
@@ -131,7 +133,7 @@ absl::StatusOr<std::unique_ptr<ContributionIntake>> ContributionIntake::Create(
     }
   }
   for (const auto& u : stale) {
-    intake->DropUpload(u.header.upload_id(), u.header.round(), u.contribution_id);
+    intake->DropUpload(u.header.upload_id(), u.upload_round, u.contribution_id);
   }
   intake->listener_ = rounds->AddListener([raw = intake.get()] { raw->DropStaleSessions(); });
   return intake;
@@ -155,13 +157,13 @@ void ContributionIntake::AuditRejection(const std::string& actor, const absl::St
 }
 
 absl::Status ContributionIntake::CheckQuotaLocked(const v1::ContributionHeader& header,
-                                                  uint64_t bytes) {
-  const auto key = std::make_pair(header.round(), header.contributor());
+                                                  uint64_t round, uint64_t bytes) {
+  const auto key = std::make_pair(round, header.contributor());
   if (uploads_started_[key] >= options_.max_uploads_per_round) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("contributor '", header.contributor(), "' started ", uploads_started_[key],
-                     " uploads in round ", header.round(), "; the limit is ",
-                     options_.max_uploads_per_round, " per round"));
+    return absl::ResourceExhaustedError(absl::StrCat("contributor '", header.contributor(),
+                                                     "' started ", uploads_started_[key],
+                                                     " uploads in round ", round, "; the limit is ",
+                                                     options_.max_uploads_per_round, " per round"));
   }
   if (options_.max_bytes_per_day > 0) {
     const int64_t day = clock_->NowUnixMs() / kDayMs;
@@ -204,6 +206,7 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
     }
     s.streaming = true;
     stream->id = s.id;
+    stream->upload_round = s.round;
     stream->progress = s.upload.progress;
     stream->resuming = true;
     return absl::OkStatus();
@@ -213,8 +216,9 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
                                             "': start it from the beginning"));
   }
   ASSIGN_OR_RETURN(uint64_t sent_bytes, TotalBytes(header.manifest()));
-  RETURN_IF_ERROR(CheckQuotaLocked(header, sent_bytes));
+  RETURN_IF_ERROR(CheckQuotaLocked(header, open.number, sent_bytes));
   stream->id = next_id_++;
+  stream->upload_round = open.number;
   if (!uid.empty()) {
     Session s;
     s.round = open.number;
@@ -223,6 +227,7 @@ absl::Status ContributionIntake::AdmitLocked(const v1::ContributionHeader& heade
     s.streaming = true;
     s.upload.header = header;
     s.upload.contribution_id = stream->id;
+    s.upload.upload_round = open.number;
     sessions_[uid] = std::move(s);
   }
   return absl::OkStatus();
@@ -249,6 +254,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     storage::StoredUpload session;
     session.header = header;
     session.contribution_id = stream->id;
+    session.upload_round = stream->upload_round;
     absl::Status put = store_->PutUpload(session);
     if (!put.ok()) {
       (void)Abort(stream, TensorUpload::EndKind::kRejected, put);
@@ -261,7 +267,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
   auto sink = [this, stream](uint32_t t, uint64_t c, absl::string_view data) -> absl::Status {
     const v1::TensorSpec& spec = stream->header.manifest().tensors(t);
     const v1::TensorSpec& bspec = stream->open.base_manifest.tensors(t);
-    const uint64_t round = stream->open.number;
+    const uint64_t round = stream->upload_round;
     const size_t esize = DTypeSize(spec.dtype());
     const uint64_t n = data.size() / esize;
     const bool delta = stream->header.encoding() == v1::DELTA;
@@ -277,7 +283,8 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     double sum_sq = 0;
     if (!delta && spec.dtype() == bspec.dtype()) {
       // Sent as the base is stored: the same chunk grid, one pass over both buffers.
-      ASSIGN_OR_RETURN(std::string base, store_->GetBaseChunk(stream->open.base_version, t, c,
+      // The update's norm is against the base it was trained from.
+      ASSIGN_OR_RETURN(std::string base, store_->GetBaseChunk(stream->open.trained_from, t, c,
                                                               /*verify=*/false));
       if (base.size() != data.size()) {
         return absl::DataLossError(
@@ -295,7 +302,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
           ASSIGN_OR_RETURN(uint64_t elements, NumElements(bspec));
           reader = std::make_unique<fusion::ElementReader>(
               bspec.dtype(), elements,
-              [store = store_, v = stream->open.base_version, t](uint64_t chunk) {
+              [store = store_, v = stream->open.trained_from, t](uint64_t chunk) {
                 return store->GetBaseChunk(v, t, chunk, /*verify=*/false);
               });
         }
@@ -338,7 +345,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     const storage::StoredUpload::Progress& p = stream->progress;
     RETURN_IF_ERROR(upload->ResumeAt(
         p.next_tensor, p.next_offset,
-        [store = store_, round = stream->open.number, id = stream->id](uint32_t t, uint64_t c) {
+        [store = store_, round = stream->upload_round, id = stream->id](uint32_t t, uint64_t c) {
           return store->GetContributionChunk(round, id, t, c);
         }));  // on failure the abort step marks the session idle again (or drops it)
   }
@@ -361,9 +368,11 @@ absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<St
   info.set_state(v1::ACCEPTED);
   info.set_encoding(header.encoding() == v1::DELTA ? v1::DELTA : v1::FULL);
   *info.mutable_manifest() = header.manifest();
+  info.set_trained_from_base(header.base_version());
+  info.set_upload_round(stream->upload_round);
   // Make this upload's chunks durable before the synced record write points at them.
   RETURN_IF_ERROR(store_->FlushContributions());
-  RETURN_IF_ERROR(rounds_->Accept(stream->open.number, info, header.upload_id()));
+  ASSIGN_OR_RETURN(const Accepted at, rounds_->Accept(info, header.upload_id()));
   {
     absl::MutexLock l(&mu_);
     if (!header.upload_id().empty()) sessions_.erase(header.upload_id());
@@ -371,8 +380,8 @@ absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<St
   }
   UploadResult r;
   r.id = stream->id;
-  r.round = stream->open.number;
-  r.base_version = stream->open.base_version;
+  r.round = at.round;
+  r.base_version = at.base_version;
   r.sha256 = sha256;
   r.bytes = bytes;
   return r;
@@ -381,7 +390,7 @@ absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<St
 absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
                                        TensorUpload::EndKind kind, const absl::Status& why) {
   const std::string& uid = stream->header.upload_id();
-  const uint64_t round = stream->open.number;
+  const uint64_t round = stream->upload_round;
   const uint64_t id = stream->id;
   // A broken connection, a transient failure or a stream without its trailer keeps a
   // resumable upload; a rejected one is removed.
@@ -398,7 +407,7 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
       }
     }
     // A close that ran meanwhile could not drop the session while it streamed.
-    if (rounds_->OpenRoundNumber() == round) {
+    if (rounds_->IsAcceptableBase(stream->header.base_version())) {
       CF_LOG(INFO) << "upload " << uid << " interrupted ("
                    << (why.ok() ? std::string("stream dropped") : std::string(why.message()))
                    << "); kept for resumption at tensor #" << at.next_tensor << " offset "
@@ -415,8 +424,9 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
     DropStaleSessions();
     if (kind == TensorUpload::EndKind::kNoTrailer) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "stream ended before its trailer, and round ", round,
-          " has closed since: nothing was stored; pull the new base and contribute again"));
+          "stream ended before its trailer, and base v", stream->header.base_version(),
+          " can no longer be contributed from (the rounds moved on past --max_staleness): "
+          "nothing was stored; pull the new base and contribute again"));
     }
     return why;
   }
@@ -429,7 +439,7 @@ absl::Status ContributionIntake::Abort(const std::shared_ptr<Stream>& stream,
     // attempt does not count, or a contributor on a flaky network would be locked out of
     // the round by its own retries.
     absl::MutexLock l(&mu_);
-    auto it = uploads_started_.find({stream->header.round(), stream->header.contributor()});
+    auto it = uploads_started_.find({stream->open.number, stream->header.contributor()});
     if (it != uploads_started_.end() && it->second > 0) --it->second;
   }
   DropUpload(uid, round, id);
@@ -452,7 +462,8 @@ void ContributionIntake::DropStaleSessions() {
                            uploads_started_.lower_bound({open.value_or(0), std::string()}));
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       // A session still streaming fails at its commit and removes itself.
-      if (!it->second.streaming && it->second.round != open) {
+      if (!it->second.streaming &&
+          !rounds_->IsAcceptableBase(it->second.upload.header.base_version())) {
         stale.push_back(std::move(it->second));
         it = sessions_.erase(it);
       } else {

@@ -38,8 +38,8 @@ struct IntakeOptions {
 
 class ContributionIntake {
  public:
-  // Takes the interrupted uploads of `state` (from store->Load()): those of the open
-  // round stay resumable, the rest are removed. `store` and `rounds` must outlive it.
+  // Takes the interrupted uploads of `state` (from store->Load()): those whose base can
+  // still be accepted stay resumable, the rest are removed. `store` and `rounds` must outlive it.
   static absl::StatusOr<std::unique_ptr<ContributionIntake>> Create(
       storage::Store* store, RoundManager* rounds, const storage::LoadedState& state,
       const IntakeOptions& options, Clock* clock);
@@ -59,9 +59,10 @@ class ContributionIntake {
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  // A resumable upload of the open round, by upload id.
+  // A resumable upload, by upload id. It stays while a contribution trained from its
+  // base can still be accepted (also after the round it began in closed).
   struct Session {
-    uint64_t round = 0;
+    uint64_t round = 0;  // the round open when it began: its chunks are stored under it
     uint64_t id = 0;
     std::string contributor;
     bool streaming = false;        // a stream is attached now
@@ -74,15 +75,16 @@ class ContributionIntake {
   // Admission under mu_: quota, resumption, session table. Fills *stream.
   absl::Status AdmitLocked(const v1::ContributionHeader& header, const OpenRound& open,
                            Stream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CheckQuotaLocked(const v1::ContributionHeader& header, uint64_t bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckQuotaLocked(const v1::ContributionHeader& header, uint64_t round,
+                                uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<UploadResult> Commit(const std::shared_ptr<Stream>& stream,
                                       const std::string& sha256, uint64_t bytes)
       ABSL_LOCKS_EXCLUDED(mu_);
   // The abort step of an upload (TensorUpload::AbortFn): keeps or removes it.
   absl::Status Abort(const std::shared_ptr<Stream>& stream, TensorUpload::EndKind kind,
                      const absl::Status& why) ABSL_LOCKS_EXCLUDED(mu_);
-  // Removes idle sessions whose round is no longer open (on every change of state).
+  // Removes idle sessions whose base can no longer be accepted (on every change of
+  // state).
   void DropStaleSessions() ABSL_LOCKS_EXCLUDED(mu_);
   // Removes a session record and its chunks (a failed or abandoned upload).
   void DropUpload(const std::string& upload_id, uint64_t round, uint64_t id);

@@ -46,8 +46,9 @@ TEST_F(ContributionIntakeTest, ContributionIsListedInTheOpenRound) {
   EXPECT_EQ(c.received_unix_ms(), kStartMs + 1234);
 }
 
-TEST_F(ContributionIntakeTest, StaleBaseVersionIsFailedPrecondition) {
+TEST_F(ContributionIntakeTest, StaleBaseVersionIsFailedPreconditionInSynchronousRounds) {
   Init();
+  options_.max_staleness = 0;
   Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
   MustContribute("alice", 2);
   auto closed = manager_->MaybeClose();
@@ -58,9 +59,123 @@ TEST_F(ContributionIntakeTest, StaleBaseVersionIsFailedPrecondition) {
   h.set_base_version(0);
   auto r = Contribute(h, Body(kSpec, 3));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("--max_staleness=0"), std::string::npos) << r.status();
 }
 
-TEST_F(ContributionIntakeTest, WrongRoundIsFailedPrecondition) {
+// The weight a contribution `s` fusions stale gets by default: FedBuff's 1/sqrt(1 + s).
+double DefaultWeight(uint32_t s) { return 1.0 / std::sqrt(1.0 + s); }
+
+// round base + w * (x - from), element-wise in double (what fusion feeds the mean).
+std::vector<std::vector<float>> StaleInput(const std::vector<HostTensor>& round_base,
+                                           const std::vector<HostTensor>& x,
+                                           const std::vector<HostTensor>& from, double w) {
+  std::vector<std::vector<float>> out;
+  for (size_t t = 0; t < x.size(); ++t) {
+    std::vector<float> b = ValuesOf<float>(round_base[t].data);
+    std::vector<float> v = ValuesOf<float>(x[t].data);
+    std::vector<float> f = ValuesOf<float>(from[t].data);
+    std::vector<float> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      r[i] = static_cast<float>(double{b[i]} + w * (double{v[i]} - double{f[i]}));
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+TEST_F(ContributionIntakeTest, AStaleContributionIsFusedAsItsOwnWeightedDeltaOnTheRoundsBase) {
+  Init();
+  Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
+  const v1::ContributionHeader from_v0 = Header("bob");  // bob pulls v0 in round 1 ...
+  const std::vector<HostTensor> a = MustContribute("alice", 2);
+  ASSERT_TRUE(*manager_->MaybeClose());  // ... alice's round makes v1 while bob trains
+  const std::vector<HostTensor> v1_base = ReadBase(1);
+  Reconfigure(/*min_contributions=*/2, /*round_timeout_ms=*/0);
+
+  const std::vector<HostTensor> b = Body(kSpec, 3);
+  auto r = Contribute(from_v0, b);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->round, 2u);  // counted in the open round, not the one bob named
+  const std::vector<HostTensor> c = MustContribute("carol", 4);  // fresh, from v1
+  ASSERT_TRUE(*manager_->MaybeClose());
+
+  const v1::ContributionInfo bob = ContributionOf(2, "bob");
+  EXPECT_EQ(bob.trained_from_base(), 0u);
+  EXPECT_EQ(bob.staleness(), 1u);
+  EXPECT_DOUBLE_EQ(bob.staleness_weight(), DefaultWeight(1));
+  EXPECT_EQ(bob.upload_round(), 2u);
+  // bob's delta norm is against v0, the base he trained from.
+  EXPECT_NEAR(bob.delta_norm(), DeltaL2(b, base0_), 1e-9 * DeltaL2(b, base0_));
+  const v1::ContributionInfo carol = ContributionOf(2, "carol");
+  EXPECT_EQ(carol.trained_from_base(), 1u);
+  EXPECT_EQ(carol.staleness(), 0u);
+  EXPECT_EQ(carol.staleness_weight(), 1.0);
+
+  // v2 = mean(carol, v1 + w (bob - v0)).
+  const auto stale = StaleInput(v1_base, b, base0_, DefaultWeight(1));
+  std::vector<std::vector<float>> want;
+  for (size_t t = 0; t < c.size(); ++t) {
+    std::vector<float> cv = ValuesOf<float>(c[t].data);
+    std::vector<float> w(cv.size());
+    for (size_t i = 0; i < cv.size(); ++i) {
+      w[i] = static_cast<float>(0.5 * double{cv[i]} + 0.5 * double{stale[t][i]});
+    }
+    want.push_back(std::move(w));
+  }
+  ExpectTensorsEqual(ReadBase(), want);
+}
+
+TEST_F(ContributionIntakeTest,
+       BeyondMaxStalenessIsFailedPreconditionNamingTheBoundAndStoresNothing) {
+  Init();
+  options_.max_staleness = 1;
+  Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
+  std::vector<v1::ContributionHeader> pulled;  // what a contributor saw at each base
+  for (int v = 0; v < 3; ++v) {
+    pulled.push_back(Header("bob"));
+    MustContribute("alice", 10 + v);
+    ASSERT_TRUE(*manager_->MaybeClose());
+  }
+  pulled.push_back(Header("bob"));
+  ASSERT_EQ(pulled[3].base_version(), 3u);
+  const uint64_t next_id = 4;  // alice's were 1..3
+
+  auto r = Contribute(pulled[1], Body(kSpec, 5));  // from v1: 2 fusions old
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  const std::string msg(r.status().message());
+  for (const char* says :
+       {"base v1", "2 fusions older", "--max_staleness=1", "v3, v2", "pull the current base v3"}) {
+    EXPECT_NE(msg.find(says), std::string::npos) << says << " in: " << msg;
+  }
+  EXPECT_EQ(manager_->GetRoundInfo(4)->contributions_size(), 0);
+  EXPECT_EQ(store_->GetContributionChunk(4, next_id, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+
+  auto ok = Contribute(pulled[2], Body(kSpec, 6));  // from v2: 1 fusion old
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ContributionOf(4, "bob").staleness(), 1u);
+}
+
+TEST_F(ContributionIntakeTest, AContributionFromARolledBackBaseIsRefusedSayingSo) {
+  Init();
+  Reconfigure(/*min_contributions=*/1, /*round_timeout_ms=*/0);
+  MustContribute("alice", 2);
+  ASSERT_TRUE(*manager_->MaybeClose());
+  const v1::ContributionHeader from_v1 = Header("bob");
+  MustContribute("alice", 3);
+  ASSERT_TRUE(*manager_->MaybeClose());
+  ASSERT_TRUE(manager_->RollbackBase(0, "bad data", "op").ok());  // v1 and v2 bad
+
+  auto r = Contribute(from_v1, Body(kSpec, 4));
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("rolled back"), std::string::npos) << r.status();
+  // After the rollback, v0 is current again: a contribution from it is fresh.
+  const v1::ContributionHeader from_v0 = Header("carol");
+  EXPECT_EQ(from_v0.base_version(), 0u);
+  ASSERT_TRUE(Contribute(from_v0, Body(kSpec, 5)).ok());
+}
+
+TEST_F(ContributionIntakeTest, ARoundNotYetOpenOrZeroIsFailedPrecondition) {
   Init();
   v1::ContributionHeader h = Header("alice");
   h.set_round(2);
@@ -187,8 +302,36 @@ TEST_F(ContributionIntakeTest, BadContributorNameOrZeroExamplesIsInvalidArgument
   EXPECT_TRUE(intake_->Begin(Header("alice.o-k_1@lab")).ok());
 }
 
-TEST_F(ContributionIntakeTest, UploadInFlightWhenTheRoundClosesIsRefusedAndStoresNothing) {
+TEST_F(ContributionIntakeTest, AnUploadInFlightWhenItsRoundClosesGoesToTheNextRound) {
   Init();
+  const std::vector<HostTensor> a = MustContribute("alice", 2);
+  auto up = intake_->Begin(Header("bob"));
+  ASSERT_TRUE(up.ok()) << up.status();
+  const std::vector<HostTensor> b = Body(kSpec, 3);
+  ASSERT_TRUE(SendChunks(up->get(), b).ok());
+  const uint64_t bob_id = 2;  // ids are handed out in order
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());  // v1 = a
+
+  auto r = (*up)->Finish(TrailerFor(b));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->round, 2u);
+  up->reset();
+  const v1::ContributionInfo bob = ContributionOf(2, "bob");
+  EXPECT_EQ(bob.staleness(), 1u);
+  EXPECT_EQ(bob.upload_round(), 1u);  // its chunks stay where they were written
+  EXPECT_TRUE(store_->GetContributionChunk(1, bob_id, 0, 0).ok());
+
+  // A restart (which removes chunks no record points at) keeps them, and they fuse.
+  Restart();
+  ASSERT_TRUE(manager_->CloseRound(std::nullopt, "operator", "op").ok());
+  ExpectTensorsEqual(ReadBase(), StaleInput(ReadBase(1), b, base0_, DefaultWeight(1)));
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 1);
+}
+
+TEST_F(ContributionIntakeTest, UploadInFlightWhenTheRoundClosesIsRefusedInSynchronousRounds) {
+  Init();
+  options_.max_staleness = 0;
+  CreateManager();
   std::vector<HostTensor> a = MustContribute("alice", 2);
   auto up = intake_->Begin(Header("bob"));
   ASSERT_TRUE(up.ok()) << up.status();

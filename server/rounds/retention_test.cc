@@ -16,9 +16,12 @@ using namespace testing_fixture;  // NOLINT: the shared test helpers
 
 class RetentionTest : public RoundsTest {
  protected:
-  void Keep(uint32_t bases, int32_t contribution_rounds) {
+  // Retention by count alone: synchronous rounds (no base kept for stale contributions)
+  // unless `max_staleness` says otherwise.
+  void Keep(uint32_t bases, int32_t contribution_rounds, uint32_t max_staleness = 0) {
     options_.keep_bases = bases;
     options_.keep_contribution_rounds = contribution_rounds;
+    options_.max_staleness = max_staleness;
     options_.min_contributions = 100;  // the tests close rounds themselves
     CreateManager();
   }
@@ -38,6 +41,30 @@ class RetentionTest : public RoundsTest {
 };
 
 using V = std::vector<uint64_t>;
+
+TEST_F(RetentionTest, KeepsTheBasesAStaleContributionMayStillComeFrom) {
+  Keep(1, 0, /*max_staleness=*/2);
+  Init();
+  const v1::ContributionHeader from_v2 = [&] {
+    for (int r = 1; r <= 2; ++r) NextBase(r + 1);
+    return Header("late");
+  }();
+  for (int r = 3; r <= 4; ++r) NextBase(r + 1);
+  // v4 is current; v3 and v2 are one and two fusions older.
+  EXPECT_EQ(Stored(), (V{2, 3, 4}));
+  auto dry = manager_->Prune(/*dry_run=*/true, "op");
+  ASSERT_TRUE(dry.ok()) << dry.status();
+  EXPECT_EQ(absl::StrJoin(dry->kept_reasons(), "; "),
+            "v2: a contribution may be trained from it (--max_staleness=2); "
+            "v3: the rollback target (the newest good base before the current one)");
+  // The contribution trained from v2 is taken, and fuses (it reads v2).
+  const std::vector<HostTensor> late = Body(kSpec, 9);
+  auto r = Contribute(from_v2, late);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(ContributionOf(5, "late").staleness(), 2u);
+  MustClose();
+  EXPECT_EQ(Stored(), (V{3, 4, 5}));
+}
 
 TEST_F(RetentionTest, KeepsTheNewestBasesAndRoundsAndSurvivesARestart) {
   Keep(2, 1);

@@ -17,6 +17,7 @@
 #include "common/tensor_stream.h"
 #include "server/fusion/robust.h"
 #include "server/fusion/round_fusion.h"
+#include "server/rounds/staleness.h"
 
 namespace coldfuse::rounds {
 namespace {
@@ -50,6 +51,16 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(
     return absl::InvalidArgumentError(
         "outlier_factor must be 0 (off) or a finite number of at least 1: below 1 it could "
         "quarantine everyone");
+  }
+  if (options.max_staleness > kMaxStalenessBound) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_staleness must be at most ", kMaxStalenessBound,
+                     ": each step keeps one more base on disk (see docs/protocol.md)"));
+  }
+  if (!std::isfinite(options.staleness_exponent) || options.staleness_exponent < 0) {
+    return absl::InvalidArgumentError(
+        "staleness_exponent must be a finite number >= 0 (0: stale contributions are not "
+        "down-weighted)");
   }
   if (state.model.has_value() && (state.rounds.empty() || state.rounds.back().state() != v1::OPEN ||
                                   state.rounds.back().base_version() != state.current_base)) {
@@ -240,27 +251,104 @@ absl::StatusOr<v1::GetRoundResponse> RoundManager::GetRound() const {
   r.set_model_spec(model_->model_spec());
   *r.mutable_manifest() = model_->manifest();
   r.set_fusion_method(model_->fusion_method());
+  r.set_contributions(static_cast<uint32_t>(rounds_.back().contributions_size()));
+  r.set_min_contributions(options_.min_contributions);
+  r.set_closes_by_unix_ms(ClosesByLocked());
+  r.set_server_time_unix_ms(clock_->NowUnixMs());
+  r.set_round_timeout_ms(options_.round_timeout_ms);
+  *r.mutable_staleness() = StalenessPolicyLocked();
   return r;
+}
+
+int64_t RoundManager::ClosesByLocked() const {
+  if (!model_.has_value() || options_.round_timeout_ms <= 0 ||
+      rounds_.back().contributions_size() == 0) {
+    return 0;
+  }
+  return rounds_.back().opened_unix_ms() + options_.round_timeout_ms;
+}
+
+v1::StalenessPolicy RoundManager::StalenessPolicyLocked() const {
+  v1::StalenessPolicy p;
+  p.set_max_staleness(options_.max_staleness);
+  p.set_staleness_exponent(options_.staleness_exponent);
+  if (model_.has_value()) {
+    for (uint64_t v : LineageLocked(options_.max_staleness + 1)) p.add_accepted_base_versions(v);
+  }
+  return p;
+}
+
+std::vector<uint64_t> RoundManager::LineageLocked(size_t limit) const {
+  return Lineage(rounds_, current_base_, limit,
+                 [this](uint64_t v) ABSL_NO_THREAD_SAFETY_ANALYSIS { return IsGoneLocked(v); });
+}
+
+absl::StatusOr<uint32_t> RoundManager::StalenessLocked(uint64_t from) const {
+  const std::vector<uint64_t> line = LineageLocked(options_.max_staleness + 1);
+  for (size_t s = 0; s < line.size(); ++s) {
+    if (line[s] == from) return static_cast<uint32_t>(s);
+  }
+  const std::string again =
+      absl::StrCat("pull the current base v", current_base_, " and fine-tune again");
+  if (from > max_base_version_) {
+    return absl::FailedPreconditionError(absl::StrCat("contribution was fine-tuned from base v",
+                                                      from,
+                                                      ", which does not exist (the newest "
+                                                      "base is v",
+                                                      max_base_version_, "): ", again));
+  }
+  if (IsBadLocked(from)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("contribution was fine-tuned from base v", from,
+                     ", which an operator rolled back (marked bad); the current base is v",
+                     current_base_, ": ", again));
+  }
+  // How far back it is, if it is an ancestor at all (for the message).
+  const std::vector<uint64_t> all =
+      Lineage(rounds_, current_base_, SIZE_MAX, [](uint64_t) { return false; });
+  std::string how_old = "which is not an ancestor of the current base";
+  for (size_t s = 0; s < all.size(); ++s) {
+    if (all[s] == from) how_old = absl::StrCat(s, " fusions older than the current base");
+  }
+  std::string bound =
+      options_.max_staleness == 0
+          ? std::string(
+                "this server takes contributions from the current base "
+                "only (--max_staleness=0)")
+          : absl::StrCat("this server takes contributions at most ", options_.max_staleness,
+                         " fusions old (--max_staleness=", options_.max_staleness, "): from base v",
+                         absl::StrJoin(line, ", v"));
+  if (IsGoneLocked(from)) absl::StrAppend(&how_old, ", and retention removed its tensors");
+  return absl::FailedPreconditionError(absl::StrCat("contribution was fine-tuned from base v", from,
+                                                    ", ", how_old, "; ", bound, "; ", again));
+}
+
+bool RoundManager::IsAcceptableBase(uint64_t version) const {
+  absl::MutexLock l(&mu_);
+  return model_.has_value() && StalenessLocked(version).ok();
 }
 
 absl::StatusOr<OpenRound> RoundManager::CheckAdmission(const v1::ContributionHeader& header) const {
   absl::MutexLock l(&mu_);
   RETURN_IF_ERROR(CheckInitializedLocked());
   const v1::RoundInfo& open = rounds_.back();
-  if (header.base_version() != current_base_) {
+  // The round the client last saw open: the open one, or an earlier one while it trained.
+  if (header.round() == 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("contribution was fine-tuned from base v", header.base_version(),
-                     " but round ", open.number(), " takes base v", current_base_,
-                     ": pull the current base and fine-tune again"));
+        absl::StrCat("round 0 does not exist; send the round GetRound named (the open round is ",
+                     open.number(), ")"));
   }
-  if (header.round() != open.number()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("round ", header.round(), " is not open; the open round is ", open.number()));
+  if (header.round() > open.number()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", header.round(), " has not opened yet; the open round is ", open.number()));
   }
+  ASSIGN_OR_RETURN(uint32_t staleness, StalenessLocked(header.base_version()));
   if (closing_) {
-    return absl::FailedPreconditionError(absl::StrCat("round ", open.number(),
-                                                      " is being fused; contribute to round ",
-                                                      open.number() + 1, " from the next base"));
+    // Not a reason to train again: once fused, the same upload goes to the next round.
+    return absl::UnavailableError(absl::StrCat("round ", open.number(),
+                                               " is being fused; send the contribution again in "
+                                               "a moment (it then goes to round ",
+                                               open.number() + 1, ")"));
   }
   for (const auto& c : open.contributions()) {
     if (c.contributor() == header.contributor()) {
@@ -273,6 +361,8 @@ absl::StatusOr<OpenRound> RoundManager::CheckAdmission(const v1::ContributionHea
   r.number = open.number();
   r.base_version = current_base_;
   r.base_manifest = model_->manifest();
+  r.trained_from = header.base_version();
+  r.staleness = staleness;
   return r;
 }
 
@@ -282,18 +372,42 @@ std::optional<uint64_t> RoundManager::OpenRoundNumber() const {
   return rounds_.back().number();
 }
 
-absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& info,
-                                  const std::string& upload_id) {
-  const std::string& who = info.contributor();
+absl::StatusOr<Accepted> RoundManager::Accept(v1::ContributionInfo info,
+                                              const std::string& upload_id) {
+  const std::string who = info.contributor();
+  Accepted at;
   {
     absl::MutexLock l(&mu_);
     RETURN_IF_ERROR(CheckInitializedLocked());
+    // The whole upload is here: rather than fail it, wait for a fusion in progress and
+    // count it in the next round (if it is not too stale by then).
+    auto not_closing = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !closing_; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&not_closing),
+                              absl::Milliseconds(options_.commit_wait_ms))) {
+      return absl::UnavailableError(
+          absl::StrCat("round ", rounds_.back().number(),
+                       " is still being fused; the upload is kept: send it again in a moment"));
+    }
     v1::RoundInfo& open = rounds_.back();
-    if (open.number() != round || closing_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("round ", round,
-                       " closed while the contribution was uploading; "
-                       "pull the new base and contribute again"));
+    ASSIGN_OR_RETURN(const uint32_t staleness, StalenessLocked(info.trained_from_base()));
+    at.round = open.number();
+    at.base_version = current_base_;
+    at.staleness = staleness;
+    info.set_staleness(staleness);
+    info.set_staleness_weight(StalenessWeight(staleness, options_.staleness_exponent));
+    const uint64_t round = at.round;
+    // The same upload sent again after its receipt was lost, once its round had closed,
+    // is not taken twice. Only rounds since its base can hold it.
+    for (auto it = rounds_.rbegin(); it != rounds_.rend(); ++it) {
+      for (const auto& c : it->contributions()) {
+        if (c.contributor() == who && c.sha256() == info.sha256() &&
+            c.trained_from_base() == info.trained_from_base()) {
+          return absl::AlreadyExistsError(absl::StrCat(
+              "this contribution (sha256 ", ToHex(info.sha256()).substr(0, 16), "...) from '", who,
+              "' was already accepted in round ", it->number(), " (contribution ", c.id(), ")"));
+        }
+      }
+      if (it->base_version() == info.trained_from_base()) break;
     }
     bool taken = committing_.count(who) > 0;
     for (const auto& c : open.contributions()) taken = taken || c.contributor() == who;
@@ -304,13 +418,16 @@ absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& in
     // A close waits for this commit before it takes its snapshot of the round.
     committing_.insert(who);
   }
+  const uint64_t round = at.round;
+  std::string detail =
+      absl::StrCat("id=", info.id(), " round=", round, " bytes=", info.bytes(),
+                   " delta_norm=", Fmt(info.delta_norm()), " sha256=", ToHex(info.sha256()));
+  if (at.staleness > 0) {
+    absl::StrAppend(&detail, " trained_from=v", info.trained_from_base(),
+                    " staleness=", at.staleness, " weight=", Fmt(info.staleness_weight()));
+  }
   absl::Status st = store_->CommitContribution(
-      round, info,
-      {MakeAudit(
-          who, "contribution_accepted",
-          absl::StrCat("id=", info.id(), " round=", round, " bytes=", info.bytes(),
-                       " delta_norm=", Fmt(info.delta_norm()), " sha256=", ToHex(info.sha256())))},
-      upload_id);
+      round, info, {MakeAudit(who, "contribution_accepted", std::move(detail))}, upload_id);
   bool quorum = false;
   {
     absl::MutexLock l(&mu_);
@@ -324,13 +441,18 @@ absl::Status RoundManager::Accept(uint64_t round, const v1::ContributionInfo& in
   }
   RETURN_IF_ERROR(st);
   CF_LOG(INFO) << "round " << round << ": accepted contribution " << info.id() << " from " << who
-               << " (" << info.bytes() << " bytes, delta norm " << Fmt(info.delta_norm()) << ")";
+               << " (" << info.bytes() << " bytes, delta norm " << Fmt(info.delta_norm())
+               << (at.staleness > 0
+                       ? absl::StrCat(", trained from v", info.trained_from_base(), ": staleness ",
+                                      at.staleness, ", weight ", Fmt(info.staleness_weight()))
+                       : std::string())
+               << ")";
   NotifyChanged();
   if (quorum) {
     absl::MutexLock l(&policy_mu_);
     wake_ = true;
   }
-  return absl::OkStatus();
+  return at;
 }
 
 absl::StatusOr<std::unique_ptr<BaseReader>> RoundManager::OpenBase(
@@ -484,9 +606,18 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     s.delta = c.encoding() == v1::DELTA;
     s.num_examples = c.num_examples();
     s.delta_norm = c.delta_norm();
-    s.read = [store = store_, number, id = c.id()](size_t, uint32_t t, uint64_t chunk) {
-      return store->GetContributionChunk(number, id, t, chunk);
+    // Its chunks are under the round its upload began in.
+    s.read = [store = store_, stored = c.upload_round(), id = c.id()](size_t, uint32_t t,
+                                                                      uint64_t chunk) {
+      return store->GetContributionChunk(stored, id, t, chunk);
     };
+    if (c.trained_from_base() != base_version) {
+      s.read_trained_from = [store = store_, from = c.trained_from_base()](size_t, uint32_t t,
+                                                                           uint64_t chunk) {
+        return store->GetBaseChunk(from, t, chunk);
+      };
+      s.weight = c.staleness_weight();
+    }
     sources.push_back(std::move(s));
   }
   auto sha = fusion::FuseRound(
@@ -710,6 +841,12 @@ absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
       }
     }
     for (uint64_t v : pinned_) needed.emplace(v, "pinned");
+    // Stale contributions to the open round (and uploads still coming) read the base
+    // they were trained from at fusion.
+    for (uint64_t v : LineageLocked(options_.max_staleness + 1)) {
+      needed.emplace(v, absl::StrCat("a contribution may be trained from it (--max_staleness=",
+                                     options_.max_staleness, ")"));
+    }
     for (const auto& [v, n] : readers_) needed.emplace(v, "being downloaded");
     for (uint64_t v = 0; v <= max_base_version_; ++v) {
       if (pruned_.count(v) || by_count.count(v)) continue;
@@ -726,8 +863,7 @@ absl::StatusOr<v1::PruneResponse> RoundManager::PruneLocked(bool dry_run,
         if (it->state() != v1::CLOSED) continue;
         if (closed_seen++ < options_.keep_contribution_rounds) continue;
         if (it->contributions_pruned() || it->contributions_size() == 0) continue;
-        v1::RoundInfo r = *it;
-        r.clear_contributions();
+        v1::RoundInfo r = *it;  // with its contributions: the store deletes their chunks
         r.set_contributions_pruned(true);
         rounds.push_back(std::move(r));
       }
@@ -857,6 +993,8 @@ v1::ServerStatus RoundManager::GetStatus() const {
   for (uint64_t v : pinned_) storage->add_pinned_base_versions(v);
   storage->set_keep_bases(options_.keep_bases);
   storage->set_keep_contribution_rounds(options_.keep_contribution_rounds);
+  *s.mutable_staleness() = StalenessPolicyLocked();
+  s.set_round_closes_by_unix_ms(ClosesByLocked());
   return s;
 }
 

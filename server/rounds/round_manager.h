@@ -52,6 +52,16 @@ struct RoundOptions {
   // always kept; so are every record, checksum and metric. Default: keep everything.
   uint32_t keep_bases = 0;
   int32_t keep_contribution_rounds = -1;
+  // Asynchronous contributions: one may be fine-tuned from a base up to max_staleness
+  // fusions older than the open round's base (0: only from the current base). Retention
+  // keeps those bases. Default: 4 (docs/protocol.md "Asynchronous contributions").
+  uint32_t max_staleness = 4;
+  // A contribution s fusions stale is fused as its own delta times (1 + s)^-exponent
+  // (FedBuff's 1/sqrt(1 + s) by default; 0: no down-weighting). Default: 0.5.
+  double staleness_exponent = 0.5;
+  // How long a finished upload waits for a fusion in progress before its commit is
+  // refused with UNAVAILABLE (it then goes to the next round). Default: 120 s.
+  int64_t commit_wait_ms = 120 * 1000;
 };
 
 // What an upload to the open round is checked against.
@@ -59,6 +69,17 @@ struct OpenRound {
   uint64_t number = 0;
   uint64_t base_version = 0;
   v1::Manifest base_manifest;
+  // The base the contribution was fine-tuned from (base_version, or an older one) and
+  // how many fusions older it is.
+  uint64_t trained_from = 0;
+  uint32_t staleness = 0;
+};
+
+// Where Accept put a contribution.
+struct Accepted {
+  uint64_t round = 0;
+  uint64_t base_version = 0;  // the round's base
+  uint32_t staleness = 0;
 };
 
 // Builds an audit record (seq and time are filled in by the store).
@@ -126,18 +147,27 @@ class RoundManager {
 
   // ---- the intake (contribution_intake.h)
   // Whether an upload with `header` may go to the open round: initialised, the header's
-  // base is current and its round open and not being fused, and its contributor has no
-  // contribution in it yet. Returns the open round on success.
+  // base is the current one or at most max_staleness fusions older (and not rolled back
+  // or pruned), its round is not later than the open one, the open round is not being
+  // fused (UNAVAILABLE: send again in a moment), and its contributor has no contribution
+  // in it yet. Returns the open round on success.
   absl::StatusOr<OpenRound> CheckAdmission(const v1::ContributionHeader& header) const
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a contribution trained from base `version` could still be accepted (an
+  // interrupted upload from it is worth keeping).
+  bool IsAcceptableBase(uint64_t version) const ABSL_LOCKS_EXCLUDED(mu_);
   // The open round's number (it may be being fused); unset before init.
   std::optional<uint64_t> OpenRoundNumber() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Records contribution `info` (whose chunks are flushed) in `round` with one synced
-  // write that also removes upload session `upload_id` (if any), without holding the
-  // state lock across the write. FAILED_PRECONDITION if the round closed or is being
-  // fused; ALREADY_EXISTS if its contributor has (or is committing) one in it.
-  absl::Status Accept(uint64_t round, const v1::ContributionInfo& info,
-                      const std::string& upload_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Records contribution `info` (whose chunks are flushed, under info.upload_round()) in
+  // the open round with one synced write that also removes upload session `upload_id`
+  // (if any), without holding the state lock across the write. Sets its staleness
+  // against the open round's base (a round that closed during the upload makes it one
+  // fusion staler) and its weight. A fusion in progress is waited for (at most
+  // commit_wait_ms, then UNAVAILABLE). FAILED_PRECONDITION if info.trained_from_base()
+  // is now beyond max_staleness (or rolled back); ALREADY_EXISTS if its contributor has
+  // (or is committing) one in the open round.
+  absl::StatusOr<Accepted> Accept(v1::ContributionInfo info, const std::string& upload_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- dashboards
   v1::ServerStatus GetStatus() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -186,6 +216,16 @@ class RoundManager {
   bool RetentionConfigured() const {
     return options_.keep_bases > 0 || options_.keep_contribution_rounds >= 0;
   }
+  // The bases a contribution may be trained from now: the current base and its
+  // ancestors (through the rounds whose fusion made each), newest first, at most
+  // `limit` of them, stopping at a pruned one.
+  std::vector<uint64_t> LineageLocked(size_t limit) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Fusions between base `from` and the current base; FAILED_PRECONDITION saying why
+  // (and what to do) if a contribution trained from it cannot be accepted now.
+  absl::StatusOr<uint32_t> StalenessLocked(uint64_t from) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // When the open round closes at the latest (0: not known). See ServerStatus.
+  int64_t ClosesByLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  v1::StalenessPolicy StalenessPolicyLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // "v1, v2, ..." of the stored bases, for messages.
   std::string StoredBasesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool IsBadLocked(uint64_t v) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -82,7 +82,13 @@ absl::Status MigrateFormat1(rocksdb::DB* db, const std::vector<rocksdb::ColumnFa
                           [&](absl::string_view k, absl::string_view v) {
                             v1::ContributionInfo info;
                             RETURN_IF_ERROR(ParseRecord(v, &info, "contribution (format 1)"));
-                            rewrite(kContribs, k, std::string(k), Serialized(ToRecord(info)));
+                            // Format 1 had no asynchronous contributions: leave their
+                            // fields unset (read as trained from the round's base).
+                            ContributionRecord rec = ToRecord(info);
+                            rec.clear_trained_from_base();
+                            rec.clear_staleness_weight();
+                            rec.clear_upload_round();
+                            rewrite(kContribs, k, std::string(k), Serialized(rec));
                             return absl::OkStatus();
                           }));
   RETURN_IF_ERROR(

@@ -66,10 +66,15 @@ ContributionRecord ToRecord(const v1::ContributionInfo& info) {
   r.set_quarantine_reason(info.quarantine_reason());
   r.set_encoding(static_cast<uint32_t>(info.encoding()));
   ToEntries(info.manifest(), r.mutable_tensors());
+  r.set_trained_from_base(info.trained_from_base());
+  r.set_staleness(info.staleness());
+  // 0 is no weight and no round: not known (read back as 1 and the record's round).
+  if (info.staleness_weight() != 0) r.set_staleness_weight(info.staleness_weight());
+  if (info.upload_round() != 0) r.set_upload_round(info.upload_round());
   return r;
 }
 
-v1::ContributionInfo FromRecord(const ContributionRecord& r) {
+v1::ContributionInfo FromRecord(const ContributionRecord& r, uint64_t round, uint64_t round_base) {
   v1::ContributionInfo info;
   info.set_id(r.id());
   info.set_contributor(r.contributor());
@@ -84,6 +89,10 @@ v1::ContributionInfo FromRecord(const ContributionRecord& r) {
   info.set_quarantine_reason(r.quarantine_reason());
   info.set_encoding(static_cast<v1::Encoding>(r.encoding()));
   *info.mutable_manifest() = FromEntries(r.tensors());
+  info.set_trained_from_base(r.has_trained_from_base() ? r.trained_from_base() : round_base);
+  info.set_staleness(r.staleness());
+  info.set_staleness_weight(r.has_staleness_weight() ? r.staleness_weight() : 1.0);
+  info.set_upload_round(r.has_upload_round() ? r.upload_round() : round);
   return info;
 }
 
@@ -191,6 +200,7 @@ UploadSession ToRecord(const StoredUpload& upload) {
   UploadSession r;
   r.set_contribution_id(upload.contribution_id);
   r.set_round(h.round());
+  if (upload.upload_round != 0) r.set_upload_round(upload.upload_round);  // 0: not known
   r.set_base_version(h.base_version());
   r.set_contributor(h.contributor());
   r.set_task(h.task());
@@ -215,6 +225,7 @@ StoredUpload FromRecord(const UploadSession& r) {
   *h.mutable_manifest() = FromEntries(r.tensors());
   h.set_upload_id(r.upload_id());
   h.set_encoding(static_cast<v1::Encoding>(r.encoding()));
+  u.upload_round = r.has_upload_round() ? r.upload_round() : r.round();
   return u;
 }
 

@@ -16,7 +16,9 @@ ModelRecord ToRecord(const v1::ModelInfo& model);
 v1::ModelInfo FromRecord(const ModelRecord& r);
 
 ContributionRecord ToRecord(const v1::ContributionInfo& info);
-v1::ContributionInfo FromRecord(const ContributionRecord& r);
+// Fields a record written before asynchronous contributions lacks are filled in from
+// its round: trained from `round_base`, weight 1, chunks under `round`.
+v1::ContributionInfo FromRecord(const ContributionRecord& r, uint64_t round, uint64_t round_base);
 
 // The round without its contributions (they have records of their own).
 RoundRecord ToRecord(const v1::RoundInfo& round);

@@ -153,18 +153,21 @@ struct Store::Impl {
     uint64_t max_id = 0;
     std::set<std::pair<uint64_t, uint64_t>> committed;
     for (const auto& u : uploads) {
-      committed.insert({u.header.round(), u.contribution_id});
+      committed.insert({u.upload_round, u.contribution_id});
       max_id = std::max(max_id, u.contribution_id);
     }
-    RETURN_IF_ERROR(Scan(kContribs, keys::ContributionRecordPrefix(), "scan contributions",
-                         [&](absl::string_view k, absl::string_view) -> absl::Status {
-                           auto rid = keys::ParseContributionRecord(k);
-                           if (!rid.has_value())
-                             return absl::DataLossError("storage: bad contribution key");
-                           committed.insert(*rid);
-                           max_id = std::max(max_id, rid->second);
-                           return absl::OkStatus();
-                         }));
+    RETURN_IF_ERROR(Scan(
+        kContribs, keys::ContributionRecordPrefix(), "scan contributions",
+        [&](absl::string_view k, absl::string_view v) -> absl::Status {
+          auto rid = keys::ParseContributionRecord(k);
+          if (!rid.has_value()) return absl::DataLossError("storage: bad contribution key");
+          // Its chunks are under the round its upload began in.
+          ContributionRecord r;
+          RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
+          committed.insert({r.has_upload_round() ? r.upload_round() : rid->first, rid->second});
+          max_id = std::max(max_id, rid->second);
+          return absl::OkStatus();
+        }));
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cfs[kContribs]));
     const std::string data = keys::ContributionDataStart();
     it->Seek(data);
@@ -351,14 +354,14 @@ absl::StatusOr<LoadedState> Store::Load() {
   ASSIGN_OR_RETURN(uint64_t max_id, impl_->RemoveOrphanContributions(state.uploads));
   state.next_contribution_id = max_id + 1;
   for (auto& round : state.rounds) {
-    RETURN_IF_ERROR(impl_->Scan(kContribs, keys::ContributionRoundPrefix(round.number()),
-                                "scan contributions",
-                                [&](absl::string_view, absl::string_view v) -> absl::Status {
-                                  ContributionRecord r;
-                                  RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
-                                  *round.add_contributions() = FromRecord(r);
-                                  return absl::OkStatus();
-                                }));
+    RETURN_IF_ERROR(impl_->Scan(
+        kContribs, keys::ContributionRoundPrefix(round.number()), "scan contributions",
+        [&](absl::string_view, absl::string_view v) -> absl::Status {
+          ContributionRecord r;
+          RETURN_IF_ERROR(ParseRecord(v, &r, "contribution"));
+          *round.add_contributions() = FromRecord(r, round.number(), round.base_version());
+          return absl::OkStatus();
+        }));
   }
   return state;
 }
@@ -594,8 +597,14 @@ absl::Status Store::Prune(const std::vector<uint64_t>& bases,
   for (const v1::RoundInfo& round : rounds) {
     batch.Put(impl_->cfs[kRounds], keys::Round(round.number()),
               ToRecord(round).SerializeAsString());
-    batch.DeleteRange(impl_->cfs[kContribs], keys::ContributionRoundDataStart(round.number()),
-                      keys::ContributionRoundDataEnd(round.number()));
+    // Each contribution's own chunks: they are under the round its upload began in,
+    // which may be older than this one (and that round's range may hold chunks of a
+    // contribution counted in a later round).
+    for (const v1::ContributionInfo& c : round.contributions()) {
+      const uint64_t stored = c.upload_round() != 0 ? c.upload_round() : round.number();
+      batch.DeleteRange(impl_->cfs[kContribs], keys::ContributionDataPrefix(stored, c.id()),
+                        keys::ContributionDataPrefix(stored, c.id() + 1));
+    }
   }
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "prune");
 }

@@ -50,6 +50,9 @@ struct StoreOptions {
 struct StoredUpload {
   v1::ContributionHeader header;  // header.upload_id() names it
   uint64_t contribution_id = 0;
+  // The round open when it began: its chunks are stored under it. header.round() is the
+  // round the client named, which may be older (an asynchronous contribution).
+  uint64_t upload_round = 0;
   struct Progress {
     // Everything before (next_tensor, next_offset) is stored.
     uint32_t next_tensor = 0;
@@ -175,8 +178,9 @@ class Store {
   absl::Status SetBasePinned(uint64_t version, bool pinned, absl::string_view actor,
                              absl::string_view reason, const AuditBatch& audit = {});
   // In one synced write: removes the tensors of `bases` (recording each as pruned; its
-  // SHA-256 stays) and of the contributions of `rounds` (their records stay; each round's
-  // record is rewritten as given, with contributions_pruned set by the caller).
+  // SHA-256 stays) and of the contributions listed in `rounds` (wherever their chunks
+  // are: under their upload_round; their records stay; each round's record is rewritten
+  // as given, with contributions_pruned set by the caller).
   absl::Status Prune(const std::vector<uint64_t>& bases, const std::vector<v1::RoundInfo>& rounds,
                      const AuditBatch& audit = {});
   // Gives the space of removed tensors back to the file system: compacts the data
