@@ -1,6 +1,8 @@
 // Transport security and access control against the real coldfused: TLS with
 // certificates from deploy/make-certs.sh, bearer tokens and roles on every RPC, mutual
 // TLS, and a server that refuses to start with a broken key.
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -10,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/model_spec.h"
 #include "common/posix_file.h"
 #include "common/rpc/client.h"
@@ -105,7 +108,7 @@ std::map<std::string, std::pair<std::vector<v1::Role>, Call>> AllRpcs(
         v1::ContributionHeader h;
         h.set_round(1);
         h.set_base_version(0);
-        h.set_contributor("someone-else");
+        h.set_contributor("");  // with tokens: the token's name
         h.set_num_examples(3);
         *h.mutable_manifest() = manifest;
         auto r = rpc::PushContribution(ch, h, tensors, {.deadline = std::chrono::seconds(10)});
@@ -332,6 +335,114 @@ TEST_F(SecurityTest, MutualTlsRefusesCertificatesFromAnotherCa) {
   EXPECT_EQ(get_status({.cert_file = dir_.path() + "/other/mallory.crt",
                         .key_file = dir_.path() + "/other/mallory.key"}),
             grpc::StatusCode::UNAVAILABLE);
+}
+
+// A daemon set up wrongly stops with one message saying what to fix, instead of
+// retrying (or training) forever: each case runs it against a live server.
+TEST_F(SecurityTest, TheDaemonStopsWithOneClearMessageOnEachErrorRetryingCannotFix) {
+  MakeCerts(dir_.path() + "/other", {"alice"});
+  auto server = StartSecure();
+  ASSERT_NE(server, nullptr);
+  const std::string op_file = dir_.path() + "/operator.token";
+  server->set_channel(Channel(*server, ReadToken(op_file)));
+  // Large enough that a 1.5 MiB state folder holds the base but not a contribution too.
+  ASSERT_EQ(Ctl(*server, op_file, {"init", "--spec=mlp:8,512,512,8", "--seed=1"}).exit_code, 0);
+  for (const char* name : {"alice", "rita"}) {
+    ASSERT_EQ(Ctl(*server, op_file,
+                  {"token", "create", absl::StrCat("--name=", name), "--role=contributor",
+                   absl::StrCat("--out=", dir_.path(), "/", name, ".token")})
+                  .exit_code,
+              0);
+  }
+  ASSERT_EQ(Ctl(*server, op_file, {"token", "revoke", "--name=rita"}).exit_code, 0);
+  std::vector<std::string> mtls_flags = {
+      "--tls_cert=" + certs_ + "/server.crt", "--tls_key=" + certs_ + "/server.key",
+      "--tls_client_ca=" + certs_ + "/ca.crt",
+      "--bootstrap_token_file=" + dir_.path() + "/mtls-operator.token"};
+  auto mtls = ServerProcess::Start(dir_.path() + "/db-mtls", dir_.path() + "/mtls.log", mtls_flags);
+  ASSERT_NE(mtls, nullptr);
+  WriteBlobsCsv(dir_.path() + "/train.csv", 8, 3, 60, 1);
+
+  const std::string ca = "--tls_ca=" + certs_ + "/ca.crt";
+  const std::string token = "--token_file=" + dir_.path() + "/alice.token";
+  struct Case {
+    std::string what;
+    std::vector<std::string> flags;  // besides --train/--test/--state_dir
+    std::string says;
+  };
+  std::vector<Case> cases = {
+      {"wrong CA",
+       {"--server=" + server->address(), "--tls_ca=" + dir_.path() + "/other/ca.crt", token,
+        "--name=alice"},
+       "does not verify against --tls_ca="},
+      {"no client certificate for a mutual-TLS server",
+       {"--server=" + mtls->address(), ca, token, "--name=alice"},
+       "requires a client certificate"},
+      {"client certificate from another CA",
+       {"--server=" + mtls->address(), ca, "--tls_cert=" + dir_.path() + "/other/alice.crt",
+        "--tls_key=" + dir_.path() + "/other/alice.key", token, "--name=alice"},
+       "does not accept the client certificate"},
+      {"unknown host",
+       {absl::StrCat("--server=no-such-host.invalid:", server->port()), ca, token, "--name=alice"},
+       "cannot find the server's host 'no-such-host.invalid'"},
+      {"revoked token",
+       {"--server=" + server->address(), ca, "--token_file=" + dir_.path() + "/rita.token",
+        "--name=rita"},
+       "UNAUTHENTICATED"},
+      {"another contributor's name",
+       {"--server=" + server->address(), ca, token, "--name=bob"},
+       "this token belongs to 'alice', but the caller names itself 'bob'"},
+  };
+  // A full disk: the state folder on a small tmpfs (needs root to mount).
+  const std::string small = dir_.path() + "/small";
+  std::filesystem::create_directories(small);
+  const bool mounted =
+      ::geteuid() == 0 &&
+      RunCommand({"mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", small}).exit_code == 0;
+  if (mounted) {
+    cases.push_back({"full disk",
+                     {"--server=" + server->address(), ca, token, "--name=alice",
+                      "--state_dir=" + small + "/state"},
+                     "No space left on device"});
+  } else {
+    std::cout << "not root: the full-disk case is left out\n";
+  }
+  int n = 0;
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {ClientBinary(),
+                                     "--train=" + dir_.path() + "/train.csv",
+                                     "--test=" + dir_.path() + "/train.csv",
+                                     "--steps=2",
+                                     "--threads=1",
+                                     "--poll_s=0.1",
+                                     absl::StrCat("--state_dir=", dir_.path(), "/state-", n++)};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    const auto start = std::chrono::steady_clock::now();
+    CommandResult r = RunCommand(args, seconds(60));
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.exit_code, 1) << c.what << ": " << r.output;
+    EXPECT_LT(secs, 30) << c.what << " took " << secs << " s: it retried";
+    EXPECT_TRUE(absl::StrContains(r.output, c.says)) << c.what << ": " << r.output;
+    // One error line, and at most one training: no retraining loop.
+    size_t errors = 0, trainings = 0;
+    for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
+      if (absl::StartsWith(line, "E ") && !absl::StrContains(line, "ssl_transport_security")) {
+        ++errors;
+      }
+      if (absl::StrContains(line, ": fine-tuning base v")) ++trainings;
+    }
+    EXPECT_EQ(errors, 1u) << c.what << ": " << r.output;
+    EXPECT_LE(trainings, 1u) << c.what << ": " << r.output;
+  }
+  if (mounted) {
+    // The head never got ahead of a contribution that was not written.
+    EXPECT_FALSE(std::filesystem::exists(small + "/state/head.safetensors"));
+    RunCommand({"umount", small});
+  }
+  // Nothing was pushed by any of them.
+  EXPECT_EQ(server->Rounds().back().contributions_size(), 0);
+  EXPECT_EQ(server->Status().base_version(), 0u);
 }
 
 // The serial number of the certificate the server presents to a new connection.

@@ -3,14 +3,36 @@
 #include <algorithm>
 #include <thread>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/train/head_mismatch.h"
 #include "common/logging.h"
+#include "common/rpc/diagnose.h"
 #include "common/status_macros.h"
 
 namespace coldfuse::daemon {
+namespace {
+
+constexpr absl::string_view kLocalPayload = "type.coldfuse.dev/state-folder";
+
+}  // namespace
+
+absl::Status Daemon::Local(absl::Status st) const {
+  if (st.ok() || IsLocalFailure(st)) return st;
+  std::string message(st.message());
+  if (absl::IsResourceExhausted(st)) {
+    absl::StrAppend(&message, " (the state folder ", options_.state_dir,
+                    " holds the base, the head and one contribution: about twice the model; "
+                    "free space there and start coldfuse-client again)");
+  }
+  absl::Status out(st.code(), message);
+  out.SetPayload(kLocalPayload, absl::Cord("state folder"));
+  return out;
+}
+
+bool IsLocalFailure(const absl::Status& st) { return st.GetPayload(kLocalPayload).has_value(); }
 
 Daemon::Daemon(DaemonOptions options, std::shared_ptr<grpc::Channel> channel, StateDir state,
                std::unique_ptr<LocalTask> task)
@@ -35,7 +57,7 @@ absl::Status Daemon::Run() {
   auto backoff = std::chrono::milliseconds(500);
   std::string last_problem;
   while (!stop_) {
-    auto polled = rpc::GetRound(channel_, std::chrono::seconds(10));
+    auto polled = rpc::GetRound(channel_, std::chrono::seconds(10), options_.contributor);
     absl::Status st = polled.status();
     const v1::GetRoundResponse round = polled.ok() ? *polled : v1::GetRoundResponse();
     if (st.ok()) {
@@ -55,7 +77,19 @@ absl::Status Daemon::Run() {
     if (!st.ok()) {
       if (stop_) break;  // e.g. training cancelled by Stop(): state stays resumable
       // Now or later alike: the next pass asks GetRound again, after the backoff.
-      if (rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
+      // A write to the state folder that failed (a full disk, permissions) fails again.
+      if (IsLocalFailure(st) || rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
+      if (absl::IsUnavailable(st) && !options_.server.empty() &&
+          std::chrono::steady_clock::now() >= next_diagnosis_) {
+        // Unreachable: a server not up yet (wait), or a setup no retry can fix (stop).
+        next_diagnosis_ = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        absl::Status why =
+            rpc::DiagnoseConnection(options_.server, options_.tls, std::chrono::seconds(3));
+        if (!why.ok()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("cannot reach ", options_.server, ": ", why.message()));
+        }
+      }
       std::string problem(st.message());
       if (problem != last_problem) {  // say it once, not every retry
         CF_LOG(WARNING) << problem << " (retrying every <= " << options_.max_backoff.count() / 1000
@@ -114,7 +148,7 @@ absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
   for (const auto& t : base.tensors) bytes += t.data.size();
   CF_LOG(INFO) << absl::StrFormat("pulled base v%d (%d bytes in %.2f s)", base.version, bytes,
                                   secs);
-  RETURN_IF_ERROR(state_.SaveBase(base));
+  RETURN_IF_ERROR(Local(state_.SaveBase(base)));
   return base;
 }
 
@@ -158,7 +192,6 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
     return result.status();
   }
   CF_LOG(INFO) << "round " << round.round() << ": " << result->summary;
-  RETURN_IF_ERROR(state_.SaveHead(result->head, task_->HeadLabels()));
 
   Contribution c;
   c.header.set_round(round.round());
@@ -173,7 +206,10 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   // restarted) continues where the server stopped instead of resending.
   c.header.set_upload_id(rpc::NewUploadId());
   c.tensors = std::move(result->body);
-  RETURN_IF_ERROR(state_.SavePending(c));
+  // The contribution first, then the head trained with it: a write that fails leaves the
+  // head as it was, so a restart never trains a head on from an unsent contribution.
+  RETURN_IF_ERROR(Local(state_.SavePending(c)));
+  RETURN_IF_ERROR(Local(state_.SaveHead(result->head, task_->HeadLabels())));
   return Push(c, round.round());
 }
 
@@ -199,13 +235,13 @@ absl::Status Daemon::Push(const Contribution& c, uint64_t open_round) {
       CF_LOG(INFO) << "round " << round
                    << ": the server already has our contribution: " << receipt.status().message();
     }
-    RETURN_IF_ERROR(state_.SaveLastRound(round));
-    return state_.ArchivePending(round, options_.keep_contributions);
+    RETURN_IF_ERROR(Local(state_.SaveLastRound(round)));
+    return Local(state_.ArchivePending(round, options_.keep_contributions));
   }
   if (absl::IsFailedPrecondition(receipt.status())) {
     // Its base is too old now (or was rolled back): train again from the current base.
     CF_LOG(WARNING) << receipt.status().message();
-    RETURN_IF_ERROR(state_.DropPending());
+    RETURN_IF_ERROR(Local(state_.DropPending()));
   }
   return receipt.status();
 }

@@ -13,6 +13,7 @@
 #include "client/daemon/state.h"
 #include "client/daemon/task.h"
 #include "common/rpc/client.h"
+#include "common/rpc/tls.h"
 
 namespace coldfuse::daemon {
 
@@ -22,6 +23,11 @@ struct DaemonOptions {
   std::string contributor;
   // Task name reported with each contribution. Default: empty.
   std::string task;
+  // The server (host:port) and TLS settings the channel uses: when the server cannot be
+  // reached, the daemon checks them itself (rpc::DiagnoseConnection) and stops on a
+  // problem retrying cannot fix. Empty server: no check.
+  std::string server;
+  rpc::ClientTlsOptions tls;
   // State folder (base cache, head, pending upload). Required.
   std::string state_dir;
   // Stop after contributing to this many rounds; 0 = run until stopped. Default: 0.
@@ -34,6 +40,9 @@ struct DaemonOptions {
   // server has them; copies are for inspection only).
   int keep_contributions = 0;
 };
+
+// Whether `st` is a failure of the state folder (Run returns it: retrying cannot help).
+bool IsLocalFailure(const absl::Status& st);
 
 class Daemon {
  public:
@@ -55,6 +64,8 @@ class Daemon {
   // Pushes `c` (trained in round c.header.round()) while `open_round` is open, and
   // records the round it went to.
   absl::Status Push(const Contribution& c, uint64_t open_round);
+  // Marks a state-folder failure (IsLocalFailure), saying what to do about a full disk.
+  absl::Status Local(absl::Status st) const;
   // Sleeps up to `d`, waking early on Stop().
   void Sleep(std::chrono::milliseconds d);
   // Logs what the daemon waits for (the open round's progress and deadline), once per
@@ -67,6 +78,7 @@ class Daemon {
   std::shared_ptr<grpc::Channel> channel_;
   std::atomic<bool> stop_{false};
   std::string last_wait_report_;
+  std::chrono::steady_clock::time_point next_diagnosis_{};
 };
 
 }  // namespace coldfuse::daemon

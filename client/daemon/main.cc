@@ -188,12 +188,15 @@ absl::StatusOr<std::unique_ptr<daemon::LocalTask>> LoadTask() {
   return LoadTextTask();
 }
 
+rpc::ClientTlsOptions TlsOptions() {
+  return {.ca_file = absl::GetFlag(FLAGS_tls_ca),
+          .cert_file = absl::GetFlag(FLAGS_tls_cert),
+          .key_file = absl::GetFlag(FLAGS_tls_key),
+          .server_name = absl::GetFlag(FLAGS_tls_server_name)};
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Channel() {
-  return rpc::ConnectWithFiles(absl::GetFlag(FLAGS_server),
-                               {.ca_file = absl::GetFlag(FLAGS_tls_ca),
-                                .cert_file = absl::GetFlag(FLAGS_tls_cert),
-                                .key_file = absl::GetFlag(FLAGS_tls_key),
-                                .server_name = absl::GetFlag(FLAGS_tls_server_name)},
+  return rpc::ConnectWithFiles(absl::GetFlag(FLAGS_server), TlsOptions(),
                                absl::GetFlag(FLAGS_token_file));
 }
 
@@ -253,6 +256,8 @@ absl::Status RunDaemon() {
   daemon::DaemonOptions options;
   options.contributor = absl::GetFlag(FLAGS_name);
   options.task = absl::GetFlag(FLAGS_task);
+  options.server = absl::GetFlag(FLAGS_server);
+  options.tls = TlsOptions();
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.max_rounds = absl::GetFlag(FLAGS_max_rounds);
   options.keep_contributions = std::max(0, absl::GetFlag(FLAGS_keep_contributions));

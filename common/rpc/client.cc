@@ -288,12 +288,15 @@ absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
 }
 
 absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
-                                              std::chrono::milliseconds deadline) {
+                                              std::chrono::milliseconds deadline,
+                                              const std::string& contributor) {
   auto stub = v1::Contributor::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  v1::GetRoundRequest request;
+  request.set_contributor(contributor);
   v1::GetRoundResponse r;
-  RETURN_IF_ERROR(FromGrpc(stub->GetRound(&ctx, {}, &r), "GetRound"));
+  RETURN_IF_ERROR(FromGrpc(stub->GetRound(&ctx, request, &r), "GetRound"));
   return r;
 }
 

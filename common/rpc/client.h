@@ -54,9 +54,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectWithFiles(const std::strin
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view call);
 
 // Contributor.GetRound: the open round, its base version and the model spec (once; the
-// overload below retries).
+// overload below retries). A non-empty `contributor` is checked against the token's
+// name (PERMISSION_DENIED if they differ).
 absl::StatusOr<v1::GetRoundResponse> GetRound(const std::shared_ptr<grpc::Channel>& channel,
-                                              std::chrono::milliseconds deadline);
+                                              std::chrono::milliseconds deadline,
+                                              const std::string& contributor = "");
 
 // Supplies the bytes of the tensors of a manifest, in any order the caller asks for.
 class TensorSource {

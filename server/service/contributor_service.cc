@@ -1,7 +1,9 @@
 #include <optional>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/names.h"
+#include "common/printable.h"
 #include "common/status_macros.h"
 #include "common/tsan_handoff.h"
 #include "server/service/grpc_status.h"
@@ -48,10 +50,21 @@ ProducerWriteReactor<v1::PullBaseResponse>* NewPullReactor(
       std::move(header));
 }
 
+// A caller that names itself (--name) under another name than its token's is refused:
+// its contributions would be recorded under a name it does not expect.
+absl::Status CheckClaimedName(const std::string& claimed, const std::string& identity) {
+  if (claimed.empty() || identity.empty() || claimed == identity) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("this token belongs to '", PrintableTruncated(identity, 128),
+                   "', but the caller names itself '", PrintableTruncated(claimed, 128),
+                   "': use --name=", PrintableTruncated(identity, 128), ", or the token made for '",
+                   PrintableTruncated(claimed, 128), "'"));
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerContext* ctx,
-                                                       const v1::GetRoundRequest* /*request*/,
+                                                       const v1::GetRoundRequest* request,
                                                        v1::GetRoundResponse* response) {
   auto* reactor = ctx->DefaultReactor();
   auto id = auth_->Check(ctx, {v1::CONTRIBUTOR, v1::EVALUATOR}, "Contributor.GetRound");
@@ -59,8 +72,17 @@ grpc::ServerUnaryReactor* ContributorService::GetRound(grpc::CallbackServerConte
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
   }
+  const std::string identity = auth_->insecure() ? request->contributor() : id->name;
+  absl::Status named = CheckClaimedName(request->contributor(), identity);
+  if (!named.ok()) {
+    reactor->Finish(ToGrpcStatus(named));
+    return reactor;
+  }
   auto r = manager_->GetRound();
-  if (r.ok()) *response = std::move(*r);
+  if (r.ok()) {
+    *response = std::move(*r);
+    response->set_identity(identity);
+  }
   reactor->Finish(ToGrpcStatus(r.status()));
   return reactor;
 }
@@ -101,7 +123,10 @@ grpc::ServerReadReactor<v1::PushContributionRequest>* ContributorService::PushCo
       [intake, streams, identity, stream_id = *stream](const v1::PushContributionRequest& request)
           -> absl::StatusOr<std::unique_ptr<rounds::TensorUpload>> {
         v1::ContributionHeader header = request.header();
-        if (!identity.empty()) header.set_contributor(identity);
+        if (!identity.empty()) {
+          RETURN_IF_ERROR(CheckClaimedName(header.contributor(), identity));
+          header.set_contributor(identity);
+        }
         RETURN_IF_ERROR(streams->Claim(stream_id, header.contributor(), header.round()));
         return intake->Begin(header);
       },
