@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/dtype.h"
+#include "common/progress.h"
 #include "common/rpc/client.h"
 #include "common/safetensors.h"
 #include "common/sha256.h"
@@ -22,6 +23,18 @@
 
 namespace coldfuse::ctl {
 namespace {
+
+// A transfer's call options whose progress goes to `p`: a bar on a terminal, a plain line
+// every few seconds otherwise.
+rpc::CallOptions Transfer(std::chrono::milliseconds deadline, Progress* p) {
+  rpc::CallOptions o;
+  o.deadline = deadline;
+  o.on_progress = [p](uint64_t done, uint64_t total) {
+    p->SetTotal(total);
+    p->Update(done);
+  };
+  return o;
+}
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -142,8 +155,9 @@ absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitF
   CheckpointSource source(ckpt.get(), entries, header.manifest());
   ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
   auto start = std::chrono::steady_clock::now();
+  Progress progress("init base v0", bytes, Progress::Unit::kBytes);
   ASSIGN_OR_RETURN(v1::InitModelResponse r,
-                   rpc::InitModel(channel, header, &source, {.deadline = deadline}));
+                   rpc::InitModel(channel, header, &source, Transfer(deadline, &progress)));
   const double secs = Seconds(start);
   std::cout << absl::StrFormat(
       "initialised from %s: %d shared tensors (%d not shared), %d bytes in %.2f s "
@@ -203,8 +217,11 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
                  absl::StrCat("coldfuse-base-", rpc::NewUploadId(), ".safetensors"))
                     .string();
     SafetensorsSink sink(base_path);
-    ASSIGN_OR_RETURN(rpc::PullResult pulled, rpc::PullBaseTo(channel, round.base_version(), &sink,
-                                                             {.deadline = deadline}, o.retry));
+    Progress progress(absl::StrCat("pull base v", round.base_version(), " (for the delta)"), 0,
+                      Progress::Unit::kBytes);
+    ASSIGN_OR_RETURN(rpc::PullResult pulled,
+                     rpc::PullBaseTo(channel, round.base_version(), &sink,
+                                     Transfer(deadline, &progress), o.retry));
     RETURN_IF_ERROR(sink.Finish());
     ASSIGN_OR_RETURN(base, SafetensorsFile::Open(base_path));
     (void)pulled;
@@ -213,8 +230,9 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
   rpc::TransferStats stats;
   auto start = std::chrono::steady_clock::now();
-  auto receipt =
-      rpc::PushContribution(channel, header, &source, {.deadline = deadline}, o.retry, &stats);
+  Progress progress(absl::StrCat("push to round ", header.round()), bytes, Progress::Unit::kBytes);
+  auto receipt = rpc::PushContribution(channel, header, &source, Transfer(deadline, &progress),
+                                       o.retry, &stats);
   const double secs = Seconds(start);
   if (!base_path.empty()) std::filesystem::remove(base_path);
   RETURN_IF_ERROR(receipt.status());
@@ -233,8 +251,10 @@ absl::Status Pull(const std::shared_ptr<grpc::Channel>& channel, int64_t version
   if (version >= 0) v = version;
   rpc::TransferStats stats;
   auto start = std::chrono::steady_clock::now();
+  Progress progress(v.has_value() ? absl::StrCat("pull base v", *v) : "pull the current base", 0,
+                    Progress::Unit::kBytes);
   ASSIGN_OR_RETURN(rpc::PullResult r,
-                   rpc::PullBaseTo(channel, v, &sink, {.deadline = deadline}, {}, &stats));
+                   rpc::PullBaseTo(channel, v, &sink, Transfer(deadline, &progress), {}, &stats));
   const double secs = Seconds(start);
   std::cout << absl::StrFormat(
       "pulled base v%d: %d bytes in %.2f s (%.1f MB/s), sha256 %s verified, %d attempt(s)\n",
@@ -282,7 +302,9 @@ absl::Status Export(const std::shared_ptr<grpc::Channel>& channel, int64_t versi
   } sink(&q);
   rpc::PullResult pulled;
   std::thread puller([&] {
-    auto r = rpc::PullBaseTo(channel, v, &sink, {.deadline = deadline});
+    Progress progress(v.has_value() ? absl::StrCat("export base v", *v) : "export the current base",
+                      0, Progress::Unit::kBytes);
+    auto r = rpc::PullBaseTo(channel, v, &sink, Transfer(deadline, &progress));
     std::lock_guard<std::mutex> l(q.mu);
     q.status = r.status();
     if (r.ok()) pulled = *r;

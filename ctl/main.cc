@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -487,24 +488,42 @@ absl::Status Wait(const std::shared_ptr<grpc::Channel>& channel) {
   int64_t want = absl::GetFlag(FLAGS_base);
   if (want < 0) return absl::InvalidArgumentError("wait needs --base=N");
   auto stub = v1::Status::NewStub(channel);
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx);
-  auto reader = stub->WatchStatus(&ctx, {});
-  v1::ServerStatus s;
-  while (reader->Read(&s)) {
-    if (s.initialized() && s.base_version() >= static_cast<uint64_t>(want)) {
-      std::cout << "base v" << s.base_version() << "\n";
-      ctx.TryCancel();
-      reader->Finish();
-      return absl::OkStatus();
+  // One deadline for the whole wait: a server that is not up yet, or restarts meanwhile,
+  // is waited for (the watch is opened again) until then.
+  const auto deadline = std::chrono::system_clock::now() + Deadline();
+  bool said = false;
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline);
+    ctx.set_wait_for_ready(true);  // a server not listening yet: wait, do not fail
+    auto reader = stub->WatchStatus(&ctx, {});
+    v1::ServerStatus s;
+    while (reader->Read(&s)) {
+      said = false;
+      if (s.initialized() && s.base_version() >= static_cast<uint64_t>(want)) {
+        std::cout << "base v" << s.base_version() << "\n";
+        ctx.TryCancel();
+        reader->Finish();
+        return absl::OkStatus();
+      }
     }
+    grpc::Status st = reader->Finish();
+    const bool gone = st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                      st.error_code() == grpc::StatusCode::CANCELLED ||
+                      st.error_code() == grpc::StatusCode::OK;  // the server ended the watch
+    if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+        (gone && std::chrono::system_clock::now() >= deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat("base v", want, " did not appear within ",
+                                                      absl::GetFlag(FLAGS_timeout_s), " s"));
+    }
+    if (!gone) return rpc::FromGrpc(st, "WatchStatus");
+    if (!said) {
+      std::cerr << "the server went away (" << st.error_message()
+                << "); waiting for it to come back\n";
+      said = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  grpc::Status st = reader->Finish();
-  if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    return absl::DeadlineExceededError(absl::StrCat("base v", want, " did not appear within ",
-                                                    absl::GetFlag(FLAGS_timeout_s), " s"));
-  }
-  return rpc::FromGrpc(st, "WatchStatus");
 }
 
 absl::Status Token(const std::shared_ptr<grpc::Channel>& channel, Format format,

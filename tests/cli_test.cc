@@ -232,5 +232,94 @@ TEST_F(CtlDisplayTest, StatusAndRoundTablesSayWhatTheServerHas) {
   EXPECT_THAT(status.output, HasSubstr("\nbad bases   v2 "));
 }
 
+// Transfers show progress: on a terminal (a pseudo-terminal made by script(1)) a bar
+// redrawn in place with the rate and an ETA; in a log, plain lines every 10% or 5 s.
+TEST(CliTest, TransfersDrawABarOnATerminalAndPlainLinesInALog) {
+  TempDir dir;
+  auto server = ServerProcess::Start(dir.path() + "/db", dir.path() + "/server.log",
+                                     {"--min_contributions=5"});
+  ASSERT_NE(server, nullptr);
+  const std::string ctl = absl::StrCat(CtlBinary(), " --server=", server->address());
+  ASSERT_EQ(
+      RunCommand({CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:8,2896,2896,8"})
+          .exit_code,
+      0);  // about 35 MB: 35 chunks
+
+  // In a log (output to a pipe): no bar, no carriage return; a line per 10%.
+  CommandResult plain = RunCommand({CtlBinary(), "--server=" + server->address(), "pull"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_THAT(plain.output, Not(HasSubstr("\r")));
+  EXPECT_THAT(plain.output, Not(HasSubstr("[#")));
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(plain.output, '\n')) {
+    if (absl::StrContains(line, "pull the current base") && absl::StrContains(line, "MB/s") &&
+        absl::StrContains(line, "% ")) {
+      ++lines;
+    }
+  }
+  EXPECT_GE(lines, 5) << plain.output;
+
+  // On a terminal: the bar, redrawn with \r, with a rate and an ETA; for pull, export
+  // and push alike.
+  const std::string out = dir.path() + "/exported";
+  for (const std::string& command :
+       {ctl + " pull", ctl + " export --out=" + out,
+        ctl + " push --name=pty --num_examples=10 --checkpoint=" + out + "/model.safetensors"}) {
+    CommandResult tty = RunCommand({"script", "-qec", command, "/dev/null"}, seconds(120));
+    ASSERT_EQ(tty.exit_code, 0) << command << "\n" << tty.output;
+    EXPECT_THAT(tty.output, HasSubstr("\r")) << command;
+    EXPECT_THAT(tty.output, ContainsRegex("\\[#+\\.*\\] +[0-9]+% ")) << command;
+    EXPECT_THAT(tty.output, HasSubstr(" MB/s")) << command;
+    EXPECT_THAT(tty.output, HasSubstr(", ETA ")) << command;
+  }
+}
+
+// `coldfusectl wait` started before the server is up, and kept waiting through a server
+// restart, returns once the base appears; a base that never comes is DEADLINE_EXCEEDED.
+TEST(CliTest, WaitRidesOutAServerThatIsNotUpYetAndOneThatRestarts) {
+  TempDir dir;
+  const int port = FreePort();
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  auto wait =
+      Process::Start({CtlBinary(), "--server=" + address, "wait", "--base=1", "--timeout_s=120"},
+                     dir.path() + "/wait.log");
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // nothing listens yet
+  auto server = ServerProcess::Start(dir.path() + "/db", dir.path() + "/server.log",
+                                     {"--min_contributions=1"}, port);
+  ASSERT_NE(server, nullptr);
+  ASSERT_EQ(RunCommand({CtlBinary(), "--server=" + address, "init", "--spec=mlp:4,8,4"}).exit_code,
+            0);
+  // The waiting client reconnects at least every second (ClientChannelArguments): give it
+  // time to be watching this server before it goes.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  ASSERT_EQ(server->Stop(), 0);  // the watch ends under it
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_FALSE(wait->Wait(std::chrono::milliseconds(10)).has_value()) << "wait gave up";
+  server = ServerProcess::Start(dir.path() + "/db", dir.path() + "/server.log",
+                                {"--min_contributions=1"}, port);
+  ASSERT_NE(server, nullptr);
+  auto base = rpc::PullBase(server->channel(), std::nullopt);
+  ASSERT_TRUE(base.ok()) << base.status();
+  v1::ContributionHeader h;
+  h.set_round(1);
+  h.set_base_version(0);
+  h.set_contributor("alice");
+  h.set_num_examples(1);
+  *h.mutable_manifest() = ManifestOf(base->tensors);
+  ASSERT_TRUE(rpc::PushContribution(server->channel(), h, base->tensors).ok());
+  auto code = wait->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0);
+  auto log = ReadFileToString(dir.path() + "/wait.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_THAT(*log, HasSubstr("base v1\n"));
+  EXPECT_THAT(*log, HasSubstr("waiting for it to come back"));
+
+  CommandResult never =
+      RunCommand({CtlBinary(), "--server=" + address, "wait", "--base=9", "--timeout_s=1"});
+  EXPECT_EQ(never.exit_code, 1);
+  EXPECT_THAT(never.output, HasSubstr("base v9 did not appear within 1 s"));
+}
+
 }  // namespace
 }  // namespace coldfuse::testing

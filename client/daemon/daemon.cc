@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "client/train/head_mismatch.h"
 #include "common/logging.h"
+#include "common/progress.h"
 #include "common/rpc/diagnose.h"
 #include "common/status_macros.h"
 
@@ -137,17 +138,19 @@ void Daemon::ReportWaiting(const v1::GetRoundResponse& r) {
 absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
   ASSIGN_OR_RETURN(std::optional<CachedBase> cached, state_.LoadBase());
   if (cached.has_value() && cached->version == version) return std::move(*cached);
-  auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(rpc::PulledBase pulled, rpc::PullBase(channel_, version));
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Progress progress(absl::StrCat("pull base v", version), 0, Progress::Unit::kBytes);
+  rpc::CallOptions call;
+  call.cancel = &stop_;
+  call.on_progress = [&progress](uint64_t done, uint64_t total) {
+    progress.SetTotal(total);
+    progress.Update(done);
+  };
+  ASSIGN_OR_RETURN(rpc::PulledBase pulled, rpc::PullBase(channel_, version, call));
+  progress.Finish();
   CachedBase base;
   base.version = pulled.version;
   base.sha256 = pulled.sha256;
   base.tensors = std::move(pulled.tensors);
-  uint64_t bytes = 0;
-  for (const auto& t : base.tensors) bytes += t.data.size();
-  CF_LOG(INFO) << absl::StrFormat("pulled base v%d (%d bytes in %.2f s)", base.version, bytes,
-                                  secs);
   RETURN_IF_ERROR(Local(state_.SaveBase(base)));
   return base;
 }
@@ -215,7 +218,21 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
 
 absl::Status Daemon::Push(const Contribution& c, uint64_t open_round) {
   rpc::HostTensorSource source(c.tensors);
-  auto receipt = rpc::PushContribution(channel_, c.header, &source);
+  Progress progress(absl::StrCat("push to round ", open_round), 0, Progress::Unit::kBytes);
+  rpc::CallOptions call;
+  call.cancel = &stop_;  // Ctrl-C stops the upload within a chunk; it stays resumable
+  call.on_progress = [&progress](uint64_t done, uint64_t total) {
+    progress.SetTotal(total);
+    progress.Update(done);
+  };
+  rpc::TransferStats stats;
+  auto receipt = rpc::PushContribution(channel_, c.header, &source, call, {}, &stats);
+  if (receipt.ok()) {
+    // What went over the wire this time: less than the contribution when an upload that
+    // was cut off (or stopped) before resumed from what the server had stored.
+    progress.Finish(
+        absl::StrCat(stats.bytes_on_wire, " bytes on the wire in ", stats.attempts, " attempt(s)"));
+  }
   if (receipt.ok() || absl::IsAlreadyExists(receipt.status())) {
     // The round it counts in: the open one, later than the one we trained in if rounds
     // closed meanwhile (it is then fused as a stale contribution).

@@ -1,12 +1,14 @@
 #include "client/daemon/task.h"
 
 #include <chrono>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
+#include "common/progress.h"
 #include "common/status_macros.h"
 
 namespace coldfuse::daemon {
@@ -38,12 +40,19 @@ class MlpTask : public LocalTask {
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
                                    const std::vector<HostTensor>& head, int64_t max_train_examples,
-                                   const std::atomic<bool>* /*stop*/) override {
+                                   const std::atomic<bool>* stop) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TrainOptions options = options_;
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
+    if (stop != nullptr) options.should_stop = [stop] { return stop->load(); };
+    std::optional<Progress> progress;
+    options.on_step = [&progress](int64_t step, int64_t total, double loss) {
+      if (!progress.has_value()) progress.emplace("training", total, Progress::Unit::kSteps);
+      progress->Update(step, absl::StrFormat("loss %.4f", loss));
+    };
     ASSIGN_OR_RETURN(train::FineTuneResult r,
                      train::FineTune(model_spec, base, head, train_, test_, options));
+    if (progress.has_value()) progress->Finish(absl::StrFormat("loss %.4f", r.loss_last));
     TaskResult out;
     out.body = std::move(r.body);
     out.head = std::move(r.head);
@@ -104,22 +113,21 @@ class TextTask : public LocalTask {
     train::TextTrainOptions options = options_;
     if (stop != nullptr) options.should_stop = [stop] { return stop->load(); };
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
-    // Progress for a contributor watching the log: about every 10% and at most every
-    // 30 s, plus every dev evaluation.
-    auto last_log = std::chrono::steady_clock::now();
-    options.on_step = [&last_log](const train::TextProgress& p) {
-      const auto now = std::chrono::steady_clock::now();
-      const int64_t tenth = std::max<int64_t>(1, p.total / 10);
+    // Progress for a contributor watching: a bar with loss and ETA on a terminal, a line
+    // every few seconds or 10% in a log; every dev evaluation is logged.
+    std::optional<Progress> progress;
+    options.on_step = [&progress](const train::TextProgress& p) {
+      if (!progress.has_value()) progress.emplace("training", p.total, Progress::Unit::kSteps);
       if (p.dev_evaluated) {
         CF_LOG(INFO) << absl::StrFormat("step %d/%d: dev score %.4f", p.step, p.total, p.dev_score);
-      } else if (p.step % tenth == 0 || now - last_log > std::chrono::seconds(30)) {
-        CF_LOG(INFO) << absl::StrFormat("step %d/%d: loss %.4f, learning rate %.3g", p.step,
-                                        p.total, p.loss, p.learning_rate);
-        last_log = now;
+      } else {
+        progress->Update(p.step,
+                         absl::StrFormat("loss %.4f, learning rate %.3g", p.loss, p.learning_rate));
       }
     };
     ASSIGN_OR_RETURN(train::TextFineTuneResult r,
                      train::FineTuneText(model_, base, head, train_, dev_, test_, options));
+    if (progress.has_value()) progress->Finish();
     TaskResult out;
     out.body = std::move(r.body);
     out.head = std::move(r.head);

@@ -174,6 +174,10 @@ absl::StatusOr<FineTuneResult> RunFineTune(const MlpSpec& spec, const std::vecto
   losses.reserve(static_cast<size_t>(total_steps));
   model->train();
   for (int64_t step = 0; step < total_steps; ++step) {
+    if (options.should_stop && options.should_stop()) {
+      return absl::CancelledError(
+          absl::StrCat("training stopped at step ", step, " of ", total_steps));
+    }
     if (pos >= num_train) {
       Shuffle(order, rng);
       order_t = torch::from_blob(order.data(), {num_train}, torch::kInt64).clone().to(device);
@@ -188,6 +192,7 @@ absl::StatusOr<FineTuneResult> RunFineTune(const MlpSpec& spec, const std::vecto
     loss.backward();
     optimizer.step();
     losses.push_back(loss.item<double>());
+    if (options.on_step) options.on_step(step + 1, total_steps, losses.back());
   }
   const size_t n = losses.size(), w = static_cast<size_t>(std::min(window, total_steps));
   result.loss_first = Mean(losses, 0, w);

@@ -7,6 +7,7 @@
 #define COLDFUSE_CLIENT_TRAIN_TRAINER_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,6 +36,11 @@ struct TrainOptions {
   int64_t max_train_examples = 0;
   // > 0: torch::set_num_threads(threads) (process-wide). Default: 0 (leave as is).
   int threads = 0;
+  // Called after each optimizer step with the steps done, the total and that step's
+  // loss (e.g. to show progress). Default: none.
+  std::function<void(int64_t step, int64_t total, double loss)> on_step;
+  // Polled before each step: true stops training with CANCELLED. Default: none.
+  std::function<bool()> should_stop;
 };
 
 struct FineTuneResult {

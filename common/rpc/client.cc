@@ -3,7 +3,9 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -34,11 +36,55 @@ std::vector<uint64_t> Lengths(const v1::Manifest& m) {
 // Writes header, chunks from (tensor, offset) on, and the trailer (SHA-256 of every
 // byte from the start, so bytes before the resume point are read and hashed, not sent).
 // A failed write means the server ended the call; its status comes from Finish().
+bool Cancelled(const CallOptions& options) {
+  return options.cancel != nullptr && options.cancel->load();
+}
+
+// Cancels `ctx` from a helper thread once options.cancel becomes true, so that a call
+// blocked in a read or in a write (a peer that stopped reading) stops too. No thread
+// without options.cancel. Destroy it before `ctx`.
+class CancelWatcher {
+ public:
+  CancelWatcher(grpc::ClientContext* ctx, const CallOptions& options) {
+    if (options.cancel == nullptr) return;
+    thread_ = std::thread([this, ctx, flag = options.cancel] {
+      std::unique_lock<std::mutex> l(mu_);
+      while (!done_) {
+        if (flag->load()) {
+          ctx->TryCancel();
+          return;
+        }
+        cv_.wait_for(l, std::chrono::milliseconds(50));
+      }
+    });
+  }
+  ~CancelWatcher() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  CancelWatcher(const CancelWatcher&) = delete;
+  CancelWatcher& operator=(const CancelWatcher&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 template <typename Request>
-absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request first,
-                               const v1::Manifest& manifest, TensorSource* source,
-                               uint32_t start_tensor, uint64_t start_offset, TransferStats* stats) {
+absl::Status WriteTensorStream(grpc::ClientContext* ctx, grpc::ClientWriter<Request>* writer,
+                               Request first, const v1::Manifest& manifest, TensorSource* source,
+                               uint32_t start_tensor, uint64_t start_offset, TransferStats* stats,
+                               const CallOptions& options) {
   const std::vector<uint64_t> lengths = Lengths(manifest);
+  uint64_t grand_total = 0;
+  for (uint64_t n : lengths) grand_total += n;
   Sha256 sha;
   uint64_t total = 0;
   std::string buf;
@@ -46,6 +92,13 @@ absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request firs
   Request request;
   for (uint32_t t = 0; ok && t < lengths.size(); ++t) {
     for (uint64_t off = 0; ok && off < lengths[t]; off += kMaxChunkBytes) {
+      if (Cancelled(options)) {
+        ctx->TryCancel();
+        writer->Finish();
+        return absl::CancelledError(
+            "the upload was stopped (a signal); what the server stored is kept: sending the same "
+            "contribution again resumes it");
+      }
       const uint64_t len = std::min<uint64_t>(kMaxChunkBytes, lengths[t] - off);
       RETURN_IF_ERROR(source->Read(t, off, len, &buf));
       if (buf.size() != len) {
@@ -62,6 +115,7 @@ absl::Status WriteTensorStream(grpc::ClientWriter<Request>* writer, Request firs
       chunk->set_data(std::move(buf));
       ok = writer->Write(request);
       if (ok && stats != nullptr) stats->bytes_on_wire += len;
+      if (ok && options.on_progress) options.on_progress(total, grand_total);
     }
   }
   if (ok) {
@@ -332,11 +386,17 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
     } else if (version.has_value()) {
       request.set_base_version(*version);
     }
+    CancelWatcher watcher(&ctx, options);
     auto reader = stub->PullBase(&ctx, request);
     v1::PullBaseResponse message;
     absl::Status problem;
     bool done = false;
     while (problem.ok() && !done && reader->Read(&message)) {
+      if (Cancelled(options)) {
+        problem = absl::CancelledError(
+            "the download was stopped (a signal); it starts again where it stopped next time");
+        break;
+      }
       switch (message.part_case()) {
         case v1::PullBaseResponse::kHeader: {
           const auto& h = message.header();
@@ -376,6 +436,11 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
           offset += c.data().size();
           out.bytes += c.data().size();
           if (stats != nullptr) stats->bytes_on_wire += c.data().size();
+          if (options.on_progress) {
+            uint64_t grand_total = 0;
+            for (uint64_t n : lengths) grand_total += n;
+            options.on_progress(out.bytes, grand_total);
+          }
           while (tensor < lengths.size() && offset == lengths[tensor]) {
             ++tensor;
             offset = 0;
@@ -398,6 +463,10 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
         default:
           problem = absl::DataLossError("PullBase: empty message from the server");
       }
+    }
+    if (problem.ok() && Cancelled(options)) {
+      problem = absl::CancelledError(
+          "the download was stopped (a signal); it starts again where it stopped next time");
     }
     if (!problem.ok()) {
       ctx.TryCancel();
@@ -440,6 +509,10 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
   uint64_t stored_before = 0;
   for (int attempt = 1;; ++attempt) {
     if (attempt > 1 && !retrier.Again(attempt - 1)) return last;
+    if (Cancelled(options)) {
+      return absl::CancelledError(
+          "the upload was stopped (a signal); sending the same contribution again resumes it");
+    }
     if (stats != nullptr) ++stats->attempts;
     v1::ContributionHeader h = header;
     // Ask where to continue: the server may hold part of this upload from an earlier
@@ -465,14 +538,21 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
     }
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options);
+    CancelWatcher watcher(&ctx, options);
     v1::ContributionReceipt receipt;
     auto writer = stub->PushContribution(&ctx, &receipt);
     v1::PushContributionRequest first;
     *first.mutable_header() = h;
-    RETURN_IF_ERROR(WriteTensorStream(writer.get(), std::move(first), header.manifest(), source,
-                                      h.resume_tensor(), h.resume_offset(), stats));
+    RETURN_IF_ERROR(WriteTensorStream(&ctx, writer.get(), std::move(first), header.manifest(),
+                                      source, h.resume_tensor(), h.resume_offset(), stats,
+                                      options));
     last = FromGrpc(writer->Finish(), "PushContribution");
     if (last.ok()) return receipt;
+    if (Cancelled(options)) {
+      return absl::CancelledError(
+          "the upload was stopped (a signal); what the server stored is kept: sending the same "
+          "contribution again resumes it");
+    }
     if (!Retryable(last)) return last;
   }
 }
@@ -495,8 +575,8 @@ absl::StatusOr<v1::InitModelResponse> InitModel(const std::shared_ptr<grpc::Chan
   auto writer = stub->InitModel(&ctx, &response);
   v1::InitModelRequest first;
   *first.mutable_header() = header;
-  RETURN_IF_ERROR(
-      WriteTensorStream(writer.get(), std::move(first), header.manifest(), source, 0, 0, nullptr));
+  RETURN_IF_ERROR(WriteTensorStream(&ctx, writer.get(), std::move(first), header.manifest(), source,
+                                    0, 0, nullptr, options));
   RETURN_IF_ERROR(FromGrpc(writer->Finish(), "InitModel"));
   return response;
 }

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -23,6 +24,14 @@ namespace coldfuse::rpc {
 struct CallOptions {
   // Deadline of one call, streams included. Default: 10 minutes.
   std::chrono::milliseconds deadline{10 * 60 * 1000};
+  // Transfers (PullBaseTo, PushContribution): called on the calling thread with the
+  // bytes done of the total as chunks go (a resumed transfer starts where it resumes; the
+  // total is known once the header is). Default: none.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
+  // Transfers: when this becomes true (e.g. set by a SIGINT handler) the call is
+  // cancelled within a chunk (about a second at 1 MB/s) and returns CANCELLED saying so;
+  // a resumable upload stays resumable. Default: none.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct ConnectOptions {
