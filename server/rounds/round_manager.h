@@ -2,7 +2,10 @@
 // contributions, closing it (quorum, timeout or operator) by screening and fusing its
 // contributions into the next base, rollback, and the state dashboards read. Uploads
 // reach it through ContributionIntake (contribution_intake.h), which calls
-// CheckAdmission and Accept. Plain C++ over storage::Store; no gRPC.
+// CheckAdmission and Accept. Plain C++ over storage::Store; no gRPC. The lifecycle is
+// in round_manager.cc, retention (Prune, PinBase) in retention.cc, the read side for
+// dashboards (status, rounds, tallies) in round_status.cc; staleness.h decides which
+// bases a contribution may come from.
 //
 // Thread-safe. The state lock (mu_) is never held across I/O: a synced commit runs
 // between a check and an apply under the lock, and closes wait for commits in flight
