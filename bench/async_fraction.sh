@@ -48,18 +48,21 @@ run() {  # $1: label, $2: --max_staleness value
   wait "${pids[0]}" "${pids[1]}"        # the fast ones finish their rounds
   kill -TERM "${pids[2]}"; wait "${pids[2]}" || true
   local trained fused stale
-  trained=$(grep -c ": fine-tuning base v" "$dir/carol.log" || true)
-  read -r fused stale < <("$BIN/ctl/coldfusectl" --server="$addr" rounds --json | python3 -c '
+  # Trainings that finished (the one cut short by the stop at the end does not count).
+  trained=$(grep -cE ": [0-9]+ steps, loss " "$dir/carol.log" || true)
+  local accepted
+  read -r accepted fused stale < <("$BIN/ctl/coldfusectl" --server="$addr" rounds --json | python3 -c '
 import json, sys
 rounds = json.load(sys.stdin).get("rounds", [])
-s = [c.get("staleness", 0) for r in rounds if r.get("state") == "CLOSED"
-     for c in r.get("contributions", []) if c["contributor"] == "carol"]
-print(len(s), ",".join(map(str, s)) or "-")')
+mine = [(r.get("state"), c.get("staleness", 0)) for r in rounds
+        for c in r.get("contributions", []) if c["contributor"] == "carol"]
+s = [st for state, st in mine if state == "CLOSED"]
+print(len(mine), len(s), ",".join(map(str, s)) or "-")')
   local closed
   closed=$("$BIN/ctl/coldfusectl" --server="$addr" status --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["base_version"])')
-  printf '%-28s rounds fused %3d | slow contributor: %2d trainings, %2d fused (%3.0f%%), staleness %s\n' \
-    "$1 (--max_staleness=$2)" "$closed" "$trained" "$fused" \
+  printf '%-34s rounds fused %3d | slow contributor: %2d trainings done, %2d accepted, %2d fused (%3.0f%%), staleness %s\n' \
+    "$1 (--max_staleness=$2)" "$closed" "$trained" "$accepted" "$fused" \
     "$(python3 -c "print(100 * $fused / max(1, $trained))")" "$stale"
   kill -TERM "$server"; wait "$server" || true
 }
