@@ -26,8 +26,8 @@ struct DaemonOptions {
   // The server (host:port) and TLS settings the channel uses: when the server cannot be
   // reached, the daemon checks them itself (rpc::DiagnoseConnection) and stops on a
   // problem retrying cannot fix. Empty server: no check.
-  std::string server;
-  rpc::ClientTlsOptions tls;
+  std::string server = "";
+  rpc::ClientTlsOptions tls = {};
   // State folder (base cache, head, pending upload). Required.
   std::string state_dir;
   // Stop after contributing to this many rounds; 0 = run until stopped. Default: 0.

@@ -38,9 +38,9 @@ struct TrainOptions {
   int threads = 0;
   // Called after each optimizer step with the steps done, the total and that step's
   // loss (e.g. to show progress). Default: none.
-  std::function<void(int64_t step, int64_t total, double loss)> on_step;
+  std::function<void(int64_t step, int64_t total, double loss)> on_step = nullptr;
   // Polled before each step: true stops training with CANCELLED. Default: none.
-  std::function<bool()> should_stop;
+  std::function<bool()> should_stop = nullptr;
 };
 
 struct FineTuneResult {

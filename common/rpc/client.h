@@ -27,7 +27,7 @@ struct CallOptions {
   // Transfers (PullBaseTo, PushContribution): called on the calling thread with the
   // bytes done of the total as chunks go (a resumed transfer starts where it resumes; the
   // total is known once the header is). Default: none.
-  std::function<void(uint64_t done, uint64_t total)> on_progress;
+  std::function<void(uint64_t done, uint64_t total)> on_progress = nullptr;
   // Transfers: when this becomes true (e.g. set by a SIGINT handler) the call is
   // cancelled within a chunk (about a second at 1 MB/s) and returns CANCELLED saying so;
   // a resumable upload stays resumable. Default: none.
