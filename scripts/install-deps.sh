@@ -21,7 +21,7 @@ for g in "${GROUPS_WANTED[@]}"; do
       prometheus-cpp-dev libcpp-httplib-dev libjs-chart.js prometheus
       libtorch-dev libopenblas0-pthread
       libgtest-dev libgmock-dev
-      procps util-linux passwd
+      procps util-linux bsdutils passwd
       chromium chromium-driver python3-selenium curl
       python3 python3-venv python3-sklearn python3-numpy python3-torch
       python3-yaml) ;;
