@@ -148,13 +148,6 @@ inline std::string ContributionDataPrefix(uint64_t round, uint64_t id) {
   PutU64(&k, id);
   return k;
 }
-// Every data key of `round`'s contributions lies in [start, end).
-inline std::string ContributionRoundDataStart(uint64_t round) {
-  return internal::Tagged('d', round);
-}
-inline std::string ContributionRoundDataEnd(uint64_t round) {
-  return round == UINT64_MAX ? std::string("e") : internal::Tagged('d', round + 1);
-}
 inline std::string ContributionChunk(uint64_t round, uint64_t id, uint32_t tensor, uint64_t chunk) {
   std::string k = ContributionDataPrefix(round, id);
   PutU32(&k, tensor);
