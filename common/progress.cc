@@ -30,6 +30,14 @@ std::string Duration(double s) {
   return absl::StrFormat("%ds", t);
 }
 
+// "12.3 MB/s" or "4.56 steps/s" for `amount` in `seconds` (empty when either is 0).
+std::string Rate(uint64_t amount, double seconds, Progress::Unit unit) {
+  if (seconds <= 0 || amount == 0) return "";
+  const double r = static_cast<double>(amount) / seconds;
+  return unit == Progress::Unit::kBytes ? absl::StrFormat("%.1f MB/s", r / 1e6)
+                                        : absl::StrFormat("%.2f steps/s", r);
+}
+
 bool WantsBar(const Progress::Options& o) {
   if (const char* env = std::getenv("COLDFUSE_PROGRESS")) {
     if (std::string(env) == "plain") return false;
@@ -84,11 +92,7 @@ std::string Progress::Line(uint64_t done, double seconds, absl::string_view deta
   if (unit_ == Unit::kSteps) absl::StrAppend(&out, " steps");
   const uint64_t counted = done - std::min(done, first_.value_or(0));
   const double rate = seconds > 0 ? static_cast<double>(counted) / seconds : 0;
-  if (rate > 0) {
-    absl::StrAppend(&out, ", ",
-                    unit_ == Unit::kBytes ? absl::StrFormat("%.1f MB/s", rate / 1e6)
-                                          : absl::StrFormat("%.2f steps/s", rate));
-  }
+  if (rate > 0) absl::StrAppend(&out, ", ", Rate(counted, seconds, unit_));
   if (!detail.empty()) absl::StrAppend(&out, ", ", detail);
   if (total_ > 0 && done < total_) {
     absl::StrAppend(&out, ", ETA ",
@@ -134,13 +138,8 @@ void Progress::Finish(absl::string_view detail) {
   std::string line =
       absl::StrCat(label_, ": ", Amount(last_done_, unit_), unit_ == Unit::kSteps ? " steps" : "",
                    " in ", absl::StrFormat("%.1f s", secs));
-  if (secs > 0 && counted > 0) {
-    absl::StrAppend(&line, " (",
-                    unit_ == Unit::kBytes
-                        ? absl::StrFormat("%.1f MB/s", static_cast<double>(counted) / secs / 1e6)
-                        : absl::StrFormat("%.2f steps/s", static_cast<double>(counted) / secs),
-                    ")");
-  }
+  const std::string rate = Rate(counted, secs, unit_);
+  if (!rate.empty()) absl::StrAppend(&line, " (", rate, ")");
   if (!detail.empty()) absl::StrAppend(&line, ", ", detail);
   if (bar_ && drew_) WriteAll(options_.fd, "\r\x1b[K");
   CF_LOG(INFO) << line;

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -44,6 +45,14 @@ class Progress {
   void Update(uint64_t done, absl::string_view detail = "");
   // The total, when it becomes known after the start (a pull learns it from the header).
   void SetTotal(uint64_t total) { total_ = total; }
+  // A transfer's progress callback (rpc::CallOptions::on_progress) feeding this: the
+  // total, then the bytes done. `this` must outlive the transfer.
+  std::function<void(uint64_t done, uint64_t total)> TransferHook() {
+    return [this](uint64_t done, uint64_t total) {
+      SetTotal(total);
+      Update(done);
+    };
+  }
   // Ends the operation: the bar is replaced by (or the log gets) one summary line with the
   // overall rate and `detail`.
   void Finish(absl::string_view detail = "");

@@ -29,10 +29,7 @@ namespace {
 rpc::CallOptions Transfer(std::chrono::milliseconds deadline, Progress* p) {
   rpc::CallOptions o;
   o.deadline = deadline;
-  o.on_progress = [p](uint64_t done, uint64_t total) {
-    p->SetTotal(total);
-    p->Update(done);
-  };
+  o.on_progress = p->TransferHook();
   return o;
 }
 

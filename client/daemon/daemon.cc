@@ -141,10 +141,7 @@ absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
   Progress progress(absl::StrCat("pull base v", version), 0, Progress::Unit::kBytes);
   rpc::CallOptions call;
   call.cancel = &stop_;
-  call.on_progress = [&progress](uint64_t done, uint64_t total) {
-    progress.SetTotal(total);
-    progress.Update(done);
-  };
+  call.on_progress = progress.TransferHook();
   ASSIGN_OR_RETURN(rpc::PulledBase pulled, rpc::PullBase(channel_, version, call));
   progress.Finish();
   CachedBase base;
@@ -221,10 +218,7 @@ absl::Status Daemon::Push(const Contribution& c, uint64_t open_round) {
   Progress progress(absl::StrCat("push to round ", open_round), 0, Progress::Unit::kBytes);
   rpc::CallOptions call;
   call.cancel = &stop_;  // Ctrl-C stops the upload within a chunk; it stays resumable
-  call.on_progress = [&progress](uint64_t done, uint64_t total) {
-    progress.SetTotal(total);
-    progress.Update(done);
-  };
+  call.on_progress = progress.TransferHook();
   rpc::TransferStats stats;
   auto receipt = rpc::PushContribution(channel_, c.header, &source, call, {}, &stats);
   if (receipt.ok()) {

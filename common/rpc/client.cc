@@ -36,6 +36,17 @@ std::vector<uint64_t> Lengths(const v1::Manifest& m) {
 // Writes header, chunks from (tensor, offset) on, and the trailer (SHA-256 of every
 // byte from the start, so bytes before the resume point are read and hashed, not sent).
 // A failed write means the server ended the call; its status comes from Finish().
+// What a transfer stopped by CallOptions::cancel returns.
+absl::Status UploadStopped() {
+  return absl::CancelledError(
+      "the upload was stopped (a signal); what the server stored is kept: sending the same "
+      "contribution again resumes it");
+}
+absl::Status DownloadStopped() {
+  return absl::CancelledError(
+      "the download was stopped (a signal); it starts again where it stopped next time");
+}
+
 bool Cancelled(const CallOptions& options) {
   return options.cancel != nullptr && options.cancel->load();
 }
@@ -95,9 +106,7 @@ absl::Status WriteTensorStream(grpc::ClientContext* ctx, grpc::ClientWriter<Requ
       if (Cancelled(options)) {
         ctx->TryCancel();
         writer->Finish();
-        return absl::CancelledError(
-            "the upload was stopped (a signal); what the server stored is kept: sending the same "
-            "contribution again resumes it");
+        return UploadStopped();
       }
       const uint64_t len = std::min<uint64_t>(kMaxChunkBytes, lengths[t] - off);
       RETURN_IF_ERROR(source->Read(t, off, len, &buf));
@@ -368,7 +377,8 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
   PullResult out;
   bool have_header = false;
   std::vector<uint64_t> lengths;
-  uint32_t tensor = 0;  // resume position: everything before it was delivered
+  uint64_t total_bytes = 0;  // of the base, once the header is in
+  uint32_t tensor = 0;       // resume position: everything before it was delivered
   uint64_t offset = 0;
   Sha256 sha;
   absl::Status last;
@@ -393,8 +403,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
     bool done = false;
     while (problem.ok() && !done && reader->Read(&message)) {
       if (Cancelled(options)) {
-        problem = absl::CancelledError(
-            "the download was stopped (a signal); it starts again where it stopped next time");
+        problem = DownloadStopped();
         break;
       }
       switch (message.part_case()) {
@@ -413,6 +422,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
           out.model_spec = h.model_spec();
           out.manifest = h.manifest();
           lengths = Lengths(out.manifest);
+          for (uint64_t n : lengths) total_bytes += n;
           problem = sink->Begin(out.version, out.model_spec, out.manifest);
           have_header = true;
           while (tensor < lengths.size() && lengths[tensor] == 0) ++tensor;
@@ -436,11 +446,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
           offset += c.data().size();
           out.bytes += c.data().size();
           if (stats != nullptr) stats->bytes_on_wire += c.data().size();
-          if (options.on_progress) {
-            uint64_t grand_total = 0;
-            for (uint64_t n : lengths) grand_total += n;
-            options.on_progress(out.bytes, grand_total);
-          }
+          if (options.on_progress) options.on_progress(out.bytes, total_bytes);
           while (tensor < lengths.size() && offset == lengths[tensor]) {
             ++tensor;
             offset = 0;
@@ -465,8 +471,7 @@ absl::StatusOr<PullResult> PullBaseTo(const std::shared_ptr<grpc::Channel>& chan
       }
     }
     if (problem.ok() && Cancelled(options)) {
-      problem = absl::CancelledError(
-          "the download was stopped (a signal); it starts again where it stopped next time");
+      problem = DownloadStopped();
     }
     if (!problem.ok()) {
       ctx.TryCancel();
@@ -510,8 +515,7 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
   for (int attempt = 1;; ++attempt) {
     if (attempt > 1 && !retrier.Again(attempt - 1)) return last;
     if (Cancelled(options)) {
-      return absl::CancelledError(
-          "the upload was stopped (a signal); sending the same contribution again resumes it");
+      return UploadStopped();
     }
     if (stats != nullptr) ++stats->attempts;
     v1::ContributionHeader h = header;
@@ -549,9 +553,7 @@ absl::StatusOr<v1::ContributionReceipt> PushContribution(
     last = FromGrpc(writer->Finish(), "PushContribution");
     if (last.ok()) return receipt;
     if (Cancelled(options)) {
-      return absl::CancelledError(
-          "the upload was stopped (a signal); what the server stored is kept: sending the same "
-          "contribution again resumes it");
+      return UploadStopped();
     }
     if (!Retryable(last)) return last;
   }
