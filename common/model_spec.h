@@ -43,6 +43,8 @@ class SplitMix64 {
   explicit SplitMix64(uint64_t seed) : state_(seed) {}
   uint64_t Next();
   double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
+  // SplitMix64(state()) continues this generator's sequence.
+  uint64_t state() const { return state_; }
 
  private:
   uint64_t state_;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/posix_file.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
 #include "gtest/gtest.h"
@@ -24,18 +25,27 @@ constexpr int kFeatures = 8;
 class AsyncTest : public ::testing::Test {
  protected:
   std::unique_ptr<Process> StartDaemon(const ServerProcess& server, const std::string& name,
-                                       int steps, int rounds, uint64_t seed) {
+                                       int steps, int rounds, uint64_t seed,
+                                       const std::vector<std::string>& more = {}) {
     const std::string data = absl::StrCat(dir_.path(), "/data-", name);
     std::filesystem::create_directories(data);
     WriteBlobsCsv(data + "/train.csv", kFeatures, 3, 200, seed);
     WriteBlobsCsv(data + "/test.csv", kFeatures, 3, 60, seed + 100);
     state_[name] = absl::StrCat(dir_.path(), "/state-", name);
-    return Process::Start({ClientBinary(), "--server=" + server.address(), "--name=" + name,
-                           "--task=blobs-" + name, "--state_dir=" + state_[name],
-                           "--keep_contributions=100", "--train=" + data + "/train.csv",
-                           "--test=" + data + "/test.csv", absl::StrCat("--max_rounds=", rounds),
-                           absl::StrCat("--steps=", steps), "--threads=1", "--poll_s=0.05"},
-                          absl::StrCat(dir_.path(), "/client-", name, ".log"));
+    std::vector<std::string> args = {ClientBinary(),
+                                     "--server=" + server.address(),
+                                     "--name=" + name,
+                                     "--task=blobs-" + name,
+                                     "--state_dir=" + state_[name],
+                                     "--keep_contributions=100",
+                                     "--train=" + data + "/train.csv",
+                                     "--test=" + data + "/test.csv",
+                                     absl::StrCat("--max_rounds=", rounds),
+                                     absl::StrCat("--steps=", steps),
+                                     "--threads=1",
+                                     "--poll_s=0.05"};
+    args.insert(args.end(), more.begin(), more.end());
+    return Process::Start(args, absl::StrCat(dir_.path(), "/client-", name, ".log"));
   }
 
   // Base `round` recomputed from round `round`'s record, the uploads the daemons kept and
@@ -150,6 +160,35 @@ TEST_F(AsyncTest, ASlowContributorIsFusedWithStalenessAndEveryBaseIsRecomputedEx
           << shown.output;
     }
   }
+}
+
+// A contributor whose planned training would outlast the round, started with
+// --stop_before_deadline_s, trains what fits before the round's deadline (less the margin)
+// and makes the round instead of arriving stale.
+TEST_F(AsyncTest, AContributorAskedToMeetTheDeadlineTrainsWhatFitsAndMakesTheRound) {
+  auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                     {"--min_contributions=3", "--round_timeout_s=20"});
+  ASSERT_NE(server, nullptr);
+  RunCommand(
+      {CtlBinary(), "--server=" + server->address(), "init", "--spec=mlp:8,32,8", "--seed=3"});
+  // Alice's contribution starts the round's clock: it closes 20 s after it opened.
+  auto alice = StartDaemon(*server, "alice", 10, 1, 1);
+  ASSERT_EQ(alice->Wait(seconds(120)).value_or(-1), 0);
+  const int64_t closes_by = server->Status().round_closes_by_unix_ms();
+  ASSERT_GT(closes_by, 0);
+  // Carol plans far more steps than 20 s allow, and leaves 8 s for evaluation and upload.
+  auto carol = StartDaemon(*server, "carol", 2000000, 1, 3, {"--stop_before_deadline_s=8"});
+  ASSERT_EQ(carol->Wait(seconds(120)).value_or(-1), 0) << "logs in " << dir_.path();
+  ASSERT_TRUE(server->WaitForBase(1, seconds(60)));
+  const v1::RoundInfo first = server->Rounds().front();
+  ASSERT_EQ(first.contributions_size(), 2);
+  EXPECT_EQ(first.contributions(1).contributor(), "carol");
+  EXPECT_EQ(first.contributions(1).staleness(), 0u);
+  EXPECT_LT(first.contributions(1).received_unix_ms(), closes_by);
+  auto log = ReadFileToString(dir_.path() + "/client-carol.log");
+  ASSERT_TRUE(log.ok());
+  EXPECT_TRUE(absl::StrContains(*log, "of 2000000 planned, ended to meet the round's deadline"))
+      << *log;
 }
 
 TEST_F(AsyncTest, AContributionBeyondMaxStalenessIsRefusedAndNothingOfItIsStored) {

@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/train/testing/tiny_text.h"
+#include "common/posix_file.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -247,31 +249,119 @@ TEST_F(TextEndToEndTest, BadTextDataIsNamedBeforeAnythingIsSent) {
 
 // A daemon asked to stop in the middle of a long round stops at the next step (not after
 // the round), cleanly, and sends nothing; started again, it trains the round anew.
-TEST_F(TextEndToEndTest, SigtermStopsTrainingMidRound) {
+// SIGTERM in the middle of a round's training stops the daemon at once, saving the run;
+// the next start continues it from the saved step instead of starting over, and the
+// contribution it sends is byte for byte the one of a contributor with the same data and
+// seed that was never stopped.
+TEST_F(TextEndToEndTest, SigtermMidTrainingIsContinuedByTheNextStartToTheSameWeights) {
   auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
-                                     {"--min_contributions=1"});
+                                     {"--min_contributions=2", "--round_timeout_s=0"});
   ASSERT_NE(server, nullptr);
   ASSERT_EQ(Ctl(*server, {"init", "--from=" + model_dir_}).exit_code, 0);
-  auto args = ClientArgs(*server, "erin", false, 6);
-  args.push_back("--steps=1000000");  // hours of training
+  auto with = [](std::vector<std::string> args, std::vector<std::string> more) {
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  const std::vector<std::string> plan = {"--steps=400", "--max_rounds=1", "--save_training_s=0"};
+  const auto erin = with(ClientArgs(*server, "erin", false, 6), plan);
+  const auto frank = with(ClientArgs(*server, "frank", false, 6), plan);  // the same data
+
   const std::string log = dir_.path() + "/client-erin.log";
-  auto client = Process::Start(args, log);
+  auto client = Process::Start(erin, log);
+  const std::regex progress("training +[0-9]+% ([0-9]+)/400 steps");
   bool training = false;
-  for (int i = 0; i < 600 && !training; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::ifstream in(log);
-    std::stringstream text;
-    text << in.rdbuf();
-    training = text.str().find("fine-tuning base v0") != std::string::npos;
+  for (int i = 0; i < 1200 && !training; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto text = ReadFileToString(log);
+    training = text.ok() && std::regex_search(*text, progress);
   }
-  ASSERT_TRUE(training) << "the client never started training; see " << log;
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(training) << "no training progress in " << log;
   client->Signal(SIGTERM);
   auto code = client->Wait(seconds(30));
   ASSERT_TRUE(code.has_value()) << "SIGTERM did not stop training";
   EXPECT_EQ(*code, 0);
+  auto text = ReadFileToString(log);
+  ASSERT_TRUE(text.ok());
+  std::smatch m;
+  const std::regex stopped("training stopped at step ([0-9]+) of 400; saved in (\\S+)");
+  ASSERT_TRUE(std::regex_search(*text, m, stopped)) << *text;
+  const std::string at = m[1];
+  std::cout << "stopped at step " << at << " of 400\n";
+  EXPECT_GT(std::stoi(at), 0);
+  EXPECT_EQ(m[2].str(), dir_.path() + "/state-erin/training.safetensors");
+  EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/state-erin/training.safetensors"));
   EXPECT_EQ(server->Rounds().at(0).contributions_size(), 0);
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-erin/pending.header"));
+
+  // Frank trains the same 400 steps without a stop; erin's next start continues hers.
+  auto uninterrupted = Process::Start(frank, dir_.path() + "/client-frank.log");
+  CommandResult again = RunCommand(erin, seconds(300));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output,
+              HasSubstr("continuing the training of base v0 saved at step " + at + " of 400"));
+  EXPECT_THAT(again.output, HasSubstr("400 steps on cpu"));
+  EXPECT_THAT(again.output, HasSubstr("(resumed at step " + at + ")"));
+  auto frank_code = uninterrupted->Wait(seconds(300));
+  ASSERT_TRUE(frank_code.has_value());
+  ASSERT_EQ(*frank_code, 0);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/state-erin/training.safetensors"))
+      << "a finished run's saved state is removed";
+
+  ASSERT_TRUE(server->WaitForBase(1, seconds(60)));
+  auto stored_erin = ReadSafetensors(dir_.path() + "/state-erin/contrib-r1.safetensors");
+  auto stored_frank = ReadSafetensors(dir_.path() + "/state-frank/contrib-r1.safetensors");
+  ASSERT_TRUE(stored_erin.ok()) << stored_erin.status();
+  ASSERT_TRUE(stored_frank.ok()) << stored_frank.status();
+  ASSERT_EQ(stored_erin->size(), stored_frank->size());
+  for (size_t i = 0; i < stored_erin->size(); ++i) {
+    EXPECT_EQ((*stored_erin)[i].data, (*stored_frank)[i].data) << (*stored_erin)[i].spec.name();
+  }
+  auto head_erin = ReadSafetensors(dir_.path() + "/state-erin/head.safetensors");
+  auto head_frank = ReadSafetensors(dir_.path() + "/state-frank/head.safetensors");
+  ASSERT_TRUE(head_erin.ok() && head_frank.ok());
+  EXPECT_EQ((*head_erin)[0].data, (*head_frank)[0].data);
+}
+
+// A run stopped while others kept contributing continues on its own (now older) base
+// after a restart, as long as the server still takes contributions trained from it, and
+// is fused as a stale contribution instead of being thrown away.
+TEST_F(TextEndToEndTest, AStoppedRunContinuesOnItsOwnBaseAfterTheServerMovedOn) {
+  auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                     {"--min_contributions=1", "--round_timeout_s=0"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_EQ(Ctl(*server, {"init", "--from=" + model_dir_}).exit_code, 0);
+  auto erin = ClientArgs(*server, "erin", false, 6);
+  for (const char* a : {"--steps=400", "--max_rounds=1", "--save_training_s=0"}) erin.push_back(a);
+  const std::string log = dir_.path() + "/client-erin.log";
+  auto client = Process::Start(erin, log);
+  const std::regex progress("training +[0-9]+% ([0-9]+)/400 steps");
+  bool training = false;
+  for (int i = 0; i < 1200 && !training; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto text = ReadFileToString(log);
+    training = text.ok() && std::regex_search(*text, progress);
+  }
+  ASSERT_TRUE(training) << "no training progress in " << log;
+  client->Signal(SIGTERM);
+  ASSERT_EQ(client->Wait(seconds(30)).value_or(-1), 0);
+  ASSERT_TRUE(std::filesystem::exists(dir_.path() + "/state-erin/training.safetensors"));
+
+  // Meanwhile round 1 closes with frank's contribution: the server's base is v1.
+  auto frank = ClientArgs(*server, "frank", false, 7);
+  for (const char* a : {"--steps=2", "--max_rounds=1"}) frank.push_back(a);
+  ASSERT_EQ(RunCommand(frank, seconds(120)).exit_code, 0);
+  ASSERT_TRUE(server->WaitForBase(1, seconds(60)));
+
+  CommandResult again = RunCommand(erin, seconds(300));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("continuing the training of base v0 saved at step"));
+  EXPECT_THAT(again.output, HasSubstr("the server now has v1"));
+  ASSERT_TRUE(server->WaitForBase(2, seconds(60)));
+  const v1::RoundInfo second = server->Rounds().at(1);
+  ASSERT_EQ(second.contributions_size(), 1);
+  EXPECT_EQ(second.contributions(0).contributor(), "erin");
+  EXPECT_EQ(second.contributions(0).trained_from_base(), 0u);
+  EXPECT_EQ(second.contributions(0).staleness(), 1u);
 }
 
 }  // namespace

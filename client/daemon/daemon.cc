@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -11,7 +12,9 @@
 #include "common/logging.h"
 #include "common/progress.h"
 #include "common/rpc/diagnose.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/tensor_stream.h"
 
 namespace coldfuse::daemon {
 namespace {
@@ -76,7 +79,11 @@ absl::Status Daemon::Run() {
       }
     }
     if (!st.ok()) {
-      if (stop_) break;  // e.g. training cancelled by Stop(): state stays resumable
+      if (stop_) {  // e.g. training cancelled by Stop(): state stays resumable
+        // Unless saving it failed (a full disk): say so, the next start begins afresh.
+        if (!absl::IsCancelled(st)) CF_LOG(WARNING) << "while stopping: " << st.message();
+        break;
+      }
       // Now or later alike: the next pass asks GetRound again, after the backoff.
       // A write to the state folder that failed (a full disk, permissions) fails again.
       if (IsLocalFailure(st) || rpc::Retryability(st) == rpc::RetryWhen::kNever) return st;
@@ -152,7 +159,40 @@ absl::StatusOr<CachedBase> Daemon::EnsureBase(uint64_t version) {
   return base;
 }
 
+absl::StatusOr<std::optional<SavedTraining>> Daemon::LoadSavedTraining() {
+  absl::StatusOr<std::optional<SavedTraining>> saved = state_.LoadTraining();
+  if (absl::IsDataLoss(saved.status())) {
+    CF_LOG(WARNING) << saved.status().message() << ": dropping it";
+    RETURN_IF_ERROR(Local(state_.DropTraining()));
+    return std::nullopt;
+  }
+  return saved;
+}
+
+std::string Daemon::TrainingKey(const CachedBase& base, const std::vector<HostTensor>& head) const {
+  Sha256 h;
+  h.Update(absl::StrCat("base ", base.version, " "));
+  h.Update(base.sha256);
+  h.Update(head.empty() ? std::string("no head") : TensorsSha256(head));
+  h.Update(task_->Fingerprint());
+  return ToHex(h.Finish());
+}
+
+double Daemon::TimeBudget(const v1::GetRoundResponse& r,
+                          std::chrono::steady_clock::time_point asked) const {
+  if (options_.stop_before_deadline.count() <= 0 || r.closes_by_unix_ms() <= 0) return 0;
+  // The server's clock for how long the round had left (no clock sync needed), ours for
+  // the time since, less the margin asked for.
+  const double left_s =
+      static_cast<double>(r.closes_by_unix_ms() - r.server_time_unix_ms()) / 1000.0 -
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - asked).count() -
+      static_cast<double>(options_.stop_before_deadline.count());
+  // Already too late to train at all: one step, so the round still gets a contribution.
+  return std::max(left_s, 1e-3);
+}
+
 absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
+  const auto asked = std::chrono::steady_clock::now();  // just after GetRound answered
   ASSIGN_OR_RETURN(std::optional<Contribution> pending, state_.LoadPending());
   if (pending.has_value()) {
     // Trained before a restart (or a failed push): the server takes it while its base is
@@ -164,7 +204,18 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
 
   // A model this task cannot train is a setup problem: say so before pulling gigabytes.
   RETURN_IF_ERROR(task_->CheckModel(round.model_spec()));
-  ASSIGN_OR_RETURN(CachedBase base, EnsureBase(round.base_version()));
+  // A run stopped midway continues on its own base while the server still takes
+  // contributions trained from it (it is then fused as a stale one), rather than
+  // starting over on the current base.
+  ASSIGN_OR_RETURN(std::optional<SavedTraining> saved, LoadSavedTraining());
+  uint64_t version = round.base_version();
+  if (saved.has_value() && saved->base_version != version) {
+    const auto& accepted = round.staleness().accepted_base_versions();
+    if (std::find(accepted.begin(), accepted.end(), saved->base_version) != accepted.end()) {
+      version = saved->base_version;
+    }
+  }
+  ASSIGN_OR_RETURN(CachedBase base, EnsureBase(version));
   ASSIGN_OR_RETURN(std::vector<HostTensor> head, state_.LoadHead());
   if (!head.empty()) {
     ASSIGN_OR_RETURN(std::optional<std::vector<std::string>> kept, state_.LoadHeadLabels());
@@ -178,9 +229,53 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
                        "head.safetensors and head.labels to start a new head"));
     }
   }
-  CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
-               << round.model_spec() << ")";
-  auto result = task_->Train(round.model_spec(), base.tensors, head, 0, &stop_);
+  const std::string key = TrainingKey(base, head);
+  if (saved.has_value() && saved->key != key) {
+    CF_LOG(INFO) << "the training saved in " << state_.TrainingPath() << " (base v"
+                 << saved->base_version << ", step " << saved->checkpoint.step << " of "
+                 << saved->checkpoint.total
+                 << ") was for another base, head, data or options; starting afresh";
+    saved.reset();
+    RETURN_IF_ERROR(Local(state_.DropTraining()));
+  }
+  train::TrainControl control;
+  control.should_stop = [this] { return stop_.load(); };
+  control.checkpoint_seconds = static_cast<double>(options_.save_training_every.count());
+  control.time_budget_seconds = TimeBudget(round, asked);
+  control.on_checkpoint = [&](const train::TrainCheckpoint& c) {
+    SavedTraining t;
+    t.key = key;
+    t.base_version = base.version;
+    t.checkpoint = c;
+    return Local(state_.SaveTraining(t));
+  };
+  if (saved.has_value()) {
+    control.resume = &saved->checkpoint;
+    CF_LOG(INFO) << "round " << round.round() << ": continuing the training of base v"
+                 << base.version << " saved at step " << saved->checkpoint.step << " of "
+                 << saved->checkpoint.total
+                 << (base.version != round.base_version()
+                         ? absl::StrCat(" (the server now has v", round.base_version(),
+                                        "; this one is fused as a stale contribution)")
+                         : std::string());
+  } else {
+    CF_LOG(INFO) << "round " << round.round() << ": fine-tuning base v" << base.version << " ("
+                 << round.model_spec() << ")";
+  }
+  auto result = task_->Train(round.model_spec(), base.tensors, head, 0, control);
+  if (!result.ok() && control.resume != nullptr && absl::IsInvalidArgument(result.status()) &&
+      absl::StartsWith(result.status().message(), "the saved training state")) {
+    CF_LOG(WARNING) << result.status().message() << " (" << state_.TrainingPath()
+                    << "); starting the round's training afresh";
+    RETURN_IF_ERROR(Local(state_.DropTraining()));
+    control.resume = nullptr;
+    result = task_->Train(round.model_spec(), base.tensors, head, 0, control);
+  }
+  if (!result.ok() && absl::IsCancelled(result.status()) && stop_) {
+    CF_LOG(INFO) << result.status().message() << "; saved in " << state_.TrainingPath()
+                 << " (start coldfuse-client again to continue from there)";
+    return result.status();
+  }
   if (!result.ok()) {
     // Only a head that does not fit is the head's fault (the trainers mark it); other
     // problems keep their own message.
@@ -210,6 +305,8 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   // head as it was, so a restart never trains a head on from an unsent contribution.
   RETURN_IF_ERROR(Local(state_.SavePending(c)));
   RETURN_IF_ERROR(Local(state_.SaveHead(result->head, task_->HeadLabels())));
+  // The run is finished (a crash before this line finds a head it does not match).
+  RETURN_IF_ERROR(Local(state_.DropTraining()));
   return Push(c, round.round());
 }
 

@@ -39,6 +39,16 @@ struct DaemonOptions {
   // Acknowledged contributions kept in the state folder (contrib-rN.*). Default: 0 (the
   // server has them; copies are for inspection only).
   int keep_contributions = 0;
+  // Save a training run in progress this often (training.safetensors in the state
+  // folder), so that a crash loses at most about this much training; a run is always
+  // saved when the daemon is told to stop (SIGINT, SIGTERM), and a restart continues it
+  // while its base is still accepted. 0: save only then. Default: 10 min.
+  std::chrono::seconds save_training_every{600};
+  // > 0 and the round has a deadline: end training this long before it (time for the
+  // final evaluation and the upload) and contribute what was trained by then. 0: train
+  // the planned steps (a contribution that misses its round is fused, down-weighted, as a
+  // stale one in a later round). Default: 0.
+  std::chrono::seconds stop_before_deadline{0};
 };
 
 // Whether `st` is a failure of the state folder (Run returns it: retrying cannot help).
@@ -61,6 +71,15 @@ class Daemon {
   // Contributes to `round` (pulling and training as needed). OK once acknowledged.
   absl::Status Contribute(const v1::GetRoundResponse& round);
   absl::StatusOr<CachedBase> EnsureBase(uint64_t version);
+  // The training run saved in the state folder, if any; a damaged one is dropped (with a
+  // warning): it only saves time.
+  absl::StatusOr<std::optional<SavedTraining>> LoadSavedTraining();
+  // What a saved run must match to be continued: the base, the head and the task.
+  std::string TrainingKey(const CachedBase& base, const std::vector<HostTensor>& head) const;
+  // Seconds training may take from now to end stop_before_deadline before `round` closes
+  // (as GetRound said at `asked`); 0: no limit.
+  double TimeBudget(const v1::GetRoundResponse& round,
+                    std::chrono::steady_clock::time_point asked) const;
   // Pushes `c` (trained in round c.header.round()) while `open_round` is open, and
   // records the round it went to.
   absl::Status Push(const Contribution& c, uint64_t open_round);

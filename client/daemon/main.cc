@@ -72,6 +72,14 @@ ABSL_FLAG(int, keep_contributions, 0,
           "Keep copies of the newest N acknowledged contributions in --state_dir "
           "(contrib-rN.*; 0: none, the server has them)");
 ABSL_FLAG(double, poll_s, 1.0, "Seconds between checks for a new round");
+ABSL_FLAG(int64_t, save_training_s, 600,
+          "Save a training run in progress every this many seconds (training.safetensors in "
+          "--state_dir), so a crash loses at most that much; it is always saved on SIGINT or "
+          "SIGTERM, and a restart continues it. 0: only then");
+ABSL_FLAG(int64_t, stop_before_deadline_s, 0,
+          "If > 0 and the round has a deadline: end training this many seconds before it "
+          "(time for the final evaluation and the upload) and contribute what was trained. 0: "
+          "train the planned steps; a late contribution is fused as a stale one");
 ABSL_FLAG(bool, probe, false,
           "Instead of the daemon: fine-tune a fresh head (and the body) from the current "
           "base on the first --probe_examples rows of --train, print test accuracy as JSON "
@@ -263,6 +271,10 @@ absl::Status RunDaemon() {
   options.keep_contributions = std::max(0, absl::GetFlag(FLAGS_keep_contributions));
   options.poll_interval =
       std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_poll_s) * 1000));
+  options.save_training_every =
+      std::chrono::seconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_save_training_s)));
+  options.stop_before_deadline =
+      std::chrono::seconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_stop_before_deadline_s)));
   if (options.contributor.empty()) {
     return absl::InvalidArgumentError("--name is required: say who is contributing");
   }

@@ -37,13 +37,17 @@ absl::Status Remove(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status SaveTensors(const std::string& path, const std::vector<HostTensor>& tensors) {
-  return WriteSafetensors(path, tensors,
-                          {{"format", "pt"}, {kShaKey, ToHex(TensorsSha256(tensors))}});
+absl::Status SaveTensors(const std::string& path, const std::vector<HostTensor>& tensors,
+                         std::map<std::string, std::string> metadata = {}) {
+  metadata["format"] = "pt";
+  metadata[kShaKey] = ToHex(TensorsSha256(tensors));
+  return WriteSafetensors(path, tensors, metadata);
 }
 
-// NOT_FOUND if missing; DATA_LOSS naming the file if it is damaged.
-absl::StatusOr<std::vector<HostTensor>> LoadTensors(const std::string& path) {
+// NOT_FOUND if missing; DATA_LOSS naming the file if it is damaged. The metadata (with the
+// checksum checked) goes to `*metadata` when given.
+absl::StatusOr<std::vector<HostTensor>> LoadTensors(
+    const std::string& path, std::map<std::string, std::string>* metadata_out = nullptr) {
   auto damaged = [&](absl::string_view why) {
     return absl::DataLossError(
         absl::StrCat(path, " is damaged (", why, "); delete it to start that state afresh"));
@@ -55,8 +59,16 @@ absl::StatusOr<std::vector<HostTensor>> LoadTensors(const std::string& path) {
   auto sha = metadata.find(kShaKey);
   if (sha == metadata.end()) return damaged(absl::StrCat("no ", kShaKey, " in its metadata"));
   if (sha->second != ToHex(TensorsSha256(*tensors))) return damaged("checksum mismatch");
+  if (metadata_out != nullptr) *metadata_out = std::move(metadata);
   return tensors;
 }
+
+// Metadata keys of training.safetensors: the run's values are kept under kValuePrefix.
+constexpr char kTrainingKey[] = "coldfuse.training.key";
+constexpr char kTrainingBase[] = "coldfuse.training.base_version";
+constexpr char kTrainingStep[] = "coldfuse.training.step";
+constexpr char kTrainingTotal[] = "coldfuse.training.total";
+constexpr char kValuePrefix[] = "value.";
 
 // Whether `name` is a tensor file of the state folder with extension `ext` (base, head,
 // pending, contrib-rN); sets *stem to the name without it.
@@ -217,6 +229,46 @@ absl::Status StateDir::ArchivePending(uint64_t round, int keep) const {
   }
   return absl::OkStatus();
 }
+
+std::string StateDir::TrainingPath() const { return Path(absl::StrCat("training", kTensors)); }
+
+absl::StatusOr<std::optional<SavedTraining>> StateDir::LoadTraining() const {
+  std::map<std::string, std::string> metadata;
+  auto tensors = LoadTensors(TrainingPath(), &metadata);
+  if (absl::IsNotFound(tensors.status())) return std::nullopt;
+  RETURN_IF_ERROR(tensors.status());
+  SavedTraining t;
+  t.checkpoint.tensors = std::move(*tensors);
+  auto get = [&](const char* key) -> std::string {
+    auto it = metadata.find(key);
+    return it == metadata.end() ? std::string() : it->second;
+  };
+  t.key = get(kTrainingKey);
+  if (t.key.empty() || !absl::SimpleAtoi(get(kTrainingBase), &t.base_version) ||
+      !absl::SimpleAtoi(get(kTrainingStep), &t.checkpoint.step) ||
+      !absl::SimpleAtoi(get(kTrainingTotal), &t.checkpoint.total)) {
+    return absl::DataLossError(absl::StrCat(TrainingPath(),
+                                            " is damaged (its metadata is incomplete); delete it "
+                                            "to start the round's training afresh"));
+  }
+  for (auto& [key, value] : metadata) {
+    absl::string_view k(key);
+    if (absl::ConsumePrefix(&k, kValuePrefix)) t.checkpoint.values[std::string(k)] = value;
+  }
+  return t;
+}
+
+absl::Status StateDir::SaveTraining(const SavedTraining& t) const {
+  std::map<std::string, std::string> metadata = {
+      {kTrainingKey, t.key},
+      {kTrainingBase, absl::StrCat(t.base_version)},
+      {kTrainingStep, absl::StrCat(t.checkpoint.step)},
+      {kTrainingTotal, absl::StrCat(t.checkpoint.total)}};
+  for (const auto& [key, value] : t.checkpoint.values) metadata[kValuePrefix + key] = value;
+  return SaveTensors(TrainingPath(), t.checkpoint.tensors, std::move(metadata));
+}
+
+absl::Status StateDir::DropTraining() const { return Remove(TrainingPath()); }
 
 absl::StatusOr<uint64_t> StateDir::LoadLastRound() const {
   auto text = ReadFileToString(Path("last_round"));

@@ -5,6 +5,8 @@
 //   head.labels                       what its outputs mean (text tasks), one per line
 //   pending.header/.safetensors       a trained contribution not yet acknowledged
 //   last_round                        the last round the server acknowledged from us
+//   training.safetensors              a training run stopped (or checkpointed) midway:
+//                                     weights, optimizer state, data order, generators
 //   contrib-rN.header/.safetensors    acknowledged contributions (the newest few are kept)
 // Tensor files are plain safetensors (any safetensors reader opens them) whose metadata
 // holds the SHA-256 of their data ("coldfuse.sha256"), checked on every load: a damaged
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/train/checkpoint.h"
 #include "coldfuse/v1/coldfuse.pb.h"
 #include "common/tensor.h"
 
@@ -29,6 +32,15 @@ struct CachedBase {
   uint64_t version = 0;
   std::string sha256;
   std::vector<HostTensor> tensors;
+};
+
+// A training run saved midway (train/checkpoint.h) and what it continues.
+struct SavedTraining {
+  // The base, head, data and options it was trained with (Daemon's key): resumed only
+  // when they are the same.
+  std::string key;
+  uint64_t base_version = 0;  // for the log
+  train::TrainCheckpoint checkpoint;
 };
 
 struct Contribution {
@@ -66,6 +78,13 @@ class StateDir {
   absl::Status DropPending() const;
   // Moves the pending contribution to contrib-rN.* and keeps the newest `keep`.
   absl::Status ArchivePending(uint64_t round, int keep) const;
+
+  // nullopt when there is none. DATA_LOSS naming the file when it is damaged.
+  absl::StatusOr<std::optional<SavedTraining>> LoadTraining() const;
+  absl::Status SaveTraining(const SavedTraining& t) const;
+  // Removes it (OK when there is none).
+  absl::Status DropTraining() const;
+  std::string TrainingPath() const;
 
   // 0 if none yet.
   absl::StatusOr<uint64_t> LoadLastRound() const;

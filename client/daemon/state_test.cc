@@ -157,6 +157,46 @@ TEST_F(StateDirTest, ADamagedTensorFileIsDataLossNamingIt) {
   EXPECT_EQ(state.LoadHead().status().code(), absl::StatusCode::kDataLoss);
 }
 
+// A training run saved midway reads back exactly (tensors, values, what it continues),
+// is removed once dropped, and a damaged one is DATA_LOSS naming the file.
+TEST_F(StateDirTest, ASavedTrainingRunReadsBackExactly) {
+  ASSERT_NO_FATAL_FAILURE(Open());
+  StateDir& state = *state_;
+  auto none = state.LoadTraining();
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  EXPECT_TRUE(state.DropTraining().ok());  // nothing to drop is fine
+
+  SavedTraining t;
+  t.key = "abc123";
+  t.base_version = 7;
+  t.checkpoint.step = 11;
+  t.checkpoint.total = 24;
+  t.checkpoint.tensors = Head(3);
+  t.checkpoint.values = {{"text.losses", "0.5,0.25"}, {"torch.generator.cpu", "00ff"}};
+  ASSERT_TRUE(state.SaveTraining(t).ok());
+  auto back = state.LoadTraining();
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->has_value());
+  EXPECT_EQ((*back)->key, "abc123");
+  EXPECT_EQ((*back)->base_version, 7u);
+  EXPECT_EQ((*back)->checkpoint.step, 11);
+  EXPECT_EQ((*back)->checkpoint.total, 24);
+  EXPECT_EQ((*back)->checkpoint.values, t.checkpoint.values);
+  ASSERT_EQ((*back)->checkpoint.tensors.size(), 2u);
+  EXPECT_EQ((*back)->checkpoint.tensors[1].data, t.checkpoint.tensors[1].data);
+  EXPECT_EQ(state.TrainingPath(), Path("training.safetensors"));
+
+  std::string file = *ReadFileToString(Path("training.safetensors"));
+  file[file.size() - 2] ^= 0x01;
+  Put("training.safetensors", file);
+  absl::Status st = state.LoadTraining().status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr(Path("training.safetensors")));
+  ASSERT_TRUE(state.DropTraining().ok());
+  EXPECT_FALSE(fs::exists(Path("training.safetensors")));
+}
+
 // A state folder as the release with .ctf files left it (written here in that format):
 // after the upgrade every part of it loads as before, and it is converted once.
 TEST_F(StateDirTest, AFolderOfTheOldReleaseIsConvertedOnceOnOpen) {

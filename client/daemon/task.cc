@@ -7,8 +7,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/progress.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace coldfuse::daemon {
@@ -16,10 +18,57 @@ namespace {
 
 constexpr absl::string_view kCheckpointPrefix = "checkpoint:";
 
+template <typename T>
+absl::string_view Bytes(const std::vector<T>& v) {
+  return absl::string_view(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+// SHA-256 (hex) of the training rows and the options' text: what a saved run depends on.
+std::string FingerprintOf(const train::Dataset& d, const std::string& options) {
+  Sha256 h;
+  h.Update(absl::StrCat("mlp ", d.num_features, " ", d.num_classes, " ", options, "\n"));
+  h.Update(Bytes(d.features));
+  h.Update(Bytes(d.labels));
+  return ToHex(h.Finish());
+}
+
+std::string FingerprintOf(const train::TextDataset& d, const std::string& options) {
+  Sha256 h;
+  h.Update(absl::StrCat("text ", d.rows(), " ", absl::StrJoin(d.label_names, "\x1f"), " ", options,
+                        "\n"));
+  for (const auto* texts : {&d.texts, &d.text_pairs}) {
+    for (const std::string& t : *texts) {
+      h.Update(absl::StrCat(t.size(), ":"));
+      h.Update(t);
+    }
+  }
+  h.Update(Bytes(d.label_ids));
+  h.Update(Bytes(d.targets));
+  return ToHex(h.Finish());
+}
+
+std::string Resumed(int64_t at) {
+  return at > 0 ? absl::StrCat(" (resumed at step ", at, ")") : std::string();
+}
+
+std::string OutOfTime(bool out_of_time, int64_t total) {
+  return out_of_time ? absl::StrCat(" of ", total, " planned, ended to meet the round's deadline")
+                     : std::string();
+}
+
 class MlpTask : public LocalTask {
  public:
   MlpTask(train::Dataset train, train::Dataset test, train::TrainOptions options)
-      : train_(std::move(train)), test_(std::move(test)), options_(options) {}
+      : train_(std::move(train)),
+        test_(std::move(test)),
+        options_(options),
+        fingerprint_(FingerprintOf(
+            train_, absl::StrCat("epochs=", options.epochs, " steps=", options.steps,
+                                 " lr=", options.learning_rate, " wd=", options.weight_decay,
+                                 " batch=", options.batch_size, " seed=", options.seed, " max=",
+                                 options.max_train_examples, " threads=", options.threads))) {}
+
+  std::string Fingerprint() const override { return fingerprint_; }
 
   std::string Describe() const override {
     return absl::StrCat(train_.rows(), " training and ", test_.rows(), " test rows, ",
@@ -40,11 +89,11 @@ class MlpTask : public LocalTask {
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
                                    const std::vector<HostTensor>& head, int64_t max_train_examples,
-                                   const std::atomic<bool>* stop) override {
+                                   const train::TrainControl& control) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TrainOptions options = options_;
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
-    if (stop != nullptr) options.should_stop = [stop] { return stop->load(); };
+    options.control = control;
     std::optional<Progress> progress;
     options.on_step = [&progress](int64_t step, int64_t total, double loss) {
       if (!progress.has_value()) progress.emplace("training", total, Progress::Unit::kSteps);
@@ -60,8 +109,10 @@ class MlpTask : public LocalTask {
     out.metrics = {{"accuracy_before", r.accuracy_before}, {"accuracy_after", r.accuracy_after},
                    {"macro_f1_before", r.macro_f1_before}, {"macro_f1_after", r.macro_f1_after},
                    {"train_loss_first", r.loss_first},     {"train_loss_last", r.loss_last}};
+    out.out_of_time = r.out_of_time;
     out.summary =
-        absl::StrFormat("%d steps, loss %.4f -> %.4f, test accuracy %.4f -> %.4f", r.steps,
+        absl::StrFormat("%d steps%s%s, loss %.4f -> %.4f, test accuracy %.4f -> %.4f", r.steps,
+                        Resumed(r.resumed_at), OutOfTime(r.out_of_time, r.total_steps),
                         r.loss_first, r.loss_last, r.accuracy_before, r.accuracy_after);
     return out;
   }
@@ -69,6 +120,7 @@ class MlpTask : public LocalTask {
  private:
   train::Dataset train_, test_;
   train::TrainOptions options_;
+  std::string fingerprint_;
 };
 
 class TextTask : public LocalTask {
@@ -79,7 +131,20 @@ class TextTask : public LocalTask {
         train_(std::move(train)),
         dev_(std::move(dev)),
         test_(std::move(test)),
-        options_(std::move(options)) {}
+        options_(std::move(options)) {
+    const train::TextTrainOptions& o = options_;
+    fingerprint_ = FingerprintOf(
+        train_,
+        absl::StrCat(model_.Describe(), " epochs=", o.epochs, " steps=", o.steps,
+                     " lr=", o.learning_rate, " wd=", o.weight_decay, " warmup=", o.warmup_ratio,
+                     " batch=", o.batch_size, " accumulation=", o.grad_accumulation,
+                     " clip=", o.max_grad_norm, " seq=", o.max_seq_length, " eval=", o.eval_every,
+                     " patience=", o.early_stopping_patience, " seed=", o.seed,
+                     " max=", o.max_train_examples, " threads=", o.threads, " device=", o.device,
+                     " bf16=", o.bf16, " dev=", dev_.rows()));
+  }
+
+  std::string Fingerprint() const override { return fingerprint_; }
 
   std::string Describe() const override {
     std::string what = train_.label_ids.empty()
@@ -108,10 +173,10 @@ class TextTask : public LocalTask {
   absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                    const std::vector<HostTensor>& base,
                                    const std::vector<HostTensor>& head, int64_t max_train_examples,
-                                   const std::atomic<bool>* stop) override {
+                                   const train::TrainControl& control) override {
     RETURN_IF_ERROR(CheckModel(model_spec));
     train::TextTrainOptions options = options_;
-    if (stop != nullptr) options.should_stop = [stop] { return stop->load(); };
+    options.control = control;
     if (max_train_examples > 0) options.max_train_examples = max_train_examples;
     // Progress for a contributor watching: a bar with loss and ETA on a terminal, a line
     // every few seconds or 10% in a log; every dev evaluation is logged.
@@ -146,10 +211,12 @@ class TextTask : public LocalTask {
     out.metrics["steps"] = static_cast<double>(r.steps);
     out.metrics["steps_per_second"] = r.steps_per_second;
     if (r.has_dev) out.metrics["dev_best"] = r.best_dev;
+    out.out_of_time = r.out_of_time;
     out.summary = absl::StrFormat(
-        "%d steps on %s (%.2f steps/s)%s, loss %.4f -> %.4f, test %s %.4f -> %.4f%s", r.steps,
-        r.device, r.steps_per_second, r.stopped_early ? ", stopped early" : "", r.loss_first,
-        r.loss_last, regression ? "Pearson" : "accuracy",
+        "%d steps on %s (%.2f steps/s)%s%s%s, loss %.4f -> %.4f, test %s %.4f -> %.4f%s", r.steps,
+        r.device, r.steps_per_second, Resumed(r.resumed_at),
+        OutOfTime(r.out_of_time, r.total_steps), r.stopped_early ? ", stopped early" : "",
+        r.loss_first, r.loss_last, regression ? "Pearson" : "accuracy",
         regression ? r.before.pearson : r.before.accuracy,
         regression ? r.after.pearson : r.after.accuracy,
         regression
@@ -162,6 +229,7 @@ class TextTask : public LocalTask {
   train::TextModel model_;
   train::TextDataset train_, dev_, test_;
   train::TextTrainOptions options_;
+  std::string fingerprint_;
 };
 
 }  // namespace

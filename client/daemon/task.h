@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "client/train/checkpoint.h"
 #include "client/train/dataset.h"
 #include "client/train/text_dataset.h"
 #include "client/train/text_trainer.h"
@@ -34,7 +35,8 @@ struct TaskResult {
   // pearson_after (regression), train_loss_first, train_loss_last, and for text tasks
   // steps, steps_per_second and (with a dev split) dev_best.
   std::map<std::string, double> metrics;
-  std::string summary;  // one log line: steps, loss, test score before -> after
+  std::string summary;       // one log line: steps, loss, test score before -> after
+  bool out_of_time = false;  // training ended early by control.time_budget_seconds
 };
 
 class LocalTask {
@@ -50,15 +52,19 @@ class LocalTask {
   virtual absl::Status CheckModel(absl::string_view model_spec) const = 0;
   // Fine-tunes `base` (with the kept `head`, or a fresh one when empty) and scores the
   // test split before and after. `max_train_examples` > 0 limits the training rows
-  // (few-shot probes). `stop`, if given, is polled between steps (text tasks; an MLP round
-  // takes seconds): CANCELLED once it is set. Errors as the trainers': INVALID_ARGUMENT
-  // for bad data or options, and for a head that does not fit, marked so that
-  // train::IsHeadMismatch (head_mismatch.h) tells it apart.
+  // (few-shot probes). `control` stops, saves and resumes the run, and bounds its time
+  // (train/checkpoint.h): CANCELLED once its should_stop says so. Errors as the
+  // trainers': INVALID_ARGUMENT for bad data or options, for a saved state that does not
+  // fit ("the saved training state ..."), and for a head that does not fit, marked so
+  // that train::IsHeadMismatch (head_mismatch.h) tells it apart.
   virtual absl::StatusOr<TaskResult> Train(absl::string_view model_spec,
                                            const std::vector<HostTensor>& base,
                                            const std::vector<HostTensor>& head,
                                            int64_t max_train_examples,
-                                           const std::atomic<bool>* stop = nullptr) = 0;
+                                           const train::TrainControl& control = {}) = 0;
+  // What the saved state of a run depends on besides the base and the head: the data and
+  // the training options. A saved run is resumed only under the same fingerprint.
+  virtual std::string Fingerprint() const = 0;
 };
 
 std::unique_ptr<LocalTask> NewMlpTask(train::Dataset train, train::Dataset test,

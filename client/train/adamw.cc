@@ -4,6 +4,9 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+#include "client/train/torch_checkpoint.h"
+
 // One kernel for the whole update (PyTorch's AdamW(fused=True)) where LibTorch has it on
 // both CPU and CUDA.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -78,6 +81,45 @@ void ForeachAdamW::Step(double lr) {
     at::_foreach_add_(denom, eps_);
     at::_foreach_addcdiv_(params, exp_avgs, denom, step_size);
   }
+}
+
+void ForeachAdamW::Save(const std::string& prefix, TrainCheckpoint* c) const {
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    for (size_t i = 0; i < state_[gi].size(); ++i) {
+      const State& s = state_[gi][i];
+      if (!s.exp_avg.defined()) continue;  // never stepped (no gradient yet)
+      const std::string key = absl::StrCat(prefix, ".", gi, ".", i);
+      c->tensors.push_back(SaveTensor(key + ".exp_avg", s.exp_avg));
+      c->tensors.push_back(SaveTensor(key + ".exp_avg_sq", s.exp_avg_sq));
+      c->values[key + ".step"] = absl::StrCat(s.step);
+    }
+  }
+}
+
+absl::Status ForeachAdamW::Restore(const CheckpointReader& r, const std::string& prefix) {
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    for (size_t i = 0; i < state_[gi].size(); ++i) {
+      const std::string key = absl::StrCat(prefix, ".", gi, ".", i);
+      State& s = state_[gi][i];
+      if (r.Find(key + ".exp_avg") == nullptr) {
+        s = State();
+        continue;
+      }
+      const torch::Tensor& p = groups_[gi].params[i];
+      absl::StatusOr<int64_t> step = r.Int(key + ".step");
+      if (!step.ok()) return step.status();
+      if (*step < 1) return CheckpointReader::Unfit(absl::StrCat("'", key, ".step' is < 1"));
+      s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+      s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Preserve);
+      absl::Status st = RestoreTensor(r, key + ".exp_avg", s.exp_avg);
+      if (st.ok()) st = RestoreTensor(r, key + ".exp_avg_sq", s.exp_avg_sq);
+      if (!st.ok()) return st;
+      s.step = *step;
+      s.step_tensor =
+          torch::full({}, static_cast<double>(*step), p.options().dtype(torch::kFloat32));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {

@@ -10,7 +10,11 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "absl/status/status.h"
+#include "client/train/checkpoint.h"
 
 namespace coldfuse::train {
 
@@ -30,6 +34,12 @@ class ForeachAdamW {
   void ZeroGrad();
   // One update with learning rate `lr` of every parameter that has a gradient.
   void Step(double lr);
+
+  // The moments and step counts of every parameter stepped so far, as checkpoint tensors
+  // "<prefix>.<group>.<index>.exp_avg" / ".exp_avg_sq" and values "....step".
+  void Save(const std::string& prefix, TrainCheckpoint* c) const;
+  // Puts back what Save saved (for the same groups of the same shapes).
+  absl::Status Restore(const CheckpointReader& r, const std::string& prefix);
 
  private:
   struct State {

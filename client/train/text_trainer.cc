@@ -23,6 +23,7 @@
 #include "client/train/encoder.h"
 #include "client/train/head_mismatch.h"
 #include "client/train/metrics.h"
+#include "client/train/torch_checkpoint.h"
 #include "common/dtype.h"
 #include "common/json.h"
 #include "common/model_spec.h"
@@ -545,18 +546,109 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(
   int64_t step = 0;
   bool stop = false;
   double train_seconds = 0;
+  uint64_t epoch_rng = rng.state();  // before this epoch's shuffle
+  int64_t first_micro = 0;           // where the first epoch starts (a resumed run)
+  result.total_steps = total;
+
+  // Everything the loop below carries from one step to the next, at the top of an
+  // optimizer step: enough for a later run to take over from here.
+  auto checkpoint = [&](int64_t micro) {
+    TrainCheckpoint c;
+    c.step = step;
+    c.total = total;
+    for (size_t i = 0; i < params.size(); ++i) {
+      c.tensors.push_back(SaveTensor(absl::StrCat("param.", i), params[i]));
+    }
+    for (size_t i = 0; i < best.size(); ++i) {
+      c.tensors.push_back(SaveTensor(absl::StrCat("best.", i), best[i]));
+    }
+    optimizer.Save("adamw", &c);
+    SaveGenerators(device, &c);
+    c.values["text.epoch_rng"] = absl::StrCat(epoch_rng);
+    c.values["text.micro"] = absl::StrCat(micro);
+    c.values["text.losses"] = WriteDoubles(step_losses);
+    c.values["text.train_seconds"] = WriteDouble(train_seconds);
+    c.values["text.best_dev"] = WriteDouble(result.best_dev);
+    c.values["text.best_step"] = absl::StrCat(result.best_step);
+    c.values["text.evals_without_gain"] = absl::StrCat(evals_without_gain);
+    c.values["text.params"] = absl::StrCat(params.size());
+    return c;
+  };
+  if (o.control.resume != nullptr) {
+    const TrainCheckpoint& c = *o.control.resume;
+    CheckpointReader r(c);
+    if (c.total != total || c.step < 0 || c.step >= total) {
+      return CheckpointReader::Unfit(absl::StrCat("it is at step ", c.step, " of ", c.total,
+                                                  " but this run plans ", total, " steps"));
+    }
+    ASSIGN_OR_RETURN(int64_t saved_params, r.Int("text.params"));
+    if (saved_params != static_cast<int64_t>(params.size())) {
+      return CheckpointReader::Unfit(
+          absl::StrCat("it holds ", saved_params, " parameters, the model ", params.size()));
+    }
+    for (size_t i = 0; i < params.size(); ++i) {
+      RETURN_IF_ERROR(RestoreTensor(r, absl::StrCat("param.", i), params[i]));
+    }
+    if (r.Find("best.0") != nullptr) {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) {
+        best.push_back(torch::empty_like(params[i]));
+        RETURN_IF_ERROR(RestoreTensor(r, absl::StrCat("best.", i), best.back()));
+      }
+    }
+    RETURN_IF_ERROR(optimizer.Restore(r, "adamw"));
+    RETURN_IF_ERROR(RestoreGenerators(r, device));
+    ASSIGN_OR_RETURN(epoch_rng, r.Uint("text.epoch_rng"));
+    ASSIGN_OR_RETURN(first_micro, r.Int("text.micro"));
+    ASSIGN_OR_RETURN(step_losses, r.Doubles("text.losses"));
+    ASSIGN_OR_RETURN(train_seconds, r.Double("text.train_seconds"));
+    ASSIGN_OR_RETURN(result.best_dev, r.Double("text.best_dev"));
+    ASSIGN_OR_RETURN(result.best_step, r.Int("text.best_step"));
+    ASSIGN_OR_RETURN(int64_t without_gain, r.Int("text.evals_without_gain"));
+    evals_without_gain = static_cast<int>(without_gain);
+    if (first_micro < 0 || first_micro >= micro_per_epoch ||
+        static_cast<int64_t>(step_losses.size()) != c.step) {
+      return CheckpointReader::Unfit("its data position or loss history does not match its step");
+    }
+    step = c.step;
+    rng = SplitMix64(epoch_rng);
+    result.resumed_at = step;
+  }
+
+  const auto run_start = std::chrono::steady_clock::now();
+  auto last_checkpoint = run_start;
+  const int64_t first_step = step;
+  double run_train_seconds = 0;  // this run's steps only (the time budget's estimate)
   while (step < total && !stop) {
+    epoch_rng = rng.state();
     std::iota(order.begin(), order.end(), 0);
     for (int64_t i = n - 1; i > 0; --i) {
       std::swap(order[i], order[rng.Next() % static_cast<uint64_t>(i + 1)]);
     }
     model.encoder->train();
     model.head->train();
-    for (int64_t micro = 0; micro < micro_per_epoch && step < total && !stop;) {
+    for (int64_t micro = std::exchange(first_micro, 0);
+         micro < micro_per_epoch && step < total && !stop;) {
       const auto start = std::chrono::steady_clock::now();
       const int64_t group = std::min<int64_t>(o.grad_accumulation, micro_per_epoch - micro);
-      if (o.should_stop && o.should_stop()) {
+      if (o.control.should_stop && o.control.should_stop()) {
+        if (o.control.on_checkpoint) RETURN_IF_ERROR(o.control.on_checkpoint(checkpoint(micro)));
         return absl::CancelledError(absl::StrCat("training stopped at step ", step, " of ", total));
+      }
+      if (o.control.checkpoint_seconds > 0 && step > first_step && o.control.on_checkpoint &&
+          std::chrono::duration<double>(start - last_checkpoint).count() >=
+              o.control.checkpoint_seconds) {
+        RETURN_IF_ERROR(o.control.on_checkpoint(checkpoint(micro)));
+        last_checkpoint = std::chrono::steady_clock::now();
+      }
+      if (o.control.time_budget_seconds > 0 && step > first_step) {
+        const double per_step = run_train_seconds / static_cast<double>(step - first_step);
+        if (std::chrono::duration<double>(start - run_start).count() + per_step >
+            o.control.time_budget_seconds) {
+          result.out_of_time = true;
+          stop = true;
+          break;
+        }
       }
       optimizer.ZeroGrad();
       torch::Tensor loss_total;  // summed on the device: one read per optimizer step
@@ -578,8 +670,10 @@ absl::StatusOr<TextFineTuneResult> FineTuneImpl(
       }
       step_losses.push_back(loss_sum);
       ++step;
-      train_seconds +=
+      const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      train_seconds += seconds;
+      run_train_seconds += seconds;
       const bool epoch_end = micro >= micro_per_epoch;
       if (o.on_step) {
         o.on_step(

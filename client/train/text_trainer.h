@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/train/checkpoint.h"
 #include "client/train/text_dataset.h"
 #include "client/train/tokenizer/tokenizer.h"
 #include "common/tensor.h"
@@ -99,9 +100,9 @@ struct TextTrainOptions {
   // Called on the training thread after each optimizer step and dev evaluation (e.g. to
   // log progress). Default: none.
   std::function<void(const TextProgress&)> on_step;
-  // Polled before each optimizer step; returning true ends training with CANCELLED (a
-  // daemon asked to stop does not finish an hours-long round first). Default: none.
-  std::function<bool()> should_stop;
+  // Stopping (a daemon asked to stop does not finish an hours-long round first), saving
+  // and resuming a run, and a time budget (checkpoint.h). Default: none.
+  TrainControl control;
 };
 
 // The checks FineTuneText makes of `options` before any work, for a caller to run at
@@ -130,8 +131,11 @@ struct TextFineTuneResult {
   double best_dev = 0;    // best dev accuracy (or Pearson) seen
   int64_t best_step = 0;  // optimizer step of the returned weights
   bool stopped_early = false;
-  double loss_first = 0;  // mean training loss of the first 10% of steps (at least one)
-  double loss_last = 0;   // ... of the last 10%
+  bool out_of_time = false;  // ended by control.time_budget_seconds before `total` steps
+  int64_t resumed_at = 0;    // > 0: the step a saved run (control.resume) continued from
+  int64_t total_steps = 0;   // optimizer steps planned
+  double loss_first = 0;     // mean training loss of the first 10% of steps (at least one)
+  double loss_last = 0;      // ... of the last 10%
   int64_t num_train_examples = 0;
   int64_t steps = 0;         // optimizer steps taken
   double train_seconds = 0;  // wall time of the training loop (no evaluation)
@@ -148,8 +152,9 @@ struct TextFineTuneResult {
 // (LoadTextDatasetLike). INVALID_ARGUMENT for bad options (ValidateTextOptions), data,
 // token ids outside the model's vocabulary (a tokenizer of another model), a config.json
 // the base does not fit, or a head of other labels (HeadMismatchError; the message starts
-// with "the head"); CANCELLED when options.should_stop said so; INTERNAL for a LibTorch
-// failure.
+// with "the head"); CANCELLED when options.control.should_stop said so (after handing the
+// run's state to control.on_checkpoint); INVALID_ARGUMENT starting "the saved training
+// state" for a control.resume that does not fit; INTERNAL for a LibTorch failure.
 absl::StatusOr<TextFineTuneResult> FineTuneText(const TextModel& model,
                                                 const std::vector<HostTensor>& base,
                                                 const std::vector<HostTensor>& head,

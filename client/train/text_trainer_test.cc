@@ -161,6 +161,133 @@ TEST_F(TextTrainerTest, SameSeedSameWeights) {
             Find(a->body, "embeddings.word_embeddings.weight")->data);
 }
 
+// A run stopped midway (twice, once mid-epoch and once at an epoch's end) and continued
+// from its saved state ends with exactly the weights, losses and dev choice of a run that
+// never stopped: the same data order, dropout masks and optimizer state.
+TEST_F(TextTrainerTest, AStoppedRunContinuedFromItsStateEndsWithTheSameWeights) {
+  TextModel model = Model(/*dropout=*/0.1);
+  TextDataset train = Data("train", 64, 31);
+  TextDataset dev = Data("dev", 24, 32, false, &train);
+  TextDataset test = Data("test", 16, 33, false, &train);
+  TextTrainOptions o = Fast();
+  o.batch_size = 8;  // 8 steps per epoch
+  o.epochs = 3;
+  o.eval_every = 5;
+  o.warmup_ratio = 0.2;
+  auto whole = FineTuneText(model, base_, {}, train, dev, test, o);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->steps, 24);
+
+  std::vector<TrainCheckpoint> saved;
+  int64_t stop_at = 11;  // mid-epoch, after a dev evaluation
+  int64_t steps_done = 0;
+  auto run = [&](const TrainCheckpoint* resume) {
+    TextTrainOptions p = o;
+    p.on_step = [&](const TextProgress& progress) { steps_done = progress.step; };
+    p.control.resume = resume;
+    p.control.should_stop = [&] { return steps_done >= stop_at; };
+    p.control.on_checkpoint = [&](const TrainCheckpoint& c) {
+      saved.push_back(c);
+      return absl::OkStatus();
+    };
+    return FineTuneText(model, base_, {}, train, dev, test, p);
+  };
+  auto first = run(nullptr);
+  ASSERT_TRUE(absl::IsCancelled(first.status())) << first.status();
+  EXPECT_THAT(first.status().message(), HasSubstr("stopped at step 11 of 24"));
+  ASSERT_EQ(saved.size(), 1u);
+  EXPECT_EQ(saved[0].step, 11);
+  stop_at = 16;  // an epoch's end
+  auto second = run(&saved[0]);
+  ASSERT_TRUE(absl::IsCancelled(second.status())) << second.status();
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved[1].step, 16);
+  stop_at = 1000;
+  auto last = run(&saved[1]);
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->resumed_at, 16);
+  EXPECT_EQ(last->steps, 24);
+  ASSERT_EQ(last->body.size(), whole->body.size());
+  for (size_t i = 0; i < whole->body.size(); ++i) {
+    EXPECT_EQ(last->body[i].data, whole->body[i].data) << whole->body[i].spec.name();
+  }
+  for (size_t i = 0; i < whole->head.size(); ++i) {
+    EXPECT_EQ(last->head[i].data, whole->head[i].data) << whole->head[i].spec.name();
+  }
+  EXPECT_EQ(last->best_step, whole->best_step);
+  EXPECT_EQ(last->best_dev, whole->best_dev);
+  EXPECT_EQ(last->loss_first, whole->loss_first);
+  EXPECT_EQ(last->loss_last, whole->loss_last);
+  EXPECT_EQ(last->after.accuracy, whole->after.accuracy);
+  EXPECT_EQ(last->before.accuracy, whole->before.accuracy);
+
+  // A state from another plan (more steps) is refused, saying so; the caller starts over.
+  TextTrainOptions other = o;
+  other.epochs = 4;
+  other.control.resume = &saved[0];
+  auto unfit = FineTuneText(model, base_, {}, train, dev, test, other);
+  EXPECT_TRUE(absl::IsInvalidArgument(unfit.status())) << unfit.status();
+  EXPECT_THAT(unfit.status().message(), HasSubstr("the saved training state does not fit"));
+  EXPECT_THAT(unfit.status().message(), HasSubstr("step 11 of 24 but this run plans 32"));
+  TrainCheckpoint broken = saved[0];
+  broken.tensors.pop_back();
+  other = o;
+  other.control.resume = &broken;
+  unfit = FineTuneText(model, base_, {}, train, dev, test, other);
+  EXPECT_THAT(unfit.status().message(), HasSubstr("the saved training state does not fit"));
+}
+
+// Saving every step (checkpoint_seconds) does not change the run, and any of those states
+// continues to the same end; a time budget ends the run early but normally.
+TEST_F(TextTrainerTest, PeriodicStatesContinueAndATimeBudgetEndsTheRunEarly) {
+  TextModel model = Model(/*dropout=*/0.1);
+  TextDataset train = Data("train", 48, 34);
+  TextDataset test = Data("test", 16, 35, false, &train);
+  TextTrainOptions o = Fast();
+  o.batch_size = 8;
+  o.epochs = 2;
+  auto whole = FineTuneText(model, base_, {}, train, {}, test, o);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  std::vector<TrainCheckpoint> saved;
+  TextTrainOptions p = o;
+  p.control.checkpoint_seconds = 1e-9;
+  p.control.on_checkpoint = [&](const TrainCheckpoint& c) {
+    saved.push_back(c);
+    return absl::OkStatus();
+  };
+  auto watched = FineTuneText(model, base_, {}, train, {}, test, p);
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  ASSERT_EQ(saved.size(), 11u);  // before steps 2..12
+  EXPECT_EQ(Find(watched->body, "embeddings.word_embeddings.weight")->data,
+            Find(whole->body, "embeddings.word_embeddings.weight")->data);
+  p = o;
+  p.control.resume = &saved[4];
+  auto resumed = FineTuneText(model, base_, {}, train, {}, test, p);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->resumed_at, 5);
+  for (size_t i = 0; i < whole->body.size(); ++i) {
+    EXPECT_EQ(resumed->body[i].data, whole->body[i].data) << whole->body[i].spec.name();
+  }
+  // A failing save ends the run with its error.
+  p = o;
+  p.control.checkpoint_seconds = 1e-9;
+  p.control.on_checkpoint = [](const TrainCheckpoint&) {
+    return absl::ResourceExhaustedError("disk full");
+  };
+  EXPECT_TRUE(
+      absl::IsResourceExhausted(FineTuneText(model, base_, {}, train, {}, test, p).status()));
+
+  p = o;
+  p.control.time_budget_seconds = 1e-6;  // room for the one step every run takes
+  auto hurried = FineTuneText(model, base_, {}, train, {}, test, p);
+  ASSERT_TRUE(hurried.ok()) << hurried.status();
+  EXPECT_TRUE(hurried->out_of_time);
+  EXPECT_EQ(hurried->steps, 1);
+  EXPECT_EQ(hurried->total_steps, 12);
+  EXPECT_NE(Find(hurried->body, "embeddings.word_embeddings.weight")->data,
+            Find(base_, "embeddings.word_embeddings.weight")->data);
+}
+
 TEST_F(TextTrainerTest, RegressionReportsPearson) {
   TextModel model = Model();
   TextDataset train = Data("train", 240, 5, true);
@@ -457,7 +584,7 @@ TEST_F(TextTrainerTest, ModelFolderOfAnotherModelIsNamed) {
   TextTrainOptions o = Fast();
   int steps = 0;
   o.on_step = [&](const TextProgress&) { ++steps; };
-  o.should_stop = [&] { return steps >= 2; };
+  o.control.should_stop = [&] { return steps >= 2; };
   TextModel model = Model();
   s = FineTuneText(model, base_, {}, train, {}, test, o).status();
   EXPECT_TRUE(absl::IsCancelled(s)) << s;

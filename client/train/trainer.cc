@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -10,9 +11,14 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/train/adamw.h"
 #include "client/train/head_mismatch.h"
 #include "client/train/mlp.h"
+#include "client/train/torch_checkpoint.h"
 #include "common/model_spec.h"
 #include "common/status_macros.h"
 
@@ -162,9 +168,9 @@ absl::StatusOr<FineTuneResult> RunFineTune(const MlpSpec& spec, const std::vecto
   const int64_t window =
       options.steps > 0 ? std::max<int64_t>(1, options.steps / 10) : steps_per_pass;
 
-  torch::optim::AdamW optimizer(
-      model->parameters(),
-      torch::optim::AdamWOptions(options.learning_rate).weight_decay(options.weight_decay));
+  // The same update as torch::optim::AdamW, with a state a checkpoint can hold.
+  ForeachAdamW optimizer({{model->parameters(), options.weight_decay}}, 0.9, 0.999, 1e-8);
+  const std::vector<torch::Tensor> params = model->parameters();
   SplitMix64 rng(options.seed ^ kShuffleSeedSalt);
   std::vector<int64_t> order(static_cast<size_t>(num_train));
   std::iota(order.begin(), order.end(), 0);
@@ -172,11 +178,84 @@ absl::StatusOr<FineTuneResult> RunFineTune(const MlpSpec& spec, const std::vecto
   int64_t pos = num_train;  // start with a shuffle
   std::vector<double> losses;
   losses.reserve(static_cast<size_t>(total_steps));
+  int64_t step = 0;
+  result.total_steps = total_steps;
+
+  // The loop's state at the top of a step: enough for a later run to take over.
+  auto checkpoint = [&] {
+    TrainCheckpoint c;
+    c.step = step;
+    c.total = total_steps;
+    for (size_t i = 0; i < params.size(); ++i) {
+      c.tensors.push_back(SaveTensor(absl::StrCat("param.", i), params[i]));
+    }
+    optimizer.Save("adamw", &c);
+    SaveGenerators(device, &c);
+    c.values["mlp.rng"] = absl::StrCat(rng.state());
+    c.values["mlp.order"] = absl::StrJoin(order, ",");
+    c.values["mlp.pos"] = absl::StrCat(pos);
+    c.values["mlp.losses"] = WriteDoubles(losses);
+    return c;
+  };
+  if (options.control.resume != nullptr) {
+    const TrainCheckpoint& c = *options.control.resume;
+    CheckpointReader r(c);
+    if (c.total != total_steps || c.step < 0 || c.step >= total_steps) {
+      return CheckpointReader::Unfit(absl::StrCat("it is at step ", c.step, " of ", c.total,
+                                                  " but this run plans ", total_steps, " steps"));
+    }
+    for (size_t i = 0; i < params.size(); ++i) {
+      RETURN_IF_ERROR(RestoreTensor(r, absl::StrCat("param.", i), params[i]));
+    }
+    RETURN_IF_ERROR(optimizer.Restore(r, "adamw"));
+    RETURN_IF_ERROR(RestoreGenerators(r, device));
+    ASSIGN_OR_RETURN(uint64_t rng_state, r.Uint("mlp.rng"));
+    rng = SplitMix64(rng_state);
+    ASSIGN_OR_RETURN(pos, r.Int("mlp.pos"));
+    ASSIGN_OR_RETURN(losses, r.Doubles("mlp.losses"));
+    ASSIGN_OR_RETURN(std::string saved_order, r.Text("mlp.order"));
+    std::vector<int64_t> got;
+    for (absl::string_view part : absl::StrSplit(saved_order, ',')) {
+      int64_t row;
+      if (!absl::SimpleAtoi(part, &row) || row < 0 || row >= num_train) break;
+      got.push_back(row);
+    }
+    if (got.size() != order.size() || pos < 0 || pos > num_train ||
+        static_cast<int64_t>(losses.size()) != c.step) {
+      return CheckpointReader::Unfit("its data order, position or losses do not match this run");
+    }
+    order = std::move(got);
+    if (pos < num_train) {
+      order_t = torch::from_blob(order.data(), {num_train}, torch::kInt64).clone().to(device);
+    }
+    step = c.step;
+    result.resumed_at = step;
+  }
+  const auto run_start = std::chrono::steady_clock::now();
+  auto last_checkpoint = run_start;
+  const int64_t first_step = step;
+  const TrainControl& control = options.control;
   model->train();
-  for (int64_t step = 0; step < total_steps; ++step) {
-    if (options.should_stop && options.should_stop()) {
+  for (; step < total_steps; ++step) {
+    const auto now = std::chrono::steady_clock::now();
+    if (control.should_stop && control.should_stop()) {
+      if (control.on_checkpoint) RETURN_IF_ERROR(control.on_checkpoint(checkpoint()));
       return absl::CancelledError(
           absl::StrCat("training stopped at step ", step, " of ", total_steps));
+    }
+    if (control.checkpoint_seconds > 0 && step > first_step && control.on_checkpoint &&
+        std::chrono::duration<double>(now - last_checkpoint).count() >=
+            control.checkpoint_seconds) {
+      RETURN_IF_ERROR(control.on_checkpoint(checkpoint()));
+      last_checkpoint = std::chrono::steady_clock::now();
+    }
+    if (control.time_budget_seconds > 0 && step > first_step) {
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      if (elapsed + elapsed / static_cast<double>(step - first_step) >
+          control.time_budget_seconds) {
+        result.out_of_time = true;
+        break;
+      }
     }
     if (pos >= num_train) {
       Shuffle(order, rng);
@@ -186,18 +265,18 @@ absl::StatusOr<FineTuneResult> RunFineTune(const MlpSpec& spec, const std::vecto
     const int64_t end = std::min(pos + batch, num_train);
     torch::Tensor idx = order_t.slice(0, pos, end);
     pos = end;
-    optimizer.zero_grad();
+    optimizer.ZeroGrad();
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         model->forward(x_train.index_select(0, idx)), y_train.index_select(0, idx));
     loss.backward();
-    optimizer.step();
+    optimizer.Step(options.learning_rate);
     losses.push_back(loss.item<double>());
     if (options.on_step) options.on_step(step + 1, total_steps, losses.back());
   }
-  const size_t n = losses.size(), w = static_cast<size_t>(std::min(window, total_steps));
+  const size_t n = losses.size(), w = std::min(static_cast<size_t>(window), n);
   result.loss_first = Mean(losses, 0, w);
   result.loss_last = Mean(losses, n - w, n);
-  result.steps = total_steps;
+  result.steps = step;
 
   EvalResult after = EvaluateModel(model, x_test, test, num_classes);
   result.accuracy_after = after.accuracy;

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "client/train/checkpoint.h"
 #include "client/train/dataset.h"
 #include "client/train/metrics.h"
 #include "coldfuse/v1/tensor.pb.h"
@@ -39,8 +40,8 @@ struct TrainOptions {
   // Called after each optimizer step with the steps done, the total and that step's
   // loss (e.g. to show progress). Default: none.
   std::function<void(int64_t step, int64_t total, double loss)> on_step = nullptr;
-  // Polled before each step: true stops training with CANCELLED. Default: none.
-  std::function<bool()> should_stop = nullptr;
+  // Stopping, saving and resuming a run, and a time budget (checkpoint.h). Default: none.
+  TrainControl control;
 };
 
 struct FineTuneResult {
@@ -55,7 +56,10 @@ struct FineTuneResult {
   double loss_first = 0;  // mean training loss of the first epoch (or first 10% of steps)
   double loss_last = 0;   // mean training loss of the last epoch (or last 10% of steps)
   int64_t num_train_examples = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;         // optimizer steps taken
+  int64_t total_steps = 0;   // planned
+  bool out_of_time = false;  // ended by control.time_budget_seconds before total_steps
+  int64_t resumed_at = 0;    // > 0: the step a saved run (control.resume) continued from
 };
 
 // The head manifest for a body of output width `width` and `num_classes` classes:
@@ -74,8 +78,10 @@ std::vector<HostTensor> InitHead(int64_t width, int64_t num_classes, uint64_t se
 // else a fresh InitHead(..., options.seed); evaluates on `test`, fine-tunes on `train` with
 // AdamW and cross-entropy, evaluates again, and returns the result. Deterministic for a
 // given seed and thread count. INVALID_ARGUMENT for bad options or data that does not fit
-// the spec (e.g. a column count other than the spec's input width); INTERNAL for a LibTorch
-// failure.
+// the spec (e.g. a column count other than the spec's input width) or a control.resume
+// that does not fit ("the saved training state ..."); CANCELLED when control.should_stop
+// said so (after handing the run's state to control.on_checkpoint); INTERNAL for a
+// LibTorch failure.
 absl::StatusOr<FineTuneResult> FineTune(absl::string_view model_spec,
                                         const std::vector<HostTensor>& base,
                                         const std::vector<HostTensor>& head, const Dataset& train,

@@ -111,6 +111,61 @@ TEST_F(TrainerTest, SameSeedGivesIdenticalBytes) {
   EXPECT_NE(a->body[0].data, c->body[0].data);
 }
 
+// Stopped twice (the second time in the middle of a pass over the data) and continued
+// from its saved state, a run ends with the bytes of one that never stopped.
+TEST_F(TrainerTest, AStoppedRunContinuedFromItsStateEndsWithTheSameWeights) {
+  options_.epochs = 3;  // 7 steps per pass over 200 rows
+  absl::StatusOr<FineTuneResult> whole = Run(base_);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->steps, 21);
+  std::vector<TrainCheckpoint> saved;
+  int64_t done = 0, stop_at = 5;
+  options_.on_step = [&](int64_t step, int64_t, double) { done = step; };
+  options_.control.should_stop = [&] { return done >= stop_at; };
+  options_.control.on_checkpoint = [&](const TrainCheckpoint& c) {
+    saved.push_back(c);
+    return absl::OkStatus();
+  };
+  absl::StatusOr<FineTuneResult> r = Run(base_);
+  ASSERT_TRUE(absl::IsCancelled(r.status())) << r.status();
+  ASSERT_EQ(saved.size(), 1u);
+  stop_at = 10;
+  options_.control.resume = &saved[0];
+  r = Run(base_);
+  ASSERT_TRUE(absl::IsCancelled(r.status())) << r.status();
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved[1].step, 10);
+  stop_at = 1000;
+  options_.control.resume = &saved[1];
+  r = Run(base_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->resumed_at, 10);
+  EXPECT_EQ(r->steps, 21);
+  for (size_t i = 0; i < whole->body.size(); ++i) {
+    EXPECT_EQ(r->body[i].data, whole->body[i].data) << whole->body[i].spec.name();
+  }
+  EXPECT_EQ(r->head[0].data, whole->head[0].data);
+  EXPECT_EQ(r->loss_first, whole->loss_first);
+  EXPECT_EQ(r->loss_last, whole->loss_last);
+
+  // Another plan: refused, saying so.
+  options_.epochs = 4;
+  r = Run(base_);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("the saved training state does not fit"));
+
+  // A time budget ends the run normally after the steps that fit.
+  options_ = TrainOptions();
+  options_.epochs = 3;
+  options_.threads = 1;
+  options_.control.time_budget_seconds = 1e-6;
+  r = Run(base_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->out_of_time);
+  EXPECT_EQ(r->steps, 1);
+  EXPECT_EQ(r->total_steps, 21);
+}
+
 TEST_F(TrainerTest, WrongBaseShapeIsInvalidNamingTheTensor) {
   std::vector<HostTensor> bad = base_;
   bad[2].spec.set_shape(1, 15);  // body.1.weight [8, 16] -> [8, 15]
