@@ -177,11 +177,14 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   }
 
   v1::ContributionHeader header;
+  const uint64_t from =
+      o.from_base >= 0 ? static_cast<uint64_t>(o.from_base) : round.base_version();
   header.set_round(round.round());
-  header.set_base_version(round.base_version());
+  header.set_base_version(from);
   header.set_contributor(o.contributor);
   header.set_task(o.task);
   header.set_num_examples(o.num_examples);
+  for (const auto& [name, value] : o.metrics) (*header.mutable_metrics())[name] = value;
   header.set_encoding(o.delta ? v1::DELTA : v1::FULL);
   header.set_upload_id(rpc::NewUploadId());
   std::vector<const SafetensorsEntry*> entries;
@@ -214,11 +217,10 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
                  absl::StrCat("coldfuse-base-", rpc::NewUploadId(), ".safetensors"))
                     .string();
     SafetensorsSink sink(base_path);
-    Progress progress(absl::StrCat("pull base v", round.base_version(), " (for the delta)"), 0,
+    Progress progress(absl::StrCat("pull base v", from, " (for the delta)"), 0,
                       Progress::Unit::kBytes);
     ASSIGN_OR_RETURN(rpc::PullResult pulled,
-                     rpc::PullBaseTo(channel, round.base_version(), &sink,
-                                     Transfer(deadline, &progress), o.retry));
+                     rpc::PullBaseTo(channel, from, &sink, Transfer(deadline, &progress), o.retry));
     RETURN_IF_ERROR(sink.Finish());
     ASSIGN_OR_RETURN(base, SafetensorsFile::Open(base_path));
     (void)pulled;
@@ -235,9 +237,12 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   RETURN_IF_ERROR(receipt.status());
   std::cout << absl::StrFormat(
       "contribution %d to round %d accepted: %d bytes%s in %.2f s (%.1f MB/s), %d attempt(s), "
-      "%d bytes on the wire\n",
+      "%d bytes on the wire%s\n",
       receipt->contribution_id(), receipt->round(), bytes, o.delta ? " (delta)" : "", secs,
-      bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire);
+      bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire,
+      from != round.base_version()
+          ? absl::StrCat("; trained from base v", from, ", fused as a stale contribution")
+          : "");
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,9 +32,14 @@ struct PushOptions {
   std::string contributor;  // with tokens, the server uses the token's name instead
   std::string task;
   uint64_t num_examples = 0;
-  bool delta = false;       // send checkpoint minus the base
-  std::string send_dtype;   // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
-  rpc::RetryOptions retry;  // for the round lookup, the base pull and the upload
+  bool delta = false;      // send checkpoint minus the base
+  std::string send_dtype;  // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
+  // The base version the checkpoint was fine-tuned from; -1: the current base. An older
+  // one is fused as a stale contribution (its change from that base), if the server's
+  // --max_staleness allows it.
+  int64_t from_base = -1;
+  std::map<std::string, double> metrics;  // reported with the contribution
+  rpc::RetryOptions retry;                // for the round lookup, the base pull and the upload
 };
 absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const PushOptions& o,
                             std::chrono::milliseconds deadline);

@@ -2,6 +2,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -86,13 +87,40 @@ ABSL_FLAG(uint64_t, num_examples, 0, "push: training examples behind the checkpo
 ABSL_FLAG(std::string, task, "",
           "push: task name reported with the contribution; evals: only this task's scores");
 ABSL_FLAG(std::string, encoding, "full", "push: full (the values) or delta (minus the base)");
+ABSL_FLAG(std::string, metrics, "",
+          "push: scores reported with the contribution, NAME=VALUE,... (e.g. "
+          "accuracy_before=0.61,accuracy_after=0.83; shown by `round N` and the dashboard)");
 ABSL_FLAG(std::string, send_dtype, "",
           "push: send as f32, f16, bf16 or f64 (default: the checkpoint's dtype)");
-ABSL_FLAG(int64_t, version, -1, "pull/export: base version (-1: current)");
+ABSL_FLAG(int64_t, version, -1,
+          "pull/export: base version (-1: current); push: the base version the checkpoint "
+          "was fine-tuned from (-1: the current base; an older one is fused as a stale "
+          "contribution)");
 ABSL_FLAG(uint64_t, shard_bytes, uint64_t{5} << 30,
           "export: split into shards above this many bytes (transformers' layout)");
 
 namespace coldfuse::ctl {
+namespace {
+
+// "accuracy_after=0.83,loss=0.4" -> {accuracy_after: 0.83, loss: 0.4}.
+absl::StatusOr<std::map<std::string, double>> ParseMetrics(absl::string_view text) {
+  std::map<std::string, double> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(item, absl::MaxSplits('=', 1));
+    const std::string name(absl::StripAsciiWhitespace(kv.first));
+    double value;
+    if (name.empty() || !absl::SimpleAtod(absl::StripAsciiWhitespace(kv.second), &value) ||
+        !std::isfinite(value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics: '", item, "' is not NAME=NUMBER (e.g. --metrics=accuracy_after=0.83)"));
+    }
+    out[name] = value;
+  }
+  return out;
+}
+
+}  // namespace
 namespace {
 
 constexpr char kUsage[] = R"(coldfusectl [--server=HOST:PORT] COMMAND [flags]
@@ -105,8 +133,10 @@ Commands:
                       base v0 from a safetensors checkpoint (a file, a folder, or a
                       sharded model.safetensors.index.json); only shared tensors are sent
   push --checkpoint=PATH --num_examples=N [--name=ME] [--task=T]
-       [--encoding=full|delta] [--send_dtype=bf16|f16|f32|f64]
-                      contribute a checkpoint fine-tuned elsewhere (resumable)
+       [--encoding=full|delta] [--send_dtype=bf16|f16|f32|f64] [--version=FROM]
+       [--metrics=NAME=VALUE,...]
+                      contribute a checkpoint fine-tuned elsewhere (resumable), from
+                      base FROM (default: the current base)
   pull [--version=N]  download a base, verify its checksum, print throughput
   export [--version=N] --out=DIR [--shard_bytes=5368709120]
                       write a base as safetensors (loads with safetensors/transformers)
@@ -726,6 +756,8 @@ absl::Status Run(const std::vector<char*>& args) {
     }
     o.delta = enc == "delta";
     o.send_dtype = absl::GetFlag(FLAGS_send_dtype);
+    o.from_base = absl::GetFlag(FLAGS_version);
+    ASSIGN_OR_RETURN(o.metrics, ParseMetrics(absl::GetFlag(FLAGS_metrics)));
     o.retry = Retry();
     if (o.checkpoint.empty()) return absl::InvalidArgumentError("push needs --checkpoint=PATH");
     return PushCheckpoint(channel, o, Deadline());
