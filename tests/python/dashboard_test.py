@@ -17,6 +17,8 @@ The browser test then checks what a person would see:
   - the chart (read from the Chart.js instance) has one line per (task, metric, k) with
     exactly the recorded points, the unseen task dashed and labelled "unseen";
   - new contributions and evaluations appear without a reload;
+  - a stale contribution (pushed with `coldfusectl push --version=OLDER`) is marked with
+    its staleness and weight, and the asynchronous-contribution policy is shown;
   - the token is in sessionStorage only: never in the URL, localStorage or a cookie;
   - no Content-Security-Policy violation or script error in the console, and the page
     fits 1280 px without horizontal scrolling.
@@ -550,6 +552,32 @@ class Scenario:
         self.wait_text("round-progress", f"1 / {MIN_CONTRIBUTIONS}")
         contributors = self.check_history(4)
         check_eq(contributors[0][1], "5 (open)", "alice's last contribution is in round 5")
+        check_eq(self.text("staleness-policy"), "up to 4 fusions old, weight (1 + s)^−0.5",
+                 "the asynchronous-contribution policy")
+
+        # Bob sends work fine-tuned from base v3 (here: v3 itself, exported) while round 5
+        # takes base v4: it is fused as a stale contribution, and the page says so.
+        self.ctl("export", "--version=3", f"--out={self.path('v3')}", token="bob")
+        self.ctl("push", f"--checkpoint={self.path('v3', 'model.safetensors')}", "--version=3",
+                 "--num_examples=10", "--task=sensor-b",
+                 "--metrics=accuracy_before=0.5,accuracy_after=0.75", token="bob")
+        self.ctl("wait", "--base=5", "--timeout_s=60")
+        self.wait_text("base-version", "v5")
+        self.check_history(5)
+        stale = self.js("""return [...document.querySelectorAll(
+            '#history tbody tr[data-round="5"] [data-contributor]')]
+            .map(e => [e.dataset.contributor, e.dataset.staleness, e.textContent, e.title]);""")
+        by_name = {who: (st, text, title) for who, st, text, title in stale}
+        check_eq(by_name["alice"][0], "0", "alice's staleness in round 5")
+        check_eq(by_name["bob"][0], "1", "bob's staleness in round 5")
+        check("stale 1 (×0.71)" in by_name["bob"][1], f"bob's chip: {by_name['bob'][1]!r}")
+        check("trained from base v3" in by_name["bob"][2], f"bob's chip title: {by_name['bob'][2]!r}")
+        rows = self.js("""return [...document.querySelectorAll('#contributors tbody tr')]
+            .map(tr => [tr.dataset.contributor, tr.cells[1].textContent.trim()]);""")
+        check_eq(dict(rows)["bob"], "5stale 1 (×0.71)", "bob's last contribution (round cell)")
+        # Alice again, so the open round has someone in it (and the screenshot shows it).
+        self.wait_exit(self.contribute("alice", SEEN_TASK, 1))
+        self.wait_text("round-progress", f"1 / {MIN_CONTRIBUTIONS}")
         check(self.js("return window.__not_reloaded === true;"), "the page was reloaded")
         check_eq(self.driver.current_url, self.url + "/", "URL")
         self.check_console()
@@ -566,7 +594,7 @@ class Scenario:
         self.driver.refresh()
         wait_for("the sign-in form after a reload", lambda: self.visible("token-input"))
         self.sign_in(self.token("vera"))
-        self.wait_text("base-version", "v4")
+        self.wait_text("base-version", "v5")
         self.check_console()
 
 

@@ -377,12 +377,7 @@
         setText('round-deadline', 'no deadline (closes only at quorum)');
       }
       const list = $('round-contributors');
-      list.replaceChildren(...contributions.map((c) => el('li', {
-        className: 'chip' + (c.state === 'QUARANTINED' ? ' quarantined' : ''),
-        title: c.state === 'QUARANTINED' ? 'quarantined: ' + c.quarantine_reason : (c.task ? 'task ' + c.task : ''),
-        data: { contributor: c.contributor },
-      }, el('span', { className: 'who', text: c.contributor }),
-      c.task ? el('span', { className: 'task', text: c.task }) : null)));
+      list.replaceChildren(...contributions.map(contributionChip));
       if (contributions.length === 0) list.replaceChildren(el('li', { className: 'muted', text: 'no contributions yet' }));
     } else {
       setText('round-number', '');
@@ -392,6 +387,16 @@
       $('round-progress-bar').value = 0;
       $('round-contributors').replaceChildren();
     }
+
+    const sp = s.staleness || {};
+    const maxStale = num(sp.max_staleness);
+    const exponent = num(sp.staleness_exponent);
+    setText('staleness-policy', !initialized ? '–' : maxStale === 0
+      ? 'synchronous: only from the current base'
+      : 'up to ' + maxStale + (maxStale === 1 ? ' fusion' : ' fusions') + ' old' +
+        (exponent > 0 ? ', weight (1 + s)^−' + exponent : ', not down-weighted'),
+    'bases a contribution may be trained from now: ' +
+      ((sp.accepted_base_versions || []).map((v) => 'v' + num(v)).join(', ') || 'none'));
 
     const st = s.storage || {};
     setText('storage-disk', humanBytes(st.disk_bytes),
@@ -406,16 +411,36 @@
       (keepRounds < 0 ? 'all contributions' : 'contributions of the last ' + keepRounds + ' rounds'));
   }
 
+  // "stale 2 (×0.58)" for a contribution trained from an older base than its round's.
+  function staleness(c) {
+    const s = num(c.staleness);
+    if (s === 0) return null;
+    const w = c.staleness_weight === undefined ? 1 : num(c.staleness_weight);
+    return { text: 'stale ' + s + (w !== 1 ? ' (×' + w.toFixed(2) + ')' : ''),
+      title: 'trained from base v' + num(c.trained_from_base) + ', ' + s +
+        (s === 1 ? ' fusion' : ' fusions') + ' older than its round\'s; its change is weighted ' + w.toFixed(3) };
+  }
+
+  // One contribution as a chip: who, the task, and whether it was stale or quarantined.
+  function contributionChip(c) {
+    const quarantined = c.state === 'QUARANTINED';
+    const stale = staleness(c);
+    const titles = [];
+    if (quarantined) titles.push('quarantined (not fused): ' + c.quarantine_reason);
+    if (c.task) titles.push('task ' + c.task);
+    if (stale) titles.push(stale.title);
+    return el('li', {
+      className: 'chip' + (quarantined ? ' quarantined' : '') + (stale ? ' stale' : ''),
+      title: titles.join('; '),
+      data: { contributor: c.contributor, staleness: num(c.staleness) },
+    }, el('span', { className: 'who', text: c.contributor }),
+    c.task ? el('span', { className: 'task', text: c.task }) : null,
+    stale ? el('span', { className: 'stale-mark', text: stale.text }) : null);
+  }
+
   function contributorCell(contributions) {
     const ul = el('ul', { className: 'chips' });
-    for (const c of contributions) {
-      ul.append(el('li', {
-        className: 'chip' + (c.state === 'QUARANTINED' ? ' quarantined' : ''),
-        title: c.state === 'QUARANTINED' ? 'quarantined (not fused): ' + c.quarantine_reason : '',
-        data: { contributor: c.contributor },
-      }, el('span', { className: 'who', text: c.contributor }),
-      c.task ? el('span', { className: 'task', text: c.task }) : null));
-    }
+    for (const c of contributions) ul.append(contributionChip(c));
     return ul;
   }
 
@@ -474,8 +499,10 @@
         el('td', {
           className: 'nowrap',
           text: num(round.number) + (round.state === 'OPEN' ? ' (open)' : ''),
-          title: 'received ' + clockTime(c.received_unix_ms),
-        }),
+          title: 'received ' + clockTime(c.received_unix_ms) + '; trained from base v' +
+            num(c.trained_from_base),
+        }, staleness(c) ? el('div', { className: 'small stale-mark', text: staleness(c).text,
+          title: staleness(c).title }) : null),
         el('td', { className: 'task', text: c.task || '–' }),
         el('td', { className: 'num', text: num(c.num_examples) }),
         el('td', { className: 'metrics' }, ...metricsLines(c.metrics).map((line) => el('div', { text: line }))),
