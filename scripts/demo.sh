@@ -2,10 +2,16 @@
 # The main job on the embedded default: a coldfused with its RocksDB in demo-run/, four
 # coldfuse-client daemons fine-tuning on different groupings of the UCI digits, several
 # rounds, and a per-round table. Usage: scripts/demo.sh [BUILD_DIR]  (ROUNDS=6 by default)
+# SLOW=3: the last contributor trains 3x as long as the others and rounds close at the
+# other three (asynchronous contributions: its work arrives late and is fused, down-
+# weighted, as a stale contribution); with MAX_STALENESS=0 as well, rounds are
+# synchronous and late work is thrown away.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 ROUNDS=${ROUNDS:-6}
+SLOW=${SLOW:-1}
+MAX_STALENESS=${MAX_STALENESS:-4}
 OUT=demo-run
 TASKS=(low-digits high-digits parity mod3)
 UNSEEN=unseen-digits10
@@ -28,12 +34,19 @@ python3 scripts/prepare_digits.py "$OUT/data"
 echo "== making a CA and a server certificate for TLS (deploy/make-certs.sh)"
 bash deploy/make-certs.sh "$OUT/certs" >"$OUT/logs/certs.log"
 
+QUORUM=${#TASKS[@]}
+SLOW_TASK=
+if [ "$SLOW" != 1 ]; then
+  QUORUM=$((${#TASKS[@]} - 1))
+  SLOW_TASK=${TASKS[-1]}
+fi
 echo "== starting coldfused with TLS and tokens (data folder $OUT/server-data)"
 "$SERVER_BIN" --data_dir="$OUT/server-data" --listen=127.0.0.1:0 --port_file="$OUT/port" \
   --tls_cert="$OUT/certs/server.crt" --tls_key="$OUT/certs/server.key" \
   --bootstrap_token_file="$OUT/tokens/operator.token" \
   --http_listen=127.0.0.1:0 --http_port_file="$OUT/http-port" \
-  --min_contributions=${#TASKS[@]} --round_timeout_s=300 2>"$OUT/logs/coldfused.log" &
+  --min_contributions=$QUORUM --max_staleness="$MAX_STALENESS" \
+  --round_timeout_s=300 2>"$OUT/logs/coldfused.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$OUT/port" ] && break; sleep 0.1; done
 [ -s "$OUT/port" ] || { echo "coldfused did not start:"; cat "$OUT/logs/coldfused.log"; exit 1; }
@@ -64,10 +77,14 @@ probe() {
 probe 0
 
 echo "== starting ${#TASKS[@]} contributors for $ROUNDS rounds (logs in $OUT/logs/)"
+[ -z "$SLOW_TASK" ] || echo "   $SLOW_TASK trains ${SLOW}x as long; rounds close at $QUORUM" \
+  "contributions (--max_staleness=$MAX_STALENESS)"
 for t in "${TASKS[@]}"; do
+  epochs=5
+  [ "$t" != "$SLOW_TASK" ] || epochs=$((5 * SLOW))
   "$CLIENT_BIN" --server="$ADDR" "${TLS[@]}" --token_file="$OUT/tokens/$t.token" \
     --name="$t" --task="$t" --state_dir="$OUT/clients/$t" \
-    --train="$OUT/data/$t/train.csv" --test="$OUT/data/$t/test.csv" \
+    --train="$OUT/data/$t/train.csv" --test="$OUT/data/$t/test.csv" --epochs="$epochs" \
     --max_rounds="$ROUNDS" --threads=1 --poll_s=0.2 2>"$OUT/logs/client-$t.log" &
   pids+=($!)
 done
@@ -107,6 +124,12 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 echo
 echo "unseen-task score: base v0 ${unseen[0]} -> base v$ROUNDS ${unseen[$ROUNDS]}"
+if [ -n "$SLOW_TASK" ]; then
+  trained=$(grep -cE ": [0-9]+ steps, loss " "$OUT/logs/client-$SLOW_TASK.log" || true)
+  fused=$(for r in $(seq 1 "$ROUNDS"); do ctl round "$r" --format=tsv; done |
+    awk -F'\t' -v who="$SLOW_TASK" '$2 == who' | wc -l)
+  echo "$SLOW_TASK (${SLOW}x slower): $trained trainings finished, $fused fused in rounds 1-$ROUNDS"
+fi
 echo
 ctl status
 ctl status --json >"$OUT/status.json"
