@@ -58,14 +58,22 @@ else
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python tools for tests and benchmarks, never for the product: a venv over Debian's
-# python3 (so Debian's numpy and torch are visible) with safetensors from PyPI, used to
-# check that exported bases load in the reference implementation.
+# Python tools for tests, benchmarks and the Python client's examples, never for the
+# C++ product: a venv over Debian's python3 (so Debian's numpy, torch, grpcio and
+# protobuf are visible) with, from PyPI, safetensors (to check that exported bases load
+# in the reference implementation) and transformers + accelerate (the Python client's
+# Trainer callback, its test and python/examples; these versions work with Debian's
+# torch 1.13).
 if [[ " ${GROUPS_WANTED[*]} " == *" build "* ]]; then
   VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
   if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
     echo "install-deps: creating $VENV (safetensors for tests)"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "safetensors==0.8.0"
+  fi
+  if ! "$VENV/bin/python" -c "import transformers, accelerate" 2>/dev/null; then
+    echo "install-deps: adding transformers to $VENV (the Python client's callback)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "transformers==4.44.2" \
+      "accelerate==0.33.0"
   fi
 fi

@@ -210,6 +210,26 @@ class Client:
                     f"base v{version} did not appear within {timeout:g} s" +
                     (f" (last problem: {last.message})" if last else ""))
 
+    def wait_for_round(self, number: int, timeout: float = 600.0) -> coldfuse_pb2.GetRoundResponse:
+        """Blocks until round `number` has closed (a later round is open) and returns the
+        open round; rides out restarts. Any token that may call GetRound (contributor,
+        evaluator). Raises Error(DEADLINE_EXCEEDED) after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: Optional[Error] = None
+        while time.monotonic() < deadline:
+            try:
+                r = self.open_round()
+                if r.round > number:
+                    return r
+            except Error as e:
+                if e.code not in RETRYABLE + (grpc.StatusCode.FAILED_PRECONDITION,):
+                    raise
+                last = e
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        raise Error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"round {number} did not close within {timeout:g} s" +
+                    (f" (last problem: {last.message})" if last else ""))
+
     def record_evaluation(self, base_version: int, task: str, metric: str, value: float,
                           num_train_examples: int = 0,
                           num_eval_examples: int = 0) -> coldfuse_pb2.Evaluation:
