@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ROUNDS ?= 6
 
-.PHONY: all deps deps-sanitizers build demo demo-text test test-asan test-tsan fuzz format \
+.PHONY: all deps deps-sanitizers build demo demo-text demo-python test test-asan test-tsan fuzz format \
 	format-check bench bench-text build-pypi-torch test-pypi-torch clean
 
 all: build
@@ -25,6 +25,10 @@ demo: build
 # See docs/encoders.md. STEPS=60 optimizer steps per contributor.
 demo-text: build
 	STEPS=$(or $(STEPS),60) bash scripts/demo_text.sh $(BUILD)
+
+# demo-text with its second contributor in Python (transformers.Trainer + coldfuse.hf).
+demo-python: build
+	PYTHON=1 STEPS=$(or $(STEPS),60) bash scripts/demo_text.sh $(BUILD)
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) --timeout 600

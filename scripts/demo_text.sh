@@ -5,6 +5,8 @@
 # push only the encoder; the server fuses them into v1. A third, unseen task (New York
 # Times snippets) scores v0 and v1 as starting points with a few-shot fine-tune.
 # Usage: scripts/demo_text.sh [BUILD_DIR]   (STEPS=60 optimizer steps per contributor)
+# PYTHON=1 (make demo-python): the second contributor is a Python one instead,
+# transformers.Trainer with the coldfuse callback (python/examples/finetune_minilm.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -54,6 +56,22 @@ echo "== $UNSEEN, $SHOTS-shot, from base v0:"
 probe 0 | tee "$OUT/probe-v0.json"
 
 echo "== ${#TASKS[@]} contributors, $STEPS steps each (logs in $OUT/logs/)"
+if [ "${PYTHON:-0}" = 1 ]; then
+  # The Python client, installed as a user would (pip install ./python), and the example.
+  PY=.venv/bin/python
+  "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    --target "$BUILD/python-site" ./python >"$OUT/logs/pip.log" 2>&1
+  t=${TASKS[-1]}
+  unset 'TASKS[-1]'
+  echo "   $t: a Python contributor (transformers.Trainer + coldfuse.hf callback)"
+  PYTHONPATH="$BUILD/python-site" "$PY" python/examples/finetune_minilm.py \
+    --server="$ADDR" --insecure --name="$t" --task="$t" --model="$MODEL" \
+    --max_seq_length=64 --batch_size=16 --lr=5e-5 --warmup_ratio=0.1 --steps="$STEPS" \
+    --threads=1 --output_dir="$OUT/hf-$t" --train="models/data/$t/train.csv" \
+    --dev="models/data/$t/dev.csv" --test="models/data/$t/test.csv" \
+    >"$OUT/logs/client-$t.log" 2>&1 &
+  pids+=($!)
+fi
 for t in "${TASKS[@]}"; do
   "$CLIENT_BIN" --server="$ADDR" --name="$t" --task="$t" --state_dir="$OUT/clients/$t" \
     "${COMMON[@]}" --steps="$STEPS" --threads=1 --max_rounds=1 --poll_s=0.2 \

@@ -77,7 +77,7 @@ class ColdFusionCallback(TrainerCallback):
     checkpoint, with `load_best_model_at_end`): pushes the shared tensors, named as the
     base names them, as a contribution fine-tuned from that base, with `num_examples`
     (default: the length of the trainer's training set) and the trainer's last metrics
-    (eval_* as reported, train_loss). Keyword arguments of Client.push (encoding,
+    (eval_* but timings, and train_loss). Keyword arguments of Client.push (encoding,
     send_dtype, name, metrics) pass through. After training, `.base_version` is the base
     it started from and `.result` the PushResult.
     """
@@ -121,12 +121,14 @@ class ColdFusionCallback(TrainerCallback):
         state_dict = model.state_dict()
         tensors = {name: state_dict[key].detach() for name, key in self._names.items()}
         options = dict(self.push_options)
-        metrics = dict(options.pop("metrics", None) or {})
-        for entry in state.log_history:
+        metrics: Dict[str, float] = {}
+        for entry in state.log_history:  # the last value of each score reported
             for k, v in entry.items():
-                if isinstance(v, (int, float)) and math.isfinite(v) and (
-                        k.startswith("eval_") or k in ("train_loss", "loss")):
+                timing = k.endswith("_runtime") or k.endswith("_per_second")
+                if isinstance(v, (int, float)) and math.isfinite(v) and not timing and (
+                        k.startswith("eval_") or k == "train_loss"):
                     metrics[k] = float(v)
+        metrics.update(options.pop("metrics", None) or {})  # the caller's own win
         self.pushed = {k: t.to("cpu").clone() for k, t in tensors.items()}
         self.result = self.client.push(tensors, num_examples=int(n), task=self.task,
                                        metrics=metrics, from_base=self.base_version,
