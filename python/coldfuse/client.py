@@ -251,6 +251,10 @@ class Client:
         leaves `path + ".part"`; calling pull again with the same path continues it."""
         part = path + ".part"
         state = _PullState.load(part) if os.path.exists(part) else None
+        if state is not None and version is None:
+            version_now = self.open_round().base_version  # the current base may be newer
+            if version_now != state.version:
+                state = None
         if state is not None and version is not None and state.version != version:
             state = None
         started = time.monotonic()
@@ -370,6 +374,8 @@ class Client:
         base_file: Optional[_codec.SafetensorsFile] = None
         base_tmp = None
         try:
+            # Names and shapes first: a mismatch is said before a base is pulled for a delta.
+            plan = source.plan(round_info.manifest, forced, None)
             if encoding == "delta":
                 fd, base_tmp = tempfile.mkstemp(prefix="coldfuse-base-", suffix=".safetensors")
                 os.close(fd)
@@ -381,7 +387,8 @@ class Client:
                 encoding=coldfuse_pb2.DELTA if encoding == "delta" else coldfuse_pb2.FULL)
             for k, v in (metrics or {}).items():
                 header.metrics[k] = float(v)
-            plan = source.plan(round_info.manifest, forced, base_file)
+            if base_file is not None:
+                plan = source.plan(round_info.manifest, forced, base_file)
             for spec in plan.specs:
                 header.manifest.tensors.append(spec)
             return self._push_resumably(header, plan, progress)
