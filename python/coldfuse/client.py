@@ -672,7 +672,8 @@ def _to_numpy(t: TensorLike) -> Tuple[int, np.ndarray]:
 
 
 class _Plan:
-    def __init__(self, specs: List[tensor_pb2.TensorSpec], produce: List[Callable[[], bytes]]):
+    def __init__(self, specs: List[tensor_pb2.TensorSpec],
+                 produce: List[Callable[[], np.ndarray]]):
         self.specs = specs
         self._produce = produce
         self.total = sum(_codec.byte_length(s) for s in specs)
@@ -720,7 +721,7 @@ class _Source:
     def plan(self, manifest: tensor_pb2.Manifest, forced: Optional[int],
              base: Optional[_codec.SafetensorsFile]) -> _Plan:
         specs: List[tensor_pb2.TensorSpec] = []
-        produce: List[Callable[[], bytes]] = []
+        produce: List[Callable[[], np.ndarray]] = []
         missing, wrong = [], []
         for want in manifest.tensors:
             found = self._lookup(want.name)
@@ -738,14 +739,16 @@ class _Source:
                 missing.append(f"{want.name} (in the base pulled for the delta)")
                 continue
 
-            def make(raw=raw, code=code, sent=sent, name=want.name) -> bytes:
+            def make(raw=raw, code=code, sent=sent, name=want.name) -> np.ndarray:
                 values = raw()
                 if base is not None:
                     b = base.entries[name]
                     diff = _codec.to_float64(values, code).reshape(-1) - \
                         _codec.to_float64(base.raw(name), b.dtype).reshape(-1)
-                    return _codec.encode(diff, sent).tobytes()
-                return _codec.convert(values.reshape(-1), code, sent).tobytes()
+                    return _codec.encode(diff, sent).view(np.uint8)
+                if code == sent:  # as it is: a view (of the file's map), no copy
+                    return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+                return _codec.convert(values.reshape(-1), code, sent).view(np.uint8)
             produce.append(make)
         if missing or wrong:
             parts = []
