@@ -39,8 +39,11 @@ class Server:
         self.certs = os.path.join(root, "certs")
         self.tokens = os.path.join(root, "tokens")
         os.makedirs(self.tokens, exist_ok=True)
-        subprocess.run(["bash", os.path.join(REPO, "deploy", "make-certs.sh"), self.certs],
+        # Client certificates too, for a mutual-TLS server ({certs} in args: this folder).
+        subprocess.run(["bash", os.path.join(REPO, "deploy", "make-certs.sh"), self.certs,
+                        "--client", "alice", "--client", "ops"],
                        check=True, capture_output=True)
+        self.args = [a.replace("{certs}", self.certs) for a in self.args]
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ca = os.path.join(self.certs, "ca.crt")
@@ -91,6 +94,7 @@ class Server:
 
     def ctl(self, *args, token: str = "operator", check: bool = True) -> str:
         r = subprocess.run([CTL, f"--server={self.address}", f"--tls_ca={self.ca}",
+                            f"--tls_cert={self.certs}/ops.crt", f"--tls_key={self.certs}/ops.key",
                             f"--token_file={self.token(token)}", *args],
                            capture_output=True, text=True, timeout=300)
         if check and r.returncode != 0:

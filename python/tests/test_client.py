@@ -284,3 +284,21 @@ def test_status_rounds_watch_and_wait(make_server, tmp_path):
         ev = server.client("eve").record_evaluation(1, "unseen-task", "accuracy", 0.75, 100)
         assert ev.evaluator == "eve"
         assert v.evaluations("unseen-task")[0].value == pytest.approx(0.75)
+
+
+def test_mutual_tls_needs_the_client_certificate(make_server, tmp_path):
+    server = make_server("--tls_client_ca={certs}/ca.crt", "--min_contributions=1")
+    make_checkpoint(tmp_path / "base.safetensors", "F32", SHAPES)
+    server.ctl("init", f"--from={tmp_path / 'base.safetensors'}")
+    from coldfuse import Client
+    with Client(server.address, ca=server.ca, token_file=server.token("alice"),
+                timeout=5, retry_for=1) as c:
+        with pytest.raises(Error) as e:
+            c.open_round()
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    with Client(server.address, ca=server.ca, token_file=server.token("alice"),
+                cert=f"{server.certs}/alice.crt", key=f"{server.certs}/alice.key") as c:
+        assert c.open_round("alice").identity == "alice"
+        assert c.pull(str(tmp_path / "v0.safetensors")).version == 0
+    with pytest.raises(ValueError):
+        Client(server.address, ca=server.ca, cert=f"{server.certs}/alice.crt")
