@@ -27,6 +27,7 @@ from coldfuse.errors import Error, wrap
 from coldfuse.v1 import coldfuse_pb2, coldfuse_pb2_grpc, tensor_pb2
 
 CHUNK = 1 << 20  # bytes per chunk, the protocol's maximum
+SIDECAR_EVERY = 256 << 20  # a pull records how far it got this often (bytes)
 # Codes after which a transfer resumes: the server down or restarting, a broken stream.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED)
@@ -391,19 +392,58 @@ class Client:
                 plan = source.plan(round_info.manifest, forced, base_file)
             for spec in plan.specs:
                 header.manifest.tensors.append(spec)
-            return self._push_resumably(header, plan, progress)
+            resume = None
+            if upload_id:  # perhaps begun by another process: continue what the server kept
+                kept = self._upload_progress(header)
+                if kept is not None:
+                    header.round = kept.round  # the header must be the interrupted one's
+                    resume = (kept.tensor_index, kept.offset, kept.bytes_stored)
+            return self._push_resumably(header, plan, progress, resume)
         finally:
             if base_tmp and os.path.exists(base_tmp):
                 os.unlink(base_tmp)
 
+    def _upload_progress(self, header: coldfuse_pb2.ContributionHeader,
+                         started: Optional[float] = None
+                         ) -> Optional[coldfuse_pb2.UploadProgress]:
+        """What the server kept of upload header.upload_id once no stream is attached to it
+        (None: nothing, start over). Retries while the server is unreachable or still
+        attached to the broken stream, within retry_for of `started`."""
+        started = time.monotonic() if started is None else started
+        tries = 0
+        while True:
+            try:
+                up = self._contributor.GetUpload(
+                    coldfuse_pb2.GetUploadRequest(upload_id=header.upload_id,
+                                                  contributor=header.contributor),
+                    timeout=self.timeout)
+                if not up.attached:
+                    return up
+                err = Error(grpc.StatusCode.ABORTED,
+                            f"upload {header.upload_id} is still attached to a stream")
+            except grpc.RpcError as e:
+                err = wrap(e, "GetUpload")
+                if err.code == grpc.StatusCode.NOT_FOUND:
+                    return None
+                if err.code not in RETRYABLE:
+                    raise err from None
+            if time.monotonic() - started > self.retry_for:
+                raise err
+            tries += 1
+            time.sleep(min(2.0, 0.2 * tries) * (0.5 + random.random()))
+
     def _push_resumably(self, header: coldfuse_pb2.ContributionHeader, plan: "_Plan",
-                        progress: Optional[Progress]) -> PushResult:
+                        progress: Optional[Progress],
+                        kept: Optional[Tuple[int, int, int]] = None) -> PushResult:
         started = time.monotonic()
         attempts = 0
         on_wire = 0
         resume: Optional[Tuple[int, int]] = None
         attempt_bytes: List[int] = []
         resumed_at: List[int] = []
+        if kept is not None:
+            resume = (kept[0], kept[1])
+            resumed_at.append(kept[2])
         while True:
             attempts += 1
             sent = [0]
@@ -423,29 +463,11 @@ class Client:
                 if err.code not in RETRYABLE or time.monotonic() - started > self.retry_for:
                     raise err from None
             # Where the server stopped storing: ask until it has noticed the broken stream.
-            while True:
-                time.sleep(min(2.0, 0.2 * attempts) * (0.5 + random.random()))
-                try:
-                    up = self._contributor.GetUpload(
-                        coldfuse_pb2.GetUploadRequest(upload_id=header.upload_id,
-                                                      contributor=header.contributor),
-                        timeout=self.timeout)
-                except grpc.RpcError as e:
-                    err = wrap(e, "GetUpload")
-                    if err.code == grpc.StatusCode.NOT_FOUND:
-                        resume = None  # nothing kept: start over
-                        break
-                    if err.code not in RETRYABLE or \
-                            time.monotonic() - started > self.retry_for:
-                        raise err from None
-                    continue
-                if not up.attached:
-                    resume = (up.tensor_index, up.offset)
-                    resumed_at.append(up.bytes_stored)
-                    break
-                if time.monotonic() - started > self.retry_for:
-                    raise Error(grpc.StatusCode.ABORTED,
-                                f"upload {header.upload_id} is still attached to a stream")
+            time.sleep(min(2.0, 0.2 * attempts) * (0.5 + random.random()))
+            up = self._upload_progress(header, started)
+            resume = None if up is None else (up.tensor_index, up.offset)
+            if up is not None:
+                resumed_at.append(up.bytes_stored)
 
     def _push_once(self, header: coldfuse_pb2.ContributionHeader, plan: "_Plan",
                    resume: Optional[Tuple[int, int]], sent: List[int],
@@ -567,14 +589,22 @@ class _PullState:
         except (OSError, ValueError, KeyError, IndexError):
             return None
 
-    def _write_sidecar(self) -> None:
+    def _write_sidecar(self, tensor: Optional[int] = None, offset: Optional[int] = None) -> None:
         tmp = self.part + ".json.tmp"
         with open(tmp, "w") as f:
             json.dump({"version": self.version, "model_spec": self.model_spec,
                        "manifest": self.manifest.SerializeToString().hex(),
-                       "data_start": self.data_start, "tensor": self.tensor,
-                       "offset": self.offset}, f)
+                       "data_start": self.data_start,
+                       "tensor": self.tensor if tensor is None else tensor,
+                       "offset": self.offset if offset is None else offset}, f)
         os.replace(tmp, self.part + ".json")
+
+    def checkpoint(self, f) -> None:
+        """Makes what arrived durable and records it (up to the last 1 MiB boundary), so a
+        process killed from here on is continued by the next pull, not restarted."""
+        f.flush()
+        os.fsync(f.fileno())
+        self._write_sidecar(self.tensor, self.offset - self.offset % CHUNK)
 
     def write(self, f, index: int, offset: int, data: bytes) -> None:
         if (index, offset) != (self.tensor, self.offset) and offset == 0 and \
@@ -590,10 +620,13 @@ class _PullState:
         f.write(data)
         self.sha.update(data)
         self.offset += len(data)
+        before = self.done
         self.done += len(data)
         if self.offset == self.sizes[index]:
             self.tensor += 1
             self.offset = 0
+        if before // SIDECAR_EVERY != self.done // SIDECAR_EVERY:
+            self.checkpoint(f)
 
     def save(self, f) -> None:
         """Keeps what arrived up to the last 1 MiB boundary of the current tensor (where

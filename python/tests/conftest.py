@@ -111,9 +111,10 @@ class CuttingProxy:
     `cut_after` bytes went from the client to the server: a broken network, not a server
     that knows it is stopping. Later connections pass untouched."""
 
-    def __init__(self, port: int, cut_after: int):
+    def __init__(self, port: int, cut_after: int, refuse_after_cut: bool = False):
         self.target = port
         self.cut_after = cut_after
+        self.refuse_after_cut = refuse_after_cut
         self.cut = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -128,6 +129,9 @@ class CuttingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refuse_after_cut and self.cut.is_set():  # the network stays down
+                client.close()
+                continue
             server = socket.create_connection(("127.0.0.1", self.target))
             cuttable = not self.cut.is_set()
             pair = (client, server)

@@ -152,6 +152,29 @@ def test_a_push_cut_off_resumes_without_resending(make_server, tmp_path):
         raw_bytes(tuned, [t.name for t in info.contributions[0].manifest.tensors])).digest()
 
 
+def test_an_upload_another_process_began_is_resumed_by_its_upload_id(make_server, tmp_path):
+    from conftest import CuttingProxy
+    from coldfuse import Client, new_upload_id
+    server = make_server("--min_contributions=1", "--round_timeout_s=0")
+    shapes = big_base(tmp_path, server)
+    total = sum(int(np.prod(s)) * 4 for s in shapes.values())
+    tuned = {n: RNG.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    uid = new_upload_id()  # kept by the caller, e.g. next to its checkpoint
+    proxy = CuttingProxy(server.port, 10 << 20, refuse_after_cut=True)
+    with Client(proxy.address, ca=server.ca, token_file=server.token("alice"),
+                server_name="127.0.0.1", retry_for=1.0) as c:
+        with pytest.raises(Error) as e:
+            c.push(tuned, num_examples=5, upload_id=uid, metrics={"loss": 0.5})
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    proxy.close()
+    # A new process (a new client), the same arguments and upload id.
+    with server.client("alice") as c:
+        r = c.push(tuned, num_examples=5, upload_id=uid, metrics={"loss": 0.5})
+    assert r.attempts == 1 and len(r.resumed_at) == 1 and r.resumed_at[0] > 0
+    assert r.attempt_bytes[0] == total - r.resumed_at[0]
+    assert r.round == 1
+
+
 def test_a_pull_cut_by_a_server_crash_resumes_in_the_same_call_and_in_another(
         make_server, tmp_path):
     server = make_server("--min_contributions=1", "--round_timeout_s=0")
