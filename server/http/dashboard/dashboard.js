@@ -494,6 +494,7 @@
           text: quarantined ? 'quarantined' : (c.state || '').toLowerCase(),
         }),
         quarantined && c.quarantine_reason ? el('div', { className: 'small reason', text: c.quarantine_reason }) : null);
+      const stale = staleness(c);
       return el('tr', { data: { contributor: c.contributor } },
         el('td', { className: 'who', text: c.contributor }),
         el('td', {
@@ -501,8 +502,8 @@
           text: num(round.number) + (round.state === 'OPEN' ? ' (open)' : ''),
           title: 'received ' + clockTime(c.received_unix_ms) + '; trained from base v' +
             num(c.trained_from_base),
-        }, staleness(c) ? el('div', { className: 'small stale-mark', text: staleness(c).text,
-          title: staleness(c).title }) : null),
+        }, stale ? el('div', { className: 'small stale-mark', text: stale.text, title: stale.title })
+          : null),
         el('td', { className: 'task', text: c.task || '–' }),
         el('td', { className: 'num', text: num(c.num_examples) }),
         el('td', { className: 'metrics' }, ...metricsLines(c.metrics).map((line) => el('div', { text: line }))),
