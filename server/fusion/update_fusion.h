@@ -1,0 +1,51 @@
+// Fusion in the update domain (issue 13): per base chunk, every contribution is read as
+// its update (UpdateReader), a linear reducer makes the round's update
+//   Δ = Σ_k c_k·u_k   (double, k ascending, from 0)
+// and the outer optimizer's step (outer_optimizer.h) turns the round base b, Δ and the
+// base's state into the new base and its state. One base chunk at a time: memory is a
+// few arrays of one chunk's elements, whatever the model's size. Not wired yet.
+#ifndef COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
+#define COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "coldfuse/v1/tensor.pb.h"
+#include "server/fusion/fusion.h"
+#include "server/fusion/outer_optimizer.h"
+#include "server/fusion/update_reader.h"
+
+namespace coldfuse::fusion {
+
+// The optimizer state of the round's base (read) and of the new base (write). State chunk
+// c of tensor t holds the state of base chunk c's elements in StateDType(base dtype).
+struct StateIo {
+  // (slot, tensor, chunk) of the round base's state; unset: all zero (the first step).
+  ChunkReader read = nullptr;
+  std::function<absl::Status(uint32_t slot, uint32_t tensor, uint64_t chunk,
+                             absl::string_view data)>
+      write = nullptr;
+};
+
+struct UpdateFusionResult {
+  std::string base_sha256;    // of the new base's bytes, in manifest order
+  std::string state_read;     // SHA-256 of the round base's state read (tensor, chunk, slot)
+  std::string state_written;  // of the new state, in the same order
+};
+
+// INVALID_ARGUMENT when `coefficients` and `updates` differ in size; DATA_LOSS for a base
+// or state chunk of the wrong size; the readers' and writers' errors as they are.
+absl::StatusOr<UpdateFusionResult> FuseUpdatesLinear(const v1::Manifest& manifest,
+                                                     const std::vector<UpdateReader*>& updates,
+                                                     const std::vector<double>& coefficients,
+                                                     const OuterStep& step,
+                                                     const ChunkReader& read_base,
+                                                     const ChunkWriter& write, const StateIo& io);
+
+}  // namespace coldfuse::fusion
+
+#endif  // COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
