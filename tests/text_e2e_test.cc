@@ -69,6 +69,17 @@ class TextEndToEndTest : public ::testing::Test {
     return args;
   }
 
+  // Whether the client logging to `log` reports training progress within a minute.
+  static bool WaitForTrainingProgress(const std::string& log) {
+    const std::regex progress("training +[0-9]+% ([0-9]+)/[0-9]+ steps");
+    for (int i = 0; i < 1200; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      auto text = ReadFileToString(log);
+      if (text.ok() && std::regex_search(*text, progress)) return true;
+    }
+    return false;
+  }
+
   TempDir dir_;
   std::string model_dir_;
 };
@@ -268,14 +279,7 @@ TEST_F(TextEndToEndTest, SigtermMidTrainingIsContinuedByTheNextStartToTheSameWei
 
   const std::string log = dir_.path() + "/client-erin.log";
   auto client = Process::Start(erin, log);
-  const std::regex progress("training +[0-9]+% ([0-9]+)/400 steps");
-  bool training = false;
-  for (int i = 0; i < 1200 && !training; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    auto text = ReadFileToString(log);
-    training = text.ok() && std::regex_search(*text, progress);
-  }
-  ASSERT_TRUE(training) << "no training progress in " << log;
+  ASSERT_TRUE(WaitForTrainingProgress(log)) << "no training progress in " << log;
   client->Signal(SIGTERM);
   auto code = client->Wait(seconds(30));
   ASSERT_TRUE(code.has_value()) << "SIGTERM did not stop training";
@@ -334,14 +338,7 @@ TEST_F(TextEndToEndTest, AStoppedRunContinuesOnItsOwnBaseAfterTheServerMovedOn) 
   for (const char* a : {"--steps=400", "--max_rounds=1", "--save_training_s=0"}) erin.push_back(a);
   const std::string log = dir_.path() + "/client-erin.log";
   auto client = Process::Start(erin, log);
-  const std::regex progress("training +[0-9]+% ([0-9]+)/400 steps");
-  bool training = false;
-  for (int i = 0; i < 1200 && !training; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    auto text = ReadFileToString(log);
-    training = text.ok() && std::regex_search(*text, progress);
-  }
-  ASSERT_TRUE(training) << "no training progress in " << log;
+  ASSERT_TRUE(WaitForTrainingProgress(log)) << "no training progress in " << log;
   client->Signal(SIGTERM);
   ASSERT_EQ(client->Wait(seconds(30)).value_or(-1), 0);
   ASSERT_TRUE(std::filesystem::exists(dir_.path() + "/state-erin/training.safetensors"));
