@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
+#include "server/fusion/coordinatewise.h"
 
 namespace coldfuse::fusion {
 namespace {
@@ -18,32 +19,6 @@ namespace {
 // Elements decoded to double at a time per contribution (fewer when k is large, see
 // FuseCoordinatewise).
 constexpr size_t kBlock = 4096;
-
-// A strict weak order on doubles with NaN above +Inf (NaNs equivalent to each other), so
-// sorting never sees the inconsistent comparisons that plain `<` gives for NaN.
-bool Less(double a, double b) { return a < b || (std::isnan(b) && !std::isnan(a)); }
-
-// Median of v[0..n); reorders v. 0 for n == 0.
-double MedianInPlace(double* v, size_t n) {
-  if (n == 0) return 0;
-  const size_t mid = n / 2;
-  std::nth_element(v, v + mid, v + n, Less);
-  const double hi = v[mid];
-  if (n % 2 == 1) return hi;
-  const double lo = *std::max_element(v, v + mid, Less);
-  return std::midpoint(lo, hi);
-}
-
-// Mean of v[0..n) without its `trim` lowest and `trim` highest values; reorders v.
-// REQUIRES: n > 2 * trim.
-double TrimmedMeanInPlace(double* v, size_t n, size_t trim) {
-  // A full sort also fixes the summation order, so the result does not depend on the
-  // order of the contributions.
-  std::sort(v, v + n, Less);
-  double sum = 0;
-  for (size_t i = trim; i < n - trim; ++i) sum += v[i];
-  return sum / static_cast<double>(n - 2 * trim);
-}
 
 // Calls fn(spec, tensor, chunk, len) for every storage chunk of `manifest`, in order.
 template <typename Fn>

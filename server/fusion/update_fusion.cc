@@ -11,16 +11,22 @@
 
 namespace coldfuse::fusion {
 
-absl::StatusOr<UpdateFusionResult> FuseUpdatesLinear(const v1::Manifest& manifest,
-                                                     const std::vector<UpdateReader*>& updates,
-                                                     const std::vector<double>& coefficients,
-                                                     const OuterStep& step,
-                                                     const ChunkReader& read_base,
-                                                     const ChunkWriter& write, const StateIo& io) {
-  if (updates.empty() || updates.size() != coefficients.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("fusing ", updates.size(), " updates with ",
-                                                   coefficients.size(), " coefficients"));
+absl::StatusOr<UpdateFusionResult> FuseUpdates(const v1::Manifest& manifest,
+                                               const std::vector<UpdateReader*>& updates,
+                                               const DeltaReducer& reducer, const OuterStep& step,
+                                               const ChunkReader& read_base,
+                                               const ChunkWriter& write, const StateIo& io,
+                                               size_t memory_bytes) {
+  const size_t k_count = updates.size();
+  const bool linear = reducer.coordinatewise == nullptr;
+  if (k_count == 0) return absl::InvalidArgumentError("fusing no updates");
+  if (linear && k_count != reducer.coefficients.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("fusing ", k_count, " updates with ",
+                                                   reducer.coefficients.size(), " coefficients"));
   }
+  // Coordinate-wise: the K updates of a slice of a chunk, as doubles, in memory_bytes.
+  const size_t slice_elems = std::max<size_t>(1, memory_bytes / (k_count * sizeof(double)));
+  std::vector<double> block, column(k_count);
   const int slots = StateSlots(step);
   Sha256 base_sha, read_sha, written_sha;
   for (int t = 0; t < manifest.tensors_size(); ++t) {
@@ -39,10 +45,26 @@ absl::StatusOr<UpdateFusionResult> FuseUpdatesLinear(const v1::Manifest& manifes
       }
       std::vector<double> b(n), delta(n, 0.0), u(n);
       DecodeToDouble(dtype, raw.data(), n, b.data());
-      for (size_t k = 0; k < updates.size(); ++k) {
-        RETURN_IF_ERROR(updates[k]->Read(t, begin, n, b.data(), u.data()));
-        const double w = coefficients[k];
-        for (uint64_t i = 0; i < n; ++i) delta[i] = delta[i] + w * u[i];
+      if (linear) {
+        for (size_t k = 0; k < k_count; ++k) {
+          const double w = reducer.coefficients[k];
+          if (w == 0) continue;
+          RETURN_IF_ERROR(updates[k]->Read(t, begin, n, b.data(), u.data()));
+          for (uint64_t i = 0; i < n; ++i) delta[i] = delta[i] + w * u[i];
+        }
+      } else {
+        for (uint64_t s0 = 0; s0 < n; s0 += slice_elems) {
+          const uint64_t m = std::min<uint64_t>(slice_elems, n - s0);
+          block.resize(k_count * m);
+          for (size_t k = 0; k < k_count; ++k) {
+            RETURN_IF_ERROR(
+                updates[k]->Read(t, begin + s0, m, b.data() + s0, block.data() + k * m));
+          }
+          for (uint64_t i = 0; i < m; ++i) {
+            for (size_t k = 0; k < k_count; ++k) column[k] = block[k * m + i];
+            delta[s0 + i] = reducer.coordinatewise(column.data(), k_count);
+          }
+        }
       }
       std::vector<double> state_in[2];
       std::string state_out[2];

@@ -1,9 +1,10 @@
-// Fusion in the update domain (issue 13): per base chunk, every contribution is read as
-// its update (UpdateReader), a linear reducer makes the round's update
-//   Δ = Σ_k c_k·u_k   (double, k ascending, from 0)
-// and the outer optimizer's step (outer_optimizer.h) turns the round base b, Δ and the
-// base's state into the new base and its state. One base chunk at a time: memory is a
-// few arrays of one chunk's elements, whatever the model's size. Not wired yet.
+// Fusion in the update domain (docs/protocol.md "Outer optimizers"): per base chunk,
+// every contribution is read as its update (UpdateReader), a reducer makes the round's
+// update Δ (double), and the outer optimizer's step (outer_optimizer.h) turns the round
+// base b, Δ and the base's state into the new base and its state. One base chunk at a
+// time: memory is a few arrays of one chunk's elements, plus, for a coordinate-wise
+// reducer, at most `memory_bytes` of the K updates (a chunk is cut into slices when K
+// of them do not fit), whatever the model's size.
 #ifndef COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
 #define COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
 
@@ -37,14 +38,27 @@ struct UpdateFusionResult {
   std::string state_written;  // of the new state, in the same order
 };
 
-// INVALID_ARGUMENT when `coefficients` and `updates` differ in size; DATA_LOSS for a base
-// or state chunk of the wrong size; the readers' and writers' errors as they are.
-absl::StatusOr<UpdateFusionResult> FuseUpdatesLinear(const v1::Manifest& manifest,
-                                                     const std::vector<UpdateReader*>& updates,
-                                                     const std::vector<double>& coefficients,
-                                                     const OuterStep& step,
-                                                     const ChunkReader& read_base,
-                                                     const ChunkWriter& write, const StateIo& io);
+// How the K updates of an element become Δ.
+struct DeltaReducer {
+  // Linear (when `coordinatewise` is unset): Δ = Σ_k coefficients[k]·u_k, summed in
+  // double from 0 with k ascending; an update whose coefficient is 0 is not read.
+  std::vector<double> coefficients;
+  // Coordinate-wise: Δ = coordinatewise(column of the K updates, K); may reorder the
+  // column (MedianInPlace, TrimmedMeanInPlace).
+  std::function<double(double* column, size_t k)> coordinatewise = nullptr;
+};
+
+inline constexpr size_t kUpdateFusionMemoryBytes = size_t{256} << 20;
+
+// INVALID_ARGUMENT when there are no updates or the coefficients do not match them;
+// DATA_LOSS for a base or state chunk of the wrong size; the readers' and writers' errors
+// as they are.
+absl::StatusOr<UpdateFusionResult> FuseUpdates(const v1::Manifest& manifest,
+                                               const std::vector<UpdateReader*>& updates,
+                                               const DeltaReducer& reducer, const OuterStep& step,
+                                               const ChunkReader& read_base,
+                                               const ChunkWriter& write, const StateIo& io,
+                                               size_t memory_bytes = kUpdateFusionMemoryBytes);
 
 }  // namespace coldfuse::fusion
 

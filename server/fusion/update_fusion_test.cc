@@ -1,4 +1,4 @@
-// FuseUpdatesLinear: Δ from three kinds of contribution (fresh FULL, fresh DELTA in
+// FuseUpdates: Δ from three kinds of contribution (fresh FULL, fresh DELTA in
 // another dtype, stale FULL down-weighted), then a Nesterov step with a stored momentum,
 // over a tensor spanning two chunks and a BF16 one; every byte of the new base and state
 // is checked against a computation done here element by element.
@@ -6,14 +6,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/dtype.h"
 #include "common/sha256.h"
 #include "common/tensor_stream.h"
+#include "server/fusion/coordinatewise.h"
 
 namespace coldfuse::fusion {
 namespace {
@@ -101,8 +104,8 @@ TEST(UpdateFusionTest, NesterovOverThreeKindsOfUpdateIsExactByteForByte) {
     state[{t, c}] = std::string(d);
     return absl::OkStatus();
   };
-  auto result = FuseUpdatesLinear(
-      manifest, updates, coefficients, step, base.reader(),
+  auto result = FuseUpdates(
+      manifest, updates, DeltaReducer{.coefficients = coefficients}, step, base.reader(),
       [&](uint32_t t, uint64_t c, absl::string_view d) {
         written[{t, c}] = std::string(d);
         return absl::OkStatus();
@@ -146,6 +149,58 @@ TEST(UpdateFusionTest, NesterovOverThreeKindsOfUpdateIsExactByteForByte) {
   EXPECT_EQ(result->state_written, state_sha.Finish());
 }
 
+// The median of three updates, with a memory bound that cuts every chunk into slices of
+// 1000 elements, equals the unsliced result and the median computed here; the PLAIN step
+// writes enc(b + Δ).
+TEST(UpdateFusionTest, TheCoordinatewiseMedianIsTheSameInSlices) {
+  const v1::Manifest manifest = TwoTensors(v1::F32, v1::BF16);
+  const Stored base = Store({v1::F32, v1::BF16}, 1.0, 0.0);
+  std::vector<Stored> models;
+  for (int k = 0; k < 3; ++k) models.push_back(Store({v1::F32, v1::F32}, 1.0 + 0.01 * k, 0.1 * k));
+  std::vector<ContributionSource> sources(3);
+  std::vector<std::unique_ptr<UpdateReader>> readers;
+  std::vector<UpdateReader*> updates;
+  for (int k = 0; k < 3; ++k) {
+    sources[k].manifest = manifest;
+    sources[k].manifest.mutable_tensors(1)->set_dtype(v1::F32);
+    sources[k].read = models[k].reader();
+    readers.push_back(std::make_unique<UpdateReader>(manifest, sources[k]));
+    updates.push_back(readers.back().get());
+  }
+  auto run = [&](size_t memory_bytes) {
+    std::string bytes;
+    auto result = FuseUpdates(
+        manifest, updates, DeltaReducer{.coordinatewise = MedianInPlace}, OuterStep(),
+        base.reader(),
+        [&](uint32_t, uint64_t, absl::string_view d) {
+          bytes.append(d.data(), d.size());
+          return absl::OkStatus();
+        },
+        {}, memory_bytes);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return bytes;
+  };
+  const std::string whole = run(kUpdateFusionMemoryBytes);
+  EXPECT_EQ(run(3 * 1000 * sizeof(double)), whole);
+  std::string want;
+  for (uint32_t t = 0; t < 2; ++t) {
+    const DType dtype = manifest.tensors(t).dtype();
+    const size_t n = base.decoded[t].size();
+    std::vector<double> v(n);
+    for (size_t i = 0; i < n; ++i) {
+      const double b = base.decoded[t][i];
+      double col[3];
+      for (int k = 0; k < 3; ++k) col[k] = models[k].decoded[t][i] + -1.0 * b;
+      std::sort(col, col + 3);
+      v[i] = b + col[1];
+    }
+    std::string bytes(n * DTypeSize(dtype), '\0');
+    EncodeFromDouble(dtype, v.data(), n, bytes.data());
+    want += bytes;
+  }
+  EXPECT_TRUE(whole == want);
+}
+
 TEST(UpdateFusionTest, MismatchedInputsAreErrors) {
   const v1::Manifest manifest = TwoTensors(v1::F32, v1::BF16);
   const Stored base = Store({v1::F32, v1::BF16}, 1.0, 0.0);
@@ -154,7 +209,8 @@ TEST(UpdateFusionTest, MismatchedInputsAreErrors) {
   s.read = base.reader();
   UpdateReader r(manifest, s);
   auto write = [](uint32_t, uint64_t, absl::string_view) { return absl::OkStatus(); };
-  EXPECT_EQ(FuseUpdatesLinear(manifest, {&r}, {0.5, 0.5}, OuterStep(), base.reader(), write, {})
+  EXPECT_EQ(FuseUpdates(manifest, {&r}, DeltaReducer{.coefficients = {0.5, 0.5}}, OuterStep(),
+                        base.reader(), write, {})
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
@@ -163,7 +219,8 @@ TEST(UpdateFusionTest, MismatchedInputsAreErrors) {
     return std::string(8, '\0');
   };
   const OuterStep sgd{.kind = OuterKind::kSgd, .lr = 1.0, .momentum = 0.5};
-  EXPECT_EQ(FuseUpdatesLinear(manifest, {&r}, {1.0}, sgd, base.reader(), write, short_state)
+  EXPECT_EQ(FuseUpdates(manifest, {&r}, DeltaReducer{.coefficients = {1.0}}, sgd, base.reader(),
+                        write, short_state)
                 .status()
                 .code(),
             absl::StatusCode::kDataLoss);
