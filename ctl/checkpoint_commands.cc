@@ -149,6 +149,10 @@ absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitF
       absl::StrCat("checkpoint:", std::filesystem::path(o.path).filename().string()));
   header.set_fusion_method(o.fusion_method);
   *header.mutable_fusion_options() = o.fusion_options;
+  header.set_outer_optimizer(o.outer_optimizer);
+  if (o.outer_optimizer_options.ByteSizeLong() > 0) {
+    *header.mutable_outer_optimizer_options() = o.outer_optimizer_options;
+  }
   CheckpointSource source(ckpt.get(), entries, header.manifest());
   ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
   auto start = std::chrono::steady_clock::now();

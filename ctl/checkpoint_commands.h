@@ -23,6 +23,8 @@ struct InitFromOptions {
   std::vector<std::string> shared_prefixes;
   v1::FusionMethod fusion_method = v1::MEAN;
   v1::FusionOptions fusion_options;
+  v1::OuterOptimizer outer_optimizer = v1::OUTER_OPTIMIZER_UNSPECIFIED;
+  v1::OuterOptimizerOptions outer_optimizer_options;
 };
 absl::Status InitFrom(const std::shared_ptr<grpc::Channel>& channel, const InitFromOptions& o,
                       std::chrono::milliseconds deadline);

@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "coldfuse/v1/coldfuse.grpc.pb.h"
 #include "common/model_spec.h"
@@ -63,6 +64,21 @@ ABSL_FLAG(std::string, token_file, "",
 ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
 ABSL_FLAG(double, clip_factor, 0, "init --fusion=clipped: clip at this x median norm (0: 1.0)");
 ABSL_FLAG(bool, accumulate_f64, false, "init: fuse means in F64 instead of F32");
+ABSL_FLAG(std::string, outer_optimizer, "",
+          "init: how the round's fused update moves the base: plain (the fused result, "
+          "the default), sgd (momentum, FedAvgM), nesterov (DiLoCo), adam (FedAdam) or yogi "
+          "(FedYogi); see docs/protocol.md, Outer optimizers");
+ABSL_FLAG(std::string, outer_lr, "",
+          "init --outer_optimizer: learning rate (empty: sgd 1, nesterov 0.7, adam/yogi 0.1)");
+ABSL_FLAG(std::string, outer_momentum, "",
+          "init --outer_optimizer=sgd|nesterov: momentum in [0, 1) (empty: 0.9)");
+ABSL_FLAG(std::string, outer_beta1, "", "init --outer_optimizer=adam|yogi: beta1 (empty: 0.9)");
+ABSL_FLAG(std::string, outer_beta2, "", "init --outer_optimizer=adam|yogi: beta2 (empty: 0.99)");
+ABSL_FLAG(std::string, outer_tau, "",
+          "init --outer_optimizer=adam|yogi: tau, added to the root of the second moment "
+          "(empty: 0.001)");
+ABSL_FLAG(bool, outer_bias_correction, false,
+          "init --outer_optimizer=adam|yogi: Adam's bias correction of the step size");
 ABSL_FLAG(std::string, name, "",
           "token create/revoke: the token's name; push: the contributor (servers with tokens "
           "use the token's name)");
@@ -128,8 +144,10 @@ constexpr char kUsage[] = R"(coldfusectl [--server=HOST:PORT] COMMAND [flags]
 Commands:
   init [--spec=mlp:64,128,64] [--seed=1]
        [--fusion=mean|weighted|median|trimmed|clipped] [--trim_fraction=F] [--clip_factor=C]
+       [--outer_optimizer=plain|sgd|nesterov|adam|yogi] [--outer_lr=L] [--outer_momentum=M]
+       [--outer_beta1=B1] [--outer_beta2=B2] [--outer_tau=T] [--outer_bias_correction]
                       store base v0 and open round 1
-  init --from=CHECKPOINT [--shared_prefix=P1,P2] [--fusion=...]
+  init --from=CHECKPOINT [--shared_prefix=P1,P2] [--fusion=...] [--outer_optimizer=...]
                       base v0 from a safetensors checkpoint (a file, a folder, or a
                       sharded model.safetensors.index.json); only shared tensors are sent
   push --checkpoint=PATH --num_examples=N [--name=ME] [--task=T]
@@ -263,6 +281,64 @@ std::string UtcTime(int64_t unix_ms) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
 }
 
+// The --outer_* flags into the header; an empty option flag leaves the server's default.
+absl::Status SetOuterOptimizer(v1::InitHeader* header) {
+  const std::string name = absl::GetFlag(FLAGS_outer_optimizer);
+  const std::map<std::string, v1::OuterOptimizer> kinds = {
+      {"", v1::OUTER_OPTIMIZER_UNSPECIFIED}, {"plain", v1::OUTER_PLAIN}, {"sgd", v1::OUTER_SGD},
+      {"nesterov", v1::OUTER_NESTEROV},      {"adam", v1::OUTER_ADAM},   {"yogi", v1::OUTER_YOGI}};
+  auto kind = kinds.find(name);
+  if (kind == kinds.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--outer_optimizer=", name, " is not one of plain, sgd, nesterov, adam, yogi"));
+  }
+  header->set_outer_optimizer(kind->second);
+  v1::OuterOptimizerOptions* o = header->mutable_outer_optimizer_options();
+  const std::pair<const char*, std::pair<std::string, void (v1::OuterOptimizerOptions::*)(double)>>
+      options[] = {
+          {"outer_lr",
+           {absl::GetFlag(FLAGS_outer_lr), &v1::OuterOptimizerOptions::set_learning_rate}},
+          {"outer_momentum",
+           {absl::GetFlag(FLAGS_outer_momentum), &v1::OuterOptimizerOptions::set_momentum}},
+          {"outer_beta1",
+           {absl::GetFlag(FLAGS_outer_beta1), &v1::OuterOptimizerOptions::set_beta1}},
+          {"outer_beta2",
+           {absl::GetFlag(FLAGS_outer_beta2), &v1::OuterOptimizerOptions::set_beta2}},
+          {"outer_tau", {absl::GetFlag(FLAGS_outer_tau), &v1::OuterOptimizerOptions::set_tau}},
+      };
+  for (const auto& [flag, value_and_setter] : options) {
+    const auto& [text, setter] = value_and_setter;
+    if (text.empty()) continue;
+    double value = 0;
+    if (!absl::SimpleAtod(text, &value)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", text, " is not a number"));
+    }
+    (o->*setter)(value);
+  }
+  if (absl::GetFlag(FLAGS_outer_bias_correction)) o->set_bias_correction(true);
+  if (o->ByteSizeLong() == 0) header->clear_outer_optimizer_options();
+  return absl::OkStatus();
+}
+
+// "" for a plain model; otherwise ", outer NESTEROV (lr 0.7, momentum 0.9)".
+std::string OuterOptimizerSummary(const v1::ModelInfo& m) {
+  if (m.outer_optimizer() == v1::OUTER_OPTIMIZER_UNSPECIFIED ||
+      m.outer_optimizer() == v1::OUTER_PLAIN) {
+    return "";
+  }
+  const v1::OuterOptimizerOptions& o = m.outer_optimizer_options();
+  std::vector<std::string> parts;
+  if (o.has_learning_rate()) parts.push_back(absl::StrCat("lr ", o.learning_rate()));
+  if (o.has_momentum()) parts.push_back(absl::StrCat("momentum ", o.momentum()));
+  if (o.has_beta1()) parts.push_back(absl::StrCat("beta1 ", o.beta1()));
+  if (o.has_beta2()) parts.push_back(absl::StrCat("beta2 ", o.beta2()));
+  if (o.has_tau()) parts.push_back(absl::StrCat("tau ", o.tau()));
+  if (o.bias_correction()) parts.push_back("bias-corrected");
+  const std::string& name = v1::OuterOptimizer_Name(m.outer_optimizer());
+  return absl::StrCat(", outer ", absl::StripPrefix(name, "OUTER_"), " (",
+                      absl::StrJoin(parts, ", "), ")");
+}
+
 absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   v1::InitHeader header;
   std::string fusion = absl::GetFlag(FLAGS_fusion);
@@ -280,6 +356,7 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
   header.mutable_fusion_options()->set_trim_fraction(absl::GetFlag(FLAGS_trim_fraction));
   header.mutable_fusion_options()->set_clip_factor(absl::GetFlag(FLAGS_clip_factor));
   header.mutable_fusion_options()->set_accumulate_f64(absl::GetFlag(FLAGS_accumulate_f64));
+  RETURN_IF_ERROR(SetOuterOptimizer(&header));
   if (!absl::GetFlag(FLAGS_from).empty()) {
     InitFromOptions o;
     o.path = absl::GetFlag(FLAGS_from);
@@ -289,6 +366,8 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
     }
     o.fusion_method = header.fusion_method();
     o.fusion_options = header.fusion_options();
+    o.outer_optimizer = header.outer_optimizer();
+    o.outer_optimizer_options = header.outer_optimizer_options();
     return InitFrom(channel, o, Deadline());
   }
   ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(absl::GetFlag(FLAGS_spec)));
@@ -370,18 +449,19 @@ absl::Status Status(const std::shared_ptr<grpc::Channel>& channel, Format format
           ? std::string()
           : absl::StrCat("bad bases   ", VersionRanges(s.bad_base_versions()), " (rolled back)\n");
   std::cout << absl::StrFormat(
-      "model       %s (%d shared tensors, %d bytes, fusion %s)\n"
+      "model       %s (%d shared tensors, %d bytes, fusion %s%s)\n"
       "base        v%d (sha256 %s)\n"
       "%s"
       "open round  %d, opened %s, %d/%d contributions%s%s\n"
       "policy      close at %d contributions%s%s\n"
       "storage     %s on disk; %s\n",
       Printable(s.model().model_spec()), s.model().manifest().tensors_size(),
-      s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()), s.base_version(),
-      ToHex(s.base_sha256()).substr(0, 16), bad, round.number(),
-      Ago(s.server_time_unix_ms(), round.opened_unix_ms()), round.contributions_size(),
-      s.min_contributions(), names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")),
-      closes, s.min_contributions(), deadline, stale, HumanBytes(s.storage().disk_bytes()),
+      s.model().total_bytes(), v1::FusionMethod_Name(s.model().fusion_method()),
+      OuterOptimizerSummary(s.model()), s.base_version(), ToHex(s.base_sha256()).substr(0, 16), bad,
+      round.number(), Ago(s.server_time_unix_ms(), round.opened_unix_ms()),
+      round.contributions_size(), s.min_contributions(),
+      names.empty() ? "" : absl::StrCat(": ", absl::StrJoin(names, ", ")), closes,
+      s.min_contributions(), deadline, stale, HumanBytes(s.storage().disk_bytes()),
       StorageSummary(s.storage()));
   return absl::OkStatus();
 }

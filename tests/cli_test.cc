@@ -232,6 +232,41 @@ TEST_F(CtlDisplayTest, StatusAndRoundTablesSayWhatTheServerHas) {
   EXPECT_THAT(status.output, HasSubstr("\nbad bases   v2 "));
 }
 
+// init takes the outer optimizer and its options; the server refuses an option the
+// optimizer does not use, and status names what it resolved.
+TEST_F(CtlDisplayTest, InitTakesAnOuterOptimizerAndStatusShowsIt) {
+  auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
+                                     {"--round_timeout_s=0", "--min_contributions=1"});
+  ASSERT_NE(server, nullptr);
+  HostTensor w;
+  w.spec.set_name("w");
+  w.spec.set_dtype(v1::F32);
+  w.spec.add_shape(4);
+  w.data.assign(16, '\0');
+  const std::string from = "--from=" + dir_.path() + "/base.safetensors";
+  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", {w}).ok());
+
+  CommandResult bad = Ctl(server->address(), {"init", from, "--outer_optimizer=lion"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.output, HasSubstr("--outer_optimizer=lion is not one of plain, sgd, nesterov"));
+  bad = Ctl(server->address(), {"init", from, "--outer_optimizer=plain", "--outer_lr=0.5"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.output, HasSubstr("OUTER_PLAIN takes no options"));
+  bad = Ctl(server->address(), {"init", from, "--outer_optimizer=nesterov", "--outer_tau=1"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.output, HasSubstr("tau is set, but OUTER_NESTEROV does not use it"));
+
+  CommandResult init =
+      Ctl(server->address(), {"init", from, "--outer_optimizer=nesterov", "--outer_lr=0.5"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  CommandResult status = Ctl(server->address(), {"status"});
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_THAT(status.output, HasSubstr("fusion MEAN, outer NESTEROV (lr 0.5, momentum 0.9))"));
+  CommandResult json = Ctl(server->address(), {"status", "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  EXPECT_THAT(json.output, HasSubstr("\"outer_optimizer\": \"OUTER_NESTEROV\""));
+}
+
 // Transfers show progress: on a terminal (a pseudo-terminal made by script(1)) a bar
 // redrawn in place with the rate and an ETA; in a log, plain lines every 10% or 5 s.
 TEST(CliTest, TransfersDrawABarOnATerminalAndPlainLinesInALog) {

@@ -1,7 +1,7 @@
 // A data folder written by the previous release (storage format 1, the committed fixture
 // tests/fixtures/store-v1, made by its make.sh) opens in today's coldfused, which
 // migrates it, and serves the same state: model, rounds, contributions, audit log,
-// tokens and the bytes of every base; then it keeps working and restarts as format 2.
+// tokens and the bytes of every base; then it keeps working and restarts as the current format.
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/message_differencer.h>
 
@@ -187,7 +187,7 @@ TEST_F(MigrationTest, AFormat1StoreServesTheSameStateAndKeepsWorking) {
   ASSERT_TRUE(receipt.ok()) << receipt.status();
   ASSERT_TRUE(server->WaitForBase(3, std::chrono::seconds(30)));
 
-  // A restart opens it as format 2 with everything still there.
+  // A restart opens it in the current format with everything still there.
   ASSERT_EQ(server->Stop(), 0);
   server = Start();
   ASSERT_NE(server, nullptr);

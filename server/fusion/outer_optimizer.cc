@@ -4,6 +4,8 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 namespace coldfuse::fusion {
 namespace {
 
@@ -94,6 +96,103 @@ void StepElements(const OuterStep& step, DType base_dtype, size_t n, const doubl
     }
   }
   EncodeFromDouble(base_dtype, out.data(), n, base_out);
+}
+
+absl::Status ResolveOuterOptimizer(v1::OuterOptimizer* kind, v1::OuterOptimizerOptions* options) {
+  if (!v1::OuterOptimizer_IsValid(*kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown outer optimizer ", static_cast<int>(*kind),
+                     ": use OUTER_PLAIN (1), OUTER_SGD (2), OUTER_NESTEROV (3), OUTER_ADAM (4) or "
+                     "OUTER_YOGI (5)"));
+  }
+  if (*kind == v1::OUTER_OPTIMIZER_UNSPECIFIED) *kind = v1::OUTER_PLAIN;
+  v1::OuterOptimizerOptions& o = *options;
+  const std::string name = v1::OuterOptimizer_Name(*kind);
+  const bool momentum = *kind == v1::OUTER_SGD || *kind == v1::OUTER_NESTEROV;
+  const bool adam = *kind == v1::OUTER_ADAM || *kind == v1::OUTER_YOGI;
+  auto unused = [&](const char* option) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("outer optimizer option ", option, " is set, but ", name,
+                     " does not use it: leave it unset (",
+                     name == "OUTER_PLAIN" ? "OUTER_PLAIN takes no options"
+                                           : "see docs/protocol.md, Outer optimizers",
+                     ")"));
+  };
+  if (*kind == v1::OUTER_PLAIN && o.has_learning_rate()) return unused("learning_rate");
+  if (!momentum && o.has_momentum()) return unused("momentum");
+  if (!adam && o.has_beta1()) return unused("beta1");
+  if (!adam && o.has_beta2()) return unused("beta2");
+  if (!adam && o.has_tau()) return unused("tau");
+  if (!adam && o.has_bias_correction()) return unused("bias_correction");
+  if (*kind == v1::OUTER_PLAIN) return absl::OkStatus();
+  // Written so that NaN fails too: a NaN option would make every fusion fail.
+  auto check = [&](const char* option, double value, bool ok, const char* range) {
+    if (ok) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("outer optimizer option ", option, " is ", value, "; it must be ", range));
+  };
+  if (!o.has_learning_rate()) {
+    o.set_learning_rate(*kind == v1::OUTER_SGD ? 1.0 : (*kind == v1::OUTER_NESTEROV ? 0.7 : 0.1));
+  }
+  const double lr = o.learning_rate();
+  if (auto st = check("learning_rate", lr, lr > 0 && std::isfinite(lr), "a finite number > 0");
+      !st.ok()) {
+    return st;
+  }
+  if (momentum) {
+    if (!o.has_momentum()) o.set_momentum(0.9);
+    const double mu = o.momentum();
+    if (auto st = check("momentum", mu, mu >= 0 && mu < 1, "in [0, 1)"); !st.ok()) return st;
+  }
+  if (adam) {
+    if (!o.has_beta1()) o.set_beta1(0.9);
+    if (!o.has_beta2()) o.set_beta2(0.99);
+    if (!o.has_tau()) o.set_tau(1e-3);
+    if (!o.has_bias_correction()) o.set_bias_correction(false);
+    const double b1 = o.beta1(), b2 = o.beta2(), tau = o.tau();
+    if (auto st = check("beta1", b1, b1 >= 0 && b1 < 1, "in [0, 1)"); !st.ok()) return st;
+    if (auto st = check("beta2", b2, b2 >= 0 && b2 < 1, "in [0, 1)"); !st.ok()) return st;
+    if (auto st = check("tau", tau, tau > 0 && std::isfinite(tau), "a finite number > 0");
+        !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsPlain(const v1::ModelInfo& model) {
+  return model.outer_optimizer() == v1::OUTER_OPTIMIZER_UNSPECIFIED ||
+         model.outer_optimizer() == v1::OUTER_PLAIN;
+}
+
+OuterStep StepFor(const v1::ModelInfo& model, uint64_t t) {
+  const v1::OuterOptimizerOptions& o = model.outer_optimizer_options();
+  OuterStep step;
+  switch (model.outer_optimizer()) {
+    case v1::OUTER_SGD:
+      step.kind = OuterKind::kSgd;
+      break;
+    case v1::OUTER_NESTEROV:
+      step.kind = OuterKind::kNesterov;
+      break;
+    case v1::OUTER_ADAM:
+      step.kind = OuterKind::kAdam;
+      break;
+    case v1::OUTER_YOGI:
+      step.kind = OuterKind::kYogi;
+      break;
+    default:
+      step.kind = OuterKind::kPlain;
+      break;
+  }
+  step.lr = o.has_learning_rate() ? o.learning_rate() : 1.0;
+  step.momentum = o.momentum();
+  if (o.has_beta1()) step.beta1 = o.beta1();
+  if (o.has_beta2()) step.beta2 = o.beta2();
+  if (o.has_tau()) step.tau = o.tau();
+  step.bias_correction = o.bias_correction();
+  step.t = t;
+  return step;
 }
 
 }  // namespace coldfuse::fusion

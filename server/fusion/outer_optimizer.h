@@ -19,6 +19,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/status/status.h"
+#include "coldfuse/v1/coldfuse.pb.h"
 #include "common/dtype.h"
 
 namespace coldfuse::fusion {
@@ -53,6 +55,19 @@ double AdamAlpha(const OuterStep& step);
 void StepElements(const OuterStep& step, DType base_dtype, size_t n, const double* b,
                   const double* delta, const double* m_in, const double* v_in, char* base_out,
                   char* m_out, char* v_out);
+
+// Init: checks `kind` and its options, and sets every option the optimizer uses to its
+// value (an unset one to its default), so the model records what it runs with.
+// UNSPECIFIED becomes OUTER_PLAIN. INVALID_ARGUMENT, naming the option and its range, for
+// an unknown optimizer, an option out of range (NaN included), or an option that the
+// optimizer does not use (it would be silently ignored).
+absl::Status ResolveOuterOptimizer(v1::OuterOptimizer* kind, v1::OuterOptimizerOptions* options);
+
+// The step of `model`'s (resolved) outer optimizer that makes the base with step count t.
+OuterStep StepFor(const v1::ModelInfo& model, uint64_t t);
+
+// True when the model's bases are made by today's fusion without a step (PLAIN or unset).
+bool IsPlain(const v1::ModelInfo& model);
 
 }  // namespace coldfuse::fusion
 

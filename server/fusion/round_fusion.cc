@@ -1,6 +1,7 @@
 #include "server/fusion/round_fusion.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <memory>
@@ -11,8 +12,12 @@
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
+#include "server/fusion/coordinatewise.h"
 #include "server/fusion/element_reader.h"
+#include "server/fusion/outer_optimizer.h"
 #include "server/fusion/robust.h"
+#include "server/fusion/update_fusion.h"
+#include "server/fusion/update_reader.h"
 
 namespace coldfuse::fusion {
 
@@ -132,6 +137,102 @@ absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
       return absl::InvalidArgumentError(
           absl::StrCat("unknown fusion method ", static_cast<int>(model.fusion_method())));
   }
+}
+
+absl::StatusOr<RoundFusionResult> FuseRoundStep(
+    const v1::ModelInfo& model, const std::vector<ContributionSource>& contributions,
+    const ChunkReader& read_base, const ChunkWriter& write, const OptimizerIo& io) {
+  RoundFusionResult result;
+  result.step = io.round_base_step + 1;
+  if (IsPlain(model)) {
+    ASSIGN_OR_RETURN(result.base_sha256, FuseRound(model, contributions, read_base, write));
+    return result;
+  }
+  if (contributions.empty()) {
+    return absl::InvalidArgumentError("cannot fuse a round with no contributions");
+  }
+  const v1::Manifest& manifest = model.manifest();
+  const OuterStep step = StepFor(model, result.step);
+  const size_t k = contributions.size();
+  const v1::FusionOptions& options = model.fusion_options();
+  DeltaReducer reducer;
+  std::vector<uint64_t> examples;
+  std::vector<double> norms;
+  for (const auto& c : contributions) {
+    examples.push_back(c.num_examples);
+    norms.push_back(c.read_trained_from ? c.weight * c.delta_norm : c.delta_norm);
+  }
+  switch (model.fusion_method()) {
+    case v1::COORDINATE_MEDIAN:
+      reducer.coordinatewise = MedianInPlace;
+      break;
+    case v1::TRIMMED_MEAN: {
+      const double fraction = options.trim_fraction();
+      if (!(fraction >= 0 && fraction < 0.5)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("trim fraction ", fraction, " is not in [0, 0.5)"));
+      }
+      const size_t trim = static_cast<size_t>(std::floor(fraction * static_cast<double>(k)));
+      if (2 * trim >= k) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "trimming ", trim, " values from each end of ", k, " contributions leaves none"));
+      }
+      reducer.coordinatewise = [trim](double* v, size_t n) {
+        return TrimmedMeanInPlace(v, n, trim);
+      };
+      break;
+    }
+    case v1::NORM_CLIPPED_MEAN: {
+      // The coefficients of FuseNormClippedMean: example weights, each update clipped to
+      // clip_factor x the median update norm.
+      ASSIGN_OR_RETURN(std::vector<double> w, FusionWeights(v1::EXAMPLE_WEIGHTED_MEAN, examples));
+      const double clip =
+          std::max(options.clip_factor() * Median(norms), std::numeric_limits<double>::min());
+      for (size_t j = 0; j < k; ++j) {
+        const double scale = norms[j] <= clip ? 1.0 : clip / norms[j];
+        reducer.coefficients.push_back(w[j] * scale);
+      }
+      break;
+    }
+    case v1::FUSION_METHOD_UNSPECIFIED:
+    case v1::MEAN:
+    case v1::EXAMPLE_WEIGHTED_MEAN: {
+      ASSIGN_OR_RETURN(reducer.coefficients, FusionWeights(model.fusion_method(), examples));
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown fusion method ", static_cast<int>(model.fusion_method())));
+  }
+  std::vector<std::unique_ptr<UpdateReader>> readers;
+  std::vector<UpdateReader*> updates;
+  for (const auto& c : contributions) {
+    readers.push_back(std::make_unique<UpdateReader>(manifest, c));
+    updates.push_back(readers.back().get());
+  }
+  const int slots = StateSlots(step);
+  StateIo state;
+  if (slots > 0 && !io.round_base_slots.empty()) {
+    if (io.round_base_slots.size() != static_cast<size_t>(slots)) {
+      return absl::DataLossError(absl::StrCat("the round's base has ", io.round_base_slots.size(),
+                                              " optimizer state tensors per tensor; ",
+                                              v1::OuterOptimizer_Name(model.outer_optimizer()),
+                                              " keeps ", slots));
+    }
+    state.read = io.read_state;
+  }
+  state.write = io.write_state;
+  ASSIGN_OR_RETURN(UpdateFusionResult fused,
+                   FuseUpdates(manifest, updates, reducer, step, read_base, write, state));
+  if (state.read && fused.state_read != io.round_base_state_sha256) {
+    return absl::DataLossError(
+        "the optimizer state stored with the round's base does not match the SHA-256 recorded "
+        "with it: restore the data folder from a backup, or roll back to an earlier base");
+  }
+  result.base_sha256 = std::move(fused.base_sha256);
+  for (int s = 0; s < slots; ++s) result.slots.push_back(static_cast<uint32_t>(s));
+  if (slots > 0) result.state_sha256 = std::move(fused.state_written);
+  return result;
 }
 
 }  // namespace coldfuse::fusion

@@ -6,6 +6,7 @@
 #define COLDFUSE_SERVER_FUSION_ROUND_FUSION_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,36 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
 absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
                                       const std::vector<ContributionSource>& contributions,
                                       const ChunkReader& read_base, const ChunkWriter& write);
+
+// The outer optimizer's state of the round's base (read) and of the new base (write),
+// for FuseRoundStep. State chunk c of tensor t of slot s holds the state of base chunk c's
+// elements (F32, F64 for F64 tensors).
+struct OptimizerIo {
+  uint64_t round_base_step = 0;            // the round base's step count (v0: 0)
+  std::vector<uint32_t> round_base_slots;  // slots stored with it; none: all zero
+  std::string round_base_state_sha256;     // as recorded with it
+  ChunkReader read_state = nullptr;        // (slot, tensor, chunk) of the round base
+  std::function<absl::Status(uint32_t slot, uint32_t tensor, uint64_t chunk,
+                             absl::string_view data)>
+      write_state = nullptr;
+};
+
+struct RoundFusionResult {
+  std::string base_sha256;
+  uint64_t step = 0;            // the new base's step count: round_base_step + 1
+  std::vector<uint32_t> slots;  // state slots written
+  std::string state_sha256;     // of the state written; empty with no slots
+};
+
+// FuseRound with the model's outer optimizer (docs/protocol.md "Outer optimizers"). For
+// OUTER_PLAIN (or unset) it is FuseRound itself, byte for byte, and writes no state.
+// Otherwise every contribution is read as its update, the fusion method makes the round's
+// update Δ from them, and the optimizer's step writes the new base and its state. DATA_LOSS
+// when the round base's state does not match its record; otherwise the errors of
+// FuseRound.
+absl::StatusOr<RoundFusionResult> FuseRoundStep(
+    const v1::ModelInfo& model, const std::vector<ContributionSource>& contributions,
+    const ChunkReader& read_base, const ChunkWriter& write, const OptimizerIo& io);
 
 }  // namespace coldfuse::fusion
 

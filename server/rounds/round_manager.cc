@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
+#include "server/fusion/outer_optimizer.h"
 #include "server/fusion/robust.h"
 #include "server/fusion/round_fusion.h"
 #include "server/rounds/staleness.h"
@@ -160,6 +161,11 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
   if (fo.clip_factor() == 0) model.mutable_fusion_options()->set_clip_factor(1.0);
   ASSIGN_OR_RETURN(uint64_t total, TotalBytes(header.manifest()));
   model.set_total_bytes(total);
+  v1::OuterOptimizer outer = header.outer_optimizer();
+  v1::OuterOptimizerOptions outer_options = header.outer_optimizer_options();
+  RETURN_IF_ERROR(fusion::ResolveOuterOptimizer(&outer, &outer_options));
+  model.set_outer_optimizer(outer);
+  if (outer_options.ByteSizeLong() > 0) *model.mutable_outer_optimizer_options() = outer_options;
   {
     absl::MutexLock l(&mu_);
     if (model_.has_value()) {
@@ -219,7 +225,8 @@ absl::StatusOr<UploadResult> RoundManager::CommitInit(const v1::ModelInfo& model
       model, sha256, first,
       {MakeAudit(actor, "init",
                  absl::StrCat(model.model_spec(),
-                              " fusion=", v1::FusionMethod_Name(model.fusion_method()))),
+                              " fusion=", v1::FusionMethod_Name(model.fusion_method()),
+                              " outer=", v1::OuterOptimizer_Name(model.outer_optimizer()))),
        MakeAudit(actor, "base_created", absl::StrCat("v0 sha256=", ToHex(sha256)))}));
   {
     absl::MutexLock l(&mu_);
@@ -620,15 +627,44 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     }
     sources.push_back(std::move(s));
   }
-  auto sha = fusion::FuseRound(
+  // The outer optimizer continues from the state stored with the round's base (after a
+  // rollback, the good base's), never from the newest base's.
+  fusion::OptimizerIo optimizer;
+  auto base_state = store_->GetOptimizerState(base_version);
+  if (base_state.ok()) {
+    optimizer.round_base_step = base_state->step;
+    optimizer.round_base_slots = base_state->slots;
+    optimizer.round_base_state_sha256 = base_state->state_sha256;
+  } else if (!absl::IsNotFound(base_state.status()) || !fusion::IsPlain(model)) {
+    // Bases made before storage format 3 have no record; their models are all plain.
+    return fail(
+        absl::DataLossError(absl::StrCat("the optimizer state record of base v", base_version,
+                                         " cannot be read: ", base_state.status().message())));
+  }
+  optimizer.read_state = [this, base_version](size_t slot, uint32_t t, uint64_t c) {
+    return store_->GetOptimizerStateChunk(base_version, static_cast<uint32_t>(slot), t, c);
+  };
+  optimizer.write_state = [this, new_version](uint32_t slot, uint32_t t, uint64_t c,
+                                              absl::string_view data) {
+    return store_->PutOptimizerStateChunk(new_version, slot, t, c, data);
+  };
+  auto fusion_result = fusion::FuseRoundStep(
       model, sources,
       [this, base_version](size_t, uint32_t t, uint64_t c) {
         return store_->GetBaseChunk(base_version, t, c);
       },
       [this, new_version](uint32_t t, uint64_t c, absl::string_view data) {
         return store_->PutBaseChunk(new_version, t, c, data);
-      });
-  if (!sha.ok()) return fail(sha.status());
+      },
+      optimizer);
+  if (!fusion_result.ok()) return fail(fusion_result.status());
+  const std::string* sha = &fusion_result->base_sha256;
+  storage::BaseOptimizerState made;
+  made.kind = fusion::IsPlain(model) ? v1::OUTER_PLAIN : model.outer_optimizer();
+  made.step = fusion_result->step;
+  made.slots = fusion_result->slots;
+  made.state_sha256 = fusion_result->state_sha256;
+  made.from_base = base_version;
   const int64_t fusion_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                 std::chrono::steady_clock::now() - fusion_start)
                                 .count();
@@ -649,11 +685,12 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
       MakeAudit(actor, "round_closed",
                 absl::StrCat("round=", number, " reason=", reason, " fused=", fused,
                              " quarantined=", closing.contributions_size() - fused,
-                             " method=", v1::FusionMethod_Name(model.fusion_method()))));
+                             " method=", v1::FusionMethod_Name(model.fusion_method()),
+                             " outer=", v1::OuterOptimizer_Name(made.kind), " step=", made.step)));
   audit.push_back(
       MakeAudit(actor, "base_created",
                 absl::StrCat("v", new_version, " from v", base_version, " sha256=", ToHex(*sha))));
-  absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next, audit);
+  absl::Status st = store_->CommitRoundClose(closing, new_version, *sha, next, made, audit);
   if (!st.ok()) return fail(st);
   {
     absl::MutexLock l(&mu_);
@@ -669,9 +706,13 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
   CF_LOG(INFO) << "round " << number << " closed (" << reason << "): fused " << fused << " of "
                << closing.contributions_size() << " contributions ("
                << closing.contributions_size() - fused << " quarantined) with "
-               << v1::FusionMethod_Name(model.fusion_method()) << " into base v" << new_version
-               << " from v" << base_version << " in " << absl::StrFormat("%.1f", fusion_ms / 1e3)
-               << " s; round " << number + 1 << " open";
+               << v1::FusionMethod_Name(model.fusion_method())
+               << (fusion::IsPlain(model)
+                       ? std::string()
+                       : absl::StrCat(" and ", v1::OuterOptimizer_Name(made.kind), " step ",
+                                      made.step))
+               << " into base v" << new_version << " from v" << base_version << " in "
+               << absl::StrFormat("%.1f", fusion_ms / 1e3) << " s; round " << number + 1 << " open";
   NotifyChanged();
   v1::CloseRoundResponse resp;
   *resp.mutable_closed_round() = closing;

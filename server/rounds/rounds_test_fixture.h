@@ -271,9 +271,14 @@ class RoundsTest : public ::testing::Test {
 
   // Like Init, with fusion options.
   void InitWithOptions(v1::FusionMethod method, const v1::FusionOptions& fusion_options) {
-    spec_ = kSpec;
     v1::InitHeader h = InitHeaderFor(kSpec, method);
     *h.mutable_fusion_options() = fusion_options;
+    InitWithHeader(h);
+  }
+
+  // Like Init, with a header for kSpec made by the caller (InitHeaderFor, then options).
+  void InitWithHeader(const v1::InitHeader& h) {
+    spec_ = kSpec;
     auto up = manager_->BeginInit(h, "op");
     ASSERT_TRUE(up.ok()) << up.status();
     base0_ = Body(kSpec, 1);

@@ -1,4 +1,4 @@
-// The key layout of the store, storage format 2: every key of every column family is
+// The key layout of the store, storage format 3: every key of every column family is
 // made and parsed here (as LevelDB's dbformat.h does), so no other code spells a key.
 // Numbers are big-endian, so RocksDB's byte order is numeric order. Header-only;
 // stateless and thread-safe.
@@ -14,7 +14,12 @@
 //             'T' name                              TokenRecord
 //             'E' version task metric k evaluator   EvaluationRecord (task and metric
 //                                                   length-prefixed, u32; k u64)
+//             'O' version                           OptimizerStateRecord (format 3)
 //   bases     version tensor(u32) chunk             <= 1 MiB of tensor bytes
+//             version 0xFF slot(u8) tensor chunk    the outer optimizer's state of base
+//                                                   chunk (tensor, chunk): F32 (F64 for
+//                                                   F64 tensors); inside the version's
+//                                                   range, so removing a base removes it
 //   contribs  'h' round id                          ContributionRecord
 //             'd' round id tensor(u32) chunk        <= 1 MiB of tensor bytes, as sent
 //             'u' upload_id                         UploadSession
@@ -22,8 +27,9 @@
 //   rounds    number                                RoundRecord
 //   audit     seq                                   AuditEntry
 //
-// Format 1 (no "V" key) used the API's messages as records and the text meta keys in
-// namespace format1 below; server/storage/migrate.cc rewrites such a store.
+// Format 2 had no 'O' records or state chunks. Format 1 (no "V" key) used the API's messages as
+// records and the text meta keys in namespace format1 below; server/storage/migrate.cc rewrites
+// such a store.
 #ifndef COLDFUSE_SERVER_STORAGE_KEYS_H_
 #define COLDFUSE_SERVER_STORAGE_KEYS_H_
 
@@ -38,7 +44,7 @@
 
 namespace coldfuse::storage::keys {
 
-inline constexpr uint64_t kFormatVersion = 2;
+inline constexpr uint64_t kFormatVersion = 3;
 
 // ---- fixed-width big-endian numbers (keys and u64 values)
 inline void PutU64(std::string* s, uint64_t v) {
@@ -113,11 +119,24 @@ inline std::string Evaluation(uint64_t version, absl::string_view task, absl::st
   return k;
 }
 inline std::string TokenPrefix() { return "T"; }
+inline std::string OptimizerState(uint64_t version) { return internal::Tagged('O', version); }
 
 // ---- bases
 inline std::string BaseVersionPrefix(uint64_t version) { return EncodeU64(version); }
 inline std::string BaseChunk(uint64_t version, uint32_t tensor, uint64_t chunk) {
   std::string k = BaseVersionPrefix(version);
+  PutU32(&k, tensor);
+  PutU64(&k, chunk);
+  return k;
+}
+// The state chunk of (slot, tensor, chunk) of base `version`. Its 9th byte, 0xFF, sorts
+// after every base chunk key of the version (a tensor index is < 2^24, so theirs is 0)
+// and before the next version's prefix.
+inline std::string OptimizerStateChunk(uint64_t version, uint8_t slot, uint32_t tensor,
+                                       uint64_t chunk) {
+  std::string k = BaseVersionPrefix(version);
+  k.push_back('\xff');
+  k.push_back(static_cast<char>(slot));
   PutU32(&k, tensor);
   PutU64(&k, chunk);
   return k;

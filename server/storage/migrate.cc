@@ -164,6 +164,18 @@ absl::Status MigrateToCurrentFormat(rocksdb::DB* db,
                      "this one reads format ",
                      keys::kFormatVersion, " and older: run the newer release"));
   }
+  if (*version == 2) {
+    // Format 3 only adds records and keys (optimizer state, 'O'): nothing to rewrite. The
+    // version moves so that an older release refuses the folder rather than fuse a model
+    // with an outer optimizer as a plain one.
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    RETURN_IF_ERROR(FromRocks(
+        db->Put(synced, cfs[kMeta], keys::FormatVersion(), keys::EncodeU64(keys::kFormatVersion)),
+        "write the format version"));
+    CF_LOG(WARNING) << "storage: the data folder is now format " << keys::kFormatVersion
+                    << " (from 2; nothing rewritten)";
+  }
   return absl::OkStatus();  // current (format 1 stores have no version key)
 }
 

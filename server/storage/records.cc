@@ -36,6 +36,17 @@ ModelRecord ToRecord(const v1::ModelInfo& model) {
   r.set_trim_fraction(model.fusion_options().trim_fraction());
   r.set_clip_factor(model.fusion_options().clip_factor());
   r.set_accumulate_f64(model.fusion_options().accumulate_f64());
+  if (model.outer_optimizer() != v1::OUTER_OPTIMIZER_UNSPECIFIED) {
+    OptimizerConfig* o = r.mutable_optimizer();
+    const v1::OuterOptimizerOptions& opt = model.outer_optimizer_options();
+    o->set_kind(static_cast<uint32_t>(model.outer_optimizer()));
+    if (opt.has_learning_rate()) o->set_learning_rate(opt.learning_rate());
+    if (opt.has_momentum()) o->set_momentum(opt.momentum());
+    if (opt.has_beta1()) o->set_beta1(opt.beta1());
+    if (opt.has_beta2()) o->set_beta2(opt.beta2());
+    if (opt.has_tau()) o->set_tau(opt.tau());
+    if (opt.has_bias_correction()) o->set_bias_correction(opt.bias_correction());
+  }
   return r;
 }
 
@@ -48,6 +59,18 @@ v1::ModelInfo FromRecord(const ModelRecord& r) {
   m.mutable_fusion_options()->set_trim_fraction(r.trim_fraction());
   m.mutable_fusion_options()->set_clip_factor(r.clip_factor());
   m.mutable_fusion_options()->set_accumulate_f64(r.accumulate_f64());
+  if (r.has_optimizer()) {
+    const OptimizerConfig& o = r.optimizer();
+    v1::OuterOptimizerOptions* opt = m.mutable_outer_optimizer_options();
+    m.set_outer_optimizer(static_cast<v1::OuterOptimizer>(o.kind()));
+    if (o.has_learning_rate()) opt->set_learning_rate(o.learning_rate());
+    if (o.has_momentum()) opt->set_momentum(o.momentum());
+    if (o.has_beta1()) opt->set_beta1(o.beta1());
+    if (o.has_beta2()) opt->set_beta2(o.beta2());
+    if (o.has_tau()) opt->set_tau(o.tau());
+    if (o.has_bias_correction()) opt->set_bias_correction(o.bias_correction());
+    if (opt->ByteSizeLong() == 0) m.clear_outer_optimizer_options();
+  }
   return m;
 }
 

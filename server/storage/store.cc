@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/tensor.h"
 #include "common/tsan_handoff.h"
 #include "server/storage/fault_fs.h"
 #include "server/storage/keys.h"
@@ -27,6 +28,10 @@
 #include "server/storage/rocks_util.h"
 
 namespace coldfuse::storage {
+
+// keys.h's optimizer state keys sort after a version's chunk keys only while a tensor
+// index's first byte is 0.
+static_assert(kMaxTensors <= (1 << 24));
 struct Store::Impl {
   std::string dir;
   std::unique_ptr<rocksdb::Env> env;  // only with faults; outlives db
@@ -384,6 +389,38 @@ absl::StatusOr<std::string> Store::GetBaseSha256(uint64_t version) {
   return impl_->Get(kMeta, keys::BaseSha(version), absl::StrCat("base v", version, " sha"));
 }
 
+absl::Status Store::PutOptimizerStateChunk(uint64_t version, uint32_t slot, uint32_t tensor,
+                                           uint64_t chunk, absl::string_view data) {
+  if (slot > 0xff) return absl::InvalidArgumentError(absl::StrCat("state slot ", slot));
+  return FromRocks(
+      impl_->db->Put(impl_->chunk_opts, impl_->cfs[kBases],
+                     keys::OptimizerStateChunk(version, static_cast<uint8_t>(slot), tensor, chunk),
+                     rocksdb::Slice(data.data(), data.size())),
+      "write optimizer state chunk");
+}
+
+absl::StatusOr<std::string> Store::GetOptimizerStateChunk(uint64_t version, uint32_t slot,
+                                                          uint32_t tensor, uint64_t chunk) {
+  if (slot > 0xff) return absl::InvalidArgumentError(absl::StrCat("state slot ", slot));
+  return impl_->Get(kBases,
+                    keys::OptimizerStateChunk(version, static_cast<uint8_t>(slot), tensor, chunk),
+                    absl::StrCat("optimizer state ", slot, " of base v", version, " tensor #",
+                                 tensor, " chunk ", chunk));
+}
+
+absl::StatusOr<BaseOptimizerState> Store::GetOptimizerState(uint64_t version) {
+  ASSIGN_OR_RETURN(OptimizerStateRecord r,
+                   impl_->GetRecord<OptimizerStateRecord>(kMeta, keys::OptimizerState(version),
+                                                          "optimizer state record"));
+  BaseOptimizerState s;
+  s.kind = static_cast<v1::OuterOptimizer>(r.kind());
+  s.step = r.step();
+  s.slots.assign(r.slots().begin(), r.slots().end());
+  s.state_sha256 = r.state_sha256();
+  s.from_base = r.from_base();
+  return s;
+}
+
 absl::Status Store::PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor,
                                          uint64_t chunk, absl::string_view data) {
   return FromRocks(impl_->db->Put(impl_->chunk_opts, impl_->cfs[kContribs],
@@ -423,6 +460,9 @@ absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view bas
   batch.Put(impl_->cfs[kMeta], keys::BaseSha(0),
             rocksdb::Slice(base_sha256.data(), base_sha256.size()));
   batch.Put(impl_->cfs[kMeta], keys::CurrentBase(), keys::EncodeU64(0));
+  OptimizerStateRecord v0;
+  v0.set_kind(static_cast<uint32_t>(model.outer_optimizer()));
+  batch.Put(impl_->cfs[kMeta], keys::OptimizerState(0), v0.SerializeAsString());
   batch.Put(impl_->cfs[kRounds], keys::Round(first_round.number()),
             ToRecord(first_round).SerializeAsString());
   return impl_->WriteWithAudit(&batch, audit, impl_->commit_opts, "commit init");
@@ -430,8 +470,15 @@ absl::Status Store::CommitInit(const v1::ModelInfo& model, absl::string_view bas
 
 absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
                                      absl::string_view new_base_sha256,
-                                     const v1::RoundInfo& next_round, const AuditBatch& audit) {
+                                     const v1::RoundInfo& next_round,
+                                     const BaseOptimizerState& made, const AuditBatch& audit) {
   RETURN_IF_ERROR(impl_->FlushFamily(kBases));
+  OptimizerStateRecord state;
+  state.set_kind(static_cast<uint32_t>(made.kind));
+  state.set_step(made.step);
+  state.mutable_slots()->Add(made.slots.begin(), made.slots.end());
+  state.set_state_sha256(made.state_sha256);
+  state.set_from_base(made.from_base);
   rocksdb::WriteBatch batch;
   for (const auto& c : closed.contributions()) {
     batch.Put(impl_->cfs[kContribs], keys::ContributionRecord(closed.number(), c.id()),
@@ -441,6 +488,7 @@ absl::Status Store::CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_b
             ToRecord(closed).SerializeAsString());
   batch.Put(impl_->cfs[kMeta], keys::BaseSha(new_base),
             rocksdb::Slice(new_base_sha256.data(), new_base_sha256.size()));
+  batch.Put(impl_->cfs[kMeta], keys::OptimizerState(new_base), state.SerializeAsString());
   batch.Put(impl_->cfs[kMeta], keys::CurrentBase(), keys::EncodeU64(new_base));
   batch.Put(impl_->cfs[kRounds], keys::Round(next_round.number()),
             ToRecord(next_round).SerializeAsString());

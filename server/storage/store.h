@@ -2,7 +2,7 @@
 // RocksDB. Thread-safe.
 //
 // Column families meta, bases, contribs, rounds and audit; keys.h owns the key layout
-// and records.proto the records (storage format 2, checked at Open; an older format is
+// and records.proto the records (storage format 3, checked at Open; an older format is
 // migrated there, a newer one refused).
 //
 // Tensor chunks, upload sessions and their progress are written without the
@@ -82,6 +82,15 @@ struct LoadedState {
   std::vector<uint64_t> pruned_base_versions;
 };
 
+// How a base was made, and which outer-optimizer state is stored with it (meta 'O').
+struct BaseOptimizerState {
+  v1::OuterOptimizer kind = v1::OUTER_OPTIMIZER_UNSPECIFIED;
+  uint64_t step = 0;            // fusions on its line of descent (v0: 0)
+  std::vector<uint32_t> slots;  // state slots stored; none: all zero
+  std::string state_sha256;     // of the state bytes, (tensor, chunk, slot) order
+  uint64_t from_base = 0;       // the round base it was made from
+};
+
 struct StoredToken {
   std::string secret_sha256;  // 32 bytes
   v1::TokenInfo info;
@@ -112,6 +121,15 @@ class Store {
                                            bool verify = true);
   absl::StatusOr<std::string> GetBaseSha256(uint64_t version);
 
+  // The outer optimizer's state of a base, in its version's key range: written like base
+  // chunks (unlogged, visible once CommitRoundClose names the base), removed with them.
+  absl::Status PutOptimizerStateChunk(uint64_t version, uint32_t slot, uint32_t tensor,
+                                      uint64_t chunk, absl::string_view data);
+  absl::StatusOr<std::string> GetOptimizerStateChunk(uint64_t version, uint32_t slot,
+                                                     uint32_t tensor, uint64_t chunk);
+  // NOT_FOUND for a base made before storage format 3 (always by a plain mean).
+  absl::StatusOr<BaseOptimizerState> GetOptimizerState(uint64_t version);
+
   // Contribution data, invisible until CommitContribution.
   absl::Status PutContributionChunk(uint64_t round, uint64_t id, uint32_t tensor, uint64_t chunk,
                                     absl::string_view data);
@@ -138,15 +156,16 @@ class Store {
   // Removes a session and its progress (synced).
   absl::Status DeleteUpload(const std::string& upload_id);
 
-  // Stores the model, makes base v0 (already written with PutBaseChunk) current and
-  // records `first_round`, in one synced write.
+  // Stores the model, makes base v0 (already written with PutBaseChunk) current, with an
+  // empty optimizer state (step 0), and records `first_round`, in one synced write.
   absl::Status CommitInit(const v1::ModelInfo& model, absl::string_view base_sha256,
                           const v1::RoundInfo& first_round, const AuditBatch& audit = {});
   // Records the closed round (and its contributions' final records), makes `new_base`
-  // (already written) current and records the next open round, in one synced write.
+  // (already written, with its optimizer state chunks) current with the record `made`,
+  // and records the next open round, in one synced write.
   absl::Status CommitRoundClose(const v1::RoundInfo& closed, uint64_t new_base,
                                 absl::string_view new_base_sha256, const v1::RoundInfo& next_round,
-                                const AuditBatch& audit = {});
+                                const BaseOptimizerState& made, const AuditBatch& audit = {});
   // Closes `closed` unfused, marks `bad` versions bad, makes `good_base` current and
   // records `next_round`, in one synced write.
   absl::Status CommitRollback(const v1::RoundInfo& closed, const std::vector<uint64_t>& bad,

@@ -202,7 +202,7 @@ TEST_F(StoreTest, RoundCloseIsVisibleAfterReopen) {
   closed.set_closed_unix_ms(5000);
   closed.set_result_base_version(1);
   closed.set_close_reason("operator");
-  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 5000)).ok());
+  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 5000), {}).ok());
 
   Reopen();
   LoadedState state = MustLoad();
@@ -280,7 +280,7 @@ void MustCloseRound(Store* store, uint64_t number, uint64_t base, uint64_t new_b
   closed.set_result_base_version(new_base);
   closed.set_close_reason("operator");
   v1::RoundInfo next = OpenRound(number + 1, new_base, 1000 * (number + 1));
-  ASSERT_TRUE(store->CommitRoundClose(closed, new_base, sha, next).ok());
+  ASSERT_TRUE(store->CommitRoundClose(closed, new_base, sha, next, {}).ok());
 }
 
 v1::AuditRecord Record(const std::string& actor, const std::string& action) {
@@ -476,6 +476,21 @@ TEST_F(StoreTest, TokensRoundTripAndReplaceByName) {
 
 // ------------------------------------------------------------------ storage format
 
+// Opens a store's RocksDB folder as another release would, bypassing Store, and calls
+// edit(db, the meta family).
+template <typename Edit>
+void EditRaw(const std::string& dir, Edit edit) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (int i = 0; i < kNumCfs; ++i) descs.emplace_back(kCfNames[i], rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, descs, &handles, &db).ok());
+  edit(db, handles[1 + kMeta]);
+  for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+  delete db;
+}
+
 // Writes `puts` ((family, key, value)) into a RocksDB folder with the store's families,
 // as another release would have, bypassing Store.
 void WriteRaw(const std::string& dir,
@@ -494,6 +509,96 @@ void WriteRaw(const std::string& dir,
   }
   for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
   delete db;
+}
+
+// Base v1's optimizer state: visible with its record after the close, kept by a
+// restart, removed with the base's own chunks (a failed fusion, retention) and by the
+// clean-up of a fusion a crash cut before its commit; the record stays.
+TEST_F(StoreTest, OptimizerStateFollowsItsBase) {
+  v1::ModelInfo model = TestModel();
+  model.set_outer_optimizer(v1::OUTER_NESTEROV);
+  model.mutable_outer_optimizer_options()->set_learning_rate(0.7);
+  model.mutable_outer_optimizer_options()->set_momentum(0.0);  // set, even though 0
+  ASSERT_TRUE(store_->PutBaseChunk(0, 0, 0, "weight-bytes-v0").ok());
+  ASSERT_TRUE(store_->CommitInit(model, kSha0, OpenRound(1, 0, 1000)).ok());
+  auto v0 = store_->GetOptimizerState(0);
+  ASSERT_TRUE(v0.ok()) << v0.status();
+  EXPECT_EQ(v0->kind, v1::OUTER_NESTEROV);
+  EXPECT_EQ(v0->step, 0u);
+  EXPECT_TRUE(v0->slots.empty());
+
+  ASSERT_TRUE(store_->PutBaseChunk(1, 0, 0, "weight-bytes-v1").ok());
+  ASSERT_TRUE(store_->PutOptimizerStateChunk(1, 0, 0, 0, "momentum-v1").ok());
+  v1::RoundInfo closed = OpenRound(1, 0, 1000);
+  closed.set_state(v1::CLOSED);
+  closed.set_result_base_version(1);
+  BaseOptimizerState made;
+  made.kind = v1::OUTER_NESTEROV;
+  made.step = 1;
+  made.slots = {0};
+  made.state_sha256 = std::string(32, 's');
+  made.from_base = 0;
+  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 5000), made).ok());
+  // A fusion cut by a crash: v2's chunks and state, never committed.
+  ASSERT_TRUE(store_->PutBaseChunk(2, 0, 0, "weight-bytes-v2").ok());
+  ASSERT_TRUE(store_->PutOptimizerStateChunk(2, 0, 0, 0, "momentum-v2").ok());
+
+  Reopen();
+  LoadedState state = MustLoad();
+  ASSERT_TRUE(state.model.has_value());
+  EXPECT_EQ(state.model->outer_optimizer(), v1::OUTER_NESTEROV);
+  EXPECT_EQ(state.model->outer_optimizer_options().learning_rate(), 0.7);
+  EXPECT_TRUE(state.model->outer_optimizer_options().has_momentum());
+  EXPECT_FALSE(state.model->outer_optimizer_options().has_beta1());
+  auto rec = store_->GetOptimizerState(1);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->step, 1u);
+  EXPECT_EQ(rec->slots, std::vector<uint32_t>{0});
+  EXPECT_EQ(rec->state_sha256, made.state_sha256);
+  auto chunk = store_->GetOptimizerStateChunk(1, 0, 0, 0);
+  ASSERT_TRUE(chunk.ok()) << chunk.status();
+  EXPECT_EQ(*chunk, "momentum-v1");
+  // The state does not shadow the base's chunks, nor they it.
+  EXPECT_EQ(*store_->GetBaseChunk(1, 0, 0), "weight-bytes-v1");
+  EXPECT_EQ(store_->GetOptimizerStateChunk(1, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetOptimizerStateChunk(2, 0, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetOptimizerState(2).status().code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(store_->Prune({1}, {}).ok());
+  EXPECT_EQ(store_->GetOptimizerStateChunk(1, 0, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->GetOptimizerState(1).ok());
+  EXPECT_EQ(*store_->GetBaseChunk(0, 0, 0), "weight-bytes-v0");
+
+  ASSERT_TRUE(store_->PutOptimizerStateChunk(3, 1, 0, 0, "second-moment-v3").ok());
+  ASSERT_TRUE(store_->DeleteBaseData(3).ok());
+  EXPECT_EQ(store_->GetOptimizerStateChunk(3, 1, 0, 0).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// A format 2 folder (made before outer optimizers) opens as format 3 with nothing else
+// changed; its model is plain and its bases have no optimizer record.
+TEST_F(StoreTest, AFormat2StoreIsMigratedTo3) {
+  Init();
+  store_.reset();
+  WriteRaw(dir_.path(), {{kMeta, keys::FormatVersion(), keys::EncodeU64(2)}});
+  EditRaw(dir_.path(), [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta) {
+    ASSERT_TRUE(db->Delete(rocksdb::WriteOptions(), meta, keys::OptimizerState(0)).ok());
+  });
+  Reopen();
+  LoadedState state = MustLoad();
+  ASSERT_TRUE(state.model.has_value());
+  EXPECT_EQ(state.current_base_sha256, kSha0);
+  EXPECT_EQ(state.model->outer_optimizer(), v1::OUTER_OPTIMIZER_UNSPECIFIED);
+  EXPECT_EQ(store_->GetOptimizerState(0).status().code(), absl::StatusCode::kNotFound);
+  store_.reset();
+  std::string version;
+  EditRaw(dir_.path(), [&](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta) {
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), meta, keys::FormatVersion(), &version).ok());
+  });
+  EXPECT_EQ(version, keys::EncodeU64(3));
 }
 
 TEST_F(StoreTest, AFormatNewerThanThisBuildIsRefusedAndLeftAlone) {
@@ -587,7 +692,7 @@ TEST_F(StoreTest, PrunedTensorsGiveTheirDiskSpaceBackAndRecordsStay) {
     closed[r - 1].set_result_base_version(r);
     ASSERT_TRUE(store_
                     ->CommitRoundClose(closed[r - 1], r, std::string(32, 'a' + r),
-                                       OpenRound(r + 1, r, 1000 * (r + 1)))
+                                       OpenRound(r + 1, r, 1000 * (r + 1)), {})
                     .ok());
   }
   auto before = store_->DiskBytes();
@@ -634,7 +739,7 @@ TEST_F(StoreTest, ACheckpointOpensAsAStoreAndOneLeftByACrashIsRemovedAtOpen) {
   v1::RoundInfo closed = OpenRound(1, 0, 1000);
   closed.set_state(v1::CLOSED);
   closed.set_result_base_version(1);
-  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 2000)).ok());
+  ASSERT_TRUE(store_->CommitRoundClose(closed, 1, kSha1, OpenRound(2, 1, 2000), {}).ok());
   auto before = store_->DiskBytes();
   ASSERT_TRUE(before.ok()) << before.status();
   auto checkpoint = store_->CreateCheckpoint();
