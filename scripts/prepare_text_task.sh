@@ -13,6 +13,8 @@
 #              keeping class proportions (default: no cap; e.g. 2000 keeps
 #              health-news-source's test at 2,000 rather than 6,004).
 #
+# Rows kept (train / dev / test) and sources; docs/data.md has the full table, citations
+# and licences, and each OUT/README.txt its own:
 # movie-sentiment (the default): binary sentence sentiment, ~10.0k rows (about 5.0k
 #   positive / 5.0k negative) -> 8.0k train / 1.0k dev / 1.0k test. Texts: 10,605 sentence
 #   snippets of Rotten Tomatoes movie reviews (Pang & Lee's movie-review sentences, the
