@@ -39,8 +39,11 @@ ABSL_FLAG(uint64_t, seed, 1, "init: seed of base v0's weights");
 ABSL_FLAG(std::string, fusion, "mean",
           "init: fusion method: mean (plain average), weighted (average weighted by "
           "training examples), median (coordinate-wise median), trimmed (coordinate-wise "
-          "mean without the extremes, --trim_fraction) or clipped (mean of deltas clipped "
-          "to --clip_factor x their median norm)");
+          "mean without the extremes, --trim_fraction), clipped (mean of deltas clipped "
+          "to --clip_factor x their median norm), or a merging method on the updates: "
+          "task_arithmetic (--merge_scale x their sum), ties (trim to --ties_density, elect "
+          "signs, mean of the agreeing values) or dare (drop --dare_drop_rate of each "
+          "update's values at random, rescale, sum)");
 ABSL_FLAG(int64_t, round, -1, "close-round: close only if this round is the open one");
 ABSL_FLAG(int64_t, base, -1,
           "wait: wait until the current base version is at least this; rollback, pin, "
@@ -61,6 +64,12 @@ ABSL_FLAG(std::string, tls_server_name, "",
           "IP address, a tunnel)");
 ABSL_FLAG(std::string, token_file, "",
           "File holding this caller's token (default: the COLDFUSE_TOKEN variable)");
+ABSL_FLAG(double, merge_scale, 0,
+          "init --fusion=task_arithmetic|ties|dare: scale of the merged update (0: 1.0)");
+ABSL_FLAG(double, ties_density, 0,
+          "init --fusion=ties: fraction of each update's values kept (0: 0.2)");
+ABSL_FLAG(double, dare_drop_rate, 0, "init --fusion=dare: probability a value is dropped (0: 0.5)");
+ABSL_FLAG(uint64_t, dare_seed, 0, "init --fusion=dare: seed of the drop masks");
 ABSL_FLAG(double, trim_fraction, 0, "init --fusion=trimmed: fraction trimmed at each end (0: 0.2)");
 ABSL_FLAG(double, clip_factor, 0, "init --fusion=clipped: clip at this x median norm (0: 1.0)");
 ABSL_FLAG(bool, accumulate_f64, false, "init: fuse means in F64 instead of F32");
@@ -143,7 +152,9 @@ constexpr char kUsage[] = R"(coldfusectl [--server=HOST:PORT] COMMAND [flags]
 
 Commands:
   init [--spec=mlp:64,128,64] [--seed=1]
-       [--fusion=mean|weighted|median|trimmed|clipped] [--trim_fraction=F] [--clip_factor=C]
+       [--fusion=mean|weighted|median|trimmed|clipped|task_arithmetic|ties|dare]
+       [--trim_fraction=F] [--clip_factor=C] [--merge_scale=L] [--ties_density=D]
+       [--dare_drop_rate=P] [--dare_seed=S]
        [--outer_optimizer=plain|sgd|nesterov|adam|yogi] [--outer_lr=L] [--outer_momentum=M]
        [--outer_beta1=B1] [--outer_beta2=B2] [--outer_tau=T] [--outer_bias_correction]
                       store base v0 and open round 1
@@ -346,16 +357,25 @@ absl::Status Init(const std::shared_ptr<grpc::Channel>& channel) {
                                                            {"weighted", v1::EXAMPLE_WEIGHTED_MEAN},
                                                            {"median", v1::COORDINATE_MEDIAN},
                                                            {"trimmed", v1::TRIMMED_MEAN},
-                                                           {"clipped", v1::NORM_CLIPPED_MEAN}};
+                                                           {"clipped", v1::NORM_CLIPPED_MEAN},
+                                                           {"task_arithmetic", v1::TASK_ARITHMETIC},
+                                                           {"ties", v1::TIES},
+                                                           {"dare", v1::DARE}};
   auto method = methods.find(fusion);
   if (method == methods.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--fusion=", fusion, " is not one of mean, weighted, median, trimmed, clipped"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--fusion=", fusion,
+                     " is not one of mean, weighted, median, trimmed, clipped, task_arithmetic, "
+                     "ties, dare"));
   }
   header.set_fusion_method(method->second);
   header.mutable_fusion_options()->set_trim_fraction(absl::GetFlag(FLAGS_trim_fraction));
   header.mutable_fusion_options()->set_clip_factor(absl::GetFlag(FLAGS_clip_factor));
   header.mutable_fusion_options()->set_accumulate_f64(absl::GetFlag(FLAGS_accumulate_f64));
+  header.mutable_fusion_options()->set_merge_scale(absl::GetFlag(FLAGS_merge_scale));
+  header.mutable_fusion_options()->set_ties_density(absl::GetFlag(FLAGS_ties_density));
+  header.mutable_fusion_options()->set_dare_drop_rate(absl::GetFlag(FLAGS_dare_drop_rate));
+  header.mutable_fusion_options()->set_dare_seed(absl::GetFlag(FLAGS_dare_seed));
   RETURN_IF_ERROR(SetOuterOptimizer(&header));
   if (!absl::GetFlag(FLAGS_from).empty()) {
     InitFromOptions o;

@@ -54,7 +54,8 @@ TEST(CliTest, HelpListsTheProgramsOwnFlagsAndTheLogFlags) {
   const std::string help =
       absl::StrJoin(absl::StrSplit(r.output, absl::ByAnyChar(" \n"), absl::SkipEmpty()), " ");
   ASSERT_THAT(help, HasSubstr("--fusion (init: fusion method: "));
-  for (const char* method : {"mean (", "weighted (", "median (", "trimmed (", "clipped ("}) {
+  for (const char* method : {"mean (", "weighted (", "median (", "trimmed (", "clipped (",
+                             "task_arithmetic (", "ties (", "dare ("}) {
     EXPECT_THAT(help, HasSubstr(method));
   }
 }

@@ -30,6 +30,7 @@ class Contribution:
     trained_from: Optional[Dict[str, np.ndarray]] = None  # set when stale
     weight: float = 1.0               # staleness weight (1 when fresh)
     delta_norm: float = 0.0           # as the server reports it (rule 6)
+    id: int = 0                       # its contribution id (DARE's masks)
 
 
 def enc(x: np.ndarray, code: int) -> np.ndarray:
@@ -139,11 +140,73 @@ def update_of(c: Contribution, name: str, b: np.ndarray) -> np.ndarray:
     return x if c.delta else x - b
 
 
+MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def splitmix64(z):
+    """SplitMix64's finaliser on uint64 scalars or arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def dare_keep(seed: int, round_number: int, contribution_id: int, tensor: int, n: int,
+              drop_rate: float) -> np.ndarray:
+    """Rule 13's mask of one tensor: True where the value is kept."""
+    h = splitmix64(np.uint64(seed))
+    h = splitmix64(h ^ np.uint64(round_number))
+    h = splitmix64(h ^ np.uint64(contribution_id))
+    h = splitmix64(h ^ np.uint64(tensor))
+    r = splitmix64(h ^ np.arange(n, dtype=np.uint64)) >> np.uint64(11)
+    below = np.uint64(math.floor(drop_rate * 2.0 ** 53))
+    return r >= below
+
+
+def ties_thresholds(contributions: List[Contribution], base: Dict[str, np.ndarray],
+                    density: float) -> List[float]:
+    """Rule 12: per update, the ceil(density × N)-th largest magnitude over the model."""
+    out = []
+    for c in contributions:
+        mags = np.concatenate([np.abs(update_of(c, n, b)) for n, b in base.items()])
+        rank = max(1, min(mags.size, math.ceil(density * mags.size)))
+        out.append(float(np.sort(mags)[mags.size - rank]))
+    return out
+
+
 def fused_update(method: str, name: str, b: np.ndarray, contributions: List[Contribution],
-                 trim_fraction: float = 0.2, clip_factor: float = 1.0) -> np.ndarray:
-    """Rule 9: Δ of one tensor."""
+                 trim_fraction: float = 0.2, clip_factor: float = 1.0, merge_scale: float = 1.0,
+                 thresholds: Optional[List[float]] = None, dare_drop_rate: float = 0.5,
+                 dare_seed: int = 0, round_number: int = 0, tensor_index: int = 0) -> np.ndarray:
+    """Rules 9, 11-13: Δ of one tensor."""
     us = [update_of(c, name, b) for c in contributions]
     k = len(us)
+    if method == "task_arithmetic":
+        d = np.zeros_like(b)
+        for u in us:
+            d = d + merge_scale * u
+        return d
+    if method == "dare":
+        d = np.zeros_like(b)
+        keep = 1 - dare_drop_rate
+        for c, u in zip(contributions, us):
+            mask = dare_keep(dare_seed, round_number, c.id, tensor_index, u.size, dare_drop_rate)
+            d = d + merge_scale * np.where(mask, u / keep, 0.0)
+        return d
+    if method == "ties":
+        total, pos, neg = np.zeros_like(b), np.zeros_like(b), np.zeros_like(b)
+        pos_n, neg_n = np.zeros(b.shape), np.zeros(b.shape)
+        for tau, u in zip(thresholds, us):
+            t = np.where(np.abs(u) >= tau, u, 0.0)
+            total = total + t
+            pos = pos + np.where(t > 0, t, 0.0)
+            neg = neg + np.where(t < 0, t, 0.0)
+            pos_n += t > 0
+            neg_n += t < 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, merge_scale * (pos / pos_n),
+                            np.where(total < 0, merge_scale * (neg / neg_n), 0.0))
     if method in ("mean", "weighted", "clipped"):
         coef = (clip_coefficients(contributions, clip_factor) if method == "clipped"
                 else fusion_weights(method, contributions))
@@ -164,8 +227,8 @@ def fused_update(method: str, name: str, b: np.ndarray, contributions: List[Cont
 
 @dataclass
 class Optimizer:
-    kind: str                 # sgd, nesterov, adam, yogi
-    lr: float
+    kind: str                 # plain (a merging method's b + Δ), sgd, nesterov, adam, yogi
+    lr: float = 1.0
     momentum: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -184,8 +247,15 @@ class BaseState:
 
 def outer_step(opt: Optimizer, base: BaseState, codes: Dict[str, int], method: str,
                contributions: List[Contribution], **options) -> BaseState:
-    """Rule 10: the next base and its state from `base` (its values and stored state)."""
+    """Rule 10: the next base and its state from `base` (its values and stored state).
+    options: the method's (trim_fraction, ..., ties_density) and, for DARE, round_number;
+    order: the manifest's tensor names (DARE's tensor index)."""
     t = base.step + 1
+    options = dict(options)
+    order = options.pop("order", list(base.values))
+    if method == "ties":
+        options["thresholds"] = ties_thresholds(contributions, base.values,
+                                                options.pop("ties_density", 0.2))
     new = BaseState(values={}, step=t)
     c1, c2 = 1 - opt.beta1, 1 - opt.beta2
     alpha = opt.lr
@@ -193,11 +263,14 @@ def outer_step(opt: Optimizer, base: BaseState, codes: Dict[str, int], method: s
         alpha = (opt.lr * math.sqrt(1 - math.pow(opt.beta2, t))) / (1 - math.pow(opt.beta1, t))
     for name, b in base.values.items():
         code = codes[name]
-        d = fused_update(method, name, b, contributions, **options)
+        d = fused_update(method, name, b, contributions, tensor_index=order.index(name),
+                         **options)
         zero = np.zeros_like(b)
         m = base.m.get(name, zero)
         v = base.v.get(name, zero)
-        if opt.kind == "sgd" and opt.momentum == 0:
+        if opt.kind == "plain":
+            new.values[name] = enc(b + d, code)
+        elif opt.kind == "sgd" and opt.momentum == 0:
             new.values[name] = enc(b + opt.lr * d, code)
         elif opt.kind == "sgd":
             m2 = state_round(opt.momentum * m + d, code)

@@ -42,6 +42,8 @@ class Run:
             {n: (code, _codec.encode(values[n], code).reshape(SHAPES[n])) for n in SHAPES})
         self.server.ctl("init", f"--from={tmp_path / 'v0.safetensors'}", *init_flags)
         self.bases = {0: ref.BaseState(values=values)}
+        with self.server.client("eve") as c:
+            self.order = [t.name for t in c.status().model.manifest.tensors]
         self.pending = {}
 
     def push(self, who, version, *, delta=False, send_dtype=None, scale=1e-2):
@@ -78,6 +80,7 @@ class Run:
                     contribution.weight = ci.staleness_weight
                     assert ci.staleness_weight == (1 + ci.staleness) ** -0.5
                 contribution.delta_norm = ci.delta_norm
+                contribution.id = ci.id
                 own = math.sqrt(sum(float(np.dot(u, u)) for u in (
                     contribution.sent[n] if contribution.delta else
                     contribution.sent[n] - self.bases[version].values[n] for n in SHAPES)))
@@ -89,9 +92,11 @@ class Run:
                     self.method, base.values, self.codes, contributions, **self.options))
             else:
                 made = ref.outer_step(optimizer, base, self.codes, self.method, contributions,
+                                      round_number=info.number, order=self.order,
                                       **self.options)
             self.bases[new_version] = made
             pulled = c.pull(str(self.tmp / f"pulled-v{new_version}.safetensors"), new_version)
+            assert [t.name for t in pulled.manifest.tensors] == self.order
             got = _codec.SafetensorsFile(pulled.path)
             for n in SHAPES:
                 want = _codec.encode(made.values[n], self.codes[n]).tobytes()
@@ -171,3 +176,22 @@ def test_nesterov_over_other_methods_and_a_bf16_base(make_server, tmp_path, meth
     run = Run(make_server, tmp_path, method, flags + ["--outer_optimizer=nesterov"],
               base_dtype=base_dtype, **options)
     run.script(ref.Optimizer("nesterov", lr=0.7, momentum=0.9))
+
+
+MERGES = {
+    "task_arithmetic": (["--fusion=task_arithmetic", "--merge_scale=0.4"],
+                        {"merge_scale": 0.4}),
+    "ties": (["--fusion=ties", "--ties_density=0.2"], {"ties_density": 0.2}),
+    "dare": (["--fusion=dare", "--dare_drop_rate=0.3", "--dare_seed=7", "--merge_scale=0.5"],
+             {"dare_drop_rate": 0.3, "dare_seed": 7, "merge_scale": 0.5}),
+}
+
+
+@pytest.mark.parametrize("outer", ["plain", "nesterov"])
+@pytest.mark.parametrize("method", sorted(MERGES))
+def test_a_merging_method_follows_the_rules(make_server, tmp_path, method, outer):
+    flags, options = MERGES[method]
+    optimizer = (ref.Optimizer("plain") if outer == "plain"
+                 else ref.Optimizer("nesterov", lr=0.7, momentum=0.9))
+    run = Run(make_server, tmp_path, method, flags + [f"--outer_optimizer={outer}"], **options)
+    run.script(optimizer)

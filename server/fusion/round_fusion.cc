@@ -14,6 +14,7 @@
 #include "common/tensor_stream.h"
 #include "server/fusion/coordinatewise.h"
 #include "server/fusion/element_reader.h"
+#include "server/fusion/merge.h"
 #include "server/fusion/outer_optimizer.h"
 #include "server/fusion/robust.h"
 #include "server/fusion/update_fusion.h"
@@ -139,12 +140,17 @@ absl::StatusOr<std::string> FuseRound(const v1::ModelInfo& model,
   }
 }
 
+bool IsMergeMethod(v1::FusionMethod method) {
+  return method == v1::TASK_ARITHMETIC || method == v1::TIES || method == v1::DARE;
+}
+
 absl::StatusOr<RoundFusionResult> FuseRoundStep(
-    const v1::ModelInfo& model, const std::vector<ContributionSource>& contributions,
-    const ChunkReader& read_base, const ChunkWriter& write, const OptimizerIo& io) {
+    uint64_t round, const v1::ModelInfo& model,
+    const std::vector<ContributionSource>& contributions, const ChunkReader& read_base,
+    const ChunkWriter& write, const OptimizerIo& io) {
   RoundFusionResult result;
   result.step = io.round_base_step + 1;
-  if (IsPlain(model)) {
+  if (IsPlain(model) && !IsMergeMethod(model.fusion_method())) {
     ASSIGN_OR_RETURN(result.base_sha256, FuseRound(model, contributions, read_base, write));
     return result;
   }
@@ -162,7 +168,48 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
     examples.push_back(c.num_examples);
     norms.push_back(c.read_trained_from ? c.weight * c.delta_norm : c.delta_norm);
   }
+  std::vector<std::unique_ptr<UpdateReader>> readers;
+  std::vector<UpdateReader*> updates;
+  for (const auto& c : contributions) {
+    readers.push_back(std::make_unique<UpdateReader>(manifest, c));
+    updates.push_back(readers.back().get());
+  }
+  const double scale = options.merge_scale() == 0 ? 1.0 : options.merge_scale();
+  std::vector<double> thresholds;
   switch (model.fusion_method()) {
+    case v1::TASK_ARITHMETIC:
+      reducer.coefficients.assign(k, scale);
+      break;
+    case v1::DARE: {
+      const double p = options.dare_drop_rate();
+      if (!(p >= 0 && p < 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("DARE drop rate ", p, " is not in [0, 1)"));
+      }
+      reducer.coefficients.assign(k, scale);
+      const double keep = 1 - p;
+      const uint64_t below = DareDropBelow(p);
+      std::vector<uint64_t> ids;
+      for (const auto& c : contributions) ids.push_back(c.id);
+      reducer.transform = [ids, keep, below, round, seed = options.dare_seed()](
+                              size_t j, uint32_t t, uint64_t begin, double* u, size_t n) {
+        const uint64_t key = DareTensorKey(seed, round, ids[j], t);
+        for (size_t i = 0; i < n; ++i) u[i] = DareDrops(key, begin + i, below) ? 0.0 : u[i] / keep;
+      };
+      break;
+    }
+    case v1::TIES: {
+      ASSIGN_OR_RETURN(thresholds,
+                       TrimThresholds(manifest, updates, read_base, options.ties_density()));
+      reducer.ties = true;
+      reducer.ties_scale = scale;
+      reducer.transform = [&thresholds](size_t j, uint32_t, uint64_t, double* u, size_t n) {
+        const double tau = thresholds[j];
+        for (size_t i = 0; i < n; ++i) {
+          if (!(std::fabs(u[i]) >= tau)) u[i] = 0.0;
+        }
+      };
+      break;
+    }
     case v1::COORDINATE_MEDIAN:
       reducer.coordinatewise = MedianInPlace;
       break;
@@ -203,12 +250,6 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unknown fusion method ", static_cast<int>(model.fusion_method())));
-  }
-  std::vector<std::unique_ptr<UpdateReader>> readers;
-  std::vector<UpdateReader*> updates;
-  for (const auto& c : contributions) {
-    readers.push_back(std::make_unique<UpdateReader>(manifest, c));
-    updates.push_back(readers.back().get());
   }
   const int slots = StateSlots(step);
   StateIo state;

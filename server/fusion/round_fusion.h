@@ -34,6 +34,8 @@ struct ContributionSource {
   // (its own delta, down-weighted, applied to the round's base).
   ChunkReader read_trained_from;
   double weight = 1.0;
+  // Its contribution id (the seed of its DARE mask).
+  uint64_t id = 0;
 };
 
 // A reader of `c` in the base's dtype and chunk grid (k ignored): `c.read` itself when
@@ -75,15 +77,20 @@ struct RoundFusionResult {
   std::string state_sha256;     // of the state written; empty with no slots
 };
 
+// True for the fusion methods that only exist on updates (TASK_ARITHMETIC, TIES, DARE).
+bool IsMergeMethod(v1::FusionMethod method);
+
 // FuseRound with the model's outer optimizer (docs/protocol.md "Outer optimizers"). For
-// OUTER_PLAIN (or unset) it is FuseRound itself, byte for byte, and writes no state.
-// Otherwise every contribution is read as its update, the fusion method makes the round's
-// update Δ from them, and the optimizer's step writes the new base and its state. DATA_LOSS
-// when the round base's state does not match its record; otherwise the errors of
-// FuseRound.
+// OUTER_PLAIN (or unset) and one of the first five methods it is FuseRound itself, byte
+// for byte, and writes no state. Otherwise every contribution is read as its update, the
+// fusion method makes the round's update Δ from them, and the optimizer's step writes the
+// new base and its state. `round` is the round being fused (DARE's masks depend on it).
+// DATA_LOSS when the round base's state does not match its record; otherwise the errors
+// of FuseRound.
 absl::StatusOr<RoundFusionResult> FuseRoundStep(
-    const v1::ModelInfo& model, const std::vector<ContributionSource>& contributions,
-    const ChunkReader& read_base, const ChunkWriter& write, const OptimizerIo& io);
+    uint64_t round, const v1::ModelInfo& model,
+    const std::vector<ContributionSource>& contributions, const ChunkReader& read_base,
+    const ChunkWriter& write, const OptimizerIo& io);
 
 }  // namespace coldfuse::fusion
 

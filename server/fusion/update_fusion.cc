@@ -18,7 +18,7 @@ absl::StatusOr<UpdateFusionResult> FuseUpdates(const v1::Manifest& manifest,
                                                const ChunkWriter& write, const StateIo& io,
                                                size_t memory_bytes) {
   const size_t k_count = updates.size();
-  const bool linear = reducer.coordinatewise == nullptr;
+  const bool linear = reducer.coordinatewise == nullptr && !reducer.ties;
   if (k_count == 0) return absl::InvalidArgumentError("fusing no updates");
   if (linear && k_count != reducer.coefficients.size()) {
     return absl::InvalidArgumentError(absl::StrCat("fusing ", k_count, " updates with ",
@@ -50,7 +50,36 @@ absl::StatusOr<UpdateFusionResult> FuseUpdates(const v1::Manifest& manifest,
           const double w = reducer.coefficients[k];
           if (w == 0) continue;
           RETURN_IF_ERROR(updates[k]->Read(t, begin, n, b.data(), u.data()));
+          if (reducer.transform) reducer.transform(k, t, begin, u.data(), n);
           for (uint64_t i = 0; i < n; ++i) delta[i] = delta[i] + w * u[i];
+        }
+      } else if (reducer.ties) {
+        // The elected sign is that of Σ_k u_k (k ascending); Δ is the mean of the values
+        // of that sign, times the scale, or 0 when the sum is 0.
+        std::vector<double> sum(n, 0.0), pos(n, 0.0), neg(n, 0.0);
+        std::vector<uint32_t> pos_n(n, 0), neg_n(n, 0);
+        for (size_t k = 0; k < k_count; ++k) {
+          RETURN_IF_ERROR(updates[k]->Read(t, begin, n, b.data(), u.data()));
+          if (reducer.transform) reducer.transform(k, t, begin, u.data(), n);
+          for (uint64_t i = 0; i < n; ++i) {
+            const double x = u[i];
+            sum[i] = sum[i] + x;
+            if (x > 0) {
+              pos[i] = pos[i] + x;
+              ++pos_n[i];
+            } else if (x < 0) {
+              neg[i] = neg[i] + x;
+              ++neg_n[i];
+            }
+          }
+        }
+        const double scale = reducer.ties_scale;
+        for (uint64_t i = 0; i < n; ++i) {
+          if (sum[i] > 0) {
+            delta[i] = scale * (pos[i] / static_cast<double>(pos_n[i]));
+          } else if (sum[i] < 0) {
+            delta[i] = scale * (neg[i] / static_cast<double>(neg_n[i]));
+          }
         }
       } else {
         for (uint64_t s0 = 0; s0 < n; s0 += slice_elems) {

@@ -40,12 +40,20 @@ struct UpdateFusionResult {
 
 // How the K updates of an element become Δ.
 struct DeltaReducer {
-  // Linear (when `coordinatewise` is unset): Δ = Σ_k coefficients[k]·u_k, summed in
-  // double from 0 with k ascending; an update whose coefficient is 0 is not read.
+  // Linear (when neither `coordinatewise` nor `ties` is set): Δ = Σ_k coefficients[k]·u_k,
+  // summed in double from 0 with k ascending; an update whose coefficient is 0 is not
+  // read.
   std::vector<double> coefficients;
   // Coordinate-wise: Δ = coordinatewise(column of the K updates, K); may reorder the
   // column (MedianInPlace, TrimmedMeanInPlace).
   std::function<double(double* column, size_t k)> coordinatewise = nullptr;
+  // Applied to each update as read, before it is summed (linear and TIES): DARE's drop
+  // and rescale, TIES's trim. (k, tensor, first element, values, n).
+  std::function<void(size_t k, uint32_t tensor, uint64_t begin, double* u, size_t n)> transform =
+      nullptr;
+  // TIES's sign election and disjoint mean, scaled by ties_scale (rule 12).
+  bool ties = false;
+  double ties_scale = 1.0;
 };
 
 inline constexpr size_t kUpdateFusionMemoryBytes = size_t{256} << 20;

@@ -159,6 +159,29 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
   *model.mutable_fusion_options() = fo;
   if (fo.trim_fraction() == 0) model.mutable_fusion_options()->set_trim_fraction(0.2);
   if (fo.clip_factor() == 0) model.mutable_fusion_options()->set_clip_factor(1.0);
+  if (fusion::IsMergeMethod(model.fusion_method())) {
+    // Written so that NaN fails too. Zero picks the default, as for the options above.
+    v1::FusionOptions* mo = model.mutable_fusion_options();
+    if (mo->merge_scale() == 0) mo->set_merge_scale(1.0);
+    if (!(mo->merge_scale() > 0) || !std::isfinite(mo->merge_scale())) {
+      return absl::InvalidArgumentError(absl::StrCat("merge_scale is ", mo->merge_scale(),
+                                                     "; it must be a finite number > 0 (0: 1.0)"));
+    }
+    if (model.fusion_method() == v1::TIES) {
+      if (mo->ties_density() == 0) mo->set_ties_density(0.2);
+      if (!(mo->ties_density() > 0 && mo->ties_density() <= 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("ties_density is ", mo->ties_density(),
+                                                       "; it must be in (0, 1] (0: 0.2)"));
+      }
+    }
+    if (model.fusion_method() == v1::DARE) {
+      if (mo->dare_drop_rate() == 0) mo->set_dare_drop_rate(0.5);
+      if (!(mo->dare_drop_rate() > 0 && mo->dare_drop_rate() < 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("dare_drop_rate is ", mo->dare_drop_rate(),
+                                                       "; it must be in (0, 1) (0: 0.5)"));
+      }
+    }
+  }
   ASSIGN_OR_RETURN(uint64_t total, TotalBytes(header.manifest()));
   model.set_total_bytes(total);
   v1::OuterOptimizer outer = header.outer_optimizer();
@@ -613,6 +636,7 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     s.delta = c.encoding() == v1::DELTA;
     s.num_examples = c.num_examples();
     s.delta_norm = c.delta_norm();
+    s.id = c.id();
     // Its chunks are under the round its upload began in.
     s.read = [store = store_, stored = c.upload_round(), id = c.id()](size_t, uint32_t t,
                                                                       uint64_t chunk) {
@@ -649,7 +673,7 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     return store_->PutOptimizerStateChunk(new_version, slot, t, c, data);
   };
   auto fusion_result = fusion::FuseRoundStep(
-      model, sources,
+      number, model, sources,
       [this, base_version](size_t, uint32_t t, uint64_t c) {
         return store_->GetBaseChunk(base_version, t, c);
       },

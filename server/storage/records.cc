@@ -36,6 +36,10 @@ ModelRecord ToRecord(const v1::ModelInfo& model) {
   r.set_trim_fraction(model.fusion_options().trim_fraction());
   r.set_clip_factor(model.fusion_options().clip_factor());
   r.set_accumulate_f64(model.fusion_options().accumulate_f64());
+  r.set_merge_scale(model.fusion_options().merge_scale());
+  r.set_ties_density(model.fusion_options().ties_density());
+  r.set_dare_drop_rate(model.fusion_options().dare_drop_rate());
+  r.set_dare_seed(model.fusion_options().dare_seed());
   if (model.outer_optimizer() != v1::OUTER_OPTIMIZER_UNSPECIFIED) {
     OptimizerConfig* o = r.mutable_optimizer();
     const v1::OuterOptimizerOptions& opt = model.outer_optimizer_options();
@@ -59,6 +63,10 @@ v1::ModelInfo FromRecord(const ModelRecord& r) {
   m.mutable_fusion_options()->set_trim_fraction(r.trim_fraction());
   m.mutable_fusion_options()->set_clip_factor(r.clip_factor());
   m.mutable_fusion_options()->set_accumulate_f64(r.accumulate_f64());
+  m.mutable_fusion_options()->set_merge_scale(r.merge_scale());
+  m.mutable_fusion_options()->set_ties_density(r.ties_density());
+  m.mutable_fusion_options()->set_dare_drop_rate(r.dare_drop_rate());
+  m.mutable_fusion_options()->set_dare_seed(r.dare_seed());
   if (r.has_optimizer()) {
     const OptimizerConfig& o = r.optimizer();
     v1::OuterOptimizerOptions* opt = m.mutable_outer_optimizer_options();

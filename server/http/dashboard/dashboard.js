@@ -116,6 +116,20 @@
     COORDINATE_MEDIAN: 'coordinate-wise median',
     TRIMMED_MEAN: 'trimmed mean',
     NORM_CLIPPED_MEAN: 'norm-clipped mean',
+    TASK_ARITHMETIC: 'task arithmetic',
+    TIES: 'TIES merging',
+    DARE: 'DARE merging',
+  };
+
+  // "Nesterov (lr 0.7, momentum 0.9)": the outer optimizer and its resolved options.
+  const outerName = (kind, o) => {
+    const name = {OUTER_SGD: 'SGD', OUTER_NESTEROV: 'Nesterov', OUTER_ADAM: 'Adam',
+      OUTER_YOGI: 'Yogi'}[kind] || kind;
+    const parts = [['learning_rate', 'lr'], ['momentum', 'momentum'], ['beta1', 'β1'],
+      ['beta2', 'β2'], ['tau', 'τ']]
+      .filter(([k]) => o[k] !== undefined).map(([k, label]) => `${label} ${o[k]}`);
+    if (o.bias_correction) parts.push('bias-corrected');
+    return parts.length ? `${name} (${parts.join(', ')})` : name;
   };
 
   const fmtScore = (v) => (Number.isFinite(v) ? v.toFixed(4) : String(v));
@@ -333,8 +347,11 @@
     $('not-initialized').hidden = initialized;
 
     setText('model-spec', model.model_spec || '–');
-    setText('fusion-method', FUSION_NAMES[model.fusion_method] || model.fusion_method || '–',
-      model.fusion_method || '');
+    const outer = model.outer_optimizer && model.outer_optimizer !== 'OUTER_PLAIN'
+      ? ` + ${outerName(model.outer_optimizer, model.outer_optimizer_options || {})}` : '';
+    setText('fusion-method',
+      (FUSION_NAMES[model.fusion_method] || model.fusion_method || '–') + outer,
+      [model.fusion_method, model.outer_optimizer].filter(Boolean).join(', '));
     const tensors = ((model.manifest || {}).tensors || []).length;
     setText('model-size', initialized
       ? humanBytes(model.total_bytes) + ' in ' + tensors + ' shared tensor' + (tensors === 1 ? '' : 's')
