@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -458,10 +459,14 @@ def check_flags(bins: dict[str, Path], cfg: dict) -> None:
                     and f"--{flag} (" not in helptext:
                 problems.append(f"method '{m['name']}': {bins['ctl']} has no --{flag}")
         fusion = [a.split("=", 1)[1] for a in m.get("init_args", []) if a.startswith("--fusion=")]
+        # The --fusion flag's own description names the methods this build knows.
+        at = helptext.find("--fusion (")
+        known = helptext[at:helptext.find("default:", at)] if at >= 0 else helptext
         for f in fusion:
-            if f not in helptext:
-                problems.append(f"method '{m['name']}': --fusion={f} is not among this "
-                                f"coldfusectl's fusion methods")
+            if not re.search(rf"\b{re.escape(f)}\b", known):
+                # A warning: `init` itself says whether it knows the method.
+                log(f"warning: method '{m['name']}': --fusion={f} is not named in "
+                    f"{bins['ctl']} --help")
     for a in cfg["train"]["extra_args"] + cfg["eval"]["extra_args"]:
         flag = a.split("=", 1)[0].lstrip("-")
         if f"--{flag} " not in client_help and f"--{flag} (" not in client_help:
@@ -866,6 +871,7 @@ class Experiment:
         self.procs = Procs()
         self.slots = threading.BoundedSemaphore(max(1, cfg["jobs"]))
         self.first_error: Exception | None = None
+        self.started = False
         self.error_lock = threading.Lock()
 
     def fail(self, exc: Exception) -> Exception:
@@ -929,6 +935,7 @@ class Experiment:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self.results = Results(self.out / "results.json", meta, self.args.fresh)
+        self.started = True
         # Seed-major order: an interrupted run has whole seeds of every method.
         jobs = []
         for seed in cfg["seeds"]:
@@ -1029,7 +1036,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep server and client folders")
     ap.add_argument("--no_report", action="store_true", help="skip experiment_report.py")
     ap.add_argument("--estimate", action="store_true",
-                    help="print the configuration's estimated time and exit")
+                    help="print the configuration's estimated time (from its cost_model) "
+                         "and exit")
+    ap.add_argument("--calibrate", metavar="RESULTS_JSON",
+                    help="with --estimate: also estimate from the process times of an earlier "
+                         "run (as measured, and from CPU time: an idle machine)")
     args = ap.parse_args()
 
     try:
@@ -1041,8 +1052,19 @@ def main() -> int:
             except ExperimentError:
                 ns = len(cfg["seen"]) if isinstance(cfg["seen"], list) else 0
                 nu = len(cfg["unseen"])
-            print(json.dumps(dict(estimate(cfg, ns, nu), seen=ns, unseen=nu,
-                                  cost_model=cfg["cost_model"]), indent=1))
+            out = {"config": dict(estimate(cfg, ns, nu), cost_model=cfg["cost_model"]),
+                   "seen": ns, "unseen": nu}
+            if args.calibrate:
+                sys.path.insert(0, str(REPO / "scripts"))
+                from experiment_report import calibrate
+                res = json.loads(Path(args.calibrate).read_text())
+                for field, label in (("wall_s", "as_measured"), ("cpu_s", "idle_machine")):
+                    cal = calibrate(res, field)
+                    if cal:
+                        c2 = copy.deepcopy(cfg)
+                        c2["cost_model"].update(step_s=cal["step_s"], process_s=cal["process_s"])
+                        out[label] = dict(estimate(c2, ns, nu), cost_model=c2["cost_model"])
+            print(json.dumps(out, indent=1))
             return 0
         exp = Experiment(args, cfg)
     except ExperimentError as e:
@@ -1064,8 +1086,9 @@ def main() -> int:
     except ExperimentError as e:
         exp.procs.stop_all()
         print(f"experiment: FAILED: {e}", file=sys.stderr)
-        print("experiment: every process stopped; results so far are kept (run the same "
-              "command again to resume).", file=sys.stderr)
+        if exp.started:
+            print("experiment: every process stopped; results so far are kept (run the same "
+                  "command again to resume).", file=sys.stderr)
         return 1
     except BaseException:
         exp.procs.stop_all()

@@ -147,10 +147,13 @@ def task_table(t: Table, kind: str) -> list[str]:
     return lines
 
 
-def calibrate(res: dict) -> dict | None:
-    """Least-squares fit of a client process's wall time = process_s + steps x step_s."""
-    pts = [(p["steps"], p["wall_s"]) for p in res.get("processes", [])
-           if p.get("steps") is not None and p.get("wall_s")]
+def calibrate(res: dict, field: str = "wall_s") -> dict | None:
+    """Least-squares fit of a client process's time = process_s + steps x step_s. field:
+    wall_s (as it ran, on a machine as busy as it was), or cpu_s (CPU seconds: what each
+    process would take with a core to itself, i.e. on an otherwise idle machine with no more
+    processes than cores)."""
+    pts = [(p["steps"], p[field]) for p in res.get("processes", [])
+           if p.get("steps") is not None and p.get(field)]
     if len(pts) < 3 or len({s for s, _ in pts}) < 2:
         return None
     n = len(pts)
@@ -175,11 +178,14 @@ def timing_lines(res: dict) -> list[str]:
         out.append(f"| {what} | {len(ps)} | {', '.join(map(str, steps))} | "
                    f"{statistics.median(p['wall_s'] for p in ps):.1f} | "
                    f"{statistics.median(p['cpu_s'] for p in ps):.1f} |")
-    cal = calibrate(res)
-    if cal:
+    cal, cpu = calibrate(res), calibrate(res, "cpu_s")
+    if cal and cpu:
+        load = res.get("machine", {}).get("load_avg")
         out.append("")
-        out.append(f"Fitted over {cal['n']} client processes (running {res['config']['jobs']} "
-                   f"at a time): wall ≈ {cal['process_s']} s + steps × {cal['step_s']} s.")
+        out.append(f"Fitted over {cal['n']} client processes ({res['config']['jobs']} at a "
+                   f"time): wall ≈ {cal['process_s']} s + steps × {cal['step_s']} s; CPU time "
+                   f"≈ {cpu['process_s']} s + steps × {cpu['step_s']} s"
+                   + (f" (load average at the start: {load[0]:.1f})" if load else "") + ".")
     return out
 
 
