@@ -577,8 +577,6 @@ class Run:
             if self.server.poll() is not None:
                 break
             time.sleep(0.1)
-        else:
-            pass
         if not (port_file.exists() and port_file.read_text().strip()):
             raise ExperimentError(f"{self.name}/s{self.seed}: coldfused did not start "
                                   f"(exit {self.server.poll()}):\n"
@@ -778,8 +776,6 @@ class Run:
         if all(e.results.has(BASE_METHOD, self.seed, 0, t.name, k) for t, k in self.probes_for(0)):
             return
         t0 = time.time()
-        if self.dir.exists() and not (self.dir / "server").exists():
-            pass
         try:
             if not self.start_server():
                 self.init()
@@ -797,8 +793,8 @@ class Run:
         R = e.cfg["rounds"]
         run_key = f"{self.name}/s{self.seed}"
         info = e.results.data["runs"].get(run_key, {})
-        if info.get("status") == "done":
-            return
+        if info.get("status") == "done" and info.get("rounds", R) >= R:
+            return  # (a run of fewer rounds, its server gone, starts over below)
         done_rounds = e.results.rounds_done(self.name, self.seed)
         if done_rounds and not (self.dir / "server").exists():
             log(f"{run_key}: earlier results but no server folder: starting this run over")
@@ -842,8 +838,8 @@ class Run:
                 self.evaluate(rnd, self.name)
         finally:
             self.stop_server()
-        e.results.set_run(run_key, status="done", wall_s=round(time.time() - t0, 1)
-                          + info.get("wall_s", 0))
+        e.results.set_run(run_key, status="done", rounds=R,
+                          wall_s=round(time.time() - t0, 1) + info.get("wall_s", 0))
         if not e.args.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         log(f"{run_key}: done")

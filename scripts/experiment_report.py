@@ -249,7 +249,8 @@ def section(res: dict, t: Table, name: str, images: list[tuple[str, Path]], md_d
     lines.append(
         f"Base `{Path(res['model']).name}` ({cfg['shared_prefix'] or 'every float tensor'} "
         f"shared); {len(res['seen'])} seen tasks ({', '.join(res['seen'])}), "
-        f"{len(res['unseen'])} unseen ({', '.join(res['unseen'])}); {cfg['rounds']} rounds of "
+        f"{len(res['unseen'])} unseen ({', '.join(res['unseen'])}); {cfg['rounds']} "
+        f"round{'s' if cfg['rounds'] != 1 else ''} of "
         f"{cfg['contributors_per_round']} contributors; {tr['steps']} steps of batch "
         f"{tr['batch_size']}, sequences of {tr['max_seq_length']} tokens, lr {tr['lr']}; "
         f"probes: {ev['few_shot_examples']}-shot ({ev['few_shot_steps']} steps), full "
@@ -258,7 +259,7 @@ def section(res: dict, t: Table, name: str, images: list[tuple[str, Path]], md_d
         f"capped at {cfg['data']['max_test_rows'] or 'all'} rows; seeds "
         f"{', '.join(map(str, cfg['seeds']))}. Runs finished: {done} of {total}"
         + (f"; wall time {sum(walls) / 60:.1f} min" if walls else "")
-        + (f" on {machine.get('cpus')} × {machine.get('cpu', 'CPU')}" if machine else "")
+        + (f" on {machine.get('cpus')} cores ({machine.get('cpu', 'CPU')})" if machine else "")
         + (f". Tasks not found, left out: {', '.join(res['skipped_tasks'])}"
            if res.get("skipped_tasks") else "") + ".")
     lines.append("")
