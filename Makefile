@@ -3,8 +3,8 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 ROUNDS ?= 6
 
-.PHONY: all deps deps-sanitizers build demo demo-text demo-python test test-asan test-tsan fuzz format \
-	format-check bench bench-text build-pypi-torch test-pypi-torch clean
+.PHONY: all deps deps-sanitizers build demo demo-text demo-python experiment test test-asan test-tsan \
+	fuzz format format-check bench bench-text build-pypi-torch test-pypi-torch clean
 
 all: build
 
@@ -29,6 +29,22 @@ demo-text: build
 # demo-text with its second contributor in Python (transformers.Trainer + coldfuse.hf).
 demo-python: build
 	PYTHON=1 STEPS=$(or $(STEPS),60) bash scripts/demo_text.sh $(BUILD)
+
+# ColD Fusion's evaluation protocol with real processes (scripts/experiment.py): per method
+# and seed a coldfused, contributor daemons on each round's sampled seen tasks, probes of
+# every new base on unseen (few-shot, full) and seen tasks; every number in
+# experiment-run/NAME/results.json, plots and a table in docs/experiments.md. The CPU
+# configuration takes about 50 min on 2 cores; EXPERIMENT_CONFIG=experiments/gpu.json is
+# for a CUDA build. Resumes when run again. EXPERIMENT_ARGS passes more, e.g.
+# EXPERIMENT_ARGS="--tasks_dir=my-tasks --seen=rest --unseen=a,b --model=my-encoder".
+# See docs/experiments.md.
+EXPERIMENT_CONFIG ?= experiments/cpu.json
+EXPERIMENT_ARGS ?=
+EXPERIMENT_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,/usr/bin/python3)
+experiment: build
+	EXPERIMENT_INVOKED_AS="make experiment$(if $(filter-out experiments/cpu.json,$(EXPERIMENT_CONFIG)), EXPERIMENT_CONFIG=$(EXPERIMENT_CONFIG))$(if $(EXPERIMENT_ARGS), EXPERIMENT_ARGS='$(EXPERIMENT_ARGS)')" \
+	  $(EXPERIMENT_PYTHON) scripts/experiment.py $(EXPERIMENT_CONFIG) --bin_dir=$(BUILD) --prepare \
+	  $(EXPERIMENT_ARGS)
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS) --timeout 600
@@ -107,4 +123,4 @@ test-pypi-torch: build-pypi-torch
 	ctest --test-dir build-pypi-torch --output-on-failure -j$(JOBS) --timeout 600
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan demo-run demo-text-run
+	rm -rf $(BUILD) build-asan build-tsan demo-run demo-text-run experiment-run

@@ -16,7 +16,8 @@ for g in "${GROUPS_WANTED[@]}"; do
   case "$g" in
     # python3-grpcio and python3-protobuf: the Python client (python/) uses Debian's, the
     # same gRPC 1.51 and Protobuf 3.21 as the C++ build, whose protoc and
-    # grpc_python_plugin generate its stubs; python3-pytest runs its tests.
+    # grpc_python_plugin generate its stubs; python3-pytest runs its tests;
+    # python3-matplotlib draws the plots of `make experiment` (scripts/experiment_report.py).
     build) PKGS+=(
       build-essential cmake pkg-config ninja-build
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
@@ -27,7 +28,7 @@ for g in "${GROUPS_WANTED[@]}"; do
       procps util-linux bsdutils passwd
       chromium chromium-driver python3-selenium curl
       python3 python3-venv python3-sklearn python3-numpy python3-torch
-      python3-yaml python3-grpcio python3-protobuf python3-pytest) ;;
+      python3-yaml python3-grpcio python3-protobuf python3-pytest python3-matplotlib) ;;
     # The compiler, its ASan/UBSan/TSan runtimes (not a dependency of clang-14), and
     # llvm-symbolizer for readable stacks in the reports.
     # `time` gives scripts/fuzz.sh the CPU seconds each fuzzer used.
