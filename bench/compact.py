@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What compact contributions save and cost: the same round fused from F32 uploads, BF16
-uploads and BF16 deltas, against the exact (float64) mean.
+uploads, 16-bit deltas and 8-bit deltas, against the exact (float64) mean.
 
 Usage: .venv/bin/python bench/compact.py [--mb 64] [--k 4] [--build build]
 Prints bytes sent per contribution and the fused-weight error (max and RMS absolute, and
@@ -53,8 +53,12 @@ def main():
         rows = []
         for name, extra in [("F32 full", []), ("BF16 full", ["--send_dtype=bf16"]),
                             ("BF16 delta", ["--encoding=delta", "--send_dtype=bf16"]),
-                            ("F16 delta", ["--encoding=delta", "--send_dtype=f16"])]:
-            d = f"{work}/{name.replace(' ', '_')}"
+                            ("F16 delta", ["--encoding=delta", "--send_dtype=f16"]),
+                            ("INT8 delta, B=32", ["--encoding=delta_int8", "--int8_block_size=32"]),
+                            ("INT8 delta, B=64", ["--encoding=delta_int8", "--int8_block_size=64"]),
+                            ("INT8 delta, B=128",
+                             ["--encoding=delta_int8", "--int8_block_size=128"])]:
+            d = f"{work}/{name.replace(' ', '_').replace(',', '').replace('=', '')}"
             os.makedirs(d)
             port_file = f"{d}/port"
             srv = subprocess.Popen([f"{a.build}/server/coldfused", f"--data_dir={d}/db",
@@ -91,10 +95,10 @@ def main():
             })
         print(f"model: {n * 1024 / 1e6:.1f} M params F32, K={a.k}, update std "
               f"{a.delta_scale} (weights std 1)")
-        print(f"{'contribution':12} {'bytes':>12} {'vs F32':>7} {'max |err|':>10} "
+        print(f"{'contribution':18} {'bytes':>12} {'vs F32':>7} {'max |err|':>10} "
               f"{'rms err':>10} {'rms err / rms update':>21}")
         for r in rows:
-            print(f"{r['encoding']:12} {r['bytes_per_contribution']:12d} "
+            print(f"{r['encoding']:18} {r['bytes_per_contribution']:12d} "
                   f"{r['bytes_vs_f32']:7.2f} {r['max_abs_error']:10.2e} "
                   f"{r['rms_abs_error']:10.2e} {r['rms_error_vs_rms_update']:21.2e}")
         print(json.dumps(rows))

@@ -24,9 +24,15 @@ size_t DTypeSize(DType dtype) {
       return 2;
     case v1::F64:
       return 8;
+    case v1::I8:
+      return 1;
     default:
       return 0;
   }
+}
+
+bool IsFloatDType(DType dtype) {
+  return dtype == v1::F32 || dtype == v1::F16 || dtype == v1::BF16 || dtype == v1::F64;
 }
 
 absl::string_view DTypeName(DType dtype) {
@@ -39,6 +45,8 @@ absl::string_view DTypeName(DType dtype) {
       return "BF16";
     case v1::F64:
       return "F64";
+    case v1::I8:
+      return "I8";
     default:
       return "UNSPECIFIED";
   }
@@ -142,6 +150,9 @@ void Decode(DType dtype, const void* src, size_t n, T* out) {
         std::memcpy(&b, p + 2 * i, 2);
         out[i] = static_cast<T>(dtype == v1::F16 ? HalfBitsToFloat(b) : Bf16BitsToFloat(b));
       }
+      break;
+    case v1::I8:
+      for (size_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<int8_t>(p[i]));
       break;
     default:
       break;

@@ -1,7 +1,10 @@
 #include "ctl/checkpoint_commands.h"
 
+#include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <iostream>
@@ -13,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/dtype.h"
+#include "common/int8_delta.h"
 #include "common/progress.h"
 #include "common/rpc/client.h"
 #include "common/safetensors.h"
@@ -79,6 +83,75 @@ class CheckpointSource final : public rpc::TensorSource {
   v1::Manifest manifest_;
   const SafetensorsFile* base_;
   std::vector<double> values_, base_values_;
+};
+
+// A DELTA_INT8 contribution (common/int8_delta.h): entry 2t holds the scales of
+// checkpoint tensor t's blocks, entry 2t + 1 its int8 values; each block's scale comes from
+// the whole block, wherever a read starts.
+class Int8DeltaSource final : public rpc::TensorSource {
+ public:
+  Int8DeltaSource(const Checkpoint* ckpt, std::vector<const SafetensorsEntry*> entries,
+                  const SafetensorsFile* base, uint32_t block)
+      : ckpt_(ckpt), entries_(std::move(entries)), base_(base), block_(block) {}
+
+  absl::Status Read(uint32_t t, uint64_t offset, uint64_t length, std::string* out) override {
+    const SafetensorsEntry& e = *entries_[t / 2];
+    const uint64_t n = NumElementsOf(e);
+    const bool scales = t % 2 == 0;
+    // Elements [first, last) of the blocks this read covers.
+    const uint64_t first_block = scales ? offset / 4 : offset / block_;
+    const uint64_t end_block =
+        scales ? (offset + length) / 4 : (offset + length + block_ - 1) / block_;
+    const uint64_t first = first_block * block_, last = std::min(n, end_block * block_);
+    RETURN_IF_ERROR(Deltas(e, first, last - first));
+    out->resize(length);
+    std::vector<int8_t> q(block_);
+    for (uint64_t b = first_block; b < end_block; ++b) {
+      const uint64_t b0 = b * block_, bn = std::min<uint64_t>(block_, n - b0);
+      const float s = Int8BlockScale(&d_[b0 - first], bn);
+      if (scales) {
+        std::memcpy(out->data() + (b - first_block) * 4, &s, 4);
+        continue;
+      }
+      QuantizeInt8Block(&d_[b0 - first], bn, s, q.data());
+      // The part of this block inside [offset, offset + length).
+      const uint64_t lo = std::max(b0, offset), hi = std::min(b0 + bn, offset + length);
+      for (uint64_t i = lo; i < hi; ++i) (*out)[i - offset] = static_cast<char>(q[i - b0]);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static uint64_t NumElementsOf(const SafetensorsEntry& e) {
+    uint64_t n = 1;
+    for (int64_t d : e.shape) n *= static_cast<uint64_t>(d);
+    return n;
+  }
+  // d_ = checkpoint − base over elements [first, first + n) of `e`, in double.
+  absl::Status Deltas(const SafetensorsEntry& e, uint64_t first, uint64_t n) {
+    const SafetensorsEntry* b = base_->Find(e.name);
+    if (b == nullptr) return absl::NotFoundError(absl::StrCat("base lacks ", e.name));
+    d_.resize(n);
+    base_values_.resize(n);
+    DecodeToDouble(e.dtype, ckpt_->Data(e).data() + first * DTypeSize(e.dtype), n, d_.data());
+    DecodeToDouble(b->dtype, base_->Data(*b).data() + first * DTypeSize(b->dtype), n,
+                   base_values_.data());
+    for (uint64_t i = 0; i < n; ++i) {
+      d_[i] -= base_values_[i];
+      if (!std::isfinite(d_[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", e.name, "' minus the base is not finite at element ",
+                         first + i, ": a diverged run cannot be sent"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const Checkpoint* ckpt_;
+  std::vector<const SafetensorsEntry*> entries_;
+  const SafetensorsFile* base_;
+  uint32_t block_;
+  std::vector<double> d_, base_values_;
 };
 
 // Discards a pulled base (pull measures and verifies only).
@@ -189,7 +262,11 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   header.set_task(o.task);
   header.set_num_examples(o.num_examples);
   for (const auto& [name, value] : o.metrics) (*header.mutable_metrics())[name] = value;
-  header.set_encoding(o.delta ? v1::DELTA : v1::FULL);
+  header.set_encoding(o.int8_block > 0 ? v1::DELTA_INT8 : (o.delta ? v1::DELTA : v1::FULL));
+  if (o.int8_block > 0) {
+    RETURN_IF_ERROR(CheckInt8BlockSize(o.int8_block));
+    header.set_int8_block_size(o.int8_block);
+  }
   header.set_upload_id(rpc::NewUploadId());
   std::vector<const SafetensorsEntry*> entries;
   for (const auto& spec : round.manifest().tensors()) {
@@ -200,7 +277,7 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
                                                      "from this model?"));
     }
     v1::TensorSpec mine = SpecOf(*e, forced != v1::DTYPE_UNSPECIFIED ? forced : e->dtype);
-    if (DTypeSize(e->dtype) == 0) {
+    if (!IsFloatDType(e->dtype)) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", e->name, "' is ", e->dtype_name, ", not a float"));
     }
@@ -229,7 +306,15 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
     ASSIGN_OR_RETURN(base, SafetensorsFile::Open(base_path));
     (void)pulled;
   }
-  CheckpointSource source(ckpt.get(), entries, header.manifest(), base.get());
+  CheckpointSource full_source(ckpt.get(), entries, header.manifest(), base.get());
+  std::unique_ptr<Int8DeltaSource> int8_source;
+  if (o.int8_block > 0) {
+    ASSIGN_OR_RETURN(*header.mutable_manifest(),
+                     Int8DeltaManifest(header.manifest(), o.int8_block));
+    int8_source = std::make_unique<Int8DeltaSource>(ckpt.get(), entries, base.get(), o.int8_block);
+  }
+  rpc::TensorSource& source =
+      int8_source ? static_cast<rpc::TensorSource&>(*int8_source) : full_source;
   ASSIGN_OR_RETURN(uint64_t bytes, TotalBytes(header.manifest()));
   rpc::TransferStats stats;
   auto start = std::chrono::steady_clock::now();
@@ -242,8 +327,10 @@ absl::Status PushCheckpoint(const std::shared_ptr<grpc::Channel>& channel, const
   std::cout << absl::StrFormat(
       "contribution %d to round %d accepted: %d bytes%s in %.2f s (%.1f MB/s), %d attempt(s), "
       "%d bytes on the wire%s\n",
-      receipt->contribution_id(), receipt->round(), bytes, o.delta ? " (delta)" : "", secs,
-      bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire,
+      receipt->contribution_id(), receipt->round(), bytes,
+      o.int8_block > 0 ? absl::StrCat(" (8-bit delta, ", o.int8_block, " values per scale)")
+                       : (o.delta ? " (delta)" : ""),
+      secs, bytes / secs / 1e6, stats.attempts, stats.bytes_on_wire,
       from != round.base_version()
           ? absl::StrCat("; trained from base v", from, ", fused as a stale contribution")
           : "");

@@ -34,8 +34,9 @@ struct PushOptions {
   std::string contributor;  // with tokens, the server uses the token's name instead
   std::string task;
   uint64_t num_examples = 0;
-  bool delta = false;      // send checkpoint minus the base
-  std::string send_dtype;  // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
+  bool delta = false;       // send checkpoint minus the base
+  uint32_t int8_block = 0;  // with delta: as DELTA_INT8 with this many values per scale
+  std::string send_dtype;   // "", f32, f16, bf16, f64 ("": the checkpoint's own dtype)
   // The base version the checkpoint was fine-tuned from; -1: the current base. An older
   // one is fused as a stale contribution (its change from that base), if the server's
   // --max_staleness allows it.

@@ -111,7 +111,10 @@ ABSL_FLAG(std::string, checkpoint, "", "push: the fine-tuned safetensors checkpo
 ABSL_FLAG(uint64_t, num_examples, 0, "push: training examples behind the checkpoint");
 ABSL_FLAG(std::string, task, "",
           "push: task name reported with the contribution; evals: only this task's scores");
-ABSL_FLAG(std::string, encoding, "full", "push: full (the values) or delta (minus the base)");
+ABSL_FLAG(std::string, encoding, "full",
+          "push: full (the values), delta (minus the base) or delta_int8 (minus the base, in "
+          "8 bits with one scale per --int8_block_size values: about a quarter of F32)");
+ABSL_FLAG(uint32_t, int8_block_size, 64, "push --encoding=delta_int8: values per scale (8..65536)");
 ABSL_FLAG(std::string, metrics, "",
           "push: scores reported with the contribution, NAME=VALUE,... (e.g. "
           "accuracy_before=0.61,accuracy_after=0.83; shown by `round N` and the dashboard)");
@@ -162,7 +165,8 @@ Commands:
                       base v0 from a safetensors checkpoint (a file, a folder, or a
                       sharded model.safetensors.index.json); only shared tensors are sent
   push --checkpoint=PATH --num_examples=N [--name=ME] [--task=T]
-       [--encoding=full|delta] [--send_dtype=bf16|f16|f32|f64] [--version=FROM]
+       [--encoding=full|delta|delta_int8] [--int8_block_size=64]
+       [--send_dtype=bf16|f16|f32|f64] [--version=FROM]
        [--metrics=NAME=VALUE,...]
                       contribute a checkpoint fine-tuned elsewhere (resumable), from
                       base FROM (default: the current base)
@@ -851,10 +855,17 @@ absl::Status Run(const std::vector<char*>& args) {
     o.task = absl::GetFlag(FLAGS_task);
     o.num_examples = absl::GetFlag(FLAGS_num_examples);
     const std::string enc = absl::GetFlag(FLAGS_encoding);
-    if (enc != "full" && enc != "delta") {
-      return absl::InvalidArgumentError("--encoding must be full or delta");
+    if (enc != "full" && enc != "delta" && enc != "delta_int8") {
+      return absl::InvalidArgumentError("--encoding must be full, delta or delta_int8");
     }
-    o.delta = enc == "delta";
+    o.delta = enc != "full";
+    if (enc == "delta_int8") {
+      o.int8_block = absl::GetFlag(FLAGS_int8_block_size);
+      if (!absl::GetFlag(FLAGS_send_dtype).empty()) {
+        return absl::InvalidArgumentError(
+            "--send_dtype does not apply to --encoding=delta_int8 (its values are 8-bit)");
+      }
+    }
     o.send_dtype = absl::GetFlag(FLAGS_send_dtype);
     o.from_base = absl::GetFlag(FLAGS_version);
     ASSIGN_OR_RETURN(o.metrics, ParseMetrics(absl::GetFlag(FLAGS_metrics)));

@@ -54,7 +54,8 @@ def num_elements(shape: Iterable[int]) -> int:
 
 
 def byte_length(spec) -> int:
-    return num_elements(spec.shape) * DTYPES[spec.dtype][1]
+    size = 1 if spec.dtype == tensor_pb2.I8 else DTYPES[spec.dtype][1]
+    return num_elements(spec.shape) * size
 
 
 # -- conversions (to and from float64, as common/dtype.cc)
@@ -104,6 +105,25 @@ def encode(values: np.ndarray, code: int) -> np.ndarray:
     if code == tensor_pb2.F16:
         return f.astype("<f2")
     return f32_to_bf16_bits(f)
+
+
+def quantize_int8(d: np.ndarray, block: int) -> Tuple[np.ndarray, np.ndarray]:
+    """8-bit deltas (docs/protocol.md "8-bit deltas"), exactly as common/int8_delta.cc:
+    per block of `block` values of the float64 deltas `d`, s = f32(max|d| / 127), and
+    q = clamp(rint(d / s), -127, 127) (ties to even; 0 where s is 0). Returns (s as
+    float32, q as int8)."""
+    d = np.ascontiguousarray(d, dtype=np.float64).reshape(-1)
+    if not np.isfinite(d).all():
+        raise ValueError("a delta holds a NaN or infinity: a diverged run cannot be sent")
+    n = d.size
+    blocks = (n + block - 1) // block
+    padded = np.zeros(blocks * block)
+    padded[:n] = np.abs(d)
+    s = (padded.reshape(blocks, block).max(axis=1) / 127.0).astype(np.float32)
+    per_value = np.repeat(s.astype(np.float64), block)[:n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(per_value == 0, 0.0, np.rint(d / per_value))
+    return s, np.clip(q, -127, 127).astype(np.int8)
 
 
 def convert(raw: np.ndarray, src: int, dst: int) -> np.ndarray:

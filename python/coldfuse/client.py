@@ -352,20 +352,26 @@ class Client:
              task: str = "", metrics: Optional[Mapping[str, float]] = None,
              from_base: Optional[int] = None, encoding: str = "full",
              send_dtype: Optional[str] = None, name: str = "", upload_id: Optional[str] = None,
-             progress: Optional[Progress] = None) -> PushResult:
+             progress: Optional[Progress] = None, int8_block_size: int = 64) -> PushResult:
         """Contributes fine-tuned shared tensors to the open round.
 
         tensors: {name: numpy array or torch tensor} (e.g. a model's state_dict), a
         safetensors file, or a folder with model.safetensors (or a sharded index). Names
         and shapes must be the base's (extra names are ignored, missing ones are an error
         listing them). from_base: the base version it was fine-tuned from (default: the
-        current one; an older one is fused as a stale contribution). encoding: "full" or
-        "delta" (minus that base, pulled for the purpose). send_dtype: f32, f16, bf16 or
-        f64 (default: each tensor's own). The upload resumes after a broken connection or a
+        current one; an older one is fused as a stale contribution). encoding: "full",
+        "delta" (minus that base, pulled for the purpose) or "delta_int8" (that delta in 8
+        bits, one float32 scale per `int8_block_size` values: about a quarter of F32).
+        send_dtype: f32, f16, bf16 or f64 (default: each tensor's own; not with
+        delta_int8). The upload resumes after a broken connection or a
         server restart; pass the same `upload_id` to resume one a crashed process began.
         """
-        if encoding not in ("full", "delta"):
-            raise ValueError("encoding must be 'full' or 'delta'")
+        if encoding not in ("full", "delta", "delta_int8"):
+            raise ValueError("encoding must be 'full', 'delta' or 'delta_int8'")
+        if encoding == "delta_int8" and send_dtype:
+            raise ValueError("send_dtype does not apply to delta_int8 (its values are 8-bit)")
+        if encoding == "delta_int8" and not 8 <= int8_block_size <= 65536:
+            raise ValueError("int8_block_size must be 8 to 65536 (64 is a good default)")
         if num_examples <= 0:
             raise ValueError("num_examples must be > 0: how many examples trained it")
         forced = _codec.parse_dtype(send_dtype) if send_dtype else None
@@ -377,7 +383,7 @@ class Client:
         try:
             # Names and shapes first: a mismatch is said before a base is pulled for a delta.
             plan = source.plan(round_info.manifest, forced, None)
-            if encoding == "delta":
+            if encoding in ("delta", "delta_int8"):
                 fd, base_tmp = tempfile.mkstemp(prefix="coldfuse-base-", suffix=".safetensors")
                 os.close(fd)
                 self.pull(base_tmp, base_version)
@@ -385,11 +391,15 @@ class Client:
             header = coldfuse_pb2.ContributionHeader(
                 round=round_info.round, base_version=base_version, contributor=name, task=task,
                 num_examples=num_examples, upload_id=upload_id or new_upload_id(),
-                encoding=coldfuse_pb2.DELTA if encoding == "delta" else coldfuse_pb2.FULL)
+                encoding={"full": coldfuse_pb2.FULL, "delta": coldfuse_pb2.DELTA,
+                          "delta_int8": coldfuse_pb2.DELTA_INT8}[encoding])
+            if encoding == "delta_int8":
+                header.int8_block_size = int8_block_size
             for k, v in (metrics or {}).items():
                 header.metrics[k] = float(v)
             if base_file is not None:
-                plan = source.plan(round_info.manifest, forced, base_file)
+                plan = source.plan(round_info.manifest, forced, base_file,
+                                   int8_block_size if encoding == "delta_int8" else 0)
             for spec in plan.specs:
                 header.manifest.tensors.append(spec)
             resume = None
@@ -752,7 +762,7 @@ class _Source:
         return cls(lookup_map, list(tensors), "the tensors given")
 
     def plan(self, manifest: tensor_pb2.Manifest, forced: Optional[int],
-             base: Optional[_codec.SafetensorsFile]) -> _Plan:
+             base: Optional[_codec.SafetensorsFile], int8_block: int = 0) -> _Plan:
         specs: List[tensor_pb2.TensorSpec] = []
         produce: List[Callable[[], np.ndarray]] = []
         missing, wrong = [], []
@@ -766,11 +776,34 @@ class _Source:
                 wrong.append(f"{want.name} is {list(shape)}, the base's is {list(want.shape)}")
                 continue
             sent = forced if forced is not None else code
-            specs.append(tensor_pb2.TensorSpec(name=want.name, dtype=sent, shape=want.shape))
-
             if base is not None and want.name not in base.entries:
                 missing.append(f"{want.name} (in the base pulled for the delta)")
                 continue
+            if int8_block:
+                # The scales (F32, one per block), then the int8 values: quantised once,
+                # when the scales are made, kept for the values that follow.
+                n = _codec.num_elements(want.shape)
+                specs.append(tensor_pb2.TensorSpec(name=want.name + "#scale",
+                                                   dtype=tensor_pb2.F32,
+                                                   shape=[(n + int8_block - 1) // int8_block]))
+                specs.append(tensor_pb2.TensorSpec(name=want.name, dtype=tensor_pb2.I8,
+                                                   shape=want.shape))
+                held: Dict[str, np.ndarray] = {}
+
+                def scales(raw=raw, code=code, name=want.name, held=held) -> np.ndarray:
+                    b = base.entries[name]
+                    diff = _codec.to_float64(raw(), code).reshape(-1) - \
+                        _codec.to_float64(base.raw(name), b.dtype).reshape(-1)
+                    s, held["q"] = _codec.quantize_int8(diff, int8_block)
+                    return s.astype("<f4").view(np.uint8)
+
+                def values(held=held, scales=scales) -> np.ndarray:
+                    if "q" not in held:  # a resumed upload may start at the values
+                        scales()
+                    return held.pop("q").view(np.uint8)
+                produce.extend([scales, values])
+                continue
+            specs.append(tensor_pb2.TensorSpec(name=want.name, dtype=sent, shape=want.shape))
 
             def make(raw=raw, code=code, sent=sent, name=want.name) -> np.ndarray:
                 values = raw()

@@ -97,7 +97,9 @@ def test_a_push_from_python_stores_what_coldfusectl_push_stores(make_server, tmp
         for flags, kw in ((["--encoding=full"], {}),
                           (["--send_dtype=bf16"], {"send_dtype": "bf16"}),
                           (["--encoding=delta", "--send_dtype=f16"],
-                           {"encoding": "delta", "send_dtype": "f16"})):
+                           {"encoding": "delta", "send_dtype": "f16"}),
+                          (["--encoding=delta_int8", "--int8_block_size=32"],
+                           {"encoding": "delta_int8", "int8_block_size": 32})):
             for as_dict in (False, True):
                 # Other weights each time: the server refuses the same upload twice.
                 path = str(tmp_path / f"tuned-{len(flags)}-{flags[-1]}-{as_dict}.safetensors")
@@ -115,6 +117,7 @@ def test_a_push_from_python_stores_what_coldfusectl_push_stores(make_server, tmp
                 assert [t.dtype for t in by_py.manifest.tensors] == \
                     [t.dtype for t in by_ctl.manifest.tensors], what
                 assert by_py.trained_from_base == by_ctl.trained_from_base == 0, what
+                assert by_py.int8_block_size == by_ctl.int8_block_size, what
     viewer.close()
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from coldfuse import _codec
+from coldfuse.v1 import coldfuse_pb2
 
 import fusion_reference as ref
 
@@ -24,8 +25,9 @@ class Run:
     """One server and the reference's view of its bases."""
 
     def __init__(self, make_server, tmp_path, method, init_flags, base_dtype="F32",
-                 **options):
+                 int8=False, **options):
         self.tmp = tmp_path
+        self.int8 = int8  # the script's deltas as 8-bit deltas
         self.method = method
         self.options = options
         self.rng = np.random.default_rng(13)
@@ -45,18 +47,40 @@ class Run:
         with self.server.client("eve") as c:
             self.order = [t.name for t in c.status().model.manifest.tensors]
         self.pending = {}
+        self.blocks = {}  # who -> the int8 block size of their pending push
 
-    def push(self, who, version, *, delta=False, send_dtype=None, scale=1e-2):
+    def push(self, who, version, *, delta=False, send_dtype=None, scale=1e-2, int8_block=0):
         """`who` contributes a model fine-tuned from base `version` (random here)."""
+        if self.int8 and delta:
+            int8_block, send_dtype = (32 if send_dtype else 100), None
         base = self.bases[version].values
         x = {n: (base[n] + scale * self.rng.standard_normal(base[n].size)).astype(np.float32)
              for n in SHAPES}
         path = self.tmp / f"{who}.safetensors"
         _codec.write_safetensors(str(path), {n: (_codec.BY_NAME["F32"], x[n].reshape(SHAPES[n]))
                                              for n in SHAPES})
+        encoding = "delta_int8" if int8_block else ("delta" if delta else "full")
         with self.server.client(who) as c:
-            c.push(str(path), num_examples=EXAMPLES[who], from_base=version,
-                   encoding="delta" if delta else "full", send_dtype=send_dtype)
+            pushed = c.push(str(path), num_examples=EXAMPLES[who], from_base=version,
+                            encoding=encoding, send_dtype=send_dtype,
+                            int8_block_size=int8_block or 64)
+        if int8_block:
+            # The server decodes u = q·s (exact in double); within half a scale of d.
+            sent = {}
+            for n in SHAPES:
+                d = x[n].astype(np.float64) - base[n]
+                s, q = _codec.quantize_int8(d, int8_block)
+                s64 = np.repeat(s.astype(np.float64), int8_block)[:d.size]
+                sent[n] = q.astype(np.float64) * s64
+                assert np.all(np.abs(sent[n] - d) <= 0.5 * s64 * (1 + 1e-12))
+            # A quarter of F32 and its scales: 1 + 4/B bytes per value.
+            assert pushed.bytes == sum(_codec.num_elements(v) + 4 * (
+                (_codec.num_elements(v) + int8_block - 1) // int8_block) for v in SHAPES.values())
+            self.blocks[who] = int8_block
+            self.pending[who] = (version, ref.Contribution(
+                sent=sent, sent_dtype={n: _codec.BY_NAME["F64"] for n in SHAPES}, delta=True,
+                num_examples=EXAMPLES[who]))
+            return
         sent_code = _codec.BY_NAME[send_dtype.upper()] if send_dtype else _codec.BY_NAME["F32"]
         sent = {}
         for n in SHAPES:
@@ -75,6 +99,9 @@ class Run:
             for ci in info.contributions:  # ascending id: the rules' order
                 version, contribution = self.pending.pop(ci.contributor)
                 assert ci.trained_from_base == version
+                block = self.blocks.pop(ci.contributor, 0)
+                assert ci.int8_block_size == block
+                assert (ci.encoding == coldfuse_pb2.DELTA_INT8) == (block > 0)
                 if version != round_base:
                     contribution.trained_from = self.bases[version].values
                     contribution.weight = ci.staleness_weight
@@ -115,7 +142,7 @@ class Run:
         self.server.start()
         self.push("alice", 1)
         self.push("bob", 1)
-        self.push("carol", 0)  # stale: trained from v0, fused into v2 with weight 2^-0.5
+        self.push("carol", 0, delta=self.int8)  # stale: from v0, fused into v2 × 2^-0.5
         self.fuse(2, 1, optimizer)
         self.push("alice", 2)
         self.push("bob", 2, delta=True, send_dtype="bf16")
@@ -194,4 +221,16 @@ def test_a_merging_method_follows_the_rules(make_server, tmp_path, method, outer
     optimizer = (ref.Optimizer("plain") if outer == "plain"
                  else ref.Optimizer("nesterov", lr=0.7, momentum=0.9))
     run = Run(make_server, tmp_path, method, flags + [f"--outer_optimizer={outer}"], **options)
+    run.script(optimizer)
+
+
+@pytest.mark.parametrize("method,outer", [("mean", "plain"), ("median", "plain"),
+                                          ("mean", "nesterov")])
+def test_8bit_deltas_fuse_as_their_decoded_values(make_server, tmp_path, method, outer):
+    """The script's deltas (a stale one included) sent as DELTA_INT8 with blocks of 32 and
+    100 values (a partial last block): every base is the rules' over q·s."""
+    flags, options = PLAIN_METHODS[method]
+    optimizer = None if outer == "plain" else ref.Optimizer("nesterov", lr=0.7, momentum=0.9)
+    run = Run(make_server, tmp_path, method, flags + [f"--outer_optimizer={outer}"], int8=True,
+              **options)
     run.script(optimizer)

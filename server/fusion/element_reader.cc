@@ -15,11 +15,30 @@ ElementReader::ElementReader(DType dtype, uint64_t num_elements, ChunkFn read)
       per_chunk_(kChunkBytes / DTypeSize(dtype)),
       read_(std::move(read)) {}
 
+ElementReader::ElementReader(uint64_t num_elements, ChunkFn read, ChunkFn read_scales,
+                             uint32_t block)
+    : ElementReader(v1::I8, num_elements, std::move(read)) {
+  block_ = block;
+  scales_ = std::make_unique<ElementReader>(v1::F32, (num_elements + block - 1) / block,
+                                            std::move(read_scales));
+}
+
 absl::Status ElementReader::Read(uint64_t begin, uint64_t n, double* out) {
   if (begin > num_elements_ || n > num_elements_ - begin) {
     return absl::OutOfRangeError(
         absl::StrCat("elements [", begin, ", ", begin + n, ") past the end (", num_elements_, ")"));
   }
+  RETURN_IF_ERROR(ReadRaw(begin, n, out));
+  if (block_ > 0 && n > 0) {
+    const uint64_t first = begin / block_, last = (begin + n - 1) / block_;
+    scale_values_.resize(last - first + 1);
+    RETURN_IF_ERROR(scales_->Read(first, last - first + 1, scale_values_.data()));
+    for (uint64_t i = 0; i < n; ++i) out[i] = out[i] * scale_values_[(begin + i) / block_ - first];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ElementReader::ReadRaw(uint64_t begin, uint64_t n, double* out) {
   while (n > 0) {
     const uint64_t chunk = begin / per_chunk_;
     if (static_cast<int64_t>(chunk) != cached_index_) {

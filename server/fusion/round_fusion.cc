@@ -41,8 +41,8 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
   };
   auto state = std::make_shared<State>();
   return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base, stale,
-          read_from = c.read_trained_from,
-          weight = c.weight](size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
+          read_from = c.read_trained_from, weight = c.weight, int8 = c.int8_block_size](
+             size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
     if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
       return absl::OutOfRangeError(absl::StrCat("no tensor #", t, " in the base"));
     }
@@ -64,9 +64,15 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
         // A reader dropped too early is made again when asked for: only a re-read.
         state->readers.erase(state->readers.begin(),
                              state->readers.lower_bound(t == 0 ? 0 : t - 1));
-        reader = std::make_unique<ElementReader>(
-            sent.tensors(t).dtype(), total,
-            [read, t](uint64_t stored_chunk) { return read(0, t, stored_chunk); });
+        if (int8 > 0) {
+          reader = std::make_unique<ElementReader>(
+              total, [read, t](uint64_t stored) { return read(0, 2 * t + 1, stored); },
+              [read, t](uint64_t stored) { return read(0, 2 * t, stored); }, int8);
+        } else {
+          reader = std::make_unique<ElementReader>(
+              sent.tensors(t).dtype(), total,
+              [read, t](uint64_t stored_chunk) { return read(0, t, stored_chunk); });
+        }
       }
       RETURN_IF_ERROR(reader->Read(begin, n, values.data()));
     }

@@ -36,6 +36,9 @@ struct ContributionSource {
   double weight = 1.0;
   // Its contribution id (the seed of its DARE mask).
   uint64_t id = 0;
+  // DELTA_INT8 (then `delta` is true too): elements per scale. Its stored entries are,
+  // per base tensor t, the scales (2t) and the int8 values (2t + 1).
+  uint32_t int8_block_size = 0;
 };
 
 // A reader of `c` in the base's dtype and chunk grid (k ignored): `c.read` itself when

@@ -23,6 +23,13 @@ ElementReader& UpdateReader::ReaderLocked(int which, uint32_t t) {
         which == 0 ? c_.manifest.tensors(t).dtype() : base_manifest_.tensors(t).dtype();
     const uint64_t total = NumElements(base_manifest_.tensors(t)).value_or(0);
     const ChunkReader& read = which == 0 ? c_.read : c_.read_trained_from;
+    if (which == 0 && c_.int8_block_size > 0) {
+      // Scales at 2t, values at 2t + 1: q·s.
+      slot = std::make_unique<ElementReader>(
+          total, [read, t](uint64_t chunk) { return read(0, 2 * t + 1, chunk); },
+          [read, t](uint64_t chunk) { return read(0, 2 * t, chunk); }, c_.int8_block_size);
+      return *slot;
+    }
     slot = std::make_unique<ElementReader>(dtype, total,
                                            [read, t](uint64_t chunk) { return read(0, t, chunk); });
     return *slot;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/int8_delta.h"
 #include "common/logging.h"
 #include "common/names.h"
 #include "common/printable.h"
@@ -35,8 +36,14 @@ absl::Status CheckHeader(const v1::ContributionHeader& h) {
     if (!ok) return absl::InvalidArgumentError("upload_id must be 8 to 64 of A-Z a-z 0-9 _ -");
   }
   if (h.encoding() != v1::ENCODING_UNSPECIFIED && h.encoding() != v1::FULL &&
-      h.encoding() != v1::DELTA) {
-    return absl::InvalidArgumentError("unknown encoding: use FULL or DELTA");
+      h.encoding() != v1::DELTA && h.encoding() != v1::DELTA_INT8) {
+    return absl::InvalidArgumentError("unknown encoding: use FULL, DELTA or DELTA_INT8");
+  }
+  if (h.encoding() == v1::DELTA_INT8) {
+    RETURN_IF_ERROR(CheckInt8BlockSize(h.int8_block_size()));
+  } else if (h.int8_block_size() != 0) {
+    return absl::InvalidArgumentError(
+        "int8_block_size is set, but the encoding is not DELTA_INT8: leave it 0");
   }
   if (h.num_examples() == 0) {
     return absl::InvalidArgumentError(
@@ -69,11 +76,23 @@ std::string HeaderKey(v1::ContributionHeader h) {
   return out;
 }
 
-// Names, shapes and order must match the base; dtypes may be any float type.
-absl::Status CheckContributionManifest(const v1::Manifest& base, const v1::Manifest& got) {
+// Names, shapes and order must match the base; dtypes may be any float type. A DELTA_INT8
+// contribution sends each tensor's scales and then its int8 values (int8_delta.h).
+absl::Status CheckContributionManifest(const v1::ContributionHeader& h, const v1::Manifest& base) {
+  const v1::Manifest& got = h.manifest();
+  if (h.encoding() == v1::DELTA_INT8) {
+    ASSIGN_OR_RETURN(v1::Manifest want, Int8DeltaManifest(base, h.int8_block_size()));
+    if (got.tensors_size() != want.tensors_size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a DELTA_INT8 manifest lists ", want.tensors_size(),
+                       " tensors (each of the base's ", base.tensors_size(),
+                       " as NAME#scale, F32, then NAME, I8); this one lists ", got.tensors_size()));
+    }
+    return CheckManifestMatches(want, got);
+  }
   v1::Manifest same_dtypes = got;
   for (int i = 0; i < same_dtypes.tensors_size() && i < base.tensors_size(); ++i) {
-    if (DTypeSize(got.tensors(i).dtype()) == 0) {
+    if (!IsFloatDType(got.tensors(i).dtype())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", got.tensors(i).name(), "' has no float dtype: send F32, F16, BF16 or F64"));
     }
@@ -106,6 +125,8 @@ struct ContributionIntake::Stream {
   // Per tensor, made on first use: the base's elements for a contribution sent in
   // another dtype (another chunk grid).
   std::vector<std::unique_ptr<fusion::ElementReader>> base;
+  // DELTA_INT8, per base tensor, made on first use: its stored scales.
+  std::vector<std::unique_ptr<fusion::ElementReader>> int8;
 };
 
 ContributionIntake::ContributionIntake(storage::Store* store, RoundManager* rounds,
@@ -240,7 +261,7 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
   absl::Status st = [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckHeader(header));
     ASSIGN_OR_RETURN(stream->open, rounds_->CheckAdmission(header));
-    RETURN_IF_ERROR(CheckContributionManifest(stream->open.base_manifest, header.manifest()));
+    RETURN_IF_ERROR(CheckContributionManifest(header, stream->open.base_manifest));
     absl::MutexLock l(&mu_);
     return AdmitLocked(header, stream->open, stream.get());
   }();
@@ -262,11 +283,14 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
     }
   }
   stream->base.resize(header.manifest().tensors_size());
+  stream->int8.resize(header.manifest().tensors_size());
   // Each chunk (as sent): reject non-finite values, add to the update's norm, store,
   // and (resumable uploads) record how far the stored data goes.
   auto sink = [this, stream](uint32_t t, uint64_t c, absl::string_view data) -> absl::Status {
     const v1::TensorSpec& spec = stream->header.manifest().tensors(t);
-    const v1::TensorSpec& bspec = stream->open.base_manifest.tensors(t);
+    const uint32_t int8_block = stream->header.int8_block_size();
+    // The base tensor this entry belongs to (DELTA_INT8: two entries per tensor).
+    const v1::TensorSpec& bspec = stream->open.base_manifest.tensors(int8_block > 0 ? t / 2 : t);
     const uint64_t round = stream->upload_round;
     const size_t esize = DTypeSize(spec.dtype());
     const uint64_t n = data.size() / esize;
@@ -281,7 +305,39 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> ContributionIntake::Begin(
           DTypeName(spec.dtype()), " as the manifest says"));
     }
     double sum_sq = 0;
-    if (!delta && spec.dtype() == bspec.dtype()) {
+    if (int8_block > 0 && t % 2 == 0) {
+      // Scales: finite (checked above) and not negative.
+      std::vector<double> scales(n);
+      DecodeToDouble(v1::F32, data.data(), n, scales.data());
+      for (uint64_t i = 0; i < n; ++i) {
+        if (std::signbit(scales[i])) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "scale ", c * (kChunkBytes / esize) + i, " of '", bspec.name(), "' is ", scales[i],
+              ": an 8-bit delta's scales are max|d| / 127, never negative"));
+        }
+      }
+    } else if (int8_block > 0) {
+      // Values: the update is q·s, with the scales stored before them (this stream, or
+      // the one it resumes).
+      auto& reader = stream->int8[t / 2];
+      if (reader == nullptr) {
+        ASSIGN_OR_RETURN(uint64_t elements, NumElements(bspec));
+        reader = std::make_unique<fusion::ElementReader>(
+            v1::F32, (elements + int8_block - 1) / int8_block,
+            [store = store_, round, id = stream->id, t](uint64_t chunk) {
+              return store->GetContributionChunk(round, id, t - 1, chunk);
+            });
+      }
+      const uint64_t begin = c * kChunkBytes;  // one byte per element
+      const uint64_t first = begin / int8_block, last = (begin + n - 1) / int8_block;
+      std::vector<double> values(n), scales(last - first + 1);
+      DecodeToDouble(v1::I8, data.data(), n, values.data());
+      RETURN_IF_ERROR(reader->Read(first, scales.size(), scales.data()));
+      for (uint64_t i = 0; i < n; ++i) {
+        const double u = values[i] * scales[(begin + i) / int8_block - first];
+        sum_sq += u * u;
+      }
+    } else if (!delta && spec.dtype() == bspec.dtype()) {
       // Sent as the base is stored: the same chunk grid, one pass over both buffers.
       // The update's norm is against the base it was trained from.
       ASSIGN_OR_RETURN(std::string base, store_->GetBaseChunk(stream->open.trained_from, t, c,
@@ -366,7 +422,8 @@ absl::StatusOr<UploadResult> ContributionIntake::Commit(const std::shared_ptr<St
   info.set_received_unix_ms(clock_->NowUnixMs());
   info.set_delta_norm(std::sqrt(stream->progress.sum_sq));
   info.set_state(v1::ACCEPTED);
-  info.set_encoding(header.encoding() == v1::DELTA ? v1::DELTA : v1::FULL);
+  info.set_encoding(header.encoding() == v1::ENCODING_UNSPECIFIED ? v1::FULL : header.encoding());
+  info.set_int8_block_size(header.int8_block_size());
   *info.mutable_manifest() = header.manifest();
   info.set_trained_from_base(header.base_version());
   info.set_upload_round(stream->upload_round);

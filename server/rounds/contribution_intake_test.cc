@@ -5,12 +5,15 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/int8_delta.h"
 #include "server/rounds/rounds_test_fixture.h"
 
 namespace coldfuse::rounds {
@@ -453,6 +456,113 @@ TEST_F(ContributionIntakeTest, DeltaNormIsTheL2NormOfTheUpdate) {
   EXPECT_EQ(ContributionOf(1, "carol").delta_norm(), 0.0);
   Restart();
   EXPECT_NEAR(ContributionOf(1, "alice").delta_norm(), want_a, 1e-12 * want_a);
+}
+
+// `x` minus base v0 as DELTA_INT8 tensors (scales, then values, per tensor) with
+// `block` values per scale; `decoded` gets q·s per tensor.
+std::vector<HostTensor> Int8Delta(const std::vector<HostTensor>& x,
+                                  const std::vector<HostTensor>& base, uint32_t block,
+                                  std::vector<std::vector<double>>* decoded) {
+  std::vector<HostTensor> out;
+  for (size_t t = 0; t < x.size(); ++t) {
+    std::vector<float> xv = ValuesOf<float>(x[t].data), bv = ValuesOf<float>(base[t].data);
+    const size_t n = xv.size(), blocks = (n + block - 1) / block;
+    std::vector<double> d(n);
+    for (size_t i = 0; i < n; ++i) d[i] = static_cast<double>(xv[i]) - bv[i];
+    HostTensor scales, values;
+    scales.spec.set_name(x[t].spec.name() + "#scale");
+    scales.spec.set_dtype(v1::F32);
+    scales.spec.add_shape(static_cast<int64_t>(blocks));
+    values.spec = x[t].spec;
+    values.spec.set_dtype(v1::I8);
+    values.data.resize(n);
+    decoded->emplace_back(n);
+    for (size_t b = 0; b < blocks; ++b) {
+      const size_t b0 = b * block, bn = std::min<size_t>(block, n - b0);
+      const float s = Int8BlockScale(&d[b0], bn);
+      scales.data.append(reinterpret_cast<const char*>(&s), 4);
+      QuantizeInt8Block(&d[b0], bn, s, reinterpret_cast<int8_t*>(&values.data[b0]));
+      for (size_t i = b0; i < b0 + bn; ++i) {
+        decoded->back()[i] = static_cast<int8_t>(values.data[i]) * static_cast<double>(s);
+      }
+    }
+    out.push_back(scales);
+    out.push_back(values);
+  }
+  return out;
+}
+
+// An 8-bit delta is accepted with the norm of its decoded update and fused as base + q·s;
+// malformed ones are refused at the header or at the data, storing nothing.
+TEST_F(ContributionIntakeTest, An8BitDeltaIsFusedAsItsDecodedUpdate) {
+  Init();
+  const std::vector<HostTensor> x = Body(kSpec, 2);
+  std::vector<std::vector<double>> decoded;
+  const std::vector<HostTensor> sent = Int8Delta(x, base0_, 8, &decoded);
+  v1::ContributionHeader h = Header("alice");
+  h.set_encoding(v1::DELTA_INT8);
+  h.set_int8_block_size(8);
+  *h.mutable_manifest() = *Int8DeltaManifest(h.manifest(), 8);
+
+  struct Case {
+    const char* what;
+    std::function<void(v1::ContributionHeader*)> edit;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"block of 7", [](v1::ContributionHeader* b) { b->set_int8_block_size(7); }},
+           {"block without DELTA_INT8",
+            [](v1::ContributionHeader* b) { b->set_encoding(v1::DELTA); }},
+           {"the manifest of another block",
+            [](v1::ContributionHeader* b) { b->set_int8_block_size(16); }},
+           {"values before scales",
+            [](v1::ContributionHeader* b) {
+              b->mutable_manifest()->mutable_tensors()->SwapElements(0, 1);
+            }},
+       }) {
+    v1::ContributionHeader bad = h;
+    c.edit(&bad);
+    EXPECT_EQ(intake_->Begin(bad).status().code(), absl::StatusCode::kInvalidArgument) << c.what;
+  }
+  v1::ContributionHeader full_i8 = Header("alice");
+  full_i8.mutable_manifest()->mutable_tensors(0)->set_dtype(v1::I8);
+  auto refused = intake_->Begin(full_i8);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "has no float dtype"))
+      << refused.status();
+  // A negative scale.
+  std::vector<HostTensor> negative = sent;
+  const float minus = -1.0f;
+  std::memcpy(negative[0].data.data(), &minus, 4);
+  auto r = Contribute(h, negative);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "never negative")) << r.status();
+  EXPECT_EQ(manager_->GetRoundInfo(1)->contributions_size(), 0);
+
+  ASSERT_TRUE(Contribute(h, sent).ok());
+  const v1::ContributionInfo info = ContributionOf(1, "alice");
+  EXPECT_EQ(info.encoding(), v1::DELTA_INT8);
+  EXPECT_EQ(info.int8_block_size(), 8u);
+  double sum_sq = 0;
+  for (const auto& t : decoded) {
+    for (double u : t) sum_sq += u * u;
+  }
+  EXPECT_NEAR(info.delta_norm(), std::sqrt(sum_sq), 1e-12 * std::sqrt(sum_sq));
+  Restart();  // the record keeps the encoding and block size
+  EXPECT_EQ(ContributionOf(1, "alice").int8_block_size(), 8u);
+  MustContribute("bob", 3);
+  MustContribute("carol", 4);
+  MustClose();
+  // Rule 1: alice's tensors enter as f32(b + q·s); then rule 2's F32 mean.
+  std::vector<HostTensor> alice = base0_;
+  for (size_t t = 0; t < alice.size(); ++t) {
+    std::vector<float> b = ValuesOf<float>(base0_[t].data);
+    for (size_t i = 0; i < b.size(); ++i) {
+      const float v = static_cast<float>(b[i] + decoded[t][i]);
+      std::memcpy(&alice[t].data[4 * i], &v, 4);
+    }
+  }
+  ExpectTensorsEqual(ReadBase(1), ExpectedFusion({alice, Body(kSpec, 3), Body(kSpec, 4)},
+                                                 {1.0 / 3, 1.0 / 3, 1.0 / 3}));
 }
 
 TEST_F(ContributionIntakeTest, UploadsPerRoundQuotaCountsRejectedUploadsNotBrokenConnections) {

@@ -136,6 +136,13 @@ absl::StatusOr<std::unique_ptr<TensorUpload>> RoundManager::BeginInit(const v1::
         " are allowed (it names the architecture, e.g. mlp:64,128,64 or checkpoint:NAME)"));
   }
   RETURN_IF_ERROR(ValidateManifest(header.manifest()));
+  for (const auto& t : header.manifest().tensors()) {
+    if (!IsFloatDType(t.dtype())) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is ",
+                                                     DTypeName(t.dtype()),
+                                                     ": a base holds F32, F16, BF16 or F64"));
+    }
+  }
   if (absl::StartsWith(header.model_spec(), "mlp:")) {
     ASSIGN_OR_RETURN(MlpSpec spec, ParseModelSpec(header.model_spec()));
     RETURN_IF_ERROR(CheckManifestMatches(MlpManifest(spec), header.manifest()));
@@ -633,7 +640,8 @@ absl::StatusOr<v1::CloseRoundResponse> RoundManager::CloseLocked(std::optional<u
     if (c.state() == v1::QUARANTINED) continue;
     fusion::ContributionSource s;
     s.manifest = c.manifest();
-    s.delta = c.encoding() == v1::DELTA;
+    s.delta = c.encoding() == v1::DELTA || c.encoding() == v1::DELTA_INT8;
+    if (c.encoding() == v1::DELTA_INT8) s.int8_block_size = c.int8_block_size();
     s.num_examples = c.num_examples();
     s.delta_norm = c.delta_norm();
     s.id = c.id();

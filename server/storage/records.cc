@@ -96,6 +96,7 @@ ContributionRecord ToRecord(const v1::ContributionInfo& info) {
   r.set_state(static_cast<uint32_t>(info.state()));
   r.set_quarantine_reason(info.quarantine_reason());
   r.set_encoding(static_cast<uint32_t>(info.encoding()));
+  r.set_int8_block_size(info.int8_block_size());
   ToEntries(info.manifest(), r.mutable_tensors());
   r.set_trained_from_base(info.trained_from_base());
   r.set_staleness(info.staleness());
@@ -119,6 +120,7 @@ v1::ContributionInfo FromRecord(const ContributionRecord& r, uint64_t round, uin
   info.set_state(static_cast<v1::ContributionState>(r.state()));
   info.set_quarantine_reason(r.quarantine_reason());
   info.set_encoding(static_cast<v1::Encoding>(r.encoding()));
+  info.set_int8_block_size(r.int8_block_size());
   *info.mutable_manifest() = FromEntries(r.tensors());
   info.set_trained_from_base(r.has_trained_from_base() ? r.trained_from_base() : round_base);
   info.set_staleness(r.staleness());
@@ -240,6 +242,7 @@ UploadSession ToRecord(const StoredUpload& upload) {
   ToEntries(h.manifest(), r.mutable_tensors());
   r.set_upload_id(h.upload_id());
   r.set_encoding(static_cast<uint32_t>(h.encoding()));
+  r.set_int8_block_size(h.int8_block_size());
   return r;
 }
 
@@ -256,6 +259,7 @@ StoredUpload FromRecord(const UploadSession& r) {
   *h.mutable_manifest() = FromEntries(r.tensors());
   h.set_upload_id(r.upload_id());
   h.set_encoding(static_cast<v1::Encoding>(r.encoding()));
+  h.set_int8_block_size(r.int8_block_size());
   u.upload_round = r.has_upload_round() ? r.upload_round() : r.round();
   return u;
 }
