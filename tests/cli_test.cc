@@ -131,6 +131,17 @@ std::vector<std::string> LinesFrom(const std::string& output, absl::string_view 
 
 class CtlDisplayTest : public ::testing::Test {
  protected:
+  // A one-tensor base ("w", four F32 zeros) in dir_/base.safetensors; returns the tensor.
+  HostTensor WriteTinyBase() {
+    HostTensor w;
+    w.spec.set_name("w");
+    w.spec.set_dtype(v1::F32);
+    w.spec.add_shape(4);
+    w.data.assign(16, '\0');
+    EXPECT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", {w}).ok());
+    return w;
+  }
+
   CommandResult Ctl(const std::string& address, std::vector<std::string> args) {
     args.insert(args.begin(), {CtlBinary(), "--server=" + address});
     return RunCommand(args);
@@ -187,12 +198,7 @@ TEST_F(CtlDisplayTest, StatusAndRoundTablesSayWhatTheServerHas) {
   auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
                                      {"--round_timeout_s=0", "--min_contributions=2"});
   ASSERT_NE(server, nullptr);
-  HostTensor w;
-  w.spec.set_name("w");
-  w.spec.set_dtype(v1::F32);
-  w.spec.add_shape(4);
-  w.data.assign(16, '\0');
-  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", {w}).ok());
+  const HostTensor w = WriteTinyBase();
   CommandResult init =
       Ctl(server->address(), {"init", "--from=" + dir_.path() + "/base.safetensors"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
@@ -239,13 +245,8 @@ TEST_F(CtlDisplayTest, InitTakesAnOuterOptimizerAndStatusShowsIt) {
   auto server = ServerProcess::Start(dir_.path() + "/db", dir_.path() + "/server.log",
                                      {"--round_timeout_s=0", "--min_contributions=1"});
   ASSERT_NE(server, nullptr);
-  HostTensor w;
-  w.spec.set_name("w");
-  w.spec.set_dtype(v1::F32);
-  w.spec.add_shape(4);
-  w.data.assign(16, '\0');
+  WriteTinyBase();
   const std::string from = "--from=" + dir_.path() + "/base.safetensors";
-  ASSERT_TRUE(WriteSafetensors(dir_.path() + "/base.safetensors", {w}).ok());
 
   CommandResult bad = Ctl(server->address(), {"init", from, "--outer_optimizer=lion"});
   EXPECT_NE(bad.exit_code, 0);
