@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <map>
 #include <memory>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "common/dtype.h"
@@ -31,18 +29,11 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
   }
   if (same) return c.read;  // stored exactly as the base is: read the chunks as they are
   // Decode the stored dtype over the base chunk's element range, add the base for a
-  // delta, encode in the base's dtype. The element readers cache one stored chunk per
-  // tensor; fusion reads several chunks at once (hence the mutex), in manifest order, so
-  // when a tensor is first read the readers of all but the one before it are dropped:
-  // a contribution holds about two cached chunks, not one per tensor of the model.
-  struct State {
-    std::mutex mu;
-    std::map<uint32_t, std::unique_ptr<ElementReader>> readers;
-  };
-  auto state = std::make_shared<State>();
-  return [state, base_manifest, sent = c.manifest, delta = c.delta, read = c.read, read_base, stale,
-          read_from = c.read_trained_from, weight = c.weight, int8 = c.int8_block_size](
-             size_t, uint32_t t, uint64_t chunk) -> absl::StatusOr<std::string> {
+  // delta, encode in the base's dtype. Fusion's threads read one contribution's chunks at
+  // once (SentReader).
+  auto sent = std::make_shared<const SentReader>(base_manifest, c);
+  return [sent, c, base_manifest, read_base, stale](size_t, uint32_t t,
+                                                    uint64_t chunk) -> absl::StatusOr<std::string> {
     if (t >= static_cast<uint32_t>(base_manifest.tensors_size())) {
       return absl::OutOfRangeError(absl::StrCat("no tensor #", t, " in the base"));
     }
@@ -57,25 +48,7 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
     }
     const uint64_t n = std::min<uint64_t>(per_chunk, total - begin);
     std::vector<double> values(n);
-    {
-      std::lock_guard<std::mutex> l(state->mu);
-      auto& reader = state->readers[t];
-      if (reader == nullptr) {
-        // A reader dropped too early is made again when asked for: only a re-read.
-        state->readers.erase(state->readers.begin(),
-                             state->readers.lower_bound(t == 0 ? 0 : t - 1));
-        if (int8 > 0) {
-          reader = std::make_unique<ElementReader>(
-              total, [read, t](uint64_t stored) { return read(0, 2 * t + 1, stored); },
-              [read, t](uint64_t stored) { return read(0, 2 * t, stored); }, int8);
-        } else {
-          reader = std::make_unique<ElementReader>(
-              sent.tensors(t).dtype(), total,
-              [read, t](uint64_t stored_chunk) { return read(0, t, stored_chunk); });
-        }
-      }
-      RETURN_IF_ERROR(reader->Read(begin, n, values.data()));
-    }
+    RETURN_IF_ERROR(sent->Read(t, begin, n, values.data()));
     auto add = [&](const ChunkReader& reader, double factor, const char* which) -> absl::Status {
       ASSIGN_OR_RETURN(std::string base, reader(0, t, chunk));
       if (base.size() != n * bsize) {
@@ -90,12 +63,12 @@ ChunkReader ReadInBaseGrid(const v1::Manifest& base_manifest, const Contribution
     };
     if (stale) {
       // The update: stored as such (DELTA), or the values minus the base they came from.
-      if (!delta) RETURN_IF_ERROR(add(read_from, -1.0, "trained-from base"));
-      if (weight != 1.0) {
-        for (uint64_t i = 0; i < n; ++i) values[i] *= weight;
+      if (!c.delta) RETURN_IF_ERROR(add(c.read_trained_from, -1.0, "trained-from base"));
+      if (c.weight != 1.0) {
+        for (uint64_t i = 0; i < n; ++i) values[i] *= c.weight;
       }
     }
-    if (delta || stale) RETURN_IF_ERROR(add(read_base, 1.0, "base"));
+    if (c.delta || stale) RETURN_IF_ERROR(add(read_base, 1.0, "base"));
     std::string out(n * bsize, '\0');
     EncodeFromDouble(bspec.dtype(), values.data(), n, out.data());
     return out;
@@ -150,21 +123,15 @@ bool IsMergeMethod(v1::FusionMethod method) {
   return method == v1::TASK_ARITHMETIC || method == v1::TIES || method == v1::DARE;
 }
 
-absl::StatusOr<RoundFusionResult> FuseRoundStep(
-    uint64_t round, const v1::ModelInfo& model,
-    const std::vector<ContributionSource>& contributions, const ChunkReader& read_base,
-    const ChunkWriter& write, const OptimizerIo& io) {
-  RoundFusionResult result;
-  result.step = io.round_base_step + 1;
-  if (IsPlain(model) && !IsMergeMethod(model.fusion_method())) {
-    ASSIGN_OR_RETURN(result.base_sha256, FuseRound(model, contributions, read_base, write));
-    return result;
-  }
-  if (contributions.empty()) {
-    return absl::InvalidArgumentError("cannot fuse a round with no contributions");
-  }
-  const v1::Manifest& manifest = model.manifest();
-  const OuterStep step = StepFor(model, result.step);
+namespace {
+
+// How the round's K updates become Δ for `model`'s fusion method. TIES's reducer refers
+// to `thresholds`, which it fills (a pass over the updates).
+absl::StatusOr<DeltaReducer> MakeReducer(uint64_t round, const v1::ModelInfo& model,
+                                         const std::vector<ContributionSource>& contributions,
+                                         const std::vector<UpdateReader*>& updates,
+                                         const ChunkReader& read_base,
+                                         std::vector<double>* thresholds) {
   const size_t k = contributions.size();
   const v1::FusionOptions& options = model.fusion_options();
   DeltaReducer reducer;
@@ -174,14 +141,7 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
     examples.push_back(c.num_examples);
     norms.push_back(c.read_trained_from ? c.weight * c.delta_norm : c.delta_norm);
   }
-  std::vector<std::unique_ptr<UpdateReader>> readers;
-  std::vector<UpdateReader*> updates;
-  for (const auto& c : contributions) {
-    readers.push_back(std::make_unique<UpdateReader>(manifest, c));
-    updates.push_back(readers.back().get());
-  }
   const double scale = options.merge_scale() == 0 ? 1.0 : options.merge_scale();
-  std::vector<double> thresholds;
   switch (model.fusion_method()) {
     case v1::TASK_ARITHMETIC:
       reducer.coefficients.assign(k, scale);
@@ -204,12 +164,12 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
       break;
     }
     case v1::TIES: {
-      ASSIGN_OR_RETURN(thresholds,
-                       TrimThresholds(manifest, updates, read_base, options.ties_density()));
+      ASSIGN_OR_RETURN(*thresholds, TrimThresholds(model.manifest(), updates, read_base,
+                                                   options.ties_density()));
       reducer.ties = true;
       reducer.ties_scale = scale;
-      reducer.transform = [&thresholds](size_t j, uint32_t, uint64_t, double* u, size_t n) {
-        const double tau = thresholds[j];
+      reducer.transform = [thresholds](size_t j, uint32_t, uint64_t, double* u, size_t n) {
+        const double tau = (*thresholds)[j];
         for (size_t i = 0; i < n; ++i) {
           if (!(std::fabs(u[i]) >= tau)) u[i] = 0.0;
         }
@@ -242,8 +202,8 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
       const double clip =
           std::max(options.clip_factor() * Median(norms), std::numeric_limits<double>::min());
       for (size_t j = 0; j < k; ++j) {
-        const double scale = norms[j] <= clip ? 1.0 : clip / norms[j];
-        reducer.coefficients.push_back(w[j] * scale);
+        const double clip_scale = norms[j] <= clip ? 1.0 : clip / norms[j];
+        reducer.coefficients.push_back(w[j] * clip_scale);
       }
       break;
     }
@@ -257,6 +217,35 @@ absl::StatusOr<RoundFusionResult> FuseRoundStep(
       return absl::InvalidArgumentError(
           absl::StrCat("unknown fusion method ", static_cast<int>(model.fusion_method())));
   }
+  return reducer;
+}
+
+}  // namespace
+
+absl::StatusOr<RoundFusionResult> FuseRoundStep(
+    uint64_t round, const v1::ModelInfo& model,
+    const std::vector<ContributionSource>& contributions, const ChunkReader& read_base,
+    const ChunkWriter& write, const OptimizerIo& io) {
+  RoundFusionResult result;
+  result.step = io.round_base_step + 1;
+  if (IsPlain(model) && !IsMergeMethod(model.fusion_method())) {
+    ASSIGN_OR_RETURN(result.base_sha256, FuseRound(model, contributions, read_base, write));
+    return result;
+  }
+  if (contributions.empty()) {
+    return absl::InvalidArgumentError("cannot fuse a round with no contributions");
+  }
+  const v1::Manifest& manifest = model.manifest();
+  const OuterStep step = StepFor(model, result.step);
+  std::vector<std::unique_ptr<UpdateReader>> readers;
+  std::vector<UpdateReader*> updates;
+  for (const auto& c : contributions) {
+    readers.push_back(std::make_unique<UpdateReader>(manifest, c));
+    updates.push_back(readers.back().get());
+  }
+  std::vector<double> thresholds;
+  ASSIGN_OR_RETURN(const DeltaReducer reducer,
+                   MakeReducer(round, model, contributions, updates, read_base, &thresholds));
   const int slots = StateSlots(step);
   StateIo state;
   if (slots > 0 && !io.round_base_slots.empty()) {

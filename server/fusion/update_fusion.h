@@ -1,10 +1,12 @@
 // Fusion in the update domain (docs/protocol.md "Outer optimizers"): per base chunk,
 // every contribution is read as its update (UpdateReader), a reducer makes the round's
 // update Δ (double), and the outer optimizer's step (outer_optimizer.h) turns the round
-// base b, Δ and the base's state into the new base and its state. One base chunk at a
-// time: memory is a few arrays of one chunk's elements, plus, for a coordinate-wise
-// reducer, at most `memory_bytes` of the K updates (a chunk is cut into slices when K
-// of them do not fit), whatever the model's size.
+// base b, Δ and the base's state into the new base and its state. Base chunks are
+// computed a window at a time on the worker pool, then hashed and written in order: memory
+// is a few arrays of each in-flight chunk's elements, plus, for a coordinate-wise reducer,
+// the K updates of a slice of each (a chunk is cut into slices when K of them do not
+// fit), within about `memory_bytes` in all, whatever the model's size. The result does not
+// depend on the number of threads: every element is computed the same way, by one thread.
 #ifndef COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
 #define COLDFUSE_SERVER_FUSION_UPDATE_FUSION_H_
 
@@ -21,6 +23,22 @@
 #include "server/fusion/update_reader.h"
 
 namespace coldfuse::fusion {
+
+// A chunk of the round's base, as fusion in the update domain walks them.
+struct BaseChunk {
+  uint32_t tensor;
+  uint64_t chunk;
+  uint64_t begin;  // its first element
+  uint64_t n;      // its elements
+};
+
+// Every base chunk of the model, in manifest order. INVALID_ARGUMENT for a bad shape.
+absl::StatusOr<std::vector<BaseChunk>> BaseChunks(const v1::Manifest& manifest);
+
+// Reads base chunk `at` and decodes it into `b` (resized to at.n). DATA_LOSS for a chunk
+// of the wrong size; the reader's errors as they are.
+absl::Status ReadBaseChunk(const v1::Manifest& manifest, const ChunkReader& read_base,
+                           const BaseChunk& at, std::vector<double>* b);
 
 // The optimizer state of the round's base (read) and of the new base (write). State chunk
 // c of tensor t holds the state of base chunk c's elements in StateDType(base dtype).
@@ -39,6 +57,7 @@ struct UpdateFusionResult {
 };
 
 // How the K updates of an element become Δ.
+// Its functions are called from several threads at once.
 struct DeltaReducer {
   // Linear (when neither `coordinatewise` nor `ties` is set): Δ = Σ_k coefficients[k]·u_k,
   // summed in double from 0 with k ascending; an update whose coefficient is 0 is not

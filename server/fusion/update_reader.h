@@ -6,14 +6,12 @@
 //   stale FULL x (from f, w):   u = (x - f) * w   (no multiplication when w = 1)
 //   stale DELTA d (weight w):   u = d * w
 // in that order of operations, as ReadInBaseGrid computes before it re-encodes.
-// Thread-safe (a mutex over the cached element readers).
+// Thread-safe: fusion reads different base chunks of one contribution on several threads
+// at once (SentReader).
 #ifndef COLDFUSE_SERVER_FUSION_UPDATE_READER_H_
 #define COLDFUSE_SERVER_FUSION_UPDATE_READER_H_
 
 #include <cstdint>
-#include <map>
-#include <memory>
-#include <mutex>
 
 #include "absl/status/status.h"
 #include "coldfuse/v1/tensor.pb.h"
@@ -21,6 +19,27 @@
 #include "server/fusion/round_fusion.h"
 
 namespace coldfuse::fusion {
+
+// What contribution `c` sent, read in the base's element ranges, by several threads at
+// once: decoded to double, in its own dtype, or q·s for DELTA_INT8 (scales at entry 2t,
+// values at 2t + 1). A stored chunk in the base's grid (the same element size) is read by
+// the thread that needs it; one that spans several base chunks (another dtype's grid,
+// 8-bit values and their scales) is read once for the threads working on neighbouring
+// base chunks (SharedChunks: the 2 most recent per stream). Thread-safe.
+class SentReader {
+ public:
+  // `base_manifest` is the round base's; `c` is copied.
+  SentReader(const v1::Manifest& base_manifest, const ContributionSource& c);
+
+  // Elements [begin, begin + n) of base tensor `t`. OUT_OF_RANGE past the end; DATA_LOSS
+  // for a stored chunk of the wrong size; the reader's errors as they are.
+  absl::Status Read(uint32_t t, uint64_t begin, uint64_t n, double* out) const;
+
+ private:
+  const v1::Manifest base_manifest_;
+  const ContributionSource c_;
+  mutable SharedChunks values_, scales_;
+};
 
 class UpdateReader {
  public:
@@ -32,19 +51,15 @@ class UpdateReader {
   // base's values of the same elements (decoded by the caller, once for all
   // contributions). OUT_OF_RANGE past the tensor; DATA_LOSS for a stored chunk of the
   // wrong size; the readers' errors as they are.
-  absl::Status Read(uint32_t t, uint64_t begin, uint64_t n, const double* base, double* out);
+  absl::Status Read(uint32_t t, uint64_t begin, uint64_t n, const double* base, double* out) const;
+  // Whether Read uses `base` (a fresh FULL contribution); otherwise it may be null.
+  bool NeedsBase() const { return !stale_ && !c_.delta; }
 
  private:
-  // The cached reader of tensor `t` of `which` (0: the contribution, 1: the base it was
-  // trained from); readers of tensors before t - 1 are dropped, as fusion walks the
-  // tensors in order.
-  ElementReader& ReaderLocked(int which, uint32_t t);
-
   const v1::Manifest base_manifest_;
   const ContributionSource c_;
   const bool stale_;
-  std::mutex mu_;
-  std::map<uint32_t, std::unique_ptr<ElementReader>> readers_[2];
+  const SentReader sent_;
 };
 
 }  // namespace coldfuse::fusion
