@@ -550,19 +550,22 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<HostTen
 }
 
 absl::StatusOr<std::vector<HostTensor>> ReadSafetensors(
-    const std::string& path, std::map<std::string, std::string>* metadata) {
+    const std::string& path, std::map<std::string, std::string>* metadata, bool allow_int8) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
   std::vector<HostTensor> out;
   out.reserve(f->entries().size());
   for (const SafetensorsEntry& e : f->entries()) {
-    if (e.dtype == v1::DTYPE_UNSPECIFIED) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor ", JsonQuote(e.name), " is ", e.dtype_name,
-                       "; only F32, F16, BF16 and F64 tensors can be read here"));
+    // Entries of other dtypes are parsed as DTYPE_UNSPECIFIED (a checkpoint never shares
+    // them); I8 is read only where an 8-bit delta is expected.
+    const DType dtype = allow_int8 && e.dtype_name == "I8" ? v1::I8 : e.dtype;
+    if (dtype == v1::DTYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor ", JsonQuote(e.name), " is ", e.dtype_name, "; only F32, F16, BF16",
+          allow_int8 ? ", F64 and I8" : " and F64", " tensors can be read here"));
     }
     HostTensor t;
     t.spec.set_name(e.name);
-    t.spec.set_dtype(e.dtype);
+    t.spec.set_dtype(dtype);
     for (int64_t d : e.shape) t.spec.add_shape(d);
     absl::string_view data = f->Data(e);
     t.data.assign(data.data(), data.size());

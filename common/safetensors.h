@@ -155,9 +155,11 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<HostTen
 // Reads every tensor of the single file `path` into memory, in file order (for files
 // WriteSafetensors wrote, the order it was given), and its metadata into `*metadata` if
 // not null. Errors as SafetensorsFile::Open, and INVALID_ARGUMENT naming a tensor whose
-// dtype is not one of F32, F16, BF16 and F64.
+// dtype is not one of F32, F16, BF16 and F64, or also I8 with `allow_int8` (the values of
+// an 8-bit delta a client saved; never a checkpoint's or a base's).
 absl::StatusOr<std::vector<HostTensor>> ReadSafetensors(
-    const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+    const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
+    bool allow_int8 = false);
 
 // Writes `manifest`'s tensors into `out_dir` (created if missing) as model.safetensors,
 // or, when their total exceeds `shard_bytes`, as model-00001-of-0000N.safetensors ... in

@@ -262,7 +262,8 @@ SavedContribution ReadSavedContribution(const std::string& state_dir, uint64_t r
   if (header.ok()) {
     EXPECT_TRUE(c.header.ParseFromString(*header));
   }
-  auto tensors = ReadSafetensors(absl::StrCat(state_dir, "/contrib-r", round, ".safetensors"));
+  auto tensors = ReadSafetensors(absl::StrCat(state_dir, "/contrib-r", round, ".safetensors"),
+                                 nullptr, /*allow_int8=*/true);
   EXPECT_TRUE(tensors.ok()) << tensors.status();
   if (tensors.ok()) c.tensors = std::move(*tensors);
   return c;

@@ -296,11 +296,12 @@ absl::Status Daemon::Contribute(const v1::GetRoundResponse& round) {
   c.header.set_num_examples(result->num_examples);
   auto& metrics = *c.header.mutable_metrics();
   for (const auto& [name, value] : result->metrics) metrics[name] = value;
-  *c.header.mutable_manifest() = ManifestOf(result->body);
   // Resumable: kept with the pending contribution, so a push broken off (or a daemon
   // restarted) continues where the server stopped instead of resending.
   c.header.set_upload_id(rpc::NewUploadId());
   c.tensors = std::move(result->body);
+  // Encoded once, here: the pending contribution is what is sent, byte for byte.
+  RETURN_IF_ERROR(EncodeContribution(options_.send, base.tensors, &c.tensors, &c.header));
   // The contribution first, then the head trained with it: a write that fails leaves the
   // head as it was, so a restart never trains a head on from an unsent contribution.
   RETURN_IF_ERROR(Local(state_.SavePending(c)));

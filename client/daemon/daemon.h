@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "client/daemon/encoding.h"
 #include "client/daemon/state.h"
 #include "client/daemon/task.h"
 #include "common/rpc/client.h"
@@ -49,6 +50,9 @@ struct DaemonOptions {
   // the planned steps (a contribution that misses its round is fused, down-weighted, as a
   // stale one in a later round). Default: 0.
   std::chrono::seconds stop_before_deadline{0};
+  // How each contribution is sent (encoding.h): as trained (default), as a delta, or as
+  // an 8-bit delta.
+  SendEncoding send = {};
 };
 
 // Whether `st` is a failure of the state folder (Run returns it: retrying cannot help).

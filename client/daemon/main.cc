@@ -68,6 +68,14 @@ ABSL_FLAG(int, batch_size, 32, "Batch size");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for shuffling and head initialisation");
 ABSL_FLAG(int, threads, 0, "LibTorch threads (0: LibTorch's default)");
 ABSL_FLAG(int, max_rounds, 0, "Stop after this many contributions (0: run until stopped)");
+ABSL_FLAG(std::string, encoding, "full",
+          "How each contribution is sent: full (the trained values), delta (minus the base) "
+          "or delta_int8 (minus the base, in 8 bits with one scale per --int8_block_size "
+          "values: about a quarter of F32's bytes)");
+ABSL_FLAG(uint32_t, int8_block_size, 64, "--encoding=delta_int8: values per scale (8..65536)");
+ABSL_FLAG(std::string, send_dtype, "",
+          "--encoding=full or delta: send as f32, f16, bf16 or f64 (default: as trained; a "
+          "delta in bf16 or f16 is half of F32's bytes)");
 ABSL_FLAG(int, keep_contributions, 0,
           "Keep copies of the newest N acknowledged contributions in --state_dir "
           "(contrib-rN.*; 0: none, the server has them)");
@@ -275,6 +283,9 @@ absl::Status RunDaemon() {
       std::chrono::seconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_save_training_s)));
   options.stop_before_deadline =
       std::chrono::seconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_stop_before_deadline_s)));
+  ASSIGN_OR_RETURN(options.send, daemon::ParseSendEncoding(absl::GetFlag(FLAGS_encoding),
+                                                           absl::GetFlag(FLAGS_send_dtype),
+                                                           absl::GetFlag(FLAGS_int8_block_size)));
   if (options.contributor.empty()) {
     return absl::InvalidArgumentError("--name is required: say who is contributing");
   }

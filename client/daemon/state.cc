@@ -45,15 +45,17 @@ absl::Status SaveTensors(const std::string& path, const std::vector<HostTensor>&
 }
 
 // NOT_FOUND if missing; DATA_LOSS naming the file if it is damaged. The metadata (with the
-// checksum checked) goes to `*metadata` when given.
+// checksum checked) goes to `*metadata` when given. I8 tensors only with `allow_int8` (a
+// contribution sent as an 8-bit delta).
 absl::StatusOr<std::vector<HostTensor>> LoadTensors(
-    const std::string& path, std::map<std::string, std::string>* metadata_out = nullptr) {
+    const std::string& path, std::map<std::string, std::string>* metadata_out = nullptr,
+    bool allow_int8 = false) {
   auto damaged = [&](absl::string_view why) {
     return absl::DataLossError(
         absl::StrCat(path, " is damaged (", why, "); delete it to start that state afresh"));
   };
   std::map<std::string, std::string> metadata;
-  absl::StatusOr<std::vector<HostTensor>> tensors = ReadSafetensors(path, &metadata);
+  absl::StatusOr<std::vector<HostTensor>> tensors = ReadSafetensors(path, &metadata, allow_int8);
   if (absl::IsInvalidArgument(tensors.status())) return damaged(tensors.status().message());
   RETURN_IF_ERROR(tensors.status());
   auto sha = metadata.find(kShaKey);
@@ -185,7 +187,7 @@ absl::StatusOr<std::optional<Contribution>> StateDir::LoadPending() const {
     return absl::DataLossError(
         absl::StrCat(Path("pending.header"), " is corrupt; delete it to train again"));
   }
-  auto tensors = LoadTensors(Path(absl::StrCat("pending", kTensors)));
+  auto tensors = LoadTensors(Path(absl::StrCat("pending", kTensors)), nullptr, /*allow_int8=*/true);
   if (absl::IsNotFound(tensors.status())) return std::nullopt;
   RETURN_IF_ERROR(tensors.status());
   c.tensors = std::move(*tensors);

@@ -137,6 +137,40 @@ TEST_F(StateDirTest, WhatIsSavedReadsBackAsPlainSafetensors) {
   EXPECT_EQ(metadata["coldfuse.sha256"], ToHex(TensorsSha256(Body(5))));
 }
 
+// A contribution the daemon sends as an 8-bit delta (coldfuse-client --encoding=delta_int8)
+// waits in pending.* with its I8 values, and a restart resumes it from there.
+TEST_F(StateDirTest, AnEightBitDeltaWaitingToBeSentReadsBack) {
+  ASSERT_NO_FATAL_FAILURE(Open());
+  StateDir& state = *state_;
+  HostTensor scales = MakeTensor("body.0.bias#scale", v1::F32, {2}, 3);
+  HostTensor values;
+  values.spec.set_name("body.0.bias");
+  values.spec.set_dtype(v1::I8);
+  values.spec.add_shape(16);
+  for (int i = 0; i < 16; ++i) values.data.push_back(static_cast<char>(i * 17 - 127));
+  Contribution c{Header(6), {scales, values}};
+  c.header.set_encoding(v1::DELTA_INT8);
+  c.header.set_int8_block_size(8);
+  *c.header.mutable_manifest() = ManifestOf(c.tensors);
+  ASSERT_TRUE(state.SavePending(c).ok());
+
+  ASSERT_NO_FATAL_FAILURE(Open());  // a restart
+  auto pending = state_->LoadPending();
+  ASSERT_TRUE(pending.ok() && pending->has_value()) << pending.status();
+  EXPECT_EQ((*pending)->header.SerializeAsString(), c.header.SerializeAsString());
+  ExpectSameTensors((*pending)->tensors, c.tensors);
+
+  // Kept as sent; only a reader that expects 8-bit values reads it.
+  ASSERT_TRUE(state_->ArchivePending(6, 1).ok());
+  const std::string archived = Path("contrib-r6.safetensors");
+  auto plain = ReadSafetensors(archived);
+  EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(plain.status().message(), HasSubstr("\"body.0.bias\" is I8"));
+  auto int8 = ReadSafetensors(archived, nullptr, /*allow_int8=*/true);
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  ExpectSameTensors(*int8, c.tensors);
+}
+
 TEST_F(StateDirTest, ADamagedTensorFileIsDataLossNamingIt) {
   ASSERT_NO_FATAL_FAILURE(Open());
   StateDir& state = *state_;
