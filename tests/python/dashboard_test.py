@@ -11,7 +11,8 @@ chromium-driver and python3-selenium) on the server's HTTPS listener at 1280x800
 The browser test then checks what a person would see:
   - a wrong token and a contributor's token are refused with a clear message, and the
     user can try again; the viewer token is accepted;
-  - the model, the base version and its SHA-256 match /api/v1/status; the open round's
+  - the model (its fusion method and outer optimizer, Nesterov with its options), the
+    base version and its SHA-256 match /api/v1/status; the open round's
     progress reads "N / 2"; the base history lists each fused round with its
     contributors; each contributor's last contribution is listed;
   - the chart (read from the Chart.js instance) has one line per (task, metric, k) with
@@ -255,7 +256,9 @@ class Scenario:
             return json.load(r)
 
     def set_up_model(self):
-        self.ctl("init", f"--spec={SPEC}", "--seed=1", "--fusion=mean")
+        # DiLoCo's outer step, so the model card shows an outer optimizer with its options.
+        self.ctl("init", f"--spec={SPEC}", "--seed=1", "--fusion=mean",
+                 "--outer_optimizer=nesterov", "--outer_lr=0.7", "--outer_momentum=0.9")
         for name, role in (("vera", "viewer"), ("alice", "contributor"),
                            ("bob", "contributor"), ("eve", "evaluator")):
             self.ctl("token", "create", f"--name={name}", f"--role={role}",
@@ -418,7 +421,12 @@ class Scenario:
         self.wait_text("base-version", f"v{s['base_version']}")
         self.wait_text("change-seq", s["change_seq"])
         check_eq(self.text("model-spec"), SPEC, "model spec")
-        check_eq(self.text("fusion-method"), "mean", "fusion method")
+        check_eq(self.text("fusion-method"), "mean + Nesterov (lr 0.7, momentum 0.9)",
+                 "fusion method and outer optimizer")
+        check_eq(self.js("return document.getElementById('fusion-method').title;"),
+                 f"{s['model']['fusion_method']}, {s['model']['outer_optimizer']}",
+                 "their API names (title)")
+        check_eq(s["model"]["outer_optimizer"], "OUTER_NESTEROV", "the API's outer optimizer")
         check_eq(self.text("transport"), "TLS and tokens", "transport")
         sha = base64.b64decode(s["base_sha256"]).hex()
         check_eq(self.js("return document.getElementById('base-sha').title;"), sha,
