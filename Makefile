@@ -34,8 +34,9 @@ demo-python: build
 # and seed a coldfused, contributor daemons on each round's sampled seen tasks, probes of
 # every new base on unseen (few-shot, full) and seen tasks; every number in
 # experiment-run/NAME/results.json, plots and a table in docs/experiments.md. The CPU
-# configuration takes about 50 min on 2 cores; EXPERIMENT_CONFIG=experiments/gpu.json is
-# for a CUDA build. Resumes when run again. EXPERIMENT_ARGS passes more, e.g.
+# configuration takes about 45 min on 2 cores; EXPERIMENT_CONFIG=experiments/plateau.json
+# runs ColD Fusion's mean for 8 rounds (about 40 min), experiments/gpu.json is for a CUDA
+# build. Resumes when run again. EXPERIMENT_ARGS passes more, e.g.
 # EXPERIMENT_ARGS="--tasks_dir=my-tasks --seen=rest --unseen=a,b --model=my-encoder".
 # See docs/experiments.md.
 EXPERIMENT_CONFIG ?= experiments/cpu.json
