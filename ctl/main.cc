@@ -26,6 +26,7 @@
 #include "common/printable.h"
 #include "common/program.h"
 #include "common/rpc/client.h"
+#include "common/send_encoding.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "ctl/backup_command.h"
@@ -854,18 +855,11 @@ absl::Status Run(const std::vector<char*>& args) {
     o.contributor = absl::GetFlag(FLAGS_name);
     o.task = absl::GetFlag(FLAGS_task);
     o.num_examples = absl::GetFlag(FLAGS_num_examples);
-    const std::string enc = absl::GetFlag(FLAGS_encoding);
-    if (enc != "full" && enc != "delta" && enc != "delta_int8") {
-      return absl::InvalidArgumentError("--encoding must be full, delta or delta_int8");
-    }
-    o.delta = enc != "full";
-    if (enc == "delta_int8") {
-      o.int8_block = absl::GetFlag(FLAGS_int8_block_size);
-      if (!absl::GetFlag(FLAGS_send_dtype).empty()) {
-        return absl::InvalidArgumentError(
-            "--send_dtype does not apply to --encoding=delta_int8 (its values are 8-bit)");
-      }
-    }
+    ASSIGN_OR_RETURN(SendEncoding how, ParseSendEncoding(absl::GetFlag(FLAGS_encoding),
+                                                         absl::GetFlag(FLAGS_send_dtype),
+                                                         absl::GetFlag(FLAGS_int8_block_size)));
+    o.delta = how.encoding != v1::FULL;
+    if (how.encoding == v1::DELTA_INT8) o.int8_block = how.int8_block_size;
     o.send_dtype = absl::GetFlag(FLAGS_send_dtype);
     o.from_base = absl::GetFlag(FLAGS_version);
     ASSIGN_OR_RETURN(o.metrics, ParseMetrics(absl::GetFlag(FLAGS_metrics)));

@@ -14,24 +14,13 @@
 #include "absl/strings/string_view.h"
 #include "coldfuse/v1/coldfuse.pb.h"
 #include "common/int8_delta.h"
+#include "common/send_encoding.h"
 #include "common/tensor.h"
 
 namespace coldfuse::daemon {
 
-struct SendEncoding {
-  v1::Encoding encoding = v1::FULL;  // FULL, DELTA or DELTA_INT8
-  // FULL and DELTA: send in this float dtype; unset: as trained.
-  v1::DType dtype = v1::DTYPE_UNSPECIFIED;
-  // DELTA_INT8: values per scale.
-  uint32_t int8_block_size = kDefaultInt8BlockSize;
-};
-
-// From the flags' words: encoding "full", "delta" or "delta_int8"; send_dtype "" or a
-// float dtype ("f32", "bf16", ...), not with delta_int8. INVALID_ARGUMENT saying which
-// flag to fix.
-absl::StatusOr<SendEncoding> ParseSendEncoding(absl::string_view encoding,
-                                               absl::string_view send_dtype,
-                                               uint32_t int8_block_size);
+using ::coldfuse::ParseSendEncoding;
+using ::coldfuse::SendEncoding;
 
 // Replaces `tensors` (trained from `base`: the same names, shapes and order) by what is
 // sent, and sets the header's manifest, encoding and int8_block_size. INVALID_ARGUMENT
